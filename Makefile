@@ -1,0 +1,38 @@
+# The two commands of the README:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install services migrate run test lint fmt bench clean
+
+$(STAMP): pyproject.toml contracts/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./contracts -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with the worker, the contracts and the dev tools
+
+services:  ## start the local PostgreSQL and RabbitMQ if they are down
+	./scripts/services.sh
+
+migrate: install services  ## create/upgrade the database
+	$(BIN)/billing-worker migrate
+
+run: migrate  ## set up and run the worker against the local services
+	$(BIN)/billing-worker run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install services lint  ## set up and run the whole test suite
+	$(BIN)/pytest
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: schema, migrations and the money-path SQL."""

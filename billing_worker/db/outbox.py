@@ -1,0 +1,94 @@
+"""The transactional outbox: events are rows written with the state they announce.
+
+`OutboxRelay` (messaging/outbox_publisher.py) sends unpublished rows to RabbitMQ with
+publisher confirms and marks them published; `FOR UPDATE SKIP LOCKED` lets several
+worker replicas share the work without sending one row twice at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    event_id: UUID
+    exchange: str
+    routing_key: str
+    type: str
+    body: str  # the JSON body, ready to send
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    id: int
+    message: OutboxMessage
+    created_at: datetime
+
+
+async def insert(connection: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Write every message of one unit of work in a single statement."""
+    if not messages:
+        return
+    await connection.execute(
+        """
+        INSERT INTO outbox (event_id, exchange, routing_key, type, payload, headers, created_at)
+        SELECT m.event_id, m.exchange, m.routing_key, m.type, m.payload::jsonb, m.headers::jsonb,
+               clock_timestamp()
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+             WITH ORDINALITY AS m(event_id, exchange, routing_key, type, payload, headers, n)
+        ORDER BY m.n
+        """,
+        [m.event_id for m in messages],
+        [m.exchange for m in messages],
+        [m.routing_key for m in messages],
+        [m.type for m in messages],
+        [m.body for m in messages],
+        [json.dumps(m.headers) for m in messages],
+    )
+
+
+async def lock_batch(connection: asyncpg.Connection, limit: int) -> list[PendingMessage]:
+    """Lock the oldest unpublished rows no other publisher holds (call inside a transaction)."""
+    rows = await connection.fetch(
+        """
+        SELECT id, event_id, exchange, routing_key, type, payload::text AS body, headers,
+               created_at
+        FROM outbox WHERE published_at IS NULL
+        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return [
+        PendingMessage(
+            id=row["id"],
+            message=OutboxMessage(
+                row["event_id"], row["exchange"], row["routing_key"], row["type"], row["body"],
+                row["headers"],
+            ),
+            created_at=row["created_at"],
+        )
+        for row in rows
+    ]  # fmt: skip
+
+
+async def mark_published(connection: asyncpg.Connection, ids: Sequence[int]) -> None:
+    await connection.execute(
+        "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1 "
+        "WHERE id = ANY($1::bigint[])",
+        list(ids),
+    )
+
+
+async def count_attempt(connection: asyncpg.Connection, ids: Sequence[int]) -> None:
+    await connection.execute(
+        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", list(ids)
+    )

@@ -1,0 +1,135 @@
+"""Subscriptions, invoices and the gap-free invoice number sequence.
+
+Part of the schema declared in :mod:`billing_worker.db.tables` (same conventions,
+same metadata); import either module and both are registered.
+
+Invoice numbers (``INV-2026-000001``) are gap-free per year: the number is taken with
+``UPDATE number_sequences SET last_value = last_value + 1 WHERE name = $1 AND year = $2
+RETURNING last_value`` (after an ``INSERT ... ON CONFLICT DO NOTHING`` of the year's
+row) in the same transaction that inserts the invoice, so a rollback gives the number
+back and concurrent writers queue on the row lock.
+"""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from billing_worker.db.tables import (
+    bigint_identity_pk,
+    currency_check,
+    flag_field,
+    minor_units_field,
+    one_of,
+    text_field,
+    timestamp_field,
+    updated_at_field,
+    zero_field,
+)
+
+SUBSCRIPTION_STATUSES = (
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+)
+# At most one of these per (user, plan); see uq_subscriptions_one_live_per_user_plan.
+LIVE_SUBSCRIPTION_STATUSES = ("incomplete", "trialing", "active", "past_due")
+PAYMENT_SOURCES = ("balance", "stripe", "yookassa")
+INVOICE_STATUSES = ("draft", "open", "paid", "void", "uncollectible")
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        CheckConstraint(one_of("status", SUBSCRIPTION_STATUSES), name="status"),
+        CheckConstraint(one_of("payment_source", PAYMENT_SOURCES), name="payment_source"),
+        Index(
+            "uq_subscriptions_one_live_per_user_plan",
+            "user_id",
+            "plan_id",
+            unique=True,
+            postgresql_where=text(one_of("status", LIVE_SUBSCRIPTION_STATUSES)),
+        ),
+        # The renewal job scans "active/trialing/past_due and due before X".
+        Index("ix_subscriptions_status_period_end", "status", "current_period_end"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: str = Field(
+        sa_type=Text, foreign_key="billing_users.user_id", nullable=False, index=True
+    )
+    plan_id: uuid.UUID = Field(foreign_key="plans.id", nullable=False)
+    status: str = text_field()
+    payment_source: str = text_field()
+    payment_method_id: uuid.UUID | None = Field(
+        default=None, foreign_key="payment_methods.id", nullable=True
+    )
+    provider_subscription_id: str | None = text_field(nullable=True, unique=True)
+    current_period_start: datetime | None = timestamp_field()
+    current_period_end: datetime | None = timestamp_field()
+    billing_anchor: datetime | None = timestamp_field()
+    trial_end: datetime | None = timestamp_field()
+    cancel_at_period_end: bool = flag_field(False)
+    canceled_at: datetime | None = timestamp_field()
+    cancel_reason: str | None = text_field(nullable=True)
+    created_at: datetime | None = timestamp_field(server_now=True)
+    updated_at: datetime | None = updated_at_field()
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (
+        CheckConstraint("number ~ '^INV-[0-9]{4}-[0-9]{6,}$'", name="number_format"),
+        CheckConstraint(one_of("status", INVOICE_STATUSES), name="status"),
+        currency_check(),
+        CheckConstraint("subtotal_minor >= 0", name="subtotal_non_negative"),
+        CheckConstraint("total_minor >= 0", name="total_non_negative"),
+        Index("ix_invoices_user_created", "user_id", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    number: str = text_field(unique=True)
+    user_id: str = Field(sa_type=Text, foreign_key="billing_users.user_id", nullable=False)
+    order_id: str | None = text_field(nullable=True, unique=True)
+    status: str = text_field()
+    currency: str = text_field()
+    subtotal_minor: int = minor_units_field()
+    total_minor: int = minor_units_field()
+    due_at: datetime | None = timestamp_field()
+    paid_at: datetime | None = timestamp_field()
+    created_at: datetime | None = timestamp_field(server_now=True)
+    updated_at: datetime | None = updated_at_field()
+
+
+class InvoiceLine(SQLModel, table=True):
+    __tablename__ = "invoice_lines"
+    __table_args__ = (
+        CheckConstraint('"position" >= 0', name="position_non_negative"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("unit_price_minor >= 0", name="unit_price_non_negative"),
+        CheckConstraint("amount_minor >= 0", name="amount_non_negative"),
+        UniqueConstraint("invoice_id", "position"),
+    )
+
+    id: int | None = bigint_identity_pk()
+    invoice_id: uuid.UUID = Field(foreign_key="invoices.id", ondelete="CASCADE", nullable=False)
+    position: int = Field(nullable=False)
+    description: str = text_field()
+    quantity: int = Field(default=1, nullable=False)
+    unit_price_minor: int = minor_units_field()
+    amount_minor: int = minor_units_field()
+
+
+class NumberSequence(SQLModel, table=True):
+    """The last number handed out per sequence name (``invoice``) and year."""
+
+    __tablename__ = "number_sequences"
+    __table_args__ = (CheckConstraint("last_value >= 0", name="last_value_non_negative"),)
+
+    name: str = Field(sa_type=Text, primary_key=True)
+    year: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    last_value: int = zero_field(big=True)

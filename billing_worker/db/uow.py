@@ -1,0 +1,89 @@
+"""The unit of work: one PostgreSQL transaction holding state, idempotency and outbox."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+from billing_contracts import names
+
+from billing_worker.db import outbox
+from billing_worker.db.idempotency import SqlIdempotency
+from billing_worker.db.wallet import SqlWallet
+from billing_worker.domain.events import DomainEvent
+from billing_worker.providers.base import Notification
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def event_message(event: DomainEvent) -> outbox.OutboxMessage:
+    """The outbox row of a domain event: the event envelope of DESIGN §2."""
+    envelope = {
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "occurred_at": event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "version": 1,
+        "data": event.data,
+    }
+    return outbox.OutboxMessage(
+        event_id=event.event_id,
+        exchange=names.EVENTS_EXCHANGE,
+        routing_key=event.type,
+        type=event.type,
+        body=json.dumps(envelope, separators=(",", ":")),
+        headers={},
+    )
+
+
+def notification_message(provider: str, notification: Notification) -> outbox.OutboxMessage:
+    """A provider callback the worker delivers to itself (the sandbox's 'webhook')."""
+    return outbox.OutboxMessage(
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{provider}:{notification.event_id}"),
+        exchange="",
+        routing_key=names.PROVIDER_EVENTS_QUEUE,
+        type=f"{provider}.callback",
+        body=notification.body.decode(),
+        headers={names.PROVIDER_HEADER: provider},
+    )
+
+
+class UnitOfWork:
+    """What a handler may touch: repositories on one connection, and the outbox.
+
+    The caller opens the database transaction; `flush()` writes the collected events in
+    the same transaction, just before commit.
+    """
+
+    def __init__(self, connection: asyncpg.Connection, clock: Clock = utc_now) -> None:
+        self.connection = connection
+        self.wallet = SqlWallet(connection)
+        self.idempotency = SqlIdempotency(connection)
+        self.clock = clock
+        self._outbox: list[outbox.OutboxMessage] = []
+
+    def emit(self, event: DomainEvent) -> None:
+        self._outbox.append(event_message(event))
+
+    def deliver_later(self, provider: str, notification: Notification) -> None:
+        self._outbox.append(notification_message(provider, notification))
+
+    @property
+    def pending(self) -> list[outbox.OutboxMessage]:
+        return list(self._outbox)
+
+    def discard(self) -> None:
+        self._outbox.clear()
+
+    async def flush(self) -> int:
+        count = len(self._outbox)
+        await outbox.insert(self.connection, self._outbox)
+        self._outbox.clear()
+        return count
+

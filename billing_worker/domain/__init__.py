@@ -1,0 +1,1 @@
+"""The billing domain: money, state machines, errors and events. No I/O here."""

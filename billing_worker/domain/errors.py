@@ -1,0 +1,52 @@
+"""Named domain errors; each maps to one error code of the wire contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing_contracts.envelope import ErrorCode
+
+
+class BillingError(Exception):
+    """A refusal the caller should see as a normal error reply (not a dead letter)."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(BillingError):
+    code = ErrorCode.NOT_FOUND
+
+
+class IdempotencyConflict(BillingError):
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+class InsufficientFunds(BillingError):
+    code = ErrorCode.INSUFFICIENT_FUNDS
+
+
+class InvalidState(BillingError):
+    code = ErrorCode.INVALID_STATE
+
+
+class CurrencyMismatch(BillingError):
+    code = ErrorCode.CURRENCY_MISMATCH
+
+
+class ProviderError(BillingError):
+    code = ErrorCode.PROVIDER_ERROR
+
+
+class InvalidInput(BillingError):
+    """Valid by the schema but not acceptable (e.g. a malformed cursor)."""
+
+    code = ErrorCode.INVALID_MESSAGE
+
+
+class TransientError(Exception):
+    """A failure worth retrying later (provider timeout, database restart)."""

@@ -1,0 +1,1 @@
+"""One plain async function per command and query: (message, unit of work, deps) -> reply data."""

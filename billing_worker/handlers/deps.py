@@ -1,0 +1,18 @@
+"""What handlers need besides the unit of work, injected by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from billing_worker.domain.money import threshold_minor
+from billing_worker.providers.base import Gateways
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    gateways: Gateways
+    low_balance_threshold: Decimal
+
+    def low_balance_minor(self, currency: str) -> int:
+        return threshold_minor(self.low_balance_threshold, currency)

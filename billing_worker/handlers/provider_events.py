@@ -1,0 +1,66 @@
+"""Verified provider callbacks moving transactions through the state machine."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+from billing_contracts.wallet import TransactionKind
+from billing_contracts.wallet import TransactionStatus as Status
+
+from billing_worker.db.uow import UnitOfWork
+from billing_worker.domain.errors import TransientError
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.domain.transactions import can_move, transition
+from billing_worker.handlers import views
+from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.wallet import credit_deposit
+
+log = logging.getLogger(__name__)
+
+_TARGET = {
+    PaymentOutcome.SUCCEEDED: Status.COMPLETED,
+    PaymentOutcome.FAILED: Status.FAILED,
+    PaymentOutcome.CANCELED: Status.CANCELED,
+}
+
+
+class Applied(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # this event id was handled before
+    IGNORED = "ignored"  # an event type billing does not act on
+    STALE = "stale"  # out of order or repeated: the transaction is already past it
+
+
+async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps) -> Applied:
+    """Apply one provider event exactly once; safe to redeliver and to race."""
+    if not await uow.idempotency.claim(f"provider:{event.provider}", event.event_id):
+        return Applied.DUPLICATE
+    target = _TARGET.get(event.outcome) if event.outcome else None
+    if target is None or event.provider_ref is None:
+        return Applied.IGNORED
+    row = await uow.wallet.transaction_by_ref(event.provider, event.provider_ref, lock=True)
+    if row is None:
+        # The callback can overtake the commit of the command that created the payment:
+        # retry later rather than drop it (it is dead-lettered if it never matches).
+        raise TransientError(f"no {event.provider} payment {event.provider_ref} (yet)")
+    if not can_move(Status(row.status), target):
+        log.info(
+            "ignoring %s for transaction %s: already %s", event.event_type, row.id, row.status
+        )
+        return Applied.STALE
+    step = transition(Status(row.status), target, reason=f"{event.provider}:{event.event_type}")
+    moved = await uow.wallet.move_transaction(
+        row.id,
+        step,
+        uow.clock(),
+        failure_code=event.failure_code,
+        failure_message=event.failure_message,
+    )
+    if moved is None:  # cannot happen under the row lock; refuse rather than guess
+        raise TransientError(f"transaction {row.id} changed under its lock")
+    if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
+        await credit_deposit(moved, uow, deps)
+    elif target in (Status.FAILED, Status.CANCELED):
+        uow.emit(views.payment_failed(moved))
+    return Applied.APPLIED

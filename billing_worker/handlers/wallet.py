@@ -1,0 +1,180 @@
+"""Wallet handlers: deposit, withdraw, balance and transaction history."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+
+from billing_contracts.wallet import (
+    AccountBalance,
+    BalanceResult,
+    Deposit,
+    DepositResult,
+    GetBalance,
+    ListTransactions,
+    PaymentAction,
+    TransactionKind,
+    TransactionPage,
+    Withdraw,
+    WithdrawResult,
+)
+from billing_contracts.wallet import TransactionStatus as Status
+
+from billing_worker.db.uow import UnitOfWork
+from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.errors import InsufficientFunds, InvalidInput, InvalidState, ProviderError
+from billing_worker.domain.money import format_minor, to_wire
+from billing_worker.domain.transactions import path
+from billing_worker.handlers import views
+from billing_worker.handlers.deps import Deps
+from billing_worker.providers.base import PaymentRequest, PaymentStatus, UnknownProvider
+
+_IDS = uuid.UUID("6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11")  # namespace of derived ids
+
+
+def derived_id(scope: str, idempotency_key: str) -> uuid.UUID:
+    """The same command always names the same transaction (and provider idempotency key)."""
+    return uuid.uuid5(_IDS, f"{scope}\x00{idempotency_key}")
+
+
+async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResult:
+    try:
+        gateway = deps.gateways.get(command.provider)
+    except UnknownProvider as missing:
+        raise ProviderError(f"provider {missing} is not configured on this worker") from None
+    currency, amount = command.amount.currency, command.amount.minor
+    account_id = await uow.wallet.open_account(command.user_id, currency)
+    transaction_id = derived_id("deposit", command.idempotency_key)
+    result = await gateway.create_payment(
+        PaymentRequest(
+            transaction_id=transaction_id,
+            user_id=command.user_id,
+            amount_minor=amount,
+            currency=currency,
+            idempotency_key=str(transaction_id),
+            payment_method_id=command.payment_method_id,
+            return_url=command.return_url,
+        )
+    )
+    now = uow.clock()
+    outcome = {
+        PaymentStatus.PENDING: (Status.CREATED, Status.PROCESSING),
+        PaymentStatus.SUCCEEDED: (Status.CREATED, Status.PROCESSING, Status.COMPLETED),
+        PaymentStatus.FAILED: (Status.CREATED, Status.FAILED),
+    }[result.status]
+    row = TransactionRow(
+        id=transaction_id,
+        user_id=command.user_id,
+        account_id=account_id,
+        kind=TransactionKind.DEPOSIT,
+        status=outcome[-1],
+        amount_minor=amount,
+        currency=currency,
+        provider=gateway.name,
+        provider_ref=result.provider_ref,
+        created_at=now,
+        completed_at=now if result.status is PaymentStatus.SUCCEEDED else None,
+        failure_code=result.failure_code,
+        failure_message=result.failure_message,
+    )
+    await uow.wallet.add_transaction(row, path(*outcome, reason=f"{gateway.name} payment"))
+    for notification in result.notifications:
+        uow.deliver_later(gateway.name, notification)
+    if result.status is PaymentStatus.SUCCEEDED:
+        await credit_deposit(row, uow, deps)
+    elif result.status is PaymentStatus.FAILED:
+        uow.emit(views.payment_failed(row))
+    action = PaymentAction.model_validate(result.action) if result.action else None
+    return DepositResult(transaction=views.transaction_out(row), payment_action=action)
+
+
+async def credit_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:
+    """Put a completed deposit on the balance and announce it."""
+    change = await uow.wallet.move_balance(
+        row.user_id, row.currency, row.amount_minor, deps.low_balance_minor(row.currency)
+    )
+    if change is None:  # the account is opened with the deposit, so this is a broken invariant
+        raise InvalidState("the deposit's account does not exist", transaction_id=str(row.id))
+    uow.emit(views.payment_succeeded(row))
+    uow.emit(views.deposit_completed(row, change))
+
+
+async def withdraw(command: Withdraw, uow: UnitOfWork, deps: Deps) -> WithdrawResult:
+    currency, amount = command.amount.currency, command.amount.minor
+    change = await uow.wallet.move_balance(
+        command.user_id, currency, -amount, deps.low_balance_minor(currency)
+    )
+    if change is None:
+        balances = dict(await uow.wallet.balances(command.user_id, currency))
+        balance = format_minor(balances.get(currency, 0), currency)
+        raise InsufficientFunds(
+            f"the {currency} balance {balance} is less than {command.amount.amount}",
+            balance={"amount": balance, "currency": currency},
+        )
+    now = uow.clock()
+    row = TransactionRow(
+        id=derived_id("withdraw", command.idempotency_key),
+        user_id=command.user_id,
+        account_id=change.account_id,
+        kind=TransactionKind.WITHDRAWAL,
+        status=Status.COMPLETED,
+        amount_minor=amount,
+        currency=currency,
+        provider="balance",
+        provider_ref=None,
+        created_at=now,
+        completed_at=now,
+        description=command.description,
+        reference=command.reference,
+    )
+    trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason="withdrawal")
+    await uow.wallet.add_transaction(row, trail)
+    uow.emit(views.withdrawal_completed(row, change))
+    if change.crossed_below:
+        uow.emit(views.balance_low(command.user_id, currency, change))
+    return WithdrawResult(
+        transaction=views.transaction_out(row), balance=to_wire(change.balance_minor, currency)
+    )
+
+
+async def get_balance(query: GetBalance, uow: UnitOfWork, deps: Deps) -> BalanceResult:
+    balances = await uow.wallet.balances(query.user_id, query.currency)
+    return BalanceResult(
+        user_id=query.user_id,
+        accounts=[
+            AccountBalance(currency=currency, balance=to_wire(minor, currency))
+            for currency, minor in balances
+        ],
+    )
+
+
+async def list_transactions(
+    query: ListTransactions, uow: UnitOfWork, deps: Deps
+) -> TransactionPage:
+    after = decode_cursor(query.cursor) if query.cursor else None
+    rows = await uow.wallet.transactions_page(query.user_id, query.currency, query.limit + 1, after)
+    page, more = rows[: query.limit], len(rows) > query.limit
+    return TransactionPage(
+        items=[views.transaction_out(row) for row in page],
+        next_cursor=encode_cursor(page[-1]) if more else None,
+    )
+
+
+def encode_cursor(row: TransactionRow) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, ident = raw.partition("|")
+        at = datetime.fromisoformat(moment)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, uuid.UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this service returned", cursor=cursor) from None
+

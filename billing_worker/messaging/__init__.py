@@ -1,0 +1,1 @@
+"""RabbitMQ: topology, subscribers, the error policy and the outbox publisher."""

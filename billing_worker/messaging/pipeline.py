@@ -1,0 +1,207 @@
+"""The error policy of every subscriber: validate, handle, reply, then acknowledge.
+
+- A body that is not JSON or fails its contract gets an `invalid_message` reply (when
+  the caller set `reply_to`) and is dead-lettered with the reason; it is never retried.
+- A handler failure (database or provider down, a bug) is retried through a delay queue
+  with back-off, counting deliveries in our own header (classic queues count nothing,
+  and quorum queues count differently across RabbitMQ versions); after
+  `max_deliveries` attempts it is dead-lettered and the caller gets `internal_error`.
+- Business refusals are ordinary replies produced by the handler.
+The message is acknowledged only after its reply / retry copy / dead letter was
+confirmed by the broker, so a crash at any point means a redelivery, never a loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from billing_contracts import names
+from billing_contracts.envelope import ErrorCode
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import ValidationError
+
+from billing_worker.messaging.topology import Topology
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class InvalidMessage(ValueError):
+    """The message can never be handled: not JSON, not the contract, too large."""
+
+    def __init__(self, reason: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = dict(details or {})
+
+
+Parser = Callable[[bytes, Mapping[str, Any]], Any]
+Handle = Callable[[Any], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    queue: str
+    parse: Parser
+    handle: Handle  # returns the reply envelope, or None when there is nothing to reply
+
+
+def contract_parser(model: Any) -> Parser:
+    """Validate a JSON body against a pydantic contract model, strictly."""
+
+    def parse(body: bytes, headers: Mapping[str, Any]) -> Any:
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidMessage(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as invalid:
+            raise InvalidMessage(*describe(invalid)) from None
+
+    return parse
+
+
+def describe(invalid: ValidationError) -> tuple[str, dict[str, Any]]:
+    """A one-line reason and the per-field errors, without echoing the (hostile) input."""
+    problems = [
+        {"field": ".".join(str(part) for part in error["loc"]) or "(body)", "error": error["msg"]}
+        for error in invalid.errors(include_input=False, include_url=False)[:20]
+    ]
+    first = problems[0]
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{first['field']}: {first['error']}{more}", {"errors": problems}
+
+
+def error_reply(code: ErrorCode, message: str, details: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code.value, "message": message, "details": dict(details)}}
+
+
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    raw = (message.headers or {}).get(names.ATTEMPTS_HEADER, 1)
+    try:
+        return max(1, int(raw))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 1
+
+
+class Pipeline:
+    def __init__(self, broker: RabbitBroker, topology: Topology, max_deliveries: int) -> None:
+        self.broker = broker
+        self.topology = topology
+        self.max_deliveries = max_deliveries
+
+    def consumer(self, route: Route) -> Callable[[RabbitMessage], Awaitable[None]]:
+        async def consume(message: RabbitMessage) -> None:
+            await self.consume(route, message)
+
+        consume.__name__ = consume.__qualname__ = "consume_" + route.queue.replace(".", "_")
+        return consume
+
+    async def consume(self, route: Route, message: RabbitMessage) -> None:
+        raw = message.raw_message
+        started = time.perf_counter()
+        try:
+            payload = route.parse(raw.body, raw.headers or {})
+        except InvalidMessage as invalid:
+            log.warning("invalid message on %s: %s", route.queue, invalid.reason)
+            await self.reply(raw, error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details))
+            await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
+            await message.ack()
+            return
+        attempt = attempt_of(raw)
+        try:
+            reply = await route.handle(payload)
+        except Exception as failure:  # every failure is retried, then dead-lettered
+            await self.failed(route, message, attempt, failure)
+            return
+        if reply is not None:
+            await self.reply(raw, reply)
+        await message.ack()
+        log.debug("%s handled in %.1f ms", route.queue, (time.perf_counter() - started) * 1000)
+
+    async def failed(
+        self, route: Route, message: RabbitMessage, attempt: int, failure: Exception
+    ) -> None:
+        raw = message.raw_message
+        reason = f"{type(failure).__name__}: {failure}"[:500]
+        if attempt >= self.max_deliveries:
+            log.error(
+                "giving up on a message of %s after %d attempts: %s", route.queue, attempt, reason
+            )
+            await self.reply(
+                raw,
+                error_reply(
+                    ErrorCode.INTERNAL_ERROR,
+                    f"the message failed {attempt} times and was dead-lettered",
+                    {"attempts": attempt},
+                ),
+            )
+            await self.dead_letter(raw, route.queue, f"failed {attempt} times: {reason}", attempt)
+        else:
+            log.warning(
+                "attempt %d of %d on %s failed, retrying: %s",
+                attempt, self.max_deliveries, route.queue, reason,
+                exc_info=not isinstance(failure, OSError | TimeoutError),
+            )  # fmt: skip
+            await self.republish(
+                raw,
+                exchange=self.topology.retry_name(attempt),
+                routing_key=route.queue,
+                extra_headers={names.ATTEMPTS_HEADER: attempt + 1, names.REASON_HEADER: reason},
+            )
+        await message.ack()
+
+    async def reply(self, raw: AbstractIncomingMessage, body: dict[str, Any]) -> None:
+        if not raw.reply_to:
+            return
+        await self.broker.publish(
+            json.dumps(body, separators=(",", ":")).encode(),
+            routing_key=raw.reply_to,
+            correlation_id=raw.correlation_id,
+            content_type="application/json",
+            mandatory=False,
+        )
+
+    async def dead_letter(
+        self, raw: AbstractIncomingMessage, queue: str, reason: str, attempt: int | None = None
+    ) -> None:
+        await self.republish(
+            raw,
+            exchange=names.DEAD_LETTER_EXCHANGE,
+            routing_key=queue,
+            extra_headers={
+                names.REASON_HEADER: reason[:1000],
+                names.ORIGINAL_QUEUE_HEADER: queue,
+                names.ATTEMPTS_HEADER: attempt or attempt_of(raw),
+            },
+        )
+
+    async def republish(
+        self,
+        raw: AbstractIncomingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        extra_headers: Mapping[str, Any],
+    ) -> None:
+        """A persistent copy of `raw` with its properties, confirmed by the broker."""
+        await self.broker.publish(
+            raw.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers={**(raw.headers or {}), **extra_headers},
+            correlation_id=raw.correlation_id,
+            reply_to=raw.reply_to,
+            message_id=raw.message_id,
+            message_type=raw.type,
+            content_type=raw.content_type,
+            persist=True,
+            mandatory=False,
+        )

@@ -1,0 +1,74 @@
+"""Which queue runs which handler: the routing table of the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from billing_contracts import names, wallet
+from pydantic import BaseModel
+
+from billing_worker.handlers import wallet as wallet_handlers
+from billing_worker.messaging.pipeline import InvalidMessage, Route, contract_parser
+from billing_worker.providers.base import Gateways, UnknownProvider
+from billing_worker.service import BillingService, Handler
+
+COMMANDS: Mapping[str, tuple[type[BaseModel], Handler[Any]]] = {
+    names.WALLET_DEPOSIT: (wallet.Deposit, wallet_handlers.deposit),
+    names.WALLET_WITHDRAW: (wallet.Withdraw, wallet_handlers.withdraw),
+}
+QUERIES: Mapping[str, tuple[type[BaseModel], Handler[Any]]] = {
+    names.WALLET_BALANCE: (wallet.GetBalance, wallet_handlers.get_balance),
+    names.WALLET_TRANSACTIONS: (wallet.ListTransactions, wallet_handlers.list_transactions),
+}
+
+
+def command_route(queue: str, service: BillingService) -> Route:
+    model, handler = COMMANDS[queue]
+    scope = queue.removeprefix("billing.")
+
+    async def handle(command: Any) -> dict[str, Any]:
+        return await service.command(scope, command, handler)
+
+    return Route(queue, contract_parser(model), handle)
+
+
+def query_route(queue: str, service: BillingService) -> Route:
+    model, handler = QUERIES[queue]
+
+    async def handle(query: Any) -> dict[str, Any]:
+        return await service.query(query, handler)
+
+    return Route(queue, contract_parser(model), handle)
+
+
+def provider_events_route(service: BillingService, gateways: Gateways) -> Route:
+    """Callbacks from the relay (or the sandbox): raw body + `x-provider` header."""
+
+    def parse(body: bytes, headers: Mapping[str, Any]) -> Any:
+        provider = headers.get(names.PROVIDER_HEADER)
+        if isinstance(provider, bytes):
+            provider = provider.decode(errors="replace")
+        try:
+            gateway = gateways.get(str(provider)) if provider else None
+        except UnknownProvider:
+            gateway = None
+        if gateway is None:
+            raise InvalidMessage(f"header {names.PROVIDER_HEADER}={provider!r} names no configured provider")
+        try:
+            return gateway.parse_event(body)
+        except ValueError as malformed:
+            raise InvalidMessage(str(malformed)) from None
+
+    async def handle(event: Any) -> None:
+        await service.provider_event(event)
+
+    return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle)
+
+
+def all_routes(service: BillingService, gateways: Gateways) -> list[Route]:
+    return [
+        *(command_route(queue, service) for queue in COMMANDS),
+        *(query_route(queue, service) for queue in QUERIES),
+        provider_events_route(service, gateways),
+    ]

@@ -1,0 +1,112 @@
+"""Everything the worker declares on RabbitMQ (DESIGN §3). Declaring is idempotent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from billing_contracts import names
+from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+
+from billing_worker.settings import Settings
+
+ALL_WORK_QUEUES = (*names.COMMAND_QUEUES, *names.QUERY_QUEUES)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names and declarations, derived from settings."""
+
+    quorum: bool
+    orders_exchange_name: str
+    retry_delays_ms: tuple[int, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(settings.quorum_queues, settings.orders_exchange, settings.retry_delays_ms)
+
+    def _queue(self, name: str, **arguments: object) -> RabbitQueue:
+        args: dict[str, object] = {"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE}
+        args.update(arguments)
+        if self.quorum:
+            args["x-dead-letter-strategy"] = "at-least-once"
+            args["x-overflow"] = "reject-publish"
+        return RabbitQueue(
+            name,
+            durable=True,
+            queue_type=QueueType.QUORUM if self.quorum else QueueType.CLASSIC,
+            arguments=args,  # type: ignore[arg-type]
+        )
+
+    def work_queue(self, name: str) -> RabbitQueue:
+        return self._queue(name)
+
+    @property
+    def provider_events(self) -> RabbitQueue:
+        return self._queue(names.PROVIDER_EVENTS_QUEUE)
+
+    @property
+    def order_created(self) -> RabbitQueue:
+        queue = self._queue(names.ORDER_CREATED_QUEUE)
+        return RabbitQueue(
+            queue.name,
+            durable=True,
+            queue_type=queue.queue_type,
+            arguments=queue.arguments,
+            routing_key=names.ORDER_CREATED,
+        )
+
+    @property
+    def orders_exchange(self) -> RabbitExchange:
+        return RabbitExchange(self.orders_exchange_name, type=ExchangeType.TOPIC, durable=True)
+
+    @property
+    def events_exchange(self) -> RabbitExchange:
+        return RabbitExchange(names.EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
+
+    @property
+    def dead_letter_exchange(self) -> RabbitExchange:
+        return RabbitExchange(names.DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True)
+
+    @property
+    def dead_letter_queue(self) -> RabbitQueue:
+        queue_type = QueueType.QUORUM if self.quorum else QueueType.CLASSIC
+        return RabbitQueue(names.DEAD_LETTER_QUEUE, durable=True, queue_type=queue_type)
+
+    def retry_name(self, attempt: int) -> str:
+        """The delay queue (and its fanout exchange) used before delivery `attempt + 1`."""
+        delays = self.retry_delays_ms
+        return f"billing.retry.{delays[min(attempt - 1, len(delays) - 1)]}ms"
+
+    def retry_queues(self) -> list[tuple[RabbitExchange, RabbitQueue]]:
+        """One fanout exchange + TTL queue per delay; expired messages go back through the
+        default exchange under their original routing key, i.e. to their original queue."""
+        pairs = []
+        for delay in sorted(set(self.retry_delays_ms)):
+            name = f"billing.retry.{delay}ms"
+            queue = RabbitQueue(
+                name,
+                durable=True,
+                queue_type=QueueType.QUORUM if self.quorum else QueueType.CLASSIC,
+                arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""},  # type: ignore[typeddict-item]
+            )
+            pairs.append((RabbitExchange(name, type=ExchangeType.FANOUT, durable=True), queue))
+        return pairs
+
+
+async def declare(broker: RabbitBroker, topology: Topology) -> None:
+    """Declare what no subscriber declares for us: exchanges, DLQ, retry and work queues."""
+    await broker.declare_exchange(topology.events_exchange)
+    await broker.declare_exchange(topology.orders_exchange)
+    dlx = await broker.declare_exchange(topology.dead_letter_exchange)
+    dlq = await broker.declare_queue(topology.dead_letter_queue)
+    await dlq.bind(dlx, routing_key="#")
+    for exchange, queue in topology.retry_queues():
+        declared_exchange = await broker.declare_exchange(exchange)
+        declared_queue = await broker.declare_queue(queue)
+        await declared_queue.bind(declared_exchange, routing_key="#")
+    for name in ALL_WORK_QUEUES:
+        await broker.declare_queue(topology.work_queue(name))
+    await broker.declare_queue(topology.provider_events)
+    order_queue = await broker.declare_queue(topology.order_created)
+    orders = await broker.declare_exchange(topology.orders_exchange)
+    await order_queue.bind(orders, routing_key=names.ORDER_CREATED)

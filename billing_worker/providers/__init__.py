@@ -1,0 +1,1 @@
+"""Payment providers behind one gateway protocol: Stripe, YooKassa and the built-in sandbox."""

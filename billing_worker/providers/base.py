@@ -1,0 +1,87 @@
+"""The gateway protocol every payment provider implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+from uuid import UUID
+
+from billing_worker.domain.events import ProviderEvent
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "pending"  # the provider will tell us the outcome through an event
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    transaction_id: UUID
+    user_id: str
+    amount_minor: int
+    currency: str
+    idempotency_key: str  # derived from the command's key: a redelivery makes no second payment
+    payment_method_id: str | None = None
+    return_url: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A provider callback the gateway itself will deliver to `billing.provider-events`."""
+
+    event_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    provider_ref: str
+    status: PaymentStatus
+    action: Mapping[str, Any] | None = None  # what the customer must do (client_secret, redirect)
+    failure_code: str | None = None
+    failure_message: str | None = None
+    notifications: tuple[Notification, ...] = field(default_factory=tuple)
+
+
+class PaymentGateway(Protocol):
+    """One payment provider. Handlers see only this, never an SDK."""
+
+    name: str
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentResult:
+        """Start a payment; idempotent on `request.idempotency_key`."""
+        ...
+
+    async def fetch_payment(self, provider_ref: str) -> PaymentResult:
+        """Re-read a payment's state from the provider (reconciliation, untrusted callbacks)."""
+        ...
+
+    def parse_event(self, body: bytes) -> ProviderEvent:
+        """Turn a verified callback body into a provider event; ValueError when malformed."""
+        ...
+
+
+class UnknownProvider(LookupError):
+    pass
+
+
+class Gateways:
+    """The configured gateways by name."""
+
+    def __init__(self, gateways: Mapping[str, PaymentGateway], default: str) -> None:
+        self._gateways = dict(gateways)
+        self.default = default
+
+    def get(self, name: str | None) -> PaymentGateway:
+        key = name or self.default
+        try:
+            return self._gateways[key]
+        except KeyError:
+            raise UnknownProvider(key) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._gateways

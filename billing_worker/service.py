@@ -1,0 +1,139 @@
+"""Runs handlers inside one database transaction each, with idempotency and the outbox.
+
+A command's state change, its idempotency record (with the reply) and its outbox events
+commit together or not at all. A refusal (`insufficient_funds`, ...) rolls the changes
+back but is itself recorded, so the same key always gets the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+from billing_contracts.envelope import Command, ErrorCode
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing_worker.db.engine import driver_connection
+from billing_worker.db.uow import Clock, UnitOfWork, utc_now
+from billing_worker.domain.errors import BillingError
+from billing_worker.domain.events import ProviderEvent
+from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.provider_events import Applied, apply_provider_event
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any]
+C = TypeVar("C", bound=BaseModel)
+Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel]]
+
+_IDEMPOTENCY_PKEY = "idempotency_records_pkey"
+_RETRIES = 5  # concurrent duplicates, deadlocks, serialization failures
+
+
+def ok(data: BaseModel) -> Reply:
+    return {"ok": True, "data": data.model_dump(mode="json")}
+
+
+def error(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Reply:
+    return {"ok": False, "error": {"code": code.value, "message": message, "details": details or {}}}
+
+
+def request_hash(command: Command) -> str:
+    body = command.model_dump_json(exclude={"idempotency_key"})
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: BillingError) -> None:
+        self.refusal = refusal
+
+
+def _is_retryable(exc: asyncpg.PostgresError) -> bool:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return exc.constraint_name == _IDEMPOTENCY_PKEY
+    return isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError)
+
+
+class BillingService:
+    """The application layer between messaging and handlers."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        deps: Deps,
+        clock: Clock = utc_now,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.deps = deps
+        self.clock = clock
+        self._on_commit = on_commit or (lambda _events: None)
+
+    async def command(self, scope: str, command: C, handler: Handler[C]) -> Reply:
+        """Run a command once per idempotency key and return its (first) reply."""
+        assert isinstance(command, Command)
+        digest = request_hash(command)
+        for _ in range(_RETRIES):
+            try:
+                return await self._command_once(scope, command, digest, handler)
+            except asyncpg.PostgresError as exc:
+                if not _is_retryable(exc):
+                    raise
+                log.debug("retrying %s %s after %s", scope, command.idempotency_key, exc)
+        raise RuntimeError(f"{scope}: gave up after {_RETRIES} conflicting attempts")
+
+    async def _command_once(
+        self, scope: str, command: Command, digest: str, handler: Handler[Any]
+    ) -> Reply:
+        key = command.idempotency_key
+        async with driver_connection(self.engine) as db:
+            uow = UnitOfWork(db, self.clock)
+            try:
+                async with db.transaction():
+                    stored = await uow.idempotency.find(scope, key)
+                    if stored is not None:
+                        return _replay(stored.request_hash, stored.reply, digest, key)
+                    try:
+                        reply = ok(await handler(command, uow, self.deps))
+                    except BillingError as refusal:
+                        raise _Refused(refusal) from refusal
+                    events = await uow.flush()
+                    await uow.idempotency.record(scope, key, digest, reply)
+            except _Refused as refused:
+                reply = error(refused.refusal.code, refused.refusal.message, refused.refusal.details)
+                async with db.transaction():
+                    await uow.idempotency.record(scope, key, digest, reply)
+                return reply
+        self._on_commit(events)
+        return reply
+
+    async def query(self, query: C, handler: Handler[C]) -> Reply:
+        async with driver_connection(self.engine) as db:
+            try:
+                return ok(await handler(query, UnitOfWork(db, self.clock), self.deps))
+            except BillingError as refusal:
+                return error(refusal.code, refusal.message, refusal.details)
+
+    async def provider_event(self, event: ProviderEvent) -> Applied:
+        async with driver_connection(self.engine) as db:
+            uow = UnitOfWork(db, self.clock)
+            async with db.transaction():
+                outcome = await apply_provider_event(event, uow, self.deps)
+                events = await uow.flush()
+        self._on_commit(events)
+        return outcome
+
+
+def _replay(stored_hash: str, reply: Reply | None, digest: str, key: str) -> Reply:
+    if stored_hash != digest:
+        return error(
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "this idempotency key was already used with a different payload",
+            {"idempotency_key": key},
+        )
+    assert reply is not None, "command records always carry their reply"
+    return reply

@@ -1,0 +1,91 @@
+"""The worker's settings: the only place that reads the environment (prefix `BILLING_`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+AmqpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["amqp", "amqps"])]
+
+
+class Settings(BaseSettings):
+    """Every setting is documented in the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BILLING_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/billing"),
+        description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver)",
+    )
+    rabbitmq_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="AMQP URL of RabbitMQ, including the vhost",
+    )
+    orders_exchange: str = Field(
+        default="orders", min_length=1, description="Topic exchange of the Orders service"
+    )
+    default_provider: Literal["sandbox", "stripe", "yookassa"] | None = Field(
+        default=None,
+        description="Provider for deposits that name none; sandbox when no provider keys are set",
+    )
+    stripe_api_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = Field(default=None, description="Override of Stripe's API URL")
+    yookassa_account_id: str | None = None
+    yookassa_secret_key: SecretStr | None = None
+    yookassa_api_url: str | None = Field(default=None, description="Override of YooKassa's API URL")
+
+    max_deliveries: int = Field(default=5, ge=1, le=100)
+    retry_delays_ms: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(1000, 5000, 30000, 120000),
+        description="Back-off before each redelivery of a transiently failed message, "
+        "comma-separated milliseconds; the last one repeats",
+    )
+    prefetch: int = Field(default=32, ge=1, le=1000)
+    db_pool_size: int = Field(default=16, ge=1, le=200)
+    quorum_queues: bool = False
+    low_balance_threshold: Decimal = Field(default=Decimal("10.00"), ge=0, max_digits=20)
+    outbox_poll_interval_ms: int = Field(default=1000, ge=10)
+    outbox_batch_size: int = Field(default=200, ge=1, le=10000)
+    relay_host: str = "0.0.0.0"  # noqa: S104 - the relay is the service's HTTP listener
+    relay_port: int = Field(default=8080, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("retry_delays_ms", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retry_delays_ms")
+    @classmethod
+    def _delays_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(delay < 1 for delay in value):
+            raise ValueError("needs at least one delay, each at least 1 ms")
+        return value
+
+    @property
+    def database_dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def amqp_url(self) -> str:
+        return self.rabbitmq_url.get_secret_value()
+
+    @property
+    def provider_for_deposits(self) -> str:
+        if self.default_provider:
+            return self.default_provider
+        if self.stripe_api_key:
+            return "stripe"
+        if self.yookassa_secret_key:
+            return "yookassa"
+        return "sandbox"

@@ -1,0 +1,42 @@
+"""Data of the subscription and invoice events on `billing.events` (types in `events`)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel
+
+from billing_contracts.invoices import InvoiceLineOut, InvoiceStatus
+from billing_contracts.money import Money
+from billing_contracts.subscriptions import PaymentSource, SubscriptionStatus
+
+
+class SubscriptionEvent(BaseModel):
+    """`subscription.created`, `.renewed`, `.past_due` and `.canceled`."""
+
+    subscription_id: UUID
+    user_id: str
+    plan_code: str
+    status: SubscriptionStatus
+    payment_source: PaymentSource
+    current_period_start: AwareDatetime | None
+    current_period_end: AwareDatetime | None
+    cancel_at_period_end: bool
+    reason: str | None = None
+    amount: Money | None = None
+
+
+class InvoiceEvent(BaseModel):
+    """`invoice.created` and `invoice.paid`."""
+
+    invoice_id: UUID
+    number: str
+    user_id: str
+    order_id: str | None
+    status: InvoiceStatus
+    currency: str
+    lines: list[InvoiceLineOut]
+    subtotal: Money
+    total: Money
+    due_at: AwareDatetime | None
+    paid_at: AwareDatetime | None

@@ -1,0 +1,78 @@
+"""Events the worker publishes on `billing.events` (routing key = type) and their data."""
+
+from __future__ import annotations
+
+from typing import Final
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from billing_contracts.money import Money
+
+SUBSCRIPTION_CREATED: Final = "subscription.created"
+SUBSCRIPTION_RENEWED: Final = "subscription.renewed"
+SUBSCRIPTION_PAST_DUE: Final = "subscription.past_due"
+SUBSCRIPTION_CANCELED: Final = "subscription.canceled"
+PAYMENT_SUCCESS: Final = "payment.success"
+PAYMENT_FAILED: Final = "payment.failed"
+DEPOSIT_COMPLETED: Final = "deposit.completed"
+WITHDRAWAL_COMPLETED: Final = "withdrawal.completed"
+INVOICE_CREATED: Final = "invoice.created"
+INVOICE_PAID: Final = "invoice.paid"
+BALANCE_LOW: Final = "balance.low"
+
+
+class PaymentSucceeded(BaseModel):
+    """`payment.success`: money moved in (or from the balance) for a transaction."""
+
+    transaction_id: UUID
+    user_id: str
+    kind: str
+    amount: Money
+    provider: str | None
+    provider_ref: str | None
+    status: str
+
+
+class PaymentFailed(BaseModel):
+    """`payment.failed`: the provider refused or canceled the payment."""
+
+    transaction_id: UUID
+    user_id: str
+    kind: str
+    amount: Money
+    provider: str | None
+    provider_ref: str | None
+    status: str
+    failure_code: str | None
+    failure_message: str | None
+
+
+class DepositCompleted(BaseModel):
+    """`deposit.completed`: the account was credited."""
+
+    transaction_id: UUID
+    user_id: str
+    amount: Money
+    provider: str | None
+    balance: Money
+
+
+class WithdrawalCompleted(BaseModel):
+    """`withdrawal.completed`: the account was debited."""
+
+    transaction_id: UUID
+    user_id: str
+    amount: Money
+    balance: Money
+    description: str
+    reference: str | None
+
+
+class BalanceLow(BaseModel):
+    """`balance.low`: once when a balance crosses below the threshold; re-armed above it."""
+
+    user_id: str
+    currency: str
+    balance: Money
+    threshold: Money

@@ -1,0 +1,105 @@
+"""Invoice commands, queries and reply objects."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from billing_contracts.envelope import Command, Query
+from billing_contracts.money import Currency, Money
+from billing_contracts.wallet import UserId
+
+MAX_LINES = 100
+MAX_QUANTITY = 1_000_000
+
+
+class InvoiceStatus(StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+class InvoiceLineIn(BaseModel):
+    """One line of a new invoice; its amount is quantity x unit_price."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = Field(min_length=1, max_length=500, examples=["Pro plan, March"])
+    quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True, examples=[1])
+    unit_price: Money = Field(
+        description="Zero is allowed (a free line). A currency other than the invoice's is "
+        "refused by the worker with `currency_mismatch`.",
+        examples=[{"amount": "9.99", "currency": "USD"}],
+    )
+
+
+class CreateInvoice(Command):
+    """`billing.invoice.create`: issue an invoice (it gets its `number` here)."""
+
+    user_id: UserId
+    currency: Currency
+    lines: list[InvoiceLineIn] = Field(min_length=1, max_length=MAX_LINES)
+    due_at: AwareDatetime | None = Field(default=None, examples=["2026-04-01T00:00:00Z"])
+    order_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="The order this invoice bills, if any",
+        examples=["ord_42"],
+    )
+
+
+class PayInvoice(Command):
+    """`billing.invoice.pay`: pay an open invoice."""
+
+    invoice_id: UUID
+    source: Literal["balance"] = Field(
+        description="Where the money comes from; v1 pays from the user's account only"
+    )
+
+
+class GetInvoices(Query):
+    """`billing.invoice.get`: one invoice by id, or one user's invoices, newest first, paged."""
+
+    invoice_id: UUID | None = None
+    user_id: UserId | None = Field(
+        default=None, min_length=1, max_length=255, description="The user's id in your system"
+    )
+    limit: int = Field(default=20, ge=1, le=100, strict=True)
+    cursor: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _exactly_one_selector(self) -> Self:
+        if (self.invoice_id is None) == (self.user_id is None):
+            raise ValueError("give exactly one of invoice_id or user_id")
+        return self
+
+
+class InvoiceLineOut(BaseModel):
+    description: str
+    quantity: int
+    unit_price: Money
+    amount: Money
+
+
+class InvoiceOut(BaseModel):
+    id: UUID
+    number: str = Field(examples=["INV-2026-000001"])
+    user_id: str
+    order_id: str | None
+    status: InvoiceStatus
+    currency: str
+    lines: list[InvoiceLineOut]
+    total: Money
+    due_at: AwareDatetime | None
+    paid_at: AwareDatetime | None
+
+
+class InvoicePage(BaseModel):
+    items: list[InvoiceOut]
+    next_cursor: str | None

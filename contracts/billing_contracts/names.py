@@ -1,0 +1,53 @@
+"""Queue, exchange and routing-key names: the topology other services integrate against."""
+
+from typing import Final
+
+# Command and query queues on the default exchange (routing key = queue name).
+PLAN_UPSERT: Final = "billing.plan.upsert"
+PLAN_LIST: Final = "billing.plan.list"
+SUBSCRIPTION_CREATE: Final = "billing.subscription.create"
+SUBSCRIPTION_CANCEL: Final = "billing.subscription.cancel"
+SUBSCRIPTION_GET: Final = "billing.subscription.get"
+WALLET_DEPOSIT: Final = "billing.wallet.deposit"
+WALLET_WITHDRAW: Final = "billing.wallet.withdraw"
+WALLET_BALANCE: Final = "billing.wallet.balance"
+WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
+INVOICE_CREATE: Final = "billing.invoice.create"
+INVOICE_PAY: Final = "billing.invoice.pay"
+INVOICE_GET: Final = "billing.invoice.get"
+
+COMMAND_QUEUES: Final = (
+    PLAN_UPSERT,
+    SUBSCRIPTION_CREATE,
+    SUBSCRIPTION_CANCEL,
+    WALLET_DEPOSIT,
+    WALLET_WITHDRAW,
+    INVOICE_CREATE,
+    INVOICE_PAY,
+)
+QUERY_QUEUES: Final = (
+    PLAN_LIST,
+    SUBSCRIPTION_GET,
+    WALLET_BALANCE,
+    WALLET_TRANSACTIONS,
+    INVOICE_GET,
+)
+
+# Inbound events.
+ORDERS_EXCHANGE: Final = "orders"  # owned by the Orders service; name configurable in the worker
+ORDER_CREATED: Final = "order.created"
+ORDER_CREATED_QUEUE: Final = "billing.orders.order-created"
+
+# Relay -> worker: verified provider callbacks (raw body, header `x-provider`).
+PROVIDER_EVENTS_QUEUE: Final = "billing.provider-events"
+PROVIDER_HEADER: Final = "x-provider"
+
+# Everything the worker tells the world; routing key = event type.
+EVENTS_EXCHANGE: Final = "billing.events"
+
+# Dead letters.
+DEAD_LETTER_EXCHANGE: Final = "billing.dlx"
+DEAD_LETTER_QUEUE: Final = "billing.dead-letter"
+REASON_HEADER: Final = "x-billing-reason"
+ORIGINAL_QUEUE_HEADER: Final = "x-billing-original-queue"
+ATTEMPTS_HEADER: Final = "x-billing-attempts"

@@ -1,0 +1,115 @@
+"""Subscription commands, queries and reply objects."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Self
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from billing_contracts.envelope import Command, Query
+from billing_contracts.plans import PlanCode
+from billing_contracts.wallet import PaymentAction, UserId
+
+
+class SubscriptionStatus(StrEnum):
+    INCOMPLETE = "incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired"
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    CANCELED = "canceled"
+
+
+class PaymentSource(StrEnum):
+    BALANCE = "balance"
+    STRIPE = "stripe"
+    YOOKASSA = "yookassa"
+
+
+def _check_email(value: str) -> str:
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain or any(char.isspace() for char in value):
+        raise ValueError("email must look like name@domain")
+    return value
+
+
+Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_check_email)]
+
+
+class CreateSubscription(Command):
+    """`billing.subscription.create`: subscribe the user to a plan."""
+
+    user_id: UserId
+    email: Email | None = Field(
+        default=None,
+        description="Passed to the provider as the customer's e-mail",
+        examples=["ada@example.com"],
+    )
+    plan_code: PlanCode
+    payment_source: PaymentSource = Field(
+        description="`balance` charges the user's account; `stripe` and `yookassa` charge "
+        "the customer's card"
+    )
+    payment_method_id: str | None = Field(
+        default=None,
+        max_length=255,
+        description="A saved payment method; with the sandbox, `pm_card_chargeDeclined` "
+        "makes the payment fail",
+        examples=["pm_card_visa"],
+    )
+
+
+class CancelSubscription(Command):
+    """`billing.subscription.cancel`: end a subscription now or at the end of its period."""
+
+    subscription_id: UUID
+    at_period_end: bool = Field(
+        default=True,
+        strict=True,
+        description="True: keep it until the paid period ends; false: cancel now",
+    )
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class GetSubscriptions(Query):
+    """`billing.subscription.get`: one subscription by id, or all of one user's."""
+
+    subscription_id: UUID | None = None
+    user_id: UserId | None = Field(
+        default=None, min_length=1, max_length=255, description="The user's id in your system"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_selector(self) -> Self:
+        if (self.subscription_id is None) == (self.user_id is None):
+            raise ValueError("give exactly one of subscription_id or user_id")
+        return self
+
+
+class SubscriptionOut(BaseModel):
+    id: UUID
+    user_id: str
+    plan_code: str
+    status: SubscriptionStatus
+    payment_source: PaymentSource
+    current_period_start: AwareDatetime | None
+    current_period_end: AwareDatetime | None
+    cancel_at_period_end: bool
+
+
+class SubscriptionCreated(BaseModel):
+    subscription: SubscriptionOut
+    payment_action: PaymentAction | None
+
+
+class SubscriptionList(BaseModel):
+    subscriptions: list[SubscriptionOut]

@@ -1,0 +1,44 @@
+"""A real worker app against the run's database and vhost, and a client bus to drive it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from support.rpc import Bus
+
+from billing_worker.app import Worker, build_worker
+from billing_worker.settings import Settings
+
+
+def make_settings(database_url: str, rabbitmq_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "rabbitmq_url": rabbitmq_url,
+        "retry_delays_ms": (50, 100, 200),
+        "outbox_poll_interval_ms": 200,
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(database_url: str, rabbitmq_url: str) -> Settings:
+    return make_settings(database_url, rabbitmq_url)
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[Worker]:
+    worker = build_worker(settings)
+    async with worker.app:
+        yield worker
+
+
+@pytest.fixture
+async def bus(worker: Worker, rabbitmq_url: str) -> AsyncIterator[Bus]:
+    bus = Bus(rabbitmq_url)
+    await bus.start()
+    yield bus
+    await bus.close()

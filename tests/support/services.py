@@ -1,0 +1,54 @@
+"""Per-run PostgreSQL database and RabbitMQ vhost, so test runs never see each other."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def run_id() -> str:
+    return f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def database_url_for(base: str, name: str) -> str:
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    connection = await asyncpg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username,
+        password=parsed.password, database="postgres",
+    )  # fmt: skip
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603,S607
+
+
+def create_vhost(base: str, name: str) -> str | None:
+    """A fresh vhost through rabbitmqctl; None when this machine cannot manage the broker."""
+    if shutil.which("rabbitmqctl") is None or urlsplit(base).hostname not in {"127.0.0.1", "localhost"}:
+        return None
+    user = urlsplit(base).username or "guest"
+    _rabbitmqctl("add_vhost", name)
+    _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
+
+
+def delete_vhost(name: str) -> None:
+    _rabbitmqctl("delete_vhost", name)
