@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
-from billing_contracts.envelope import Command, ErrorCode
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_contracts.envelope import Command, ErrorCode
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
 from billing_worker.domain.errors import BillingError
@@ -39,7 +39,10 @@ def ok(data: BaseModel) -> Reply:
 
 
 def error(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Reply:
-    return {"ok": False, "error": {"code": code.value, "message": message, "details": details or {}}}
+    return {
+        "ok": False,
+        "error": {"code": code.value, "message": message, "details": details or {}},
+    }
 
 
 def request_hash(command: Command) -> str:
@@ -54,7 +57,7 @@ class _Refused(Exception):
 
 def _is_retryable(exc: asyncpg.PostgresError) -> bool:
     if isinstance(exc, asyncpg.UniqueViolationError):
-        return exc.constraint_name == _IDEMPOTENCY_PKEY
+        return bool(exc.constraint_name == _IDEMPOTENCY_PKEY)
     return isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError)
 
 
@@ -104,7 +107,9 @@ class BillingService:
                     events = await uow.flush()
                     await uow.idempotency.record(scope, key, digest, reply)
             except _Refused as refused:
-                reply = error(refused.refusal.code, refused.refusal.message, refused.refusal.details)
+                reply = error(
+                    refused.refusal.code, refused.refusal.message, refused.refusal.details
+                )
                 async with db.transaction():
                     await uow.idempotency.record(scope, key, digest, reply)
                 return reply

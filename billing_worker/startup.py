@@ -37,7 +37,9 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
         await ensure_database(settings.database_dsn)
         async with asyncio.timeout(CONNECT_TIMEOUT), driver_connection(engine) as db:
             has_table = await db.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
-            current = await db.fetchval("SELECT version_num FROM alembic_version") if has_table else None
+            current = (
+                await db.fetchval("SELECT version_num FROM alembic_version") if has_table else None
+            )
     except DatabaseUnavailable as down:
         raise StartupError(str(down)) from None
     except (OSError, TimeoutError) as error:

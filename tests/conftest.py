@@ -1,12 +1,34 @@
-"""Session-wide services: a fresh database and a fresh RabbitMQ vhost per test run."""
+"""Session-wide services: a fresh database and a fresh RabbitMQ vhost per test run.
+
+The URLs come from BILLING_TEST_DATABASE_URL / BILLING_TEST_RABBITMQ_URL, defaulting to
+the local services on 127.0.0.1. Where those are unreachable and a Docker engine is,
+testcontainers starts throwaway ones.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import pytest
-from support import services
+from sqlalchemy.engine import make_url
+from support import containers, services
+
+
+def reachable(host: str | None, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host or "127.0.0.1", port), 3):
+        return True
+    return False
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer's machine; in CI a missing service is a failure, not a skip."""
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -15,15 +37,25 @@ def run_name() -> str:
 
 
 @pytest.fixture(scope="session")
-async def database_url(run_name: str) -> AsyncIterator[str]:
+def postgres_server() -> Iterator[str]:
+    base = os.environ.get("BILLING_TEST_DATABASE_URL", services.DEFAULT_DATABASE_URL)
+    parsed = make_url(base)
+    if reachable(parsed.host, parsed.port or 5432) or not containers.docker_available():
+        yield base
+        return
+    with containers.postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def database_url(run_name: str, postgres_server: str) -> AsyncIterator[str]:
     from billing_worker.db.migrate import DatabaseUnavailable, migrate
 
-    base = os.environ.get("BILLING_TEST_DATABASE_URL", services.DEFAULT_DATABASE_URL)
-    url = services.database_url_for(base, f"billing_test_{run_name}")
+    url = services.database_url_for(postgres_server, f"billing_test_{run_name}")
     try:
         await migrate(url)
     except DatabaseUnavailable as down:
-        pytest.skip(f"no PostgreSQL for integration tests: {down}")
+        unavailable(f"no PostgreSQL for integration tests: {down}")
     yield url
     await services.drop_database(url)
 
@@ -31,9 +63,16 @@ async def database_url(run_name: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def rabbitmq_url(run_name: str) -> Iterator[str]:
     base = os.environ.get("BILLING_TEST_RABBITMQ_URL", services.DEFAULT_RABBITMQ_URL)
+    parsed = urlsplit(base)
+    if not reachable(parsed.hostname, parsed.port or 5672):
+        if not containers.docker_available():
+            unavailable(f"no RabbitMQ for integration tests at {parsed.hostname}:{parsed.port}")
+        with containers.rabbitmq() as url:
+            yield url
+        return
     vhost = f"billing-test-{run_name}"
     url = services.create_vhost(base, vhost)
-    if url is None:  # a remote or containerised broker: share its vhost
+    if url is None:  # a remote broker we cannot administer: share its vhost
         yield base
         return
     yield url

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
-from billing_contracts import names
 
+from billing_contracts import names
 from billing_worker.db import outbox
 from billing_worker.db.idempotency import SqlIdempotency
 from billing_worker.db.wallet import SqlWallet
@@ -86,4 +86,3 @@ class UnitOfWork:
         await outbox.insert(self.connection, self._outbox)
         self._outbox.clear()
         return count
-

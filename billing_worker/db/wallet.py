@@ -70,7 +70,8 @@ SET balance_minor = a.balance_minor + $3,
     updated_at = now()
 FROM previous
 WHERE a.id = previous.id AND a.balance_minor + $3 >= 0
-RETURNING a.id, a.balance_minor, previous.low_balance_alerted AS was_low, a.low_balance_alerted AS is_low
+RETURNING a.id, a.balance_minor,
+          previous.low_balance_alerted AS was_low, a.low_balance_alerted AS is_low
 """
 
 _INSERT_TRANSACTION = """
@@ -136,7 +137,9 @@ class SqlWallet:
         self, user_id: str, currency: str, delta_minor: int, threshold_minor: int
     ) -> BalanceChange | None:
         """Add `delta_minor` (negative to debit); None if no account or not enough funds."""
-        row = await self._db.fetchrow(_MOVE_BALANCE, user_id, currency, delta_minor, threshold_minor)
+        row = await self._db.fetchrow(
+            _MOVE_BALANCE, user_id, currency, delta_minor, threshold_minor
+        )
         if row is None:
             return None
         return BalanceChange(
@@ -191,7 +194,9 @@ class SqlWallet:
         self, provider: str, provider_ref: str, *, lock: bool = False
     ) -> TransactionRow | None:
         sql = f"SELECT {_COLUMNS} FROM transactions WHERE provider = $1 AND provider_ref = $2"  # noqa: S608
-        record = await self._db.fetchrow(sql + (" FOR UPDATE" if lock else ""), provider, provider_ref)
+        record = await self._db.fetchrow(
+            sql + (" FOR UPDATE" if lock else ""), provider, provider_ref
+        )
         return None if record is None else _row(record)
 
     async def transactions_page(

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from billing_contracts.wallet import TransactionStatus as Status
-
 from billing_worker.domain.errors import InvalidState
 
 ALLOWED: Mapping[Status, frozenset[Status]] = MappingProxyType(

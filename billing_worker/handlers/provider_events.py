@@ -7,7 +7,6 @@ from enum import StrEnum
 
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Status
-
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.domain.errors import TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
@@ -45,9 +44,7 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
         # retry later rather than drop it (it is dead-lettered if it never matches).
         raise TransientError(f"no {event.provider} payment {event.provider_ref} (yet)")
     if not can_move(Status(row.status), target):
-        log.info(
-            "ignoring %s for transaction %s: already %s", event.event_type, row.id, row.status
-        )
+        log.info("ignoring %s for transaction %s: already %s", event.event_type, row.id, row.status)
         return Applied.STALE
     step = transition(Status(row.status), target, reason=f"{event.provider}:{event.event_type}")
     moved = await uow.wallet.move_transaction(

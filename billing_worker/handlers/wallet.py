@@ -21,10 +21,14 @@ from billing_contracts.wallet import (
     WithdrawResult,
 )
 from billing_contracts.wallet import TransactionStatus as Status
-
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
-from billing_worker.domain.errors import InsufficientFunds, InvalidInput, InvalidState, ProviderError
+from billing_worker.domain.errors import (
+    InsufficientFunds,
+    InvalidInput,
+    InvalidState,
+    ProviderError,
+)
 from billing_worker.domain.money import format_minor, to_wire
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
@@ -177,4 +181,3 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return at, uuid.UUID(ident)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("cursor is not one this service returned", cursor=cursor) from None
-

@@ -93,7 +93,11 @@ class OutboxPublisher:
             results = await asyncio.gather(
                 *(self._send(pending.message) for pending in batch), return_exceptions=True
             )
-            done = [p.id for p, r in zip(batch, results, strict=True) if not isinstance(r, BaseException)]
+            done = [
+                p.id
+                for p, r in zip(batch, results, strict=True)
+                if not isinstance(r, BaseException)
+            ]
             await outbox.mark_published(db, done)
             failed = [r for r in results if isinstance(r, BaseException)]
         self.published += len(done)

@@ -21,17 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-from billing_contracts import names
-from billing_contracts.envelope import ErrorCode
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
+from billing_contracts import names
+from billing_contracts.envelope import ErrorCode
+from billing_worker.domain.errors import TransientError
 from billing_worker.messaging.topology import Topology
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# Failures that need no traceback in the log: the reason says it all.
+EXPECTED_FAILURES = (TransientError, OSError, TimeoutError)
 
 
 class InvalidMessage(ValueError):
@@ -80,15 +83,15 @@ def describe(invalid: ValidationError) -> tuple[str, dict[str, Any]]:
 
 
 def error_reply(code: ErrorCode, message: str, details: Mapping[str, Any]) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code.value, "message": message, "details": dict(details)}}
+    return {
+        "ok": False,
+        "error": {"code": code.value, "message": message, "details": dict(details)},
+    }
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
     raw = (message.headers or {}).get(names.ATTEMPTS_HEADER, 1)
-    try:
-        return max(1, int(raw))  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return 1
+    return max(1, raw) if isinstance(raw, int) else 1
 
 
 class Pipeline:
@@ -111,7 +114,9 @@ class Pipeline:
             payload = route.parse(raw.body, raw.headers or {})
         except InvalidMessage as invalid:
             log.warning("invalid message on %s: %s", route.queue, invalid.reason)
-            await self.reply(raw, error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details))
+            await self.reply(
+                raw, error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details)
+            )
             await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
             await message.ack()
             return
@@ -148,7 +153,7 @@ class Pipeline:
             log.warning(
                 "attempt %d of %d on %s failed, retrying: %s",
                 attempt, self.max_deliveries, route.queue, reason,
-                exc_info=not isinstance(failure, OSError | TimeoutError),
+                exc_info=not isinstance(failure, EXPECTED_FAILURES),
             )  # fmt: skip
             await self.republish(
                 raw,

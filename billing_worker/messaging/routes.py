@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from billing_contracts import names, wallet
 from pydantic import BaseModel
 
+from billing_contracts import names, wallet
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.pipeline import InvalidMessage, Route, contract_parser
 from billing_worker.providers.base import Gateways, UnknownProvider
@@ -54,7 +54,9 @@ def provider_events_route(service: BillingService, gateways: Gateways) -> Route:
         except UnknownProvider:
             gateway = None
         if gateway is None:
-            raise InvalidMessage(f"header {names.PROVIDER_HEADER}={provider!r} names no configured provider")
+            raise InvalidMessage(
+                f"header {names.PROVIDER_HEADER}={provider!r} names no configured provider"
+            )
         try:
             return gateway.parse_event(body)
         except ValueError as malformed:

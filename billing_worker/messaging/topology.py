@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
-from billing_contracts import names
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
+from billing_contracts import names
 from billing_worker.settings import Settings
+
+if TYPE_CHECKING:
+    from faststream.rabbit.schemas.queue import ClassicQueueArgs, QuorumQueueArgs
 
 ALL_WORK_QUEUES = (*names.COMMAND_QUEUES, *names.QUERY_QUEUES)
 
@@ -24,17 +28,28 @@ class Topology:
     def from_settings(cls, settings: Settings) -> Topology:
         return cls(settings.quorum_queues, settings.orders_exchange, settings.retry_delays_ms)
 
-    def _queue(self, name: str, **arguments: object) -> RabbitQueue:
-        args: dict[str, object] = {"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE}
-        args.update(arguments)
+    def _queue(
+        self, name: str, *, routing_key: str = "", arguments: dict[str, Any] | None = None
+    ) -> RabbitQueue:
+        args: dict[str, Any] = {"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE}
+        args.update(arguments or {})
+        args = {key: value for key, value in args.items() if value is not None}
         if self.quorum:
-            args["x-dead-letter-strategy"] = "at-least-once"
-            args["x-overflow"] = "reject-publish"
+            # Dead-lettering out of a quorum queue is at-most-once unless asked otherwise.
+            args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            return RabbitQueue(
+                name,
+                queue_type=QueueType.QUORUM,
+                durable=True,
+                arguments=cast("QuorumQueueArgs", args),
+                routing_key=routing_key,
+            )
         return RabbitQueue(
             name,
+            queue_type=QueueType.CLASSIC,
             durable=True,
-            queue_type=QueueType.QUORUM if self.quorum else QueueType.CLASSIC,
-            arguments=args,  # type: ignore[arg-type]
+            arguments=cast("ClassicQueueArgs", args),
+            routing_key=routing_key,
         )
 
     def work_queue(self, name: str) -> RabbitQueue:
@@ -46,14 +61,7 @@ class Topology:
 
     @property
     def order_created(self) -> RabbitQueue:
-        queue = self._queue(names.ORDER_CREATED_QUEUE)
-        return RabbitQueue(
-            queue.name,
-            durable=True,
-            queue_type=queue.queue_type,
-            arguments=queue.arguments,
-            routing_key=names.ORDER_CREATED,
-        )
+        return self._queue(names.ORDER_CREATED_QUEUE, routing_key=names.ORDER_CREATED)
 
     @property
     def orders_exchange(self) -> RabbitExchange:
@@ -69,8 +77,8 @@ class Topology:
 
     @property
     def dead_letter_queue(self) -> RabbitQueue:
-        queue_type = QueueType.QUORUM if self.quorum else QueueType.CLASSIC
-        return RabbitQueue(names.DEAD_LETTER_QUEUE, durable=True, queue_type=queue_type)
+        # The end of the line: no dead-letter exchange of its own.
+        return self._queue(names.DEAD_LETTER_QUEUE, arguments={"x-dead-letter-exchange": None})
 
     def retry_name(self, attempt: int) -> str:
         """The delay queue (and its fanout exchange) used before delivery `attempt + 1`."""
@@ -83,11 +91,10 @@ class Topology:
         pairs = []
         for delay in sorted(set(self.retry_delays_ms)):
             name = f"billing.retry.{delay}ms"
-            queue = RabbitQueue(
-                name,
-                durable=True,
-                queue_type=QueueType.QUORUM if self.quorum else QueueType.CLASSIC,
-                arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""},  # type: ignore[typeddict-item]
+            # Expired copies go back through the default exchange under their original
+            # routing key (the work queue's name); the TTL is the back-off.
+            queue = self._queue(
+                name, arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""}
             )
             pairs.append((RabbitExchange(name, type=ExchangeType.FANOUT, durable=True), queue))
         return pairs

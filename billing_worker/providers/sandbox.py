@@ -22,7 +22,10 @@ from billing_worker.providers.base import (
 
 DECLINING_METHODS = {
     "pm_card_chargeDeclined": ("card_declined", "Your card was declined."),
-    "pm_card_chargeDeclinedInsufficientFunds": ("insufficient_funds", "Your card has insufficient funds."),
+    "pm_card_chargeDeclinedInsufficientFunds": (
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
 }
 _OUTCOMES = {"payment.succeeded": PaymentOutcome.SUCCEEDED, "payment.failed": PaymentOutcome.FAILED}
 

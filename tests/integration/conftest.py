@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from support.rpc import Bus
 
 from billing_worker.app import Worker, build_worker
 from billing_worker.settings import Settings
+from support.rpc import Bus
 
 
 def make_settings(database_url: str, rabbitmq_url: str, **overrides: Any) -> Settings:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from support.rpc import Bus
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,10 @@ BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "a negative amount": (json.dumps(with_amount("-1.00")).encode(), "amount"),
     "an unknown currency": (json.dumps(with_amount("1.00", "XYZ")).encode(), "amount.currency"),
     "a missing field": (json.dumps(withdrawal(description=None)).encode(), "description"),
-    "a missing idempotency key": (json.dumps(withdrawal(idempotency_key=None)).encode(), "idempotency_key"),
+    "a missing idempotency key": (
+        json.dumps(withdrawal(idempotency_key=None)).encode(),
+        "idempotency_key",
+    ),
     "an unknown field": (json.dumps(withdrawal(surprise=True)).encode(), "surprise"),
     "a zero amount": (json.dumps(with_amount("0.00")).encode(), "(body)"),
 }

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
-from support.rpc import Bus
 
 from billing_worker.app import Worker, build_gateways, build_worker
 from billing_worker.db.engine import driver_connection
@@ -17,6 +17,7 @@ from billing_worker.domain.events import ProviderEvent
 from billing_worker.providers.base import Gateways, PaymentRequest, PaymentResult
 from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.settings import Settings
+from support.rpc import Bus
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ class FlakyGateway:
         raise NotImplementedError
 
     def parse_event(self, body: bytes) -> ProviderEvent:
-        return self.sandbox.parse_event(body)
+        return dataclasses.replace(self.sandbox.parse_event(body), provider=self.name)
 
 
 @pytest.fixture
@@ -79,7 +80,9 @@ async def test_a_transient_failure_is_retried_with_back_off_and_then_succeeds(
 
     assert reply["ok"], reply
     assert sum(flaky.calls.values()) == 3
-    await bus.event("deposit.completed", lambda d: d["transaction_id"] == reply["data"]["transaction"]["id"])
+    await bus.event(
+        "deposit.completed", lambda d: d["transaction_id"] == reply["data"]["transaction"]["id"]
+    )
 
 
 async def test_a_message_failing_every_time_is_dead_lettered_after_max_deliveries(
@@ -117,7 +120,9 @@ async def sandbox_event_for(transaction_id: str, method: str | None = None) -> b
     return result.notifications[0].body
 
 
-async def test_the_same_provider_event_delivered_again_and_concurrently_applies_once(bus: Bus) -> None:
+async def test_the_same_provider_event_delivered_again_and_concurrently_applies_once(
+    bus: Bus,
+) -> None:
     user = f"user-{uuid.uuid4().hex[:8]}"
     reply = await bus.call(
         DEPOSIT, {"idempotency_key": uuid.uuid4().hex, "user_id": user,
@@ -128,7 +133,10 @@ async def test_the_same_provider_event_delivered_again_and_concurrently_applies_
     event = await sandbox_event_for(transaction_id)
 
     await asyncio.gather(
-        *(bus.send("billing.provider-events", event, headers={"x-provider": "sandbox"}) for _ in range(5))
+        *(
+            bus.send("billing.provider-events", event, headers={"x-provider": "sandbox"})
+            for _ in range(5)
+        )
     )
     await asyncio.sleep(1)
 
@@ -148,7 +156,11 @@ async def test_a_failure_arriving_after_success_changes_nothing(bus: Bus) -> Non
     late_failure = json.loads(await sandbox_event_for(transaction_id, "pm_card_chargeDeclined"))
     late_failure["id"] = "sbx_evt_late_failure_" + uuid.uuid4().hex
 
-    await bus.send("billing.provider-events", json.dumps(late_failure).encode(), headers={"x-provider": "sandbox"})
+    await bus.send(
+        "billing.provider-events",
+        json.dumps(late_failure).encode(),
+        headers={"x-provider": "sandbox"},
+    )
     await asyncio.sleep(1)
 
     assert not bus.events_of("payment.failed", lambda d: d["user_id"] == user)
@@ -165,7 +177,6 @@ async def test_the_outbox_publishes_what_was_committed_while_the_broker_was_down
     bus: Bus, worker: Worker, settings: Settings
 ) -> None:
     from billing_contracts.wallet import Deposit, Withdraw
-
     from billing_worker.handlers import wallet
 
     await worker.publisher.stop()  # nobody publishes from here on

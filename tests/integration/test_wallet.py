@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from support.rpc import Bus
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,11 @@ def usd(amount: str) -> dict[str, str]:
 async def fund(bus: Bus, user: str, amount: str, currency: str = "USD") -> None:
     reply = await bus.call(
         DEPOSIT,
-        {"idempotency_key": key(), "user_id": user, "amount": {"amount": amount, "currency": currency}},
+        {
+            "idempotency_key": key(),
+            "user_id": user,
+            "amount": {"amount": amount, "currency": currency},
+        },
     )
     assert reply["ok"], reply
     transaction_id = reply["data"]["transaction"]["id"]
@@ -43,7 +48,9 @@ async def balance_of(bus: Bus, user: str, currency: str = "USD") -> str:
     return str(accounts[0]["balance"]["amount"]) if accounts else "none"
 
 
-async def withdraw(bus: Bus, user: str, amount: str, idempotency_key: str | None = None) -> dict[str, Any]:
+async def withdraw(
+    bus: Bus, user: str, amount: str, idempotency_key: str | None = None
+) -> dict[str, Any]:
     return await bus.call(
         WITHDRAW,
         {
@@ -155,7 +162,9 @@ async def test_the_same_key_and_payload_returns_the_first_reply_and_applies_once
 
     first = await withdraw(bus, user, "3.00", idempotency_key=same)
     again = await withdraw(bus, user, "3.00", idempotency_key=same)
-    together = await asyncio.gather(*(withdraw(bus, user, "3.00", idempotency_key=same) for _ in range(10)))
+    together = await asyncio.gather(
+        *(withdraw(bus, user, "3.00", idempotency_key=same) for _ in range(10))
+    )
 
     assert first["ok"]
     assert again == first

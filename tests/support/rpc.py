@@ -38,7 +38,9 @@ class Tap:
 
         return await asyncio.wait_for(enough(), timeout)
 
-    def matching(self, match: Callable[[AbstractIncomingMessage], bool]) -> list[AbstractIncomingMessage]:
+    def matching(
+        self, match: Callable[[AbstractIncomingMessage], bool]
+    ) -> list[AbstractIncomingMessage]:
         return [m for m in self.messages if match(m)]
 
 
@@ -101,7 +103,9 @@ class Bus:
         await target.publish(message, routing_key=queue)
         return correlation_id
 
-    async def call(self, queue: str, payload: Any, *, timeout: float = 15, **options: Any) -> dict[str, Any]:
+    async def call(
+        self, queue: str, payload: Any, *, timeout: float = 15, **options: Any
+    ) -> dict[str, Any]:
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._futures[correlation_id] = future
@@ -116,11 +120,17 @@ class Bus:
         )
         return body(found[0])  # type: ignore[no-any-return]
 
-    def events_of(self, type_: str, match: Callable[[dict[str, Any]], bool] = lambda _: True) -> list[dict[str, Any]]:
+    def events_of(
+        self, type_: str, match: Callable[[dict[str, Any]], bool] = lambda _: True
+    ) -> list[dict[str, Any]]:
         return [
-            body(m) for m in self.events.messages if m.routing_key == type_ and match(body(m)["data"])
+            body(m)
+            for m in self.events.messages
+            if m.routing_key == type_ and match(body(m)["data"])
         ]
 
     async def dead_letter(self, correlation_id: str, **wait: Any) -> AbstractIncomingMessage:
-        found = await self.dead_letters.wait_for(lambda m: m.correlation_id == correlation_id, **wait)
+        found = await self.dead_letters.wait_for(
+            lambda m: m.correlation_id == correlation_id, **wait
+        )
         return found[0]

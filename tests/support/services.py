@@ -41,7 +41,10 @@ def _rabbitmqctl(*args: str) -> None:
 
 def create_vhost(base: str, name: str) -> str | None:
     """A fresh vhost through rabbitmqctl; None when this machine cannot manage the broker."""
-    if shutil.which("rabbitmqctl") is None or urlsplit(base).hostname not in {"127.0.0.1", "localhost"}:
+    if shutil.which("rabbitmqctl") is None or urlsplit(base).hostname not in {
+        "127.0.0.1",
+        "localhost",
+    }:
         return None
     user = urlsplit(base).username or "guest"
     _rabbitmqctl("add_vhost", name)

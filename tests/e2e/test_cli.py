@@ -1,0 +1,114 @@
+"""The console script as an operator meets it: help, migrate, and one-line start-up failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "billing_worker"]
+
+
+def run(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [*CLI, *args],
+        env={**clean, "BILLING_LOG_FORMAT": "text", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd="/",  # no .env file from the checkout
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["migrate"], ["run"]])
+def test_help_describes_every_command(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: billing-worker" in result.stdout
+
+
+def test_migrate_creates_the_missing_database_and_is_safe_to_run_twice(
+    database_url: str, run_name: str
+) -> None:
+    from support.services import database_url_for
+
+    url = database_url_for(database_url, f"billing_test_cli_{run_name}")
+    try:
+        first = run("migrate", BILLING_DATABASE_URL=url)
+        second = run("migrate", BILLING_DATABASE_URL=url)
+        assert first.returncode == 0, first.stderr
+        assert "creating database" in first.stderr
+        assert second.returncode == 0, second.stderr
+        assert "creating database" not in second.stderr
+    finally:
+        import asyncio
+
+        from support.services import drop_database
+
+        asyncio.run(drop_database(url))
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_an_unreachable_database_stops_start_up_with_a_one_line_reason() -> None:
+    result = run("run", BILLING_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/billing")
+    line = one_line_failure(result)
+    assert "cannot reach PostgreSQL at 127.0.0.1:1" in line
+
+
+def test_an_unreachable_broker_stops_start_up_with_a_one_line_reason(database_url: str) -> None:
+    result = run(
+        "run",
+        BILLING_DATABASE_URL=database_url,
+        BILLING_RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/",
+    )
+    line = one_line_failure(result)
+    assert "cannot reach RabbitMQ at 127.0.0.1:1/" in line
+
+
+def test_an_unmigrated_database_stops_start_up_and_says_to_migrate(
+    database_url: str, run_name: str, rabbitmq_url: str
+) -> None:
+    from support.services import database_url_for
+
+    url = database_url_for(database_url, f"billing_test_empty_{run_name}")
+    try:
+        result = run("run", BILLING_DATABASE_URL=url, BILLING_RABBITMQ_URL=rabbitmq_url)
+        line = one_line_failure(result)
+        assert "billing-worker migrate" in line
+    finally:
+        import asyncio
+
+        from support.services import drop_database
+
+        asyncio.run(drop_database(url))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BILLING_PREFETCH", "lots"), ("BILLING_MAX_DELIVERIES", "0"), ("BILLING_RETRY_DELAYS_MS", "x")],
+)
+def test_a_wrong_setting_stops_start_up_naming_the_setting(name: str, value: str) -> None:
+    result = run("run", **{name: value})
+    assert result.returncode != 0
+    assert name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_secrets_are_not_printed_in_start_up_failures() -> None:
+    result = run(
+        "run",
+        BILLING_DATABASE_URL="postgresql+asyncpg://postgres:s3cret-pw@127.0.0.1:1/billing",
+    )
+    assert "s3cret-pw" not in result.stderr + result.stdout
