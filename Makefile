@@ -26,6 +26,7 @@ run: migrate  ## set up and run the worker against the local services
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install services lint  ## set up and run the whole test suite
 	$(BIN)/pytest

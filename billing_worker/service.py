@@ -124,6 +124,14 @@ class BillingService:
                 return error(refusal.code, refusal.message, refusal.details)
 
     async def provider_event(self, event: ProviderEvent) -> Applied:
+        if event.outcome is not None and not await self.deps.gateways.get(
+            event.provider
+        ).verify_event(event):
+            log.warning(
+                "not trusting %s %s for %s: the provider does not confirm it",
+                event.provider, event.event_type, event.provider_ref,
+            )  # fmt: skip
+            return Applied.UNTRUSTED
         async with driver_connection(self.engine) as db:
             uow = UnitOfWork(db, self.clock)
             async with db.transaction():

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
+
 from support import containers, services
 
 

@@ -11,10 +11,11 @@ async callers use ``migrate``, which runs it in a worker thread.
 import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped, unused-ignore]  # asyncpg ships no types
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 5.0
 MAINTENANCE_DATABASE = "postgres"
 MIGRATIONS_DIR_ENV = "BILLING_MIGRATIONS_DIR"
+
+# Alembic's `context`/`op` proxies are process-global: two upgrades in one process at
+# once would run each other's DDL. Across processes env.py serialises with a PostgreSQL
+# advisory lock.
+_UPGRADE_LOCK = threading.Lock()
 
 
 class DatabaseUnavailable(Exception):
@@ -51,12 +57,13 @@ def _quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-async def _connect(url: URL, database: str) -> Any:
+async def _connect(url: URL, database: str) -> asyncpg.Connection:
     """An asyncpg connection to ``database`` on the server of ``url``.
 
     A missing database raises ``asyncpg.InvalidCatalogNameError``; anything else that
     prevents the connection raises :class:`DatabaseUnavailable`.
     """
+    ssl: Any = url.query.get("ssl")  # as the SQLAlchemy asyncpg dialect reads it
     try:
         return await asyncpg.connect(
             host=url.host,
@@ -65,7 +72,7 @@ async def _connect(url: URL, database: str) -> Any:
             password=url.password,
             database=database,
             timeout=CONNECT_TIMEOUT_SECONDS,
-            ssl=url.query.get("ssl"),
+            ssl=ssl,
         )
     except asyncpg.InvalidCatalogNameError:
         raise
@@ -159,7 +166,8 @@ def upgrade_to_head(url: str) -> None:
         raise RuntimeError(
             "upgrade_to_head() runs its own event loop; from async code use migrate()"
         )
-    command.upgrade(alembic_config(url), "head")
+    with _UPGRADE_LOCK:
+        command.upgrade(alembic_config(url), "head")
 
 
 async def migrate(url: str) -> None:

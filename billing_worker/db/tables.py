@@ -44,6 +44,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+# CHECK names are short and get the table prefixed: name="balance_non_negative" on
+# virtual_accounts is ck_virtual_accounts_balance_non_negative. Multi-column and partial
+# indexes carry their full name explicitly; the other names below derive from columns.
 NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
@@ -63,7 +66,8 @@ TRANSACTION_PROVIDERS = (*PROVIDERS, "balance")
 
 def one_of(column: str, values: Iterable[str]) -> str:
     """SQL for ``column IN ('a', 'b', ...)``; the values are our own constants."""
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+    return f"{column} IN ({quoted})"
 
 
 def currency_check() -> CheckConstraint:

@@ -12,6 +12,7 @@ import asyncpg
 from billing_contracts import names
 from billing_worker.db import outbox
 from billing_worker.db.idempotency import SqlIdempotency
+from billing_worker.db.users import SqlUsers
 from billing_worker.db.wallet import SqlWallet
 from billing_worker.domain.events import DomainEvent
 from billing_worker.providers.base import Notification
@@ -64,6 +65,7 @@ class UnitOfWork:
     def __init__(self, connection: asyncpg.Connection, clock: Clock = utc_now) -> None:
         self.connection = connection
         self.wallet = SqlWallet(connection)
+        self.users = SqlUsers(connection)
         self.idempotency = SqlIdempotency(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []

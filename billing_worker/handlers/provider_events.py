@@ -29,6 +29,7 @@ class Applied(StrEnum):
     DUPLICATE = "duplicate"  # this event id was handled before
     IGNORED = "ignored"  # an event type billing does not act on
     STALE = "stale"  # out of order or repeated: the transaction is already past it
+    UNTRUSTED = "untrusted"  # the provider's API does not confirm what the callback says
 
 
 async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps) -> Applied:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import uuid
 from datetime import datetime
 
@@ -33,7 +34,12 @@ from billing_worker.domain.money import format_minor, to_wire
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
-from billing_worker.providers.base import PaymentRequest, PaymentStatus, UnknownProvider
+from billing_worker.providers.base import (
+    PaymentGateway,
+    PaymentRequest,
+    PaymentStatus,
+    UnknownProvider,
+)
 
 _IDS = uuid.UUID("6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11")  # namespace of derived ids
 
@@ -51,6 +57,7 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
     currency, amount = command.amount.currency, command.amount.minor
     account_id = await uow.wallet.open_account(command.user_id, currency)
     transaction_id = derived_id("deposit", command.idempotency_key)
+    customer = await provider_customer(gateway, command.user_id, uow)
     result = await gateway.create_payment(
         PaymentRequest(
             transaction_id=transaction_id,
@@ -60,6 +67,7 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
             idempotency_key=str(transaction_id),
             payment_method_id=command.payment_method_id,
             return_url=command.return_url,
+            customer_ref=customer,
         )
     )
     now = uow.clock()
@@ -92,6 +100,19 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
         uow.emit(views.payment_failed(row))
     action = PaymentAction.model_validate(result.action) if result.action else None
     return DepositResult(transaction=views.transaction_out(row), payment_action=action)
+
+
+async def provider_customer(gateway: PaymentGateway, user_id: str, uow: UnitOfWork) -> str | None:
+    """The user's customer at the provider, created once and stored (None if not needed)."""
+    if not gateway.needs_customer:
+        return None
+    known = await uow.users.customer_ref(user_id, gateway.name)
+    if known:
+        return known
+    # The key makes concurrent first payments of one user share one provider customer.
+    key = "customer-" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
+    created = await gateway.create_customer(user_id, None, key)
+    return await uow.users.remember_customer(user_id, gateway.name, created)
 
 
 async def credit_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:

@@ -27,6 +27,7 @@ class PaymentRequest:
     payment_method_id: str | None = None
     return_url: str | None = None
     description: str | None = None
+    customer_ref: str | None = None  # the provider's customer, for gateways that need one
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class PaymentResult:
-    provider_ref: str
+    provider_ref: str | None  # None only when the provider refused before creating anything
     status: PaymentStatus
     action: Mapping[str, Any] | None = None  # what the customer must do (client_secret, redirect)
     failure_code: str | None = None
@@ -51,6 +52,11 @@ class PaymentGateway(Protocol):
     """One payment provider. Handlers see only this, never an SDK."""
 
     name: str
+    needs_customer: bool  # create_customer must run once per user before payments
+
+    async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
+        """Create (idempotently) the provider's customer for one billing user; its id."""
+        ...
 
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         """Start a payment; idempotent on `request.idempotency_key`."""
@@ -62,6 +68,10 @@ class PaymentGateway(Protocol):
 
     def parse_event(self, body: bytes) -> ProviderEvent:
         """Turn a verified callback body into a provider event; ValueError when malformed."""
+        ...
+
+    async def verify_event(self, event: ProviderEvent) -> bool:
+        """Whether the provider confirms the event (YooKassa: re-read the payment)."""
         ...
 
 

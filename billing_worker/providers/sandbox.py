@@ -32,6 +32,10 @@ _OUTCOMES = {"payment.succeeded": PaymentOutcome.SUCCEEDED, "payment.failed": Pa
 
 class SandboxGateway:
     name = "sandbox"
+    needs_customer = False
+
+    async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
+        return f"sbx_cus_{uuid.uuid5(uuid.NAMESPACE_URL, user_id).hex}"
 
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         # Deterministic ids: a redelivered command yields the same payment and the same event.
@@ -58,6 +62,9 @@ class SandboxGateway:
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         # The sandbox keeps no state: the outcome always arrives as its event.
         return PaymentResult(provider_ref, PaymentStatus.PENDING)
+
+    async def verify_event(self, event: ProviderEvent) -> bool:
+        return True  # the sandbox's callbacks come from this worker itself
 
     def parse_event(self, body: bytes) -> ProviderEvent:
         try:

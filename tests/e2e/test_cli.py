@@ -97,7 +97,11 @@ def test_an_unmigrated_database_stops_start_up_and_says_to_migrate(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("BILLING_PREFETCH", "lots"), ("BILLING_MAX_DELIVERIES", "0"), ("BILLING_RETRY_DELAYS_MS", "x")],
+    [
+        ("BILLING_PREFETCH", "lots"),
+        ("BILLING_MAX_DELIVERIES", "0"),
+        ("BILLING_RETRY_DELAYS_MS", "x"),
+    ],
 )
 def test_a_wrong_setting_stops_start_up_naming_the_setting(name: str, value: str) -> None:
     result = run("run", **{name: value})

@@ -216,6 +216,15 @@ async def test_migrating_twice_changes_nothing(schema_url: str, engine: AsyncEng
     assert await current_revision(schema_url) == head_revision()
 
 
+async def test_concurrent_migrations_create_and_migrate_the_database_once() -> None:
+    async with fresh_database() as url:
+        await _drop_database(url)  # start from no database at all
+
+        await asyncio.gather(*(migrate(url) for _ in range(3)))
+
+        assert await current_revision(url) == head_revision()
+
+
 async def test_the_migrated_schema_matches_the_sqlmodel_tables(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         differences = await connection.run_sync(_differences)

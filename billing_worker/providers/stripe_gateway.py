@@ -1,0 +1,165 @@
+"""Stripe: PaymentIntents for deposits, on the official SDK's async calls.
+
+Every POST carries an idempotency key derived from ours, so a redelivered command
+finds the intent the first delivery created instead of creating a second one.
+Network trouble and Stripe's 5xx/429 are transient (retried by the pipeline); any
+other Stripe error is `provider_error` with Stripe's message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import stripe
+
+from billing_worker.domain.errors import ProviderError, TransientError
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
+
+# payment_intent.status -> what billing makes of it
+_STATUS = {
+    "succeeded": PaymentStatus.SUCCEEDED,
+    "canceled": PaymentStatus.FAILED,
+    "processing": PaymentStatus.PENDING,
+    "requires_payment_method": PaymentStatus.PENDING,
+    "requires_confirmation": PaymentStatus.PENDING,
+    "requires_action": PaymentStatus.PENDING,
+    "requires_capture": PaymentStatus.PENDING,
+}
+_EVENTS = {
+    "payment_intent.succeeded": PaymentOutcome.SUCCEEDED,
+    "payment_intent.payment_failed": PaymentOutcome.FAILED,
+    "payment_intent.canceled": PaymentOutcome.CANCELED,
+    "charge.refunded": PaymentOutcome.REFUNDED,
+}
+# Stripe amounts are in the currency's smallest unit like ours, except for a few
+# currencies Stripe treats specially; refuse those rather than charge a wrong amount.
+UNSUPPORTED_CURRENCIES = frozenset({"HUF", "TWD", "ISK", "UGX"})
+
+
+class StripeGateway:
+    name = "stripe"
+    needs_customer = True
+
+    def __init__(self, api_key: str, *, api_base: str | None = None, timeout: float = 20.0) -> None:
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else {},
+            http_client=stripe.HTTPXClient(timeout=timeout),
+            max_network_retries=0,  # the pipeline retries, with back-off and a limit
+        )
+
+    async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
+        params: dict[str, Any] = {"metadata": {"user_id": user_id}}
+        if email:
+            params["email"] = email
+        customer = await _call(
+            self._client.v1.customers.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            )
+        )
+        return str(customer.id)
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentResult:
+        if request.currency in UNSUPPORTED_CURRENCIES:
+            raise ProviderError(f"Stripe deposits in {request.currency} are not supported")
+        params: dict[str, Any] = {
+            "amount": request.amount_minor,
+            "currency": request.currency.lower(),
+            "metadata": {"transaction_id": str(request.transaction_id), "user_id": request.user_id},
+        }
+        if request.customer_ref:
+            params["customer"] = request.customer_ref
+        if request.description:
+            params["description"] = request.description
+        if request.payment_method_id:  # a saved method: charge it now, without the customer
+            params |= {"payment_method": request.payment_method_id, "confirm": True,
+                       "off_session": True}  # fmt: skip
+        else:
+            params["automatic_payment_methods"] = {"enabled": True}
+        options = {"idempotency_key": f"pi-{request.idempotency_key}"}
+        try:
+            intent = await _call(
+                self._client.v1.payment_intents.create_async(params, options)  # type: ignore[arg-type]
+            )
+        except stripe.CardError as declined:
+            return _declined(declined)
+        return _result(intent)
+
+    async def fetch_payment(self, provider_ref: str) -> PaymentResult:
+        return _result(await _call(self._client.v1.payment_intents.retrieve_async(provider_ref)))
+
+    def parse_event(self, body: bytes) -> ProviderEvent:
+        try:
+            event = json.loads(body)
+            event_type = str(event["type"])
+            obj = event["data"]["object"]
+            outcome = _EVENTS.get(event_type)
+            ref = obj.get("payment_intent") if event_type.startswith("charge.") else obj.get("id")
+            error = obj.get("last_payment_error") or {}
+            return ProviderEvent(
+                provider=self.name,
+                event_id=str(event["id"]),
+                outcome=outcome,
+                provider_ref=str(ref) if ref else None,
+                event_type=event_type,
+                failure_code=error.get("decline_code") or error.get("code"),
+                failure_message=error.get("message"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"malformed Stripe event: {error}") from error
+
+    async def verify_event(self, event: ProviderEvent) -> bool:
+        return True  # the relay verified the signature before the event reached the queue
+
+
+async def _call(call: Any) -> Any:
+    """Await an SDK call, sorting Stripe's errors into transient and final ones."""
+    try:
+        return await call
+    except stripe.CardError:
+        raise
+    except (stripe.APIConnectionError, stripe.RateLimitError) as error:
+        raise TransientError(f"Stripe unavailable: {error.user_message or error}") from None
+    except stripe.StripeError as error:
+        if error.http_status is not None and error.http_status >= 500:
+            raise TransientError(
+                f"Stripe error {error.http_status}: {error.user_message}"
+            ) from None
+        raise ProviderError(
+            f"Stripe refused the request: {error.user_message or error}",
+            stripe_code=error.code,
+        ) from None
+
+
+def _result(intent: Any) -> PaymentResult:
+    status = _STATUS.get(intent.status, PaymentStatus.PENDING)
+    action = None
+    if status is PaymentStatus.PENDING and intent.status in (
+        "requires_payment_method",
+        "requires_action",
+        "requires_confirmation",
+    ):
+        action = {"type": "client_secret", "client_secret": intent.client_secret}
+    error = intent.get("last_payment_error") or {}
+    return PaymentResult(
+        provider_ref=intent.id,
+        status=status,
+        action=action,
+        failure_code=(error.get("decline_code") or error.get("code")) if error else None,
+        failure_message=error.get("message") if error else None,
+    )
+
+
+def _declined(declined: stripe.CardError) -> PaymentResult:
+    body: dict[str, Any] = declined.json_body if isinstance(declined.json_body, dict) else {}
+    error = body.get("error") or {}
+    intent = error.get("payment_intent") or {}
+    return PaymentResult(
+        provider_ref=str(intent.get("id") or f"declined:{error.get('request_log_url', '')}"),
+        status=PaymentStatus.FAILED,
+        failure_code=error.get("decline_code") or declined.code,
+        failure_message=error.get("message") or declined.user_message,
+    )
