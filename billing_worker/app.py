@@ -14,12 +14,15 @@ from billing_worker.db import outbox
 from billing_worker.db.engine import create_engine
 from billing_worker.db.uow import Clock, utc_now
 from billing_worker.handlers.deps import Deps
+from billing_worker.jobs.reconcile import Reconciler
 from billing_worker.messaging import topology as topo
 from billing_worker.messaging.outbox_publisher import OutboxPublisher
 from billing_worker.messaging.pipeline import Pipeline
 from billing_worker.messaging.routes import all_routes
 from billing_worker.providers.base import Gateways, PaymentGateway
 from billing_worker.providers.sandbox import SandboxGateway
+from billing_worker.providers.stripe_gateway import StripeGateway
+from billing_worker.providers.yookassa_gateway import YooKassaGateway
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
 from billing_worker.startup import check_database, connect_broker
@@ -36,11 +39,27 @@ class Worker:
     engine: AsyncEngine
     service: BillingService
     publisher: OutboxPublisher
+    reconciler: Reconciler
     settings: Settings
 
 
 def build_gateways(settings: Settings) -> Gateways:
+    """Sandbox always; Stripe and YooKassa when their keys are set."""
     gateways: dict[str, PaymentGateway] = {"sandbox": SandboxGateway()}
+    timeout = settings.provider_timeout_seconds
+    if settings.stripe_api_key:
+        gateways["stripe"] = StripeGateway(
+            settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            timeout=timeout,
+        )
+    if settings.yookassa_account_id and settings.yookassa_secret_key:
+        gateways["yookassa"] = YooKassaGateway(
+            settings.yookassa_account_id,
+            settings.yookassa_secret_key.get_secret_value(),
+            api_url=settings.yookassa_api_url,
+            timeout=timeout,
+        )
     return Gateways(gateways, default=settings.provider_for_deposits)
 
 
@@ -78,6 +97,13 @@ def build_worker(
     )
     deps = Deps(gateways=gateways, low_balance_threshold=settings.low_balance_threshold)
     service = BillingService(engine, deps, clock, on_commit=publisher.notify)
+    reconciler = Reconciler(
+        engine,
+        service,
+        gateways,
+        after_seconds=settings.reconcile_after_seconds,
+        interval_seconds=settings.reconcile_interval_seconds,
+    )
     pipeline = Pipeline(broker, topology, settings.max_deliveries)
     for route in all_routes(service, gateways):
         queue = (
@@ -100,6 +126,7 @@ def build_worker(
 
     async def after_startup() -> None:
         publisher.start()
+        reconciler.start()
         log.info(
             "billing worker consuming (prefetch %d, default provider %s)",
             settings.prefetch,
@@ -110,6 +137,7 @@ def build_worker(
         log.info("billing worker stopping: finishing in-flight messages")
         for subscriber in broker.subscribers:
             await subscriber.stop()  # cancels consuming, waits for in-flight handlers
+        await reconciler.stop()
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:
@@ -123,7 +151,7 @@ def build_worker(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    return Worker(app, broker, engine, service, publisher, settings)
+    return Worker(app, broker, engine, service, publisher, reconciler, settings)
 
 
 async def _raw_body(message: Any) -> bytes:

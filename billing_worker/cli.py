@@ -58,6 +58,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from billing_worker.relay.runner import run
+    from billing_worker.startup import StartupError
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        run(settings)
+    except StartupError as error:
+        print(f"billing-worker relay: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="billing-worker",
@@ -82,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         "migrated database (billing-worker migrate).",
     )
     run.set_defaults(func=cmd_run)
+    relay = commands.add_parser(
+        "relay",
+        help="run the webhook relay: verify Stripe/YooKassa callbacks, queue them",
+        description="Listen on BILLING_RELAY_HOST:BILLING_RELAY_PORT for POST /webhooks/stripe "
+        "(Stripe-Signature checked with BILLING_STRIPE_WEBHOOK_SECRET) and POST "
+        "/webhooks/yookassa (source address checked against BILLING_YOOKASSA_ALLOWED_NETWORKS), "
+        "and publish each verified callback to billing.provider-events; answers 2xx only "
+        "after the broker confirmed it, 503 while the broker is away. GET /healthz reports "
+        "broker connectivity. Holds no database connection.",
+    )
+    relay.set_defaults(func=cmd_relay)
     return parser
 
 

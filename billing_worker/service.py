@@ -123,10 +123,13 @@ class BillingService:
             except BillingError as refusal:
                 return error(refusal.code, refusal.message, refusal.details)
 
-    async def provider_event(self, event: ProviderEvent) -> Applied:
-        if event.outcome is not None and not await self.deps.gateways.get(
-            event.provider
-        ).verify_event(event):
+    async def provider_event(self, event: ProviderEvent, *, verified: bool = False) -> Applied:
+        """Apply a provider event; `verified` when we just read it from the provider's API."""
+        if (
+            not verified
+            and event.outcome is not None
+            and not await self.deps.gateways.get(event.provider).verify_event(event)
+        ):
             log.warning(
                 "not trusting %s %s for %s: the provider does not confirm it",
                 event.provider, event.event_type, event.provider_ref,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from billing_worker.relay.verify import YOOKASSA_NETWORKS
 
 AmqpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["amqp", "amqps"])]
 
@@ -39,6 +42,18 @@ class Settings(BaseSettings):
     yookassa_account_id: str | None = None
     yookassa_secret_key: SecretStr | None = None
     yookassa_api_url: str | None = Field(default=None, description="Override of YooKassa's API URL")
+    provider_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    yookassa_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=YOOKASSA_NETWORKS,
+        description="Comma-separated CIDRs YooKassa notifications may come from",
+    )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed",
+    )
+    reconcile_after_seconds: int = Field(default=900, ge=1)
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
 
     max_deliveries: int = Field(default=5, ge=1, le=100)
     retry_delays_ms: Annotated[tuple[int, ...], NoDecode] = Field(
@@ -63,6 +78,20 @@ class Settings(BaseSettings):
     def _split_delays(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("yookassa_allowed_networks", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("yookassa_allowed_networks", "trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
         return value
 
     @field_validator("retry_delays_ms")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 
 # Provider name -> column holding that provider's customer id (a closed set, never input).
@@ -30,3 +32,14 @@ class SqlUsers:
             customer_ref,
         )
         return str(value)
+
+    async def save_payment_method(self, user_id: str, provider: str, method_ref: str) -> None:
+        """Remember a method the provider saved for recurring charges (idempotent)."""
+        await self._db.execute(
+            "INSERT INTO payment_methods (id, user_id, provider, provider_method_id) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (provider, provider_method_id) DO NOTHING",
+            uuid.uuid4(),
+            user_id,
+            provider,
+            method_ref,
+        )

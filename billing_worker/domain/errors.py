@@ -50,3 +50,7 @@ class InvalidInput(BillingError):
 
 class TransientError(Exception):
     """A failure worth retrying later (provider timeout, database restart)."""
+
+
+class Unprocessable(Exception):
+    """Retrying cannot help and nothing was changed: dead-letter it for an operator."""

@@ -37,3 +37,5 @@ class ProviderEvent:
     event_type: str
     failure_code: str | None = None
     failure_message: str | None = None
+    object_ref: str | None = None  # the provider object the event is about, when not the payment
+    saved_method_ref: str | None = None  # a payment method the provider saved for reuse

@@ -8,7 +8,8 @@ from enum import StrEnum
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.uow import UnitOfWork
-from billing_worker.domain.errors import TransientError
+from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.transactions import can_move, transition
 from billing_worker.handlers import views
@@ -21,6 +22,7 @@ _TARGET = {
     PaymentOutcome.SUCCEEDED: Status.COMPLETED,
     PaymentOutcome.FAILED: Status.FAILED,
     PaymentOutcome.CANCELED: Status.CANCELED,
+    PaymentOutcome.REFUNDED: Status.REFUNDED,
 }
 
 
@@ -57,8 +59,25 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
     )
     if moved is None:  # cannot happen under the row lock; refuse rather than guess
         raise TransientError(f"transaction {row.id} changed under its lock")
+    if target is Status.COMPLETED and event.saved_method_ref:
+        await uow.users.save_payment_method(moved.user_id, event.provider, event.saved_method_ref)
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
         await credit_deposit(moved, uow, deps)
     elif target in (Status.FAILED, Status.CANCELED):
         uow.emit(views.payment_failed(moved))
+    elif target is Status.REFUNDED and moved.kind == TransactionKind.DEPOSIT:
+        await take_back_refunded_deposit(moved, uow, deps)
     return Applied.APPLIED
+
+
+async def take_back_refunded_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:
+    """The provider returned a deposit to the card: the wallet gives the money back."""
+    change = await uow.wallet.move_balance(
+        row.user_id, row.currency, -row.amount_minor, deps.low_balance_minor(row.currency)
+    )
+    if change is None:  # already spent: the balance may not go negative, a human decides
+        raise Unprocessable(
+            f"refund of deposit {row.id} exceeds the {row.currency} balance of {row.user_id}"
+        )
+    if change.crossed_below:
+        uow.emit(views.balance_low(row.user_id, row.currency, change))

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from billing_contracts import names
 from billing_contracts.envelope import ErrorCode
-from billing_worker.domain.errors import TransientError
+from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.messaging.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,11 @@ class Pipeline:
     ) -> None:
         raw = message.raw_message
         reason = f"{type(failure).__name__}: {failure}"[:500]
-        if attempt >= self.max_deliveries:
+        if isinstance(failure, Unprocessable):
+            log.error("dead-lettering a message of %s: %s", route.queue, reason)
+            await self.reply(raw, error_reply(ErrorCode.INTERNAL_ERROR, str(failure), {}))
+            await self.dead_letter(raw, route.queue, f"unprocessable: {reason}", attempt)
+        elif attempt >= self.max_deliveries:
             log.error(
                 "giving up on a message of %s after %d attempts: %s", route.queue, attempt, reason
             )

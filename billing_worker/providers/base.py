@@ -46,6 +46,7 @@ class PaymentResult:
     failure_code: str | None = None
     failure_message: str | None = None
     notifications: tuple[Notification, ...] = field(default_factory=tuple)
+    saved_method_ref: str | None = None  # a payment method the provider saved for reuse
 
 
 class PaymentGateway(Protocol):
@@ -92,6 +93,10 @@ class Gateways:
             return self._gateways[key]
         except KeyError:
             raise UnknownProvider(key) from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._gateways)
 
     def __contains__(self, name: str) -> bool:
         return name in self._gateways

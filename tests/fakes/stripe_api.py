@@ -215,7 +215,7 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
 
 
 @dataclass(frozen=True)
-class TestCard:
+class Card:
     brand: str
     last4: str
     outcome: str = "succeed"  # "succeed" | "decline" | "authenticate"
@@ -223,13 +223,13 @@ class TestCard:
 
 
 TEST_CARDS = {
-    "pm_card_visa": TestCard("visa", "4242"),
-    "pm_card_mastercard": TestCard("mastercard", "4444"),
-    "pm_card_chargeDeclined": TestCard("visa", "0002", "decline", "generic_decline"),
-    "pm_card_visa_chargeDeclinedInsufficientFunds": TestCard(
+    "pm_card_visa": Card("visa", "4242"),
+    "pm_card_mastercard": Card("mastercard", "4444"),
+    "pm_card_chargeDeclined": Card("visa", "0002", "decline", "generic_decline"),
+    "pm_card_visa_chargeDeclinedInsufficientFunds": Card(
         "visa", "9995", "decline", "insufficient_funds"
     ),
-    "pm_card_authenticationRequired": TestCard("visa", "3184", "authenticate"),
+    "pm_card_authenticationRequired": Card("visa", "3184", "authenticate"),
 }
 DECLINE_MESSAGES = {
     "insufficient_funds": "Your card has insufficient funds.",
@@ -244,8 +244,8 @@ CANCELABLE = (
 )
 
 
-def card_for(payment_method: str) -> TestCard:
-    return TEST_CARDS.get(payment_method, TestCard("visa", "4242"))
+def card_for(payment_method: str) -> Card:
+    return TEST_CARDS.get(payment_method, Card("visa", "4242"))
 
 
 def payment_method_object(pm_id: str, created: int) -> JSON:
@@ -394,6 +394,7 @@ class FakeStripe:
         key = req.headers.get("idempotency-key") if req.method == "POST" else None
         if key:
             headers["Idempotency-Key"] = key
+        api_key = ""
         try:
             self._injected_failure()
             api_key = self._authenticate(req.headers.get("authorization", ""))
@@ -494,7 +495,8 @@ class FakeStripe:
         for method, pattern, handler in self._routes:
             if method == req.method and (match := pattern.fullmatch(req.path)):
                 obj = handler(req.params, **match.groupdict())
-                return self._expand(obj, req.params.get("expand") or [])
+                expand = req.params.get("expand") or []
+                return self._expand(obj, [expand] if isinstance(expand, str) else expand)
         raise invalid_request(
             f"Unrecognized request URL ({req.method}: {req.path}). Please see "
             "https://stripe.com/docs or we can help at https://support.stripe.com/.",
@@ -508,24 +510,21 @@ class FakeStripe:
         self.created[obj["object"]] += 1
         return obj
 
-    def _tables(self) -> dict[str, tuple[str, dict[str, JSON]]]:
-        return {
-            "cus_": ("customer", self.customers),
-            "pi_": ("payment_intent", self.payment_intents),
-            "ch_": ("charge", self.charges),
-            "re_": ("refund", self.refunds),
-            "price_": ("price", self.prices),
-            "sub_": ("subscription", self.subscriptions),
-            "in_": ("invoice", self.invoices),
-        }
-
     def _lookup(self, object_id: str) -> JSON | None:
+        """The stored object an id refers to, found by its prefix (for `expand[]`)."""
         if object_id.startswith("pm_"):
             return payment_method_object(object_id, self.now())
-        for prefix, (_, table) in self._tables().items():
-            if object_id.startswith(prefix):
-                return table.get(object_id)
-        return None
+        tables = {
+            "cus_": self.customers,
+            "pi_": self.payment_intents,
+            "ch_": self.charges,
+            "re_": self.refunds,
+            "price_": self.prices,
+            "sub_": self.subscriptions,
+            "in_": self.invoices,
+        }
+        prefix = object_id.partition("_")[0] + "_"
+        return tables.get(prefix, {}).get(object_id)
 
     def _retrieve(self, kind: str, table: dict[str, JSON]) -> Handler:
         def retrieve(params: JSON, id: str) -> JSON:
@@ -889,7 +888,8 @@ class FakeStripe:
         amount = remaining if amount is None else amount
         if amount > remaining:
             raise invalid_request(
-                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})",
+                f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                f"({remaining})",
                 code="amount_too_large",
                 param="amount",
             )

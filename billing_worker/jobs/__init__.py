@@ -1,0 +1,1 @@
+"""Periodic jobs inside the worker: reconciliation (renewals come with subscriptions)."""

@@ -1,0 +1,101 @@
+"""Reconciliation: re-read from the provider every payment stuck in `processing`.
+
+A webhook can be lost (endpoint down for longer than the provider retries, a
+misconfigured secret). Every `interval`, each replica claims a batch of transactions
+that have been processing for longer than `after` seconds — the claim bumps
+`updated_at`, a lease that keeps other replicas off them for another `after` seconds —
+asks the provider for the truth and applies it through the same path as a webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing_worker.db.engine import driver_connection
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.providers.base import Gateways, PaymentStatus
+from billing_worker.service import BillingService
+
+log = logging.getLogger(__name__)
+
+_CLAIM = """
+UPDATE transactions SET updated_at = now()
+WHERE id IN (
+    SELECT id FROM transactions
+    WHERE status = 'processing' AND provider = ANY($1::text[]) AND provider_ref IS NOT NULL
+      AND updated_at < now() - make_interval(secs => $2)
+    ORDER BY updated_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, provider, provider_ref
+"""
+_OUTCOMES = {
+    PaymentStatus.SUCCEEDED: PaymentOutcome.SUCCEEDED,
+    PaymentStatus.FAILED: PaymentOutcome.FAILED,
+}
+
+
+@dataclass
+class Reconciler:
+    engine: AsyncEngine
+    service: BillingService
+    gateways: Gateways
+    after_seconds: float
+    interval_seconds: float
+    batch: int = 50
+    _task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """Reconcile one batch; returns how many transactions the provider settled."""
+        providers = [name for name in self.gateways.names if name != "sandbox"]
+        async with driver_connection(self.engine) as db:
+            claimed = await db.fetch(_CLAIM, providers, self.after_seconds, self.batch)
+        settled = 0
+        for row in claimed:
+            try:
+                result = await self.gateways.get(row["provider"]).fetch_payment(row["provider_ref"])
+            except Exception as error:  # one provider outage must not stop the others
+                log.warning("reconciling %s failed: %s", row["id"], error)
+                continue
+            outcome = _OUTCOMES.get(result.status)
+            if outcome is None:
+                continue
+            event = ProviderEvent(
+                provider=row["provider"],
+                event_id=f"reconcile:{row['id']}:{outcome.value}",
+                outcome=outcome,
+                provider_ref=row["provider_ref"],
+                event_type=f"reconciliation.{outcome.value}",
+                failure_code=result.failure_code,
+                failure_message=result.failure_message,
+            )
+            await self.service.provider_event(event, verified=True)
+            settled += 1
+            log.info(
+                "reconciled transaction %s: %s at %s", row["id"], outcome.value, row["provider"]
+            )
+        return settled
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_seconds)
+            try:
+                await self.run_once()
+            except Exception as error:
+                log.warning("reconciliation round failed: %s", error)

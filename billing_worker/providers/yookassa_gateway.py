@@ -1,0 +1,181 @@
+"""YooKassa: redirect payments and recurring charges, on the official `yookassa` SDK.
+
+The SDK is synchronous (`requests`) and sets no HTTP timeout, so every call runs in a
+worker thread through `_TimedApiClient`, which gives requests a real timeout and turns
+a network failure into `TransientError` (the SDK reports it as an AttributeError).
+Payments are created through the SDK's `ApiClient.request` with our own JSON body,
+because `Payment.create` rounds `amount.value` through a float; our amount is the
+exact decimal string of the integer minor units.
+A notification carries no signature: it is trusted only after re-reading the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+import requests
+from yookassa import Configuration
+from yookassa.client import ApiClient
+from yookassa.domain.exceptions import ApiError
+
+from billing_worker.domain.errors import ProviderError, TransientError
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.domain.money import format_minor
+from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
+
+_STATUS = {
+    "pending": PaymentStatus.PENDING,
+    "waiting_for_capture": PaymentStatus.PENDING,
+    "succeeded": PaymentStatus.SUCCEEDED,
+    "canceled": PaymentStatus.FAILED,
+}
+_EVENTS = {
+    "payment.succeeded": PaymentOutcome.SUCCEEDED,
+    "payment.canceled": PaymentOutcome.FAILED,  # YooKassa's only way a payment fails
+    "refund.succeeded": PaymentOutcome.REFUNDED,
+}
+DEFAULT_API_URL = "https://api.yookassa.ru/v3"
+
+
+class _TimedApiClient(ApiClient):  # type: ignore[misc]
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._http_timeout = timeout
+
+    def get_session(self) -> requests.Session:
+        session: requests.Session = super().get_session()
+        session.request = functools.partial(session.request, timeout=self._http_timeout)  # type: ignore[method-assign]
+        return session
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().request(*args, **kwargs)
+        except AttributeError as error:  # the SDK's way of reporting a network failure
+            cause = error.__context__
+            if isinstance(cause, requests.RequestException):
+                raise TransientError(f"YooKassa unreachable: {type(cause).__name__}") from None
+            raise
+
+
+class YooKassaGateway:
+    name = "yookassa"
+    needs_customer = False  # YooKassa has no customer object; saved methods are per payment
+
+    def __init__(
+        self, account_id: str, secret_key: str, *, api_url: str | None = None, timeout: float = 20.0
+    ) -> None:
+        # The SDK keeps its configuration in class state: one YooKassa shop per process.
+        Configuration.configure(account_id, secret_key, api_url=api_url or DEFAULT_API_URL)
+        self._timeout = timeout
+
+    async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
+        raise NotImplementedError("YooKassa has no customers")
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentResult:
+        body: dict[str, Any] = {
+            "amount": {
+                "value": _value(request.amount_minor, request.currency),
+                "currency": request.currency,
+            },
+            "capture": True,
+            "description": (request.description or f"Deposit {request.transaction_id}")[:128],
+            "metadata": {"transaction_id": str(request.transaction_id), "user_id": request.user_id},
+        }
+        if request.payment_method_id:  # a saved method: a recurring charge, no customer present
+            body["payment_method_id"] = request.payment_method_id
+        else:
+            if not request.return_url:
+                raise ProviderError("a YooKassa payment needs return_url for the redirect")
+            body["confirmation"] = {"type": "redirect", "return_url": request.return_url}
+            body["save_payment_method"] = True
+        headers = {"Idempotence-Key": f"pay-{request.idempotency_key}"}
+        payment = await self._call("POST", "/payments", headers=headers, body=body)
+        return _result(payment)
+
+    async def fetch_payment(self, provider_ref: str) -> PaymentResult:
+        return _result(await self._call("GET", f"/payments/{provider_ref}"))
+
+    def parse_event(self, body: bytes) -> ProviderEvent:
+        try:
+            notification = json.loads(body)
+            event_type = str(notification["event"])
+            obj = notification["object"]
+            object_id = str(obj["id"])
+            refund = event_type.startswith("refund.")
+            cancellation = obj.get("cancellation_details") or {}
+            return ProviderEvent(
+                provider=self.name,
+                # YooKassa notifications have no id; an object reaches each state once.
+                event_id=f"{event_type}:{object_id}",
+                outcome=_EVENTS.get(event_type),
+                provider_ref=str(obj["payment_id"]) if refund else object_id,
+                event_type=event_type,
+                failure_code=cancellation.get("reason"),
+                failure_message=cancellation.get("party"),
+                object_ref=object_id,
+                saved_method_ref=_saved_method(obj),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"malformed YooKassa notification: {error}") from error
+
+    async def verify_event(self, event: ProviderEvent) -> bool:
+        """Re-read the object: the notification is trusted only if YooKassa agrees."""
+        if event.outcome is PaymentOutcome.REFUNDED:
+            refund = await self._call("GET", f"/refunds/{event.object_ref}")
+            return bool(refund.get("status") == "succeeded")
+        payment = await self._call("GET", f"/payments/{event.provider_ref}")
+        expected = {PaymentOutcome.SUCCEEDED: "succeeded", PaymentOutcome.FAILED: "canceled"}
+        return bool(
+            payment.get("status") == expected.get(event.outcome or PaymentOutcome.SUCCEEDED)
+        )
+
+    async def _call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, body: Any = None
+    ) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            return _TimedApiClient(self._timeout).request(method, path, None, headers, body)  # type: ignore[no-any-return]
+
+        try:
+            # The HTTP timeout bounds the thread; the outer one bounds the wait regardless.
+            return await asyncio.wait_for(asyncio.to_thread(call), self._timeout + 5)
+        except TimeoutError:
+            raise TransientError(f"YooKassa did not answer {method} {path} in time") from None
+        except ApiError as error:
+            status = getattr(error, "HTTP_CODE", None)
+            detail = error.args[0] if error.args else {}
+            text = detail.get("description") if isinstance(detail, dict) else str(detail)
+            if isinstance(status, int) and (status >= 500 or status in (202, 429)):
+                raise TransientError(f"YooKassa error {status}: {text}") from None
+            raise ProviderError(f"YooKassa refused the request: {text}", status=status) from None
+        except requests.RequestException as error:  # e.g. a proxy's non-JSON error page
+            raise TransientError(f"YooKassa unreachable: {type(error).__name__}") from None
+
+
+def _value(minor: int, currency: str) -> str:
+    """YooKassa's amount.value: a decimal string with the currency's fraction digits."""
+    return format_minor(minor, currency)
+
+
+def _result(payment: dict[str, Any]) -> PaymentResult:
+    status = _STATUS.get(str(payment.get("status")), PaymentStatus.PENDING)
+    confirmation = payment.get("confirmation") or {}
+    action = None
+    if status is PaymentStatus.PENDING and confirmation.get("confirmation_url"):
+        action = {"type": "redirect", "confirmation_url": confirmation["confirmation_url"]}
+    cancellation = payment.get("cancellation_details") or {}
+    return PaymentResult(
+        provider_ref=str(payment["id"]),
+        status=status,
+        action=action,
+        failure_code=cancellation.get("reason"),
+        failure_message=cancellation.get("party"),
+        saved_method_ref=_saved_method(payment),
+    )
+
+
+def _saved_method(payment: dict[str, Any]) -> str | None:
+    method = payment.get("payment_method") or {}
+    return str(method["id"]) if method.get("saved") and method.get("id") else None

@@ -1,0 +1,1 @@
+"""The webhook relay: the only HTTP listener. Verifies provider callbacks, queues them."""

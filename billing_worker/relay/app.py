@@ -1,0 +1,115 @@
+"""`billing-worker relay`: POST /webhooks/stripe, POST /webhooks/yookassa, GET /healthz.
+
+It answers 2xx only after RabbitMQ confirmed a persistent copy of the callback on
+`billing.provider-events`; while the broker is away it answers 503 and the provider
+retries. It holds no database connection and no secret beyond the webhook secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from billing_worker.relay import verify
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+Publish = Callable[[bytes, str, str], Awaitable[None]]  # body, provider, message id
+Healthy = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    stripe_secret: str | None
+    stripe_tolerance: int
+    yookassa_sources: tuple[verify.IPNetwork, ...]
+    trusted_proxies: tuple[verify.IPNetwork, ...]
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refusing more than 1 MiB without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        raise TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def answer(status: int, outcome: str, detail: str = "") -> Response:
+    log.info("webhook %s: %s %s", status, outcome, detail)
+    return JSONResponse({"outcome": outcome, "detail": detail}, status_code=status)
+
+
+def build_relay(config: RelayConfig, publish: Publish, healthy: Healthy) -> Starlette:
+    async def forward(body: bytes, provider: str, message_id: str) -> Response:
+        try:
+            await publish(body, provider, message_id)
+        except Exception as error:  # broker away or no confirm: the provider will retry
+            return answer(503, "broker_unavailable", type(error).__name__)
+        return answer(200, "queued", f"{provider} {message_id}")
+
+    async def stripe_webhook(request: Request) -> Response:
+        if not config.stripe_secret:
+            return answer(404, "not_configured", "BILLING_STRIPE_WEBHOOK_SECRET is not set")
+        try:
+            body = await read_body(request)
+            verify.verify_stripe(
+                body, request.headers.get("stripe-signature"), config.stripe_secret,
+                config.stripe_tolerance,
+            )  # fmt: skip
+            event_id = str(json.loads(body)["id"])
+        except TooLarge:
+            return answer(413, "too_large")
+        except verify.Forged as forged:
+            return answer(400, "forged", str(forged))
+        except (ValueError, KeyError, TypeError):
+            return answer(400, "malformed", "not a Stripe event")
+        return await forward(body, "stripe", event_id)
+
+    async def yookassa_webhook(request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        address = verify.client_address(
+            peer, request.headers.get("x-forwarded-for"), config.trusted_proxies
+        )
+        if not verify.allowed(address, config.yookassa_sources):
+            return answer(403, "forbidden_source", address)
+        try:
+            body = await read_body(request)
+            notification = json.loads(body)
+            if notification.get("type") != "notification":
+                raise ValueError("not a notification")
+            event_id = f"{notification['event']}:{notification['object']['id']}"
+        except TooLarge:
+            return answer(413, "too_large")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return answer(400, "malformed", "not a YooKassa notification")
+        return await forward(body, "yookassa", event_id)
+
+    async def healthz(request: Request) -> Response:
+        ok = await healthy()
+        return JSONResponse({"broker": "up" if ok else "down"}, status_code=200 if ok else 503)
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/webhooks/yookassa", yookassa_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )

@@ -1,0 +1,83 @@
+"""Wiring of the relay process: settings -> broker -> Starlette app -> uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+from faststream.rabbit import Channel, RabbitBroker
+
+from billing_contracts import names
+from billing_worker.messaging.topology import Topology
+from billing_worker.relay.app import Publish, RelayConfig, build_relay
+from billing_worker.relay.verify import networks
+from billing_worker.settings import Settings
+from billing_worker.startup import connect_broker
+
+log = logging.getLogger(__name__)
+PUBLISH_TIMEOUT = 5.0
+
+
+def relay_config(settings: Settings) -> RelayConfig:
+    secret = settings.stripe_webhook_secret
+    return RelayConfig(
+        stripe_secret=secret.get_secret_value() if secret else None,
+        stripe_tolerance=settings.stripe_webhook_tolerance_seconds,
+        yookassa_sources=networks(settings.yookassa_allowed_networks),
+        trusted_proxies=networks(settings.trusted_proxies),
+    )
+
+
+def relay_broker(settings: Settings) -> RabbitBroker:
+    return RabbitBroker(
+        settings.amqp_url,
+        default_channel=Channel(on_return_raises=True),  # an unroutable callback is an error
+        log_level=logging.DEBUG,
+    )
+
+
+def publisher(broker: RabbitBroker) -> Publish:
+    async def publish(body: bytes, provider: str, message_id: str) -> None:
+        await broker.publish(
+            body,
+            routing_key=names.PROVIDER_EVENTS_QUEUE,
+            headers={names.PROVIDER_HEADER: provider},
+            message_id=message_id,
+            content_type="application/json",
+            persist=True,
+            mandatory=True,
+            timeout=PUBLISH_TIMEOUT,
+        )
+
+    return publish
+
+
+async def serve(settings: Settings) -> None:
+    broker = relay_broker(settings)
+    await connect_broker(broker, settings)
+    # Declared here too, so callbacks are kept even before the first worker starts.
+    await broker.declare_queue(Topology.from_settings(settings).provider_events)
+
+    async def healthy() -> bool:
+        return await broker.ping(timeout=2.0)
+
+    app = build_relay(relay_config(settings), publisher(broker), healthy)
+    config = uvicorn.Config(
+        app,
+        host=settings.relay_host,
+        port=settings.relay_port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is judged by our own trusted-proxy rule
+        lifespan="off",
+    )
+    log.info("webhook relay listening on %s:%d", settings.relay_host, settings.relay_port)
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await broker.stop()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))
