@@ -142,6 +142,7 @@ def build_worker(
 
     async def after_shutdown() -> None:
         await engine.dispose()
+        await gateways.close()
         log.info("billing worker stopped")
 
     app = FastStream(

@@ -94,6 +94,13 @@ class Gateways:
         except KeyError:
             raise UnknownProvider(key) from None
 
+    async def close(self) -> None:
+        """Release the gateways' HTTP clients (those that keep one)."""
+        for gateway in self._gateways.values():
+            close = getattr(gateway, "close", None)
+            if close is not None:
+                await close()
+
     @property
     def names(self) -> list[str]:
         return list(self._gateways)

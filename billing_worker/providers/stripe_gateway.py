@@ -43,12 +43,16 @@ class StripeGateway:
     needs_customer = True
 
     def __init__(self, api_key: str, *, api_base: str | None = None, timeout: float = 20.0) -> None:
+        self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else {},
-            http_client=stripe.HTTPXClient(timeout=timeout),
+            http_client=self._http,
             max_network_retries=0,  # the pipeline retries, with back-off and a limit
         )
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         params: dict[str, Any] = {"metadata": {"user_id": user_id}}
@@ -75,8 +79,14 @@ class StripeGateway:
         if request.description:
             params["description"] = request.description
         if request.payment_method_id:  # a saved method: charge it now, without the customer
-            params |= {"payment_method": request.payment_method_id, "confirm": True,
-                       "off_session": True}  # fmt: skip
+            params |= {
+                "payment_method": request.payment_method_id,
+                "confirm": True,
+                "off_session": True,
+                # no customer is present to follow a redirect, and Stripe requires a
+                # return_url for confirming with redirect-capable methods otherwise
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            }
         else:
             params["automatic_payment_methods"] = {"enabled": True}
         options = {"idempotency_key": f"pi-{request.idempotency_key}"}
@@ -134,18 +144,18 @@ async def _call(call: Any) -> Any:
         ) from None
 
 
-def _result(intent: Any) -> PaymentResult:
-    status = _STATUS.get(intent.status, PaymentStatus.PENDING)
+_NEEDS_CUSTOMER = ("requires_payment_method", "requires_action", "requires_confirmation")
+
+
+def _result(payment_intent: Any) -> PaymentResult:
+    intent: dict[str, Any] = payment_intent.to_dict()
+    status = _STATUS.get(intent["status"], PaymentStatus.PENDING)
     action = None
-    if status is PaymentStatus.PENDING and intent.status in (
-        "requires_payment_method",
-        "requires_action",
-        "requires_confirmation",
-    ):
-        action = {"type": "client_secret", "client_secret": intent.client_secret}
+    if intent["status"] in _NEEDS_CUSTOMER:
+        action = {"type": "client_secret", "client_secret": intent.get("client_secret")}
     error = intent.get("last_payment_error") or {}
     return PaymentResult(
-        provider_ref=intent.id,
+        provider_ref=str(intent["id"]),
         status=status,
         action=action,
         failure_code=(error.get("decline_code") or error.get("code")) if error else None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from types import FrameType
 
 import uvicorn
 from faststream.rabbit import Channel, RabbitBroker
@@ -53,16 +55,37 @@ def publisher(broker: RabbitBroker) -> Publish:
     return publish
 
 
+class _GracefulServer(uvicorn.Server):
+    """uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down, so the
+    process would end as "killed by a signal"; a graceful stop is a clean exit."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
+def health_probe(broker: RabbitBroker) -> Callable[[], Awaitable[bool]]:
+    """Healthy means a publish is confirmed right now (the connection flag lags behind)."""
+
+    async def healthy() -> bool:
+        try:
+            await broker.publish(
+                b"", routing_key="billing.relay.health-probe", mandatory=False, timeout=2.0
+            )
+        except Exception:
+            return False
+        return True
+
+    return healthy
+
+
 async def serve(settings: Settings) -> None:
     broker = relay_broker(settings)
     await connect_broker(broker, settings)
     # Declared here too, so callbacks are kept even before the first worker starts.
     await broker.declare_queue(Topology.from_settings(settings).provider_events)
 
-    async def healthy() -> bool:
-        return await broker.ping(timeout=2.0)
-
-    app = build_relay(relay_config(settings), publisher(broker), healthy)
+    app = build_relay(relay_config(settings), publisher(broker), health_probe(broker))
     config = uvicorn.Config(
         app,
         host=settings.relay_host,
@@ -74,7 +97,7 @@ async def serve(settings: Settings) -> None:
     )
     log.info("webhook relay listening on %s:%d", settings.relay_host, settings.relay_port)
     try:
-        await uvicorn.Server(config).serve()
+        await _GracefulServer(config).serve()
     finally:
         await broker.stop()
 

@@ -26,7 +26,7 @@ def run(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProc
     )
 
 
-@pytest.mark.parametrize("command", [[], ["migrate"], ["run"]])
+@pytest.mark.parametrize("command", [[], ["migrate"], ["run"], ["relay"]])
 def test_help_describes_every_command(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0
@@ -116,3 +116,65 @@ def test_secrets_are_not_printed_in_start_up_failures() -> None:
         BILLING_DATABASE_URL="postgresql+asyncpg://postgres:s3cret-pw@127.0.0.1:1/billing",
     )
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_the_relay_with_an_unreachable_broker_stops_with_a_one_line_reason() -> None:
+    result = run("relay", BILLING_RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/")
+    line = one_line_failure(result)
+    assert "cannot reach RabbitMQ at 127.0.0.1:1/" in line
+
+
+def test_the_relay_process_serves_healthz_and_stops_on_sigterm(rabbitmq_url: str) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    from fakes.server import free_port
+
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env = {**clean, "BILLING_RABBITMQ_URL": rabbitmq_url, "BILLING_RELAY_HOST": "127.0.0.1",
+           "BILLING_RELAY_PORT": str(port), "BILLING_LOG_FORMAT": "json"}  # fmt: skip
+    process = subprocess.Popen(  # noqa: S603
+        [*CLI, "relay"], env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+                    assert reply.status == 200
+                    assert b'"up"' in reply.read()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "relay did not come up"
+                time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "webhook relay listening" in stderr
+
+
+def test_the_worker_process_starts_serves_and_stops_cleanly_on_sigterm(
+    database_url: str, rabbitmq_url: str
+) -> None:
+    import signal
+    import time
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env = {**clean, "BILLING_DATABASE_URL": database_url, "BILLING_RABBITMQ_URL": rabbitmq_url,
+           "BILLING_LOG_FORMAT": "json"}  # fmt: skip
+    process = subprocess.Popen(  # noqa: S603
+        [*CLI, "run"], env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(4)
+        assert process.poll() is None, process.communicate()[1]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "billing worker consuming" in stderr
+    assert "billing worker stopped" in stderr

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from billing_worker.app import Worker, build_worker
 from billing_worker.settings import Settings
 from support.rpc import Bus
-
-
-def make_settings(database_url: str, rabbitmq_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "rabbitmq_url": rabbitmq_url,
-        "retry_delays_ms": (50, 100, 200),
-        "outbox_poll_interval_ms": 200,
-        "log_format": "text",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+from support.settings import make_settings
 
 
 @pytest.fixture
