@@ -106,13 +106,8 @@ def build_worker(
     )
     pipeline = Pipeline(broker, topology, settings.max_deliveries)
     for route in all_routes(service, gateways):
-        queue = (
-            topology.provider_events
-            if route.queue == topology.provider_events.name
-            else topology.work_queue(route.queue)
-        )
         broker.subscriber(
-            queue,
+            topology.queue_for(route.queue),
             ack_policy=AckPolicy.MANUAL,
             no_reply=True,
             decoder=_raw_body,

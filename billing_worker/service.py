@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
 C = TypeVar("C", bound=BaseModel)
+R = TypeVar("R")
 Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel]]
 
 _IDEMPOTENCY_PKEY = "idempotency_records_pkey"
@@ -122,6 +123,20 @@ class BillingService:
                 return ok(await handler(query, UnitOfWork(db, self.clock), self.deps))
             except BillingError as refusal:
                 return error(refusal.code, refusal.message, refusal.details)
+
+    async def apply(self, message: C, handler: Callable[[C, UnitOfWork, Deps], Awaitable[R]]) -> R:
+        """Run a handler for an inbound event in one transaction with its outbox rows.
+
+        No idempotency record: the handler's own unique keys make redelivery safe
+        (e.g. one invoice per `order_id`).
+        """
+        async with driver_connection(self.engine) as db:
+            uow = UnitOfWork(db, self.clock)
+            async with db.transaction():
+                result = await handler(message, uow, self.deps)
+                events = await uow.flush()
+        self._on_commit(events)
+        return result
 
     async def provider_event(self, event: ProviderEvent, *, verified: bool = False) -> Applied:
         """Apply a provider event; `verified` when we just read it from the provider's API."""

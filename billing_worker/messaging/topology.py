@@ -55,6 +55,14 @@ class Topology:
     def work_queue(self, name: str) -> RabbitQueue:
         return self._queue(name)
 
+    def queue_for(self, name: str) -> RabbitQueue:
+        """The declaration of any queue the worker consumes, by name."""
+        special = {
+            names.PROVIDER_EVENTS_QUEUE: self.provider_events,
+            names.ORDER_CREATED_QUEUE: self.order_created,
+        }
+        return special.get(name) or self.work_queue(name)
+
     @property
     def provider_events(self) -> RabbitQueue:
         return self._queue(names.PROVIDER_EVENTS_QUEUE)
