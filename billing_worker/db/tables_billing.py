@@ -13,7 +13,7 @@ back and concurrent writers queue on the row lock.
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Index, Text, UniqueConstraint, text
+from sqlalchemy import CheckConstraint, DateTime, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from billing_worker.db.tables import (
@@ -76,8 +76,36 @@ class Subscription(SQLModel, table=True):
     cancel_at_period_end: bool = flag_field(False)
     canceled_at: datetime | None = timestamp_field()
     cancel_reason: str | None = text_field(nullable=True)
+    # Periods paid so far, which is also the index of the next period to charge;
+    # period i runs from boundary(anchor, i) to boundary(anchor, i + 1).
+    paid_periods: int = zero_field()
+    # Dunning: failed charge attempts of the current period, and when to try again.
+    dunning_attempts: int = zero_field()
+    next_attempt_at: datetime | None = timestamp_field()
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
+
+
+class SubscriptionCharge(SQLModel, table=True):
+    """One row per paid period: the database guarantees a period is charged at most once."""
+
+    __tablename__ = "subscription_charges"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "period_index", name="uq_subscription_charges_period"),
+        CheckConstraint("period_index >= 0", name="period_index_non_negative"),
+    )
+
+    id: int | None = bigint_identity_pk()
+    subscription_id: uuid.UUID = Field(
+        foreign_key="subscriptions.id", nullable=False, ondelete="CASCADE"
+    )
+    period_index: int = Field(nullable=False)
+    period_start: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    period_end: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    transaction_id: uuid.UUID | None = Field(
+        default=None, foreign_key="transactions.id", nullable=True, unique=True
+    )
+    created_at: datetime | None = timestamp_field(server_now=True)
 
 
 class Invoice(SQLModel, table=True):

@@ -42,6 +42,8 @@ class TransactionRow:
     reference: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    subscription_id: UUID | None = None
+    invoice_id: UUID | None = None
 
 
 _OPEN_ACCOUNT = """
@@ -79,8 +81,9 @@ WITH created AS (
     INSERT INTO transactions (
         id, user_id, account_id, kind, status, amount_minor, currency, provider, provider_ref,
         description, reference, failure_code, failure_message, created_at, updated_at,
-        completed_at, metadata
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16::jsonb)
+        completed_at, metadata, subscription_id, invoice_id
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16::jsonb,
+              $20, $21)
     RETURNING id
 )
 INSERT INTO transaction_transitions (transaction_id, from_status, to_status, reason, at)
@@ -111,7 +114,8 @@ UPDATE transactions SET provider_ref = $2 WHERE id = $1
 
 _COLUMNS = (
     "id, user_id, account_id, kind, status, amount_minor, currency, provider, provider_ref, "
-    "created_at, completed_at, description, reference, failure_code, failure_message"
+    "created_at, completed_at, description, reference, failure_code, failure_message, "
+    "subscription_id, invoice_id"
 )
 
 
@@ -168,7 +172,7 @@ class SqlWallet:
             row.currency, row.provider, row.provider_ref, row.description, row.reference,
             row.failure_code, row.failure_message, row.created_at, row.completed_at, meta,
             [step.source for step in trail], [step.target for step in trail],
-            [step.reason for step in trail],
+            [step.reason for step in trail], row.subscription_id, row.invoice_id,
         )  # fmt: skip
 
     async def move_transaction(

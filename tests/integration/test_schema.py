@@ -202,7 +202,7 @@ async def test_migrating_an_empty_database_creates_every_table() -> None:
         await migrate(url)
 
         assert await _tables(url) == set(SQLModel.metadata.tables) | {"alembic_version"}
-        assert await current_revision(url) == head_revision() == "0001"
+        assert await current_revision(url) == head_revision() is not None
 
 
 async def test_migrating_twice_changes_nothing(schema_url: str, engine: AsyncEngine) -> None:
