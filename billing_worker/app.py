@@ -15,6 +15,7 @@ from billing_worker.db.engine import create_engine
 from billing_worker.db.uow import Clock, utc_now
 from billing_worker.handlers.deps import Deps
 from billing_worker.jobs.reconcile import Reconciler
+from billing_worker.jobs.renewals import Renewals
 from billing_worker.messaging import topology as topo
 from billing_worker.messaging.outbox_publisher import OutboxPublisher
 from billing_worker.messaging.pipeline import Pipeline
@@ -40,6 +41,7 @@ class Worker:
     service: BillingService
     publisher: OutboxPublisher
     reconciler: Reconciler
+    renewals: Renewals
     settings: Settings
 
 
@@ -95,7 +97,11 @@ def build_worker(
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval_ms / 1000,
     )
-    deps = Deps(gateways=gateways, low_balance_threshold=settings.low_balance_threshold)
+    deps = Deps(
+        gateways=gateways,
+        low_balance_threshold=settings.low_balance_threshold,
+        dunning_days=settings.dunning_days,
+    )
     service = BillingService(engine, deps, clock, on_commit=publisher.notify)
     reconciler = Reconciler(
         engine,
@@ -104,6 +110,7 @@ def build_worker(
         after_seconds=settings.reconcile_after_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
     )
+    renewals = Renewals(service, interval_seconds=settings.renewal_interval_seconds)
     pipeline = Pipeline(broker, topology, settings.max_deliveries)
     for route in all_routes(service, gateways):
         broker.subscriber(
@@ -122,6 +129,7 @@ def build_worker(
     async def after_startup() -> None:
         publisher.start()
         reconciler.start()
+        renewals.start()
         log.info(
             "billing worker consuming (prefetch %d, default provider %s)",
             settings.prefetch,
@@ -133,6 +141,7 @@ def build_worker(
         for subscriber in broker.subscribers:
             await subscriber.stop()  # cancels consuming, waits for in-flight handlers
         await reconciler.stop()
+        await renewals.stop()
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:
@@ -147,7 +156,7 @@ def build_worker(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    return Worker(app, broker, engine, service, publisher, reconciler, settings)
+    return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings)
 
 
 async def _raw_body(message: Any) -> bytes:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 Reply = dict[str, Any]
 C = TypeVar("C", bound=BaseModel)
 R = TypeVar("R")
+M = TypeVar("M")
 Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel]]
 
 _IDEMPOTENCY_PKEY = "idempotency_records_pkey"
@@ -124,7 +125,7 @@ class BillingService:
             except BillingError as refusal:
                 return error(refusal.code, refusal.message, refusal.details)
 
-    async def apply(self, message: C, handler: Callable[[C, UnitOfWork, Deps], Awaitable[R]]) -> R:
+    async def apply(self, message: M, handler: Callable[[M, UnitOfWork, Deps], Awaitable[R]]) -> R:
         """Run a handler for an inbound event in one transaction with its outbox rows.
 
         No idempotency record: the handler's own unique keys make redelivery safe

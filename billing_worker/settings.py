@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         default=(),
         description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed",
     )
+    dunning_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(1, 3, 5),
+        description="Days after a failed renewal to retry the charge (comma-separated); "
+        "the subscription is canceled after the last failure",
+    )
+    renewal_interval_seconds: float = Field(default=60.0, gt=0)
     reconcile_after_seconds: int = Field(default=900, ge=1)
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
 
@@ -73,7 +79,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
 
-    @field_validator("retry_delays_ms", mode="before")
+    @field_validator("retry_delays_ms", "dunning_days", mode="before")
     @classmethod
     def _split_delays(cls, value: object) -> object:
         if isinstance(value, str):
@@ -99,6 +105,13 @@ class Settings(BaseSettings):
     def _delays_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value or any(delay < 1 for delay in value):
             raise ValueError("needs at least one delay, each at least 1 ms")
+        return value
+
+    @field_validator("dunning_days")
+    @classmethod
+    def _dunning_increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(day < 1 for day in value) or list(value) != sorted(set(value)):
+            raise ValueError("needs increasing whole days, each at least 1")
         return value
 
     @property

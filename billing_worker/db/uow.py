@@ -12,6 +12,8 @@ import asyncpg
 from billing_contracts import names
 from billing_worker.db import outbox
 from billing_worker.db.idempotency import SqlIdempotency
+from billing_worker.db.invoices import SqlInvoices
+from billing_worker.db.subscriptions import SqlPlans, SqlSubscriptions
 from billing_worker.db.users import SqlUsers
 from billing_worker.db.wallet import SqlWallet
 from billing_worker.domain.events import DomainEvent
@@ -66,6 +68,9 @@ class UnitOfWork:
         self.connection = connection
         self.wallet = SqlWallet(connection)
         self.users = SqlUsers(connection)
+        self.plans = SqlPlans(connection)
+        self.subscriptions = SqlSubscriptions(connection)
+        self.invoices = SqlInvoices(connection)
         self.idempotency = SqlIdempotency(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []

@@ -39,3 +39,6 @@ class ProviderEvent:
     failure_message: str | None = None
     object_ref: str | None = None  # the provider object the event is about, when not the payment
     saved_method_ref: str | None = None  # a payment method the provider saved for reuse
+    subscription_ref: str | None = None  # a provider-run subscription the event is about
+    amount_minor: int | None = None  # what a provider-run subscription charged
+    currency: str | None = None

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from billing_contracts.subscriptions import SubscriptionStatus as S
-
 from billing_worker.domain.errors import InvalidState
 
 ALLOWED: Mapping[S, frozenset[S]] = MappingProxyType(

@@ -13,6 +13,7 @@ from billing_worker.providers.base import Gateways
 class Deps:
     gateways: Gateways
     low_balance_threshold: Decimal
+    dunning_days: tuple[int, ...] = (1, 3, 5)
 
     def low_balance_minor(self, currency: str) -> int:
         return threshold_minor(self.low_balance_threshold, currency)

@@ -12,7 +12,7 @@ from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.transactions import can_move, transition
-from billing_worker.handlers import views
+from billing_worker.handlers import stripe_subscriptions, views, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
 
@@ -38,6 +38,9 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
     """Apply one provider event exactly once; safe to redeliver and to race."""
     if not await uow.idempotency.claim(f"provider:{event.provider}", event.event_id):
         return Applied.DUPLICATE
+    if event.subscription_ref is not None:
+        await stripe_subscriptions.sync(event, uow, deps)
+        return Applied.APPLIED
     target = _TARGET.get(event.outcome) if event.outcome else None
     if target is None or event.provider_ref is None:
         return Applied.IGNORED
@@ -59,7 +62,11 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
     )
     if moved is None:  # cannot happen under the row lock; refuse rather than guess
         raise TransientError(f"transaction {row.id} changed under its lock")
-    if target is Status.COMPLETED and event.saved_method_ref:
+    if (
+        target is Status.COMPLETED
+        and event.saved_method_ref
+        and moved.kind == TransactionKind.DEPOSIT
+    ):
         await uow.users.save_payment_method(moved.user_id, event.provider, event.saved_method_ref)
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
         await credit_deposit(moved, uow, deps)
@@ -67,6 +74,8 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
         uow.emit(views.payment_failed(moved))
     elif target is Status.REFUNDED and moved.kind == TransactionKind.DEPOSIT:
         await take_back_refunded_deposit(moved, uow, deps)
+    if moved.kind == TransactionKind.SUBSCRIPTION_CHARGE and target is not Status.REFUNDED:
+        await yookassa_subscriptions.settle_from_event(moved, event, uow, deps)
     return Applied.APPLIED
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from billing_contracts import names, wallet
+from billing_contracts import invoices, names, orders, plans, subscriptions, wallet
+from billing_worker.handlers import invoices as invoice_handlers
+from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.pipeline import InvalidMessage, Route, contract_parser
 from billing_worker.providers.base import Gateways, UnknownProvider
@@ -16,10 +18,27 @@ from billing_worker.service import BillingService, Handler
 COMMANDS: Mapping[str, tuple[type[BaseModel], Handler[Any]]] = {
     names.WALLET_DEPOSIT: (wallet.Deposit, wallet_handlers.deposit),
     names.WALLET_WITHDRAW: (wallet.Withdraw, wallet_handlers.withdraw),
+    names.INVOICE_CREATE: (invoices.CreateInvoice, invoice_handlers.create_invoice),
+    names.INVOICE_PAY: (invoices.PayInvoice, invoice_handlers.pay_invoice),
+    names.PLAN_UPSERT: (plans.UpsertPlan, subscription_handlers.upsert_plan),
+    names.SUBSCRIPTION_CREATE: (
+        subscriptions.CreateSubscription,
+        subscription_handlers.create_subscription,
+    ),
+    names.SUBSCRIPTION_CANCEL: (
+        subscriptions.CancelSubscription,
+        subscription_handlers.cancel_subscription,
+    ),
 }
 QUERIES: Mapping[str, tuple[type[BaseModel], Handler[Any]]] = {
     names.WALLET_BALANCE: (wallet.GetBalance, wallet_handlers.get_balance),
     names.WALLET_TRANSACTIONS: (wallet.ListTransactions, wallet_handlers.list_transactions),
+    names.INVOICE_GET: (invoices.GetInvoices, invoice_handlers.get_invoices),
+    names.PLAN_LIST: (plans.ListPlans, subscription_handlers.list_plans),
+    names.SUBSCRIPTION_GET: (
+        subscriptions.GetSubscriptions,
+        subscription_handlers.get_subscriptions,
+    ),
 }
 
 
@@ -40,6 +59,15 @@ def query_route(queue: str, service: BillingService) -> Route:
         return await service.query(query, handler)
 
     return Route(queue, contract_parser(model), handle)
+
+
+def order_created_route(service: BillingService) -> Route:
+    """`order.created` from the Orders service: one invoice per order, no reply."""
+
+    async def handle(order: Any) -> None:
+        await service.apply(order, invoice_handlers.create_invoice_for_order)
+
+    return Route(names.ORDER_CREATED_QUEUE, contract_parser(orders.OrderCreated), handle)
 
 
 def provider_events_route(service: BillingService, gateways: Gateways) -> Route:
@@ -72,5 +100,6 @@ def all_routes(service: BillingService, gateways: Gateways) -> list[Route]:
     return [
         *(command_route(queue, service) for queue in COMMANDS),
         *(query_route(queue, service) for queue in QUERIES),
+        order_created_route(service),
         provider_events_route(service, gateways),
     ]

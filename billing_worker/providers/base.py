@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
@@ -47,6 +48,39 @@ class PaymentResult:
     failure_message: str | None = None
     notifications: tuple[Notification, ...] = field(default_factory=tuple)
     saved_method_ref: str | None = None  # a payment method the provider saved for reuse
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSubscription:
+    """A subscription the provider bills by itself (Stripe), as it stands there now."""
+
+    ref: str
+    status: str  # the provider's status, mapped by the caller
+    period_start: datetime | None
+    period_end: datetime | None
+    cancel_at_period_end: bool
+    client_secret: str | None = None  # when the first payment needs the customer
+
+
+class SubscriptionGateway(Protocol):
+    """A provider that runs subscriptions itself; its webhooks drive our copy."""
+
+    async def create_subscription(
+        self,
+        *,
+        customer_ref: str,
+        price_ref: str,
+        payment_method_id: str | None,
+        trial_days: int,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> ProviderSubscription: ...
+
+    async def cancel_subscription(
+        self, ref: str, *, at_period_end: bool
+    ) -> ProviderSubscription: ...
+
+    async def fetch_subscription(self, ref: str) -> ProviderSubscription: ...
 
 
 class PaymentGateway(Protocol):

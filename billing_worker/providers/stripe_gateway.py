@@ -9,13 +9,20 @@ other Stripe error is `provider_error` with Stripe's message.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
 
 from billing_worker.domain.errors import ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
+from billing_worker.providers.base import (
+    PaymentRequest,
+    PaymentResult,
+    PaymentStatus,
+    ProviderSubscription,
+)
 
 # payment_intent.status -> what billing makes of it
 _STATUS = {
@@ -33,6 +40,15 @@ _EVENTS = {
     "payment_intent.canceled": PaymentOutcome.CANCELED,
     "charge.refunded": PaymentOutcome.REFUNDED,
 }
+# Events about Stripe-run subscriptions: the worker re-reads the subscription on each.
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "invoice.paid",
+        "invoice.payment_failed",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+    }
+)
 # Stripe amounts are in the currency's smallest unit like ours, except for a few
 # currencies Stripe treats specially; refuse those rather than charge a wrong amount.
 UNSUPPORTED_CURRENCIES = frozenset({"HUF", "TWD", "ISK", "UGX"})
@@ -98,6 +114,48 @@ class StripeGateway:
             return _declined(declined)
         return _result(intent)
 
+    async def create_subscription(
+        self,
+        *,
+        customer_ref: str,
+        price_ref: str,
+        payment_method_id: str | None,
+        trial_days: int,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> ProviderSubscription:
+        params: dict[str, Any] = {
+            "customer": customer_ref,
+            "items": [{"price": price_ref}],
+            "metadata": dict(metadata),
+            "expand": ["latest_invoice.confirmation_secret"],
+            # Without a saved method the first invoice waits for the customer (Stripe.js).
+            "payment_behavior": "allow_incomplete" if payment_method_id else "default_incomplete",
+        }
+        if payment_method_id:
+            params["default_payment_method"] = payment_method_id
+        if trial_days:
+            params["trial_period_days"] = trial_days
+        created = await _call(
+            self._client.v1.subscriptions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": f"sub-{idempotency_key}"},
+            )
+        )
+        return _subscription(created)
+
+    async def cancel_subscription(self, ref: str, *, at_period_end: bool) -> ProviderSubscription:
+        if at_period_end:
+            updated = await _call(
+                self._client.v1.subscriptions.update_async(ref, {"cancel_at_period_end": True})
+            )
+        else:
+            updated = await _call(self._client.v1.subscriptions.cancel_async(ref))
+        return _subscription(updated)
+
+    async def fetch_subscription(self, ref: str) -> ProviderSubscription:
+        return _subscription(await _call(self._client.v1.subscriptions.retrieve_async(ref)))
+
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         return _result(await _call(self._client.v1.payment_intents.retrieve_async(provider_ref)))
 
@@ -108,6 +166,8 @@ class StripeGateway:
             obj = event["data"]["object"]
             outcome = _EVENTS.get(event_type)
             ref = obj.get("payment_intent") if event_type.startswith("charge.") else obj.get("id")
+            if event_type in SUBSCRIPTION_EVENTS:
+                return _subscription_event(event, obj)
             error = obj.get("last_payment_error") or {}
             return ProviderEvent(
                 provider=self.name,
@@ -172,4 +232,44 @@ def _declined(declined: stripe.CardError) -> PaymentResult:
         status=PaymentStatus.FAILED,
         failure_code=error.get("decline_code") or declined.code,
         failure_message=error.get("message") or declined.user_message,
+    )
+
+
+def _subscription_event(event: dict[str, Any], obj: dict[str, Any]) -> ProviderEvent:
+    event_type = str(event["type"])
+    if event_type.startswith("invoice."):
+        parent = (obj.get("parent") or {}).get("subscription_details") or {}
+        ref = parent.get("subscription") or obj.get("subscription")
+        amount = obj.get("amount_paid") if event_type == "invoice.paid" else obj.get("amount_due")
+        failed = event_type == "invoice.payment_failed"
+        error = (obj.get("last_finalization_error") or {}) if failed else {}
+        return ProviderEvent(
+            provider="stripe", event_id=str(event["id"]), outcome=None,
+            provider_ref=str(obj["id"]), event_type=event_type,
+            failure_code=error.get("code") or ("payment_failed" if failed else None),
+            subscription_ref=str(ref) if ref else None,
+            amount_minor=int(amount) if amount is not None else None,
+            currency=str(obj.get("currency", "")).upper() or None,
+        )  # fmt: skip
+    return ProviderEvent(
+        provider="stripe", event_id=str(event["id"]), outcome=None, provider_ref=None,
+        event_type=event_type, subscription_ref=str(obj["id"]),
+    )  # fmt: skip
+
+
+def _subscription(subscription: Any) -> ProviderSubscription:
+    sub: dict[str, Any] = subscription.to_dict()
+    items = (sub.get("items") or {}).get("data") or [{}]
+    start, end = items[0].get("current_period_start"), items[0].get("current_period_end")
+    invoice = sub.get("latest_invoice")
+    secret = None
+    if isinstance(invoice, dict):
+        secret = (invoice.get("confirmation_secret") or {}).get("client_secret")
+    return ProviderSubscription(
+        ref=str(sub["id"]),
+        status=str(sub["status"]),
+        period_start=datetime.fromtimestamp(start, UTC) if start else None,
+        period_end=datetime.fromtimestamp(end, UTC) if end else None,
+        cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+        client_secret=secret if sub["status"] == "incomplete" else None,
     )

@@ -62,9 +62,15 @@ class CreateSubscription(Command):
     payment_method_id: str | None = Field(
         default=None,
         max_length=255,
-        description="A saved payment method; with the sandbox, `pm_card_chargeDeclined` "
-        "makes the payment fail",
+        description="A saved payment method (Stripe `pm_...`, a YooKassa saved method id); "
+        "without one the first payment needs the customer (see `payment_action`)",
         examples=["pm_card_visa"],
+    )
+    return_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where YooKassa sends the customer back after paying the first period",
+        examples=["https://shop.example/billing/return"],
     )
 
 

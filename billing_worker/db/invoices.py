@@ -1,0 +1,191 @@
+"""The invoices' SQL: gap-free numbering, one invoice per order, conditional status moves.
+
+The number is taken with an upsert on the year's `number_sequences` row in the invoice's
+own transaction: the row lock queues concurrent creators (on every replica) and a
+rollback gives the number back, so numbers are strictly increasing and gap-free per year.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from billing_worker.domain.invoices import NUMBER_SEQUENCE, Line, Priced, invoice_number
+
+
+@dataclass(frozen=True, slots=True)
+class NewInvoice:
+    id: UUID
+    user_id: str
+    order_id: str | None
+    status: str
+    priced: Priced
+    due_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceRow:
+    id: UUID
+    number: str
+    user_id: str
+    order_id: str | None
+    status: str
+    currency: str
+    subtotal_minor: int
+    total_minor: int
+    due_at: datetime | None
+    paid_at: datetime | None
+    created_at: datetime
+    lines: tuple[Line, ...] = ()
+
+
+_ENSURE_USER = """
+INSERT INTO billing_users (id, user_id) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING
+"""
+
+_NEXT_NUMBER = """
+INSERT INTO number_sequences (name, year, last_value) VALUES ($1, $2, 1)
+ON CONFLICT (name, year) DO UPDATE SET last_value = number_sequences.last_value + 1
+RETURNING last_value
+"""
+
+_INSERT_INVOICE = """
+WITH invoice AS (
+    INSERT INTO invoices (
+        id, number, user_id, order_id, status, currency, subtotal_minor, total_minor,
+        due_at, created_at, updated_at
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING id
+), lines AS (
+    INSERT INTO invoice_lines (
+        invoice_id, position, description, quantity, unit_price_minor, amount_minor
+    )
+    SELECT invoice.id, line.position - 1, line.description, line.quantity, line.unit_price,
+           line.amount
+    FROM invoice,
+         unnest($11::text[], $12::int[], $13::bigint[], $14::bigint[])
+             WITH ORDINALITY AS line(description, quantity, unit_price, amount, position)
+)
+SELECT id FROM invoice
+"""
+
+_COLUMNS = (
+    "id, number, user_id, order_id, status, currency, subtotal_minor, total_minor, "
+    "due_at, paid_at, created_at"
+)
+
+_MOVE = f"""
+UPDATE invoices
+SET status = $3, updated_at = $4,
+    paid_at = CASE WHEN $3 = 'paid' THEN $4 ELSE paid_at END
+WHERE id = $1 AND status = $2
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - only constant column names are formatted in
+
+_LINE_COLUMNS = ("description", "quantity", "unit_price_minor", "amount_minor")
+_LINES = """
+SELECT invoice_id, description, quantity, unit_price_minor, amount_minor FROM invoice_lines
+WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id, position
+"""
+
+
+class _OrderAlreadyInvoiced(Exception):
+    """Rolls the savepoint back, and with it the number this attempt took."""
+
+
+def _row(record: Any, lines: tuple[Line, ...] = ()) -> InvoiceRow:
+    values = {name: record[name] for name in _COLUMNS.split(", ")}
+    return InvoiceRow(**values, lines=lines)
+
+
+class SqlInvoices:
+    """Invoices and their lines, in one database transaction."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._db = connection
+
+    async def next_number(self, year: int) -> int:
+        """Take the next number of `year`; it stays taken only if the transaction commits."""
+        value = await self._db.fetchval(_NEXT_NUMBER, NUMBER_SEQUENCE, year)
+        return int(value)
+
+    async def create(self, new: NewInvoice) -> InvoiceRow | None:
+        """Insert a numbered invoice with its lines; None if its order is already invoiced."""
+        await self._db.execute(_ENSURE_USER, uuid4(), new.user_id)
+        year = new.created_at.astimezone(UTC).year
+        try:
+            async with self._db.transaction():  # a savepoint inside the command's transaction
+                # Taken last, so the sequence row stays locked only until the commit.
+                number = invoice_number(year, await self.next_number(year))
+                if await self._insert(new, number) is None:
+                    raise _OrderAlreadyInvoiced
+        except _OrderAlreadyInvoiced:
+            return None
+        priced = new.priced
+        return InvoiceRow(
+            id=new.id, number=number, user_id=new.user_id, order_id=new.order_id,
+            status=new.status, currency=priced.currency, subtotal_minor=priced.subtotal_minor,
+            total_minor=priced.total_minor, due_at=new.due_at, paid_at=None,
+            created_at=new.created_at, lines=priced.lines,
+        )  # fmt: skip
+
+    async def _insert(self, new: NewInvoice, number: str) -> UUID | None:
+        priced, lines = new.priced, new.priced.lines
+        inserted = await self._db.fetchval(
+            _INSERT_INVOICE,
+            new.id, number, new.user_id, new.order_id, new.status, priced.currency,
+            priced.subtotal_minor, priced.total_minor, new.due_at, new.created_at,
+            [line.description for line in lines], [line.quantity for line in lines],
+            [line.unit_price_minor for line in lines], [line.amount_minor for line in lines],
+        )  # fmt: skip
+        return None if inserted is None else UUID(str(inserted))
+
+    async def by_id(self, invoice_id: UUID) -> InvoiceRow | None:
+        record = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM invoices WHERE id = $1",  # noqa: S608
+            invoice_id,
+        )
+        return None if record is None else (await self._with_lines([record]))[0]
+
+    async def by_order(self, order_id: str) -> InvoiceRow | None:
+        record = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM invoices WHERE order_id = $1",  # noqa: S608
+            order_id,
+        )
+        return None if record is None else (await self._with_lines([record]))[0]
+
+    async def move(
+        self, invoice_id: UUID, source: str, target: str, at: datetime
+    ) -> InvoiceRow | None:
+        """Move the invoice if it is still in `source` (one conditional UPDATE); else None."""
+        record = await self._db.fetchrow(_MOVE, invoice_id, source, target, at)
+        return None if record is None else (await self._with_lines([record]))[0]
+
+    async def link_payment(self, transaction_id: UUID, invoice_id: UUID) -> None:
+        await self._db.execute(
+            "UPDATE transactions SET invoice_id = $2 WHERE id = $1", transaction_id, invoice_id
+        )
+
+    async def page(
+        self, user_id: str, limit: int, after: tuple[datetime, UUID] | None
+    ) -> list[InvoiceRow]:
+        """Newest first; `after` is the (created_at, id) of the last invoice already seen."""
+        sql = f"""
+            SELECT {_COLUMNS} FROM invoices
+            WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+            ORDER BY created_at DESC, id DESC LIMIT $4
+        """  # noqa: S608 - only constant column names are formatted in
+        after_at, after_id = after if after else (None, None)
+        return await self._with_lines(await self._db.fetch(sql, user_id, after_at, after_id, limit))
+
+    async def _with_lines(self, records: list[Any]) -> list[InvoiceRow]:
+        found: dict[UUID, list[Line]] = {record["id"]: [] for record in records}
+        for line in await self._db.fetch(_LINES, list(found)):
+            found[line["invoice_id"]].append(Line(*(line[name] for name in _LINE_COLUMNS)))
+        return [_row(record, tuple(found[record["id"]])) for record in records]

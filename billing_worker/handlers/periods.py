@@ -1,0 +1,187 @@
+"""Paying for billing periods: charges, activation, renewal and dunning.
+
+Shared by subscription creation, the renewal scheduler and provider callbacks. A period
+is marked paid by a `subscription_charges` row unique per (subscription, period): a
+second charge of the same period cannot commit, whoever attempts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from billing_contracts.events import (
+    SUBSCRIPTION_CANCELED,
+    SUBSCRIPTION_CREATED,
+    SUBSCRIPTION_PAST_DUE,
+    SUBSCRIPTION_RENEWED,
+)
+from billing_contracts.subscriptions import SubscriptionStatus as Sub
+from billing_contracts.wallet import TransactionKind
+from billing_contracts.wallet import TransactionStatus as Tx
+from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
+from billing_worker.db.uow import UnitOfWork
+from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.calendar import period_boundary
+from billing_worker.domain.errors import InvalidState, TransientError
+from billing_worker.domain.subscriptions import check_move, ending_status, next_attempt
+from billing_worker.domain.transactions import path
+from billing_worker.handlers import views
+from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.subscription_views import subscription_event
+
+_IDS = uuid.UUID("0d9d3f8e-5b7a-4a55-8f43-7d7f4b1c2e90")
+
+
+def period_bounds(sub: SubscriptionRow, index: int) -> tuple[datetime, datetime]:
+    anchor = sub.billing_anchor
+    assert anchor is not None, "every balance or YooKassa subscription has an anchor"
+    plan = sub.plan
+    return (
+        period_boundary(anchor, plan.interval, plan.interval_count, index),
+        period_boundary(anchor, plan.interval, plan.interval_count, index + 1),
+    )
+
+
+def charge_id(sub: SubscriptionRow, index: int, attempt: int = 0) -> uuid.UUID:
+    """One transaction id per (subscription, period, attempt): retries reuse it."""
+    return uuid.uuid5(_IDS, f"{sub.id}:{index}:{attempt}")
+
+
+def charge_row(sub: SubscriptionRow, now: datetime, **fields: object) -> TransactionRow:
+    base = TransactionRow(
+        id=charge_id(sub, sub.paid_periods, sub.dunning_attempts),
+        user_id=sub.user_id,
+        account_id=None,
+        kind=TransactionKind.SUBSCRIPTION_CHARGE,
+        status=Tx.COMPLETED,
+        amount_minor=sub.plan.price_minor,
+        currency=sub.plan.currency,
+        provider="balance",
+        provider_ref=None,
+        created_at=now,
+        completed_at=now,
+        description=f"{sub.plan.name}: period {sub.paid_periods + 1}",
+        subscription_id=sub.id,
+    )
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+async def charge_from_balance(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> bool:
+    """Pay the next period from the virtual account; False when the funds are short."""
+    now, price, currency = uow.clock(), sub.plan.price_minor, sub.plan.currency
+    transaction_id = None
+    if price > 0:  # a free plan moves no money
+        change = await uow.wallet.move_balance(
+            sub.user_id, currency, -price, deps.low_balance_minor(currency)
+        )
+        if change is None:
+            return False
+        row = charge_row(sub, now, account_id=change.account_id)
+        await uow.wallet.add_transaction(row, path(Tx.CREATED, Tx.PROCESSING, Tx.COMPLETED))
+        uow.emit(views.payment_succeeded(row))
+        if change.crossed_below:
+            uow.emit(views.balance_low(sub.user_id, currency, change))
+        transaction_id = row.id
+    await mark_period_paid(sub, transaction_id, uow)
+    return True
+
+
+class PeriodAlreadyPaid(TransientError):
+    """Another writer paid this period first: roll back, the next look sees it paid."""
+
+
+async def mark_period_paid(
+    sub: SubscriptionRow, transaction_id: uuid.UUID | None, uow: UnitOfWork
+) -> SubscriptionRow:
+    """Record period `sub.paid_periods` as paid and move the subscription on to it."""
+    index = sub.paid_periods
+    start, end = period_bounds(sub, index)
+    if not await uow.subscriptions.record_charge(sub.id, index, start, end, transaction_id):
+        raise PeriodAlreadyPaid(f"period {index} of subscription {sub.id} is already paid")
+    source = Sub(sub.status)
+    if source is not Sub.ACTIVE:
+        check_move(source, Sub.ACTIVE)
+    changes = {
+        "status": Sub.ACTIVE.value,
+        "current_period_start": start,
+        "current_period_end": end,
+        "paid_periods": index + 1,
+        "dunning_attempts": 0,
+        "next_attempt_at": None,
+    }
+    await uow.subscriptions.update(sub.id, **changes)
+    moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
+    first = source is Sub.INCOMPLETE  # created events announce live subscriptions only
+    kind = SUBSCRIPTION_CREATED if first else SUBSCRIPTION_RENEWED
+    uow.emit(subscription_event(kind, moved, amount_minor=sub.plan.price_minor))
+    return moved
+
+
+async def charge_failed(
+    sub: SubscriptionRow,
+    uow: UnitOfWork,
+    deps: Deps,
+    *,
+    code: str,
+    message: str,
+    record: bool = True,
+) -> None:
+    """A renewal charge failed: dunning (past_due, retry later) or, at the end, cancel."""
+    now = uow.clock()
+    if record:  # the provider path already holds its own failed transaction
+        row = charge_row(
+            sub, now, status=Tx.FAILED, completed_at=None, failure_code=code,
+            failure_message=message,
+        )  # fmt: skip
+        await uow.wallet.add_transaction(row, path(Tx.CREATED, Tx.FAILED, reason=code))
+        uow.emit(views.payment_failed(row))
+    failures = sub.dunning_attempts + 1
+    assert sub.current_period_end is not None
+    retry_at = next_attempt(sub.current_period_end, failures, deps.dunning_days)
+    if retry_at is None:
+        await end_subscription(sub, uow, reason="payment_failed")
+        return
+    source = Sub(sub.status)
+    if source is not Sub.PAST_DUE:
+        check_move(source, Sub.PAST_DUE)
+    changes = {
+        "status": Sub.PAST_DUE.value,
+        "dunning_attempts": failures,
+        "next_attempt_at": retry_at,
+    }
+    await uow.subscriptions.update(sub.id, **changes)
+    if source is not Sub.PAST_DUE:
+        moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
+        uow.emit(subscription_event(SUBSCRIPTION_PAST_DUE, moved, reason=code))
+
+
+async def end_subscription(
+    sub: SubscriptionRow, uow: UnitOfWork, *, reason: str
+) -> SubscriptionRow:
+    """Cancel now (an incomplete one expires instead) and announce it."""
+    target = ending_status(Sub(sub.status))
+    now = uow.clock()
+    changes = {"status": target.value, "canceled_at": now, "cancel_reason": reason,
+               "next_attempt_at": None}  # fmt: skip
+    await uow.subscriptions.update(sub.id, **changes)
+    moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
+    if target is Sub.CANCELED:
+        uow.emit(subscription_event(SUBSCRIPTION_CANCELED, moved, reason=reason))
+    return moved
+
+
+async def insert(sub: SubscriptionRow, uow: UnitOfWork) -> None:
+    """Insert a new subscription; a second live one for the same plan is `invalid_state`."""
+    try:
+        await uow.subscriptions.insert(sub)
+    except asyncpg.UniqueViolationError as duplicate:
+        if duplicate.constraint_name == LIVE_UNIQUE:
+            raise InvalidState(
+                f"{sub.user_id} already has a live {sub.plan.code} subscription",
+                plan_code=sub.plan.code,
+            ) from None
+        raise

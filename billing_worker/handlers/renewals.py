@@ -1,0 +1,29 @@
+"""The renewal step: take one due subscription and renew, dun or end it."""
+
+from __future__ import annotations
+
+from billing_contracts.subscriptions import PaymentSource
+from billing_worker.db.uow import UnitOfWork
+from billing_worker.handlers import yookassa_subscriptions
+from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.periods import charge_failed, charge_from_balance, end_subscription
+
+
+async def renew_next(_: object, uow: UnitOfWork, deps: Deps) -> str | None:
+    """Renew one due subscription (locked, skipped by other schedulers); None if none."""
+    sub = await uow.subscriptions.claim_due(uow.clock())
+    if sub is None:
+        return None
+    if sub.cancel_at_period_end:
+        await end_subscription(sub, uow, reason=sub.cancel_reason or "canceled_at_period_end")
+        return "ended"
+    if sub.payment_source == PaymentSource.YOOKASSA:
+        await yookassa_subscriptions.renew(sub, uow, deps)
+        return "charged"
+    if await charge_from_balance(sub, uow, deps):
+        return "renewed"
+    await charge_failed(
+        sub, uow, deps, code="insufficient_funds",
+        message=f"the {sub.plan.currency} balance does not cover the period",
+    )  # fmt: skip
+    return "failed"

@@ -1,0 +1,73 @@
+"""Wire shapes of plans and subscriptions, and the subscription events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing_contracts import area_events
+from billing_contracts.events import (
+    SUBSCRIPTION_CANCELED,
+    SUBSCRIPTION_CREATED,
+    SUBSCRIPTION_PAST_DUE,
+    SUBSCRIPTION_RENEWED,
+)
+from billing_contracts.plans import PlanOut
+from billing_contracts.subscriptions import SubscriptionOut
+from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
+from billing_worker.domain.events import DomainEvent
+from billing_worker.domain.money import to_wire
+
+EVENT_TYPES = frozenset(
+    {SUBSCRIPTION_CREATED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_PAST_DUE, SUBSCRIPTION_CANCELED}
+)
+
+
+def plan_out(plan: PlanRow) -> PlanOut:
+    return PlanOut.model_validate(
+        {
+            "code": plan.code,
+            "name": plan.name,
+            "price": to_wire(plan.price_minor, plan.currency),
+            "interval": plan.interval,
+            "interval_count": plan.interval_count,
+            "trial_days": plan.trial_days,
+            "stripe_price_id": plan.stripe_price_id,
+            "active": plan.active,
+        }
+    )
+
+
+def subscription_out(sub: SubscriptionRow) -> SubscriptionOut:
+    return SubscriptionOut.model_validate(
+        {
+            "id": sub.id,
+            "user_id": sub.user_id,
+            "plan_code": sub.plan.code,
+            "status": sub.status,
+            "payment_source": sub.payment_source,
+            "current_period_start": sub.current_period_start,
+            "current_period_end": sub.current_period_end,
+            "cancel_at_period_end": sub.cancel_at_period_end,
+        }
+    )
+
+
+def subscription_event(
+    type_: str, sub: SubscriptionRow, *, reason: str | None = None, amount_minor: int | None = None
+) -> DomainEvent:
+    assert type_ in EVENT_TYPES
+    data: dict[str, Any] = area_events.SubscriptionEvent.model_validate(
+        {
+            "subscription_id": sub.id,
+            "user_id": sub.user_id,
+            "plan_code": sub.plan.code,
+            "status": sub.status,
+            "payment_source": sub.payment_source,
+            "current_period_start": sub.current_period_start,
+            "current_period_end": sub.current_period_end,
+            "cancel_at_period_end": sub.cancel_at_period_end,
+            "reason": reason,
+            "amount": None if amount_minor is None else to_wire(amount_minor, sub.plan.currency),
+        }
+    ).model_dump(mode="json")
+    return DomainEvent(type_, data)

@@ -1,0 +1,132 @@
+"""Plans and subscriptions: upsert/list plans, create/cancel/get subscriptions."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from billing_contracts.events import SUBSCRIPTION_CREATED
+from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
+from billing_contracts.subscriptions import (
+    CancelSubscription,
+    CreateSubscription,
+    GetSubscriptions,
+    PaymentSource,
+    SubscriptionCreated,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from billing_contracts.subscriptions import SubscriptionStatus as Sub
+from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
+from billing_worker.db.uow import UnitOfWork
+from billing_worker.domain.calendar import trial_end
+from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
+from billing_worker.domain.subscriptions import LIVE
+from billing_worker.handlers import stripe_subscriptions, yookassa_subscriptions
+from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.periods import charge_from_balance, end_subscription, insert
+from billing_worker.handlers.subscription_views import (
+    plan_out,
+    subscription_event,
+    subscription_out,
+)
+from billing_worker.handlers.wallet import derived_id
+
+
+async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanOut:
+    plan = PlanRow(
+        id=uuid.uuid4(),
+        code=command.code,
+        name=command.name,
+        price_minor=command.price.minor,
+        currency=command.price.currency,
+        interval=command.interval.value,
+        interval_count=command.interval_count,
+        trial_days=command.trial_days,
+        stripe_price_id=command.stripe_price_id,
+        active=command.active,
+    )
+    return plan_out(await uow.plans.upsert(plan))
+
+
+async def list_plans(query: ListPlans, uow: UnitOfWork, deps: Deps) -> PlanList:
+    return PlanList(plans=[plan_out(plan) for plan in await uow.plans.listing(query.active_only)])
+
+
+async def create_subscription(
+    command: CreateSubscription, uow: UnitOfWork, deps: Deps
+) -> SubscriptionCreated:
+    plan = await uow.plans.by_code(command.plan_code)
+    if plan is None or not plan.active:
+        raise NotFound(f"no active plan {command.plan_code!r}", plan_code=command.plan_code)
+    await uow.subscriptions.ensure_user(command.user_id, command.email)
+    now = uow.clock()
+    sub = SubscriptionRow(
+        id=derived_id("subscription", command.idempotency_key),
+        user_id=command.user_id, plan_id=plan.id, status=Sub.INCOMPLETE.value,
+        payment_source=command.payment_source.value, payment_method_id=None,
+        provider_subscription_id=None, current_period_start=None, current_period_end=None,
+        billing_anchor=now, trial_end=None, cancel_at_period_end=False, canceled_at=None,
+        cancel_reason=None, paid_periods=0, dunning_attempts=0, next_attempt_at=None, plan=plan,
+    )  # fmt: skip
+    if command.payment_source is PaymentSource.STRIPE:
+        return await stripe_subscriptions.create(command, sub, uow, deps)
+    if plan.trial_days:  # no charge until the trial ends; the scheduler charges period 0
+        ends = trial_end(now, plan.trial_days)
+        sub = dataclasses.replace(
+            sub, status=Sub.TRIALING.value, current_period_start=now, current_period_end=ends,
+            billing_anchor=ends, trial_end=ends,
+        )  # fmt: skip
+        if command.payment_source is PaymentSource.YOOKASSA:
+            sub = await yookassa_subscriptions.attach_saved_method(command, sub, uow)
+        await insert(sub, uow)
+        uow.emit(subscription_event(SUBSCRIPTION_CREATED, sub))
+        return SubscriptionCreated(subscription=subscription_out(sub), payment_action=None)
+    if command.payment_source is PaymentSource.YOOKASSA:
+        return await yookassa_subscriptions.create(command, sub, uow, deps)
+    await insert(sub, uow)
+    if not await charge_from_balance(sub, uow, deps):
+        raise InsufficientFunds(
+            f"the {plan.currency} balance does not cover the first period of {plan.code}",
+            price={"amount": plan_out(plan).price.amount, "currency": plan.currency},
+        )
+    active = await _reload(sub.id, uow)
+    return SubscriptionCreated(subscription=subscription_out(active), payment_action=None)
+
+
+async def cancel_subscription(
+    command: CancelSubscription, uow: UnitOfWork, deps: Deps
+) -> SubscriptionOut:
+    sub = await uow.subscriptions.get(command.subscription_id, lock=True)
+    if sub is None:
+        raise NotFound(f"no subscription {command.subscription_id}")
+    if Sub(sub.status) not in LIVE:
+        raise InvalidState(f"the subscription is already {sub.status}", status=sub.status)
+    if sub.payment_source == PaymentSource.STRIPE:
+        await stripe_subscriptions.cancel(sub, command.at_period_end, deps)
+    if command.at_period_end and Sub(sub.status) is not Sub.INCOMPLETE:
+        await uow.subscriptions.update(
+            sub.id, cancel_at_period_end=True, cancel_reason=command.reason
+        )
+    else:
+        await end_subscription(sub, uow, reason=command.reason or "canceled_by_request")
+    return subscription_out(await _reload(sub.id, uow))
+
+
+async def get_subscriptions(
+    query: GetSubscriptions, uow: UnitOfWork, deps: Deps
+) -> SubscriptionOut | SubscriptionList:
+    if query.subscription_id is not None:
+        sub = await uow.subscriptions.get(query.subscription_id)
+        if sub is None:
+            raise NotFound(f"no subscription {query.subscription_id}")
+        return subscription_out(sub)
+    assert query.user_id is not None
+    subs = await uow.subscriptions.of_user(query.user_id)
+    return SubscriptionList(subscriptions=[subscription_out(sub) for sub in subs])
+
+
+async def _reload(subscription_id: uuid.UUID, uow: UnitOfWork) -> SubscriptionRow:
+    sub = await uow.subscriptions.get(subscription_id)
+    assert sub is not None
+    return sub
