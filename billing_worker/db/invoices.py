@@ -167,11 +167,6 @@ class SqlInvoices:
         record = await self._db.fetchrow(_MOVE, invoice_id, source, target, at)
         return None if record is None else (await self._with_lines([record]))[0]
 
-    async def link_payment(self, transaction_id: UUID, invoice_id: UUID) -> None:
-        await self._db.execute(
-            "UPDATE transactions SET invoice_id = $2 WHERE id = $1", transaction_id, invoice_id
-        )
-
     async def page(
         self, user_id: str, limit: int, after: tuple[datetime, UUID] | None
     ) -> list[InvoiceRow]:

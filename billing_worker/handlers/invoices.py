@@ -149,13 +149,13 @@ async def _charge(invoice: InvoiceRow, idempotency_key: str, uow: UnitOfWork, de
         completed_at=now,
         description=f"invoice {invoice.number}",
         reference=invoice.number,
+        invoice_id=invoice.id,
     )
     trail = path(
         TxStatus.CREATED, TxStatus.PROCESSING, TxStatus.COMPLETED, reason="invoice payment"
     )
     meta = json.dumps({"invoice_id": str(invoice.id), "invoice_number": invoice.number})
     await uow.wallet.add_transaction(row, trail, meta)
-    await uow.invoices.link_payment(row.id, invoice.id)
     uow.emit(views.payment_succeeded(row))
     if change.crossed_below:
         uow.emit(views.balance_low(invoice.user_id, currency, change))
