@@ -71,12 +71,13 @@ class BillingService:
         engine: AsyncEngine,
         deps: Deps,
         clock: Clock = utc_now,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[UnitOfWork, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.deps = deps
         self.clock = clock
-        self._on_commit = on_commit or (lambda _events: None)
+        # told about every committed unit of work and its outbox row count
+        self._on_commit = on_commit or (lambda _uow, _rows: None)
 
     async def command(self, scope: str, command: C, handler: Handler[C]) -> Reply:
         """Run a command once per idempotency key and return its (first) reply."""
@@ -115,7 +116,7 @@ class BillingService:
                 async with db.transaction():
                     await uow.idempotency.record(scope, key, digest, reply)
                 return reply
-        self._on_commit(events)
+        self._on_commit(uow, events)
         return reply
 
     async def query(self, query: C, handler: Handler[C]) -> Reply:
@@ -136,7 +137,7 @@ class BillingService:
             async with db.transaction():
                 result = await handler(message, uow, self.deps)
                 events = await uow.flush()
-        self._on_commit(events)
+        self._on_commit(uow, events)
         return result
 
     async def provider_event(self, event: ProviderEvent, *, verified: bool = False) -> Applied:
@@ -156,7 +157,7 @@ class BillingService:
             async with db.transaction():
                 outcome = await apply_provider_event(event, uow, self.deps)
                 events = await uow.flush()
-        self._on_commit(events)
+        self._on_commit(uow, events)
         return outcome
 
 

@@ -75,7 +75,13 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(default=200, ge=1, le=10000)
     relay_host: str = "0.0.0.0"  # noqa: S104 - the relay is the service's HTTP listener
     relay_port: int = Field(default=8080, ge=1, le=65535)
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Internal /metrics, /healthz, /livez port"
+    )
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - internal port, not published by compose
+    shutdown_grace_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="Time in-flight messages get to finish on SIGTERM"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
 

@@ -62,6 +62,28 @@ async def database_url(run_name: str, postgres_server: str) -> AsyncIterator[str
 
 
 @pytest.fixture(scope="session")
+async def template_database_url(run_name: str, postgres_server: str) -> AsyncIterator[str]:
+    """A migrated database nobody connects to, copied for tests that need a clean slate."""
+    from billing_worker.db.migrate import DatabaseUnavailable, migrate
+
+    url = services.database_url_for(postgres_server, f"billing_test_{run_name}_template")
+    try:
+        await migrate(url)
+    except DatabaseUnavailable as down:
+        unavailable(f"no PostgreSQL for integration tests: {down}")
+    yield url
+    await services.drop_database(url)
+
+
+@pytest.fixture
+async def fresh_database_url(template_database_url: str) -> AsyncIterator[str]:
+    """A database of its own for one test (schedulers see every due row of a database)."""
+    url = await services.copy_database(template_database_url, f"billing_test_{services.run_id()}")
+    yield url
+    await services.drop_database(url)
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_url(run_name: str) -> Iterator[str]:
     base = os.environ.get("BILLING_TEST_RABBITMQ_URL", services.DEFAULT_RABBITMQ_URL)
     parsed = urlsplit(base)

@@ -92,3 +92,28 @@ async def count_attempt(connection: asyncpg.Connection, ids: Sequence[int]) -> N
     await connection.execute(
         "UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", list(ids)
     )
+
+
+async def lag_seconds(connection: asyncpg.Connection) -> float:
+    """Age of the oldest unpublished event (0 when everything is out)."""
+    value = await connection.fetchval(
+        "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0) "
+        "FROM outbox WHERE published_at IS NULL"
+    )
+    return float(value)
+
+
+async def status(connection: asyncpg.Connection) -> dict[str, object]:
+    """What `billing-worker outbox status` prints."""
+    row = await connection.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE published_at IS NULL) AS unpublished,
+               min(created_at) FILTER (WHERE published_at IS NULL) AS oldest_unpublished,
+               count(*) FILTER (WHERE published_at > clock_timestamp() - interval '1 hour')
+                   AS published_last_hour,
+               max(published_at) AS last_published,
+               count(*) AS total
+        FROM outbox
+        """
+    )
+    return dict(row) if row else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -67,6 +68,7 @@ WHERE s.payment_source IN ('balance', 'yookassa')
         (s.status IN ('active', 'trialing') AND s.current_period_end <= $1)
      OR (s.status = 'past_due' AND s.next_attempt_at <= $1)
   )
+  AND s.id <> ALL($2::uuid[])  -- skipped this round after an error
   AND NOT EXISTS (  -- a provider charge is still in flight: its callback decides
         SELECT 1 FROM transactions t
         WHERE t.subscription_id = s.id AND t.status IN ('created', 'processing')
@@ -165,9 +167,9 @@ class SqlSubscriptions:
         )
         return [_subscription(record) for record in records]
 
-    async def claim_due(self, now: datetime) -> SubscriptionRow | None:
+    async def claim_due(self, now: datetime, skip: Sequence[UUID] = ()) -> SubscriptionRow | None:
         """Lock one subscription due for renewal that no other scheduler holds."""
-        record = await self._db.fetchrow(_DUE, now)
+        record = await self._db.fetchrow(_DUE, now, list(skip))
         return None if record is None else _subscription(record)
 
     async def update(self, subscription_id: UUID, **changes: Any) -> None:

@@ -17,6 +17,7 @@ from billing_worker.db.subscriptions import SqlPlans, SqlSubscriptions
 from billing_worker.db.users import SqlUsers
 from billing_worker.db.wallet import SqlWallet
 from billing_worker.domain.events import DomainEvent
+from billing_worker.domain.transactions import Transition
 from billing_worker.providers.base import Notification
 
 Clock = Callable[[], datetime]
@@ -66,7 +67,11 @@ class UnitOfWork:
 
     def __init__(self, connection: asyncpg.Connection, clock: Clock = utc_now) -> None:
         self.connection = connection
-        self.wallet = SqlWallet(connection)
+        self.transitions: list[tuple[str, Transition]] = []  # for metrics, after commit
+        self.emitted: list[DomainEvent] = []
+        self.wallet = SqlWallet(
+            connection, lambda kind, step: self.transitions.append((kind, step))
+        )
         self.users = SqlUsers(connection)
         self.plans = SqlPlans(connection)
         self.subscriptions = SqlSubscriptions(connection)
@@ -76,6 +81,7 @@ class UnitOfWork:
         self._outbox: list[outbox.OutboxMessage] = []
 
     def emit(self, event: DomainEvent) -> None:
+        self.emitted.append(event)
         self._outbox.append(event_message(event))
 
     def deliver_later(self, provider: str, notification: Notification) -> None:

@@ -7,6 +7,7 @@ lose an update (READ COMMITTED re-checks the guard on the newest row version).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -126,8 +127,13 @@ def _row(record: Any) -> TransactionRow:
 class SqlWallet:
     """Accounts and transactions of one database transaction."""
 
-    def __init__(self, connection: asyncpg.Connection) -> None:
+    def __init__(
+        self,
+        connection: asyncpg.Connection,
+        on_transition: Callable[[str, Transition], None] | None = None,
+    ) -> None:
         self._db = connection
+        self._observe = on_transition or (lambda _kind, _step: None)
 
     async def open_account(self, user_id: str, currency: str) -> UUID:
         """The user's account in `currency`, created (with the user) on first use."""
@@ -174,6 +180,8 @@ class SqlWallet:
             [step.source for step in trail], [step.target for step in trail],
             [step.reason for step in trail], row.subscription_id, row.invoice_id,
         )  # fmt: skip
+        for step in trail:
+            self._observe(row.kind, step)
 
     async def move_transaction(
         self,
@@ -189,7 +197,11 @@ class SqlWallet:
             _MOVE_TRANSACTION, transaction_id, step.source, step.target,
             failure_code, failure_message, at, step.reason,
         )  # fmt: skip
-        return None if record is None else _row(record)
+        if record is None:
+            return None
+        moved = _row(record)
+        self._observe(moved.kind, step)
+        return moved
 
     async def set_provider_ref(self, transaction_id: UUID, provider_ref: str) -> None:
         await self._db.execute(_SET_PROVIDER_REF, transaction_id, provider_ref)

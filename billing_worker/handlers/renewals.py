@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from uuid import UUID
+
 from billing_contracts.subscriptions import PaymentSource
+from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.handlers import yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import charge_failed, charge_from_balance, end_subscription
 
 
-async def renew_next(_: object, uow: UnitOfWork, deps: Deps) -> str | None:
+class RenewalFailed(Exception):
+    """Renewing one subscription failed unexpectedly; the round goes on without it."""
+
+    def __init__(self, subscription_id: UUID, cause: Exception) -> None:
+        super().__init__(f"subscription {subscription_id}: {type(cause).__name__}: {cause}")
+        self.subscription_id = subscription_id
+
+
+async def renew_next(skip: Sequence[UUID], uow: UnitOfWork, deps: Deps) -> str | None:
     """Renew one due subscription (locked, skipped by other schedulers); None if none."""
-    sub = await uow.subscriptions.claim_due(uow.clock())
+    sub = await uow.subscriptions.claim_due(uow.clock(), skip)
     if sub is None:
         return None
+    try:
+        return await _renew(sub, uow, deps)
+    except Exception as error:
+        raise RenewalFailed(sub.id, error) from error
+
+
+async def _renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> str:
     if sub.cancel_at_period_end:
         await end_subscription(sub, uow, reason=sub.cancel_reason or "canceled_at_period_end")
         return "ended"

@@ -13,8 +13,10 @@ import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from uuid import UUID
 
-from billing_worker.handlers.renewals import renew_next
+from billing_worker.handlers.renewals import RenewalFailed, renew_next
+from billing_worker.metrics import Metrics
 from billing_worker.service import BillingService
 
 log = logging.getLogger(__name__)
@@ -25,16 +27,23 @@ class Renewals:
     service: BillingService
     interval_seconds: float
     batch: int = 500
+    metrics: Metrics | None = None
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def run_once(self) -> Counter[str]:
         """Renew everything due now (up to `batch`); returns outcomes by kind."""
         outcomes: Counter[str] = Counter()
+        skipped: list[UUID] = []
         for _ in range(self.batch):
             try:
-                outcome = await self.service.apply(None, renew_next)
-            except Exception as error:  # a provider or database hiccup: next round retries
-                log.warning("renewal failed, retrying next round: %s", error)
+                outcome = await self.service.apply(skipped, renew_next)
+            except RenewalFailed as failure:  # a provider hiccup: the others still renew
+                log.warning("renewal failed, retrying next round: %s", failure)
+                skipped.append(failure.subscription_id)
+                outcomes["error"] += 1
+                continue
+            except Exception as error:  # the database is away: stop this round
+                log.warning("renewal round stopped: %s", error)
                 outcomes["error"] += 1
                 break
             if outcome is None:
@@ -42,6 +51,9 @@ class Renewals:
             outcomes[outcome] += 1
         if outcomes:
             log.info("renewals: %s", dict(outcomes))
+            if self.metrics:
+                for outcome, count in outcomes.items():
+                    self.metrics.renewals.labels(outcome).inc(count)
         return outcomes
 
     def start(self) -> None:

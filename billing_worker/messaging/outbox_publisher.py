@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.db import outbox
 from billing_worker.db.engine import driver_connection
+from billing_worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ class OutboxPublisher:
         *,
         batch_size: int = 200,
         poll_interval: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._engine = engine
         self._send = send
         self._batch_size = batch_size
@@ -65,6 +68,7 @@ class OutboxPublisher:
             self._wake.clear()
             try:
                 await self.drain()
+                await self._measure_lag()
                 failures = 0
             except Exception as error:  # the broker or the database is away: back off
                 failures += 1
@@ -74,6 +78,10 @@ class OutboxPublisher:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    async def _measure_lag(self) -> None:
+        async with driver_connection(self._engine) as db:
+            self._metrics.outbox_lag.set(await outbox.lag_seconds(db))
 
     async def drain(self) -> int:
         """Publish every unpublished row; returns how many were sent."""
@@ -101,6 +109,7 @@ class OutboxPublisher:
             await outbox.mark_published(db, done)
             failed = [r for r in results if isinstance(r, BaseException)]
         self.published += len(done)
+        self._metrics.events_published.inc(len(done))
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(batch)} events not confirmed: {failed[0]!r}")
         return len(done)

@@ -29,6 +29,7 @@ from billing_contracts import names
 from billing_contracts.envelope import ErrorCode
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.messaging.topology import Topology
+from billing_worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,17 @@ def attempt_of(message: AbstractIncomingMessage) -> int:
 
 
 class Pipeline:
-    def __init__(self, broker: RabbitBroker, topology: Topology, max_deliveries: int) -> None:
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        topology: Topology,
+        max_deliveries: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.broker = broker
         self.topology = topology
         self.max_deliveries = max_deliveries
+        self.metrics = metrics or Metrics()
 
     def consumer(self, route: Route) -> Callable[[RabbitMessage], Awaitable[None]]:
         async def consume(message: RabbitMessage) -> None:
@@ -110,6 +118,21 @@ class Pipeline:
     async def consume(self, route: Route, message: RabbitMessage) -> None:
         raw = message.raw_message
         started = time.perf_counter()
+        outcome = "ok"
+        try:
+            outcome = await self._consume(route, message)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.messages.labels(route.queue, outcome).observe(elapsed)
+            if log.isEnabledFor(logging.DEBUG) or outcome != "ok":
+                log.log(
+                    logging.DEBUG if outcome == "ok" else logging.WARNING,
+                    "%s %s in %.1f ms", route.queue, outcome, elapsed * 1000,
+                    extra=message_context(raw, route.queue, outcome, elapsed),
+                )  # fmt: skip
+
+    async def _consume(self, route: Route, message: RabbitMessage) -> str:
+        raw = message.raw_message
         try:
             payload = route.parse(raw.body, raw.headers or {})
         except InvalidMessage as invalid:
@@ -119,27 +142,27 @@ class Pipeline:
             )
             await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
             await message.ack()
-            return
+            return "invalid"
         attempt = attempt_of(raw)
         try:
             reply = await route.handle(payload)
         except Exception as failure:  # every failure is retried, then dead-lettered
-            await self.failed(route, message, attempt, failure)
-            return
+            return await self.failed(route, message, attempt, failure)
         if reply is not None:
             await self.reply(raw, reply)
         await message.ack()
-        log.debug("%s handled in %.1f ms", route.queue, (time.perf_counter() - started) * 1000)
+        return "ok" if reply is None or reply.get("ok") else "refused"
 
     async def failed(
         self, route: Route, message: RabbitMessage, attempt: int, failure: Exception
-    ) -> None:
+    ) -> str:
         raw = message.raw_message
         reason = f"{type(failure).__name__}: {failure}"[:500]
         if isinstance(failure, Unprocessable):
             log.error("dead-lettering a message of %s: %s", route.queue, reason)
             await self.reply(raw, error_reply(ErrorCode.INTERNAL_ERROR, str(failure), {}))
             await self.dead_letter(raw, route.queue, f"unprocessable: {reason}", attempt)
+            outcome = "dead_lettered"
         elif attempt >= self.max_deliveries:
             log.error(
                 "giving up on a message of %s after %d attempts: %s", route.queue, attempt, reason
@@ -153,6 +176,7 @@ class Pipeline:
                 ),
             )
             await self.dead_letter(raw, route.queue, f"failed {attempt} times: {reason}", attempt)
+            outcome = "dead_lettered"
         else:
             log.warning(
                 "attempt %d of %d on %s failed, retrying: %s",
@@ -165,7 +189,9 @@ class Pipeline:
                 routing_key=route.queue,
                 extra_headers={names.ATTEMPTS_HEADER: attempt + 1, names.REASON_HEADER: reason},
             )
+            outcome = "retried"
         await message.ack()
+        return outcome
 
     async def reply(self, raw: AbstractIncomingMessage, body: dict[str, Any]) -> None:
         if not raw.reply_to:
@@ -181,6 +207,7 @@ class Pipeline:
     async def dead_letter(
         self, raw: AbstractIncomingMessage, queue: str, reason: str, attempt: int | None = None
     ) -> None:
+        self.metrics.dead_letters.labels(queue, reason.split(":", 1)[0].split(" ", 1)[0]).inc()
         await self.republish(
             raw,
             exchange=names.DEAD_LETTER_EXCHANGE,
@@ -214,3 +241,29 @@ class Pipeline:
             persist=True,
             mandatory=False,
         )
+
+
+def message_context(
+    raw: AbstractIncomingMessage, queue: str, outcome: str, elapsed: float
+) -> dict[str, Any]:
+    """Structured fields of the per-message log line (JSON logs carry them as keys)."""
+    return {
+        "queue": queue,
+        "outcome": outcome,
+        "duration_ms": round(elapsed * 1000, 2),
+        "correlation_id": raw.correlation_id,
+        "message_id": raw.message_id,
+        "user_id": _user_id(raw.body),
+    }
+
+
+def _user_id(body: bytes) -> str | None:
+    """The user a message is about, when it says (only for the log line; never trusted)."""
+    marker = body.find(b'"user_id"')
+    if marker < 0 or len(body) > MAX_BODY_BYTES:
+        return None
+    try:
+        value = json.loads(body).get("user_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

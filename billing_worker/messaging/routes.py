@@ -12,6 +12,7 @@ from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.pipeline import InvalidMessage, Route, contract_parser
+from billing_worker.metrics import Metrics
 from billing_worker.providers.base import Gateways, UnknownProvider
 from billing_worker.service import BillingService, Handler
 
@@ -70,7 +71,9 @@ def order_created_route(service: BillingService) -> Route:
     return Route(names.ORDER_CREATED_QUEUE, contract_parser(orders.OrderCreated), handle)
 
 
-def provider_events_route(service: BillingService, gateways: Gateways) -> Route:
+def provider_events_route(
+    service: BillingService, gateways: Gateways, metrics: Metrics | None = None
+) -> Route:
     """Callbacks from the relay (or the sandbox): raw body + `x-provider` header."""
 
     def parse(body: bytes, headers: Mapping[str, Any]) -> Any:
@@ -91,15 +94,19 @@ def provider_events_route(service: BillingService, gateways: Gateways) -> Route:
             raise InvalidMessage(str(malformed)) from None
 
     async def handle(event: Any) -> None:
-        await service.provider_event(event)
+        outcome = await service.provider_event(event)
+        if metrics:  # unknown event types are acknowledged and counted here
+            metrics.provider_events.labels(event.provider, event.event_type, outcome.value).inc()
 
     return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle)
 
 
-def all_routes(service: BillingService, gateways: Gateways) -> list[Route]:
+def all_routes(
+    service: BillingService, gateways: Gateways, metrics: Metrics | None = None
+) -> list[Route]:
     return [
         *(command_route(queue, service) for queue in COMMANDS),
         *(query_route(queue, service) for queue in QUERIES),
         order_created_route(service),
-        provider_events_route(service, gateways),
+        provider_events_route(service, gateways, metrics),
     ]

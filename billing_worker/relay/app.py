@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from billing_worker.metrics import Metrics
 from billing_worker.relay import verify
 
 log = logging.getLogger(__name__)
@@ -52,22 +53,32 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def answer(status: int, outcome: str, detail: str = "") -> Response:
-    log.info("webhook %s: %s %s", status, outcome, detail)
-    return JSONResponse({"outcome": outcome, "detail": detail}, status_code=status)
+def build_relay(
+    config: RelayConfig, publish: Publish, healthy: Healthy, metrics: Metrics | None = None
+) -> Starlette:
+    counted = metrics or Metrics()
 
+    def answer(provider: str, status: int, outcome: str, detail: str = "") -> Response:
+        counted.webhooks.labels(provider, outcome).inc()
+        log.log(
+            logging.INFO if status < 400 else logging.WARNING,
+            "webhook %s %s: %s %s", provider, status, outcome, detail,
+            extra={"provider": provider, "status": status, "outcome": outcome},
+        )  # fmt: skip
+        return JSONResponse({"outcome": outcome, "detail": detail}, status_code=status)
 
-def build_relay(config: RelayConfig, publish: Publish, healthy: Healthy) -> Starlette:
     async def forward(body: bytes, provider: str, message_id: str) -> Response:
         try:
             await publish(body, provider, message_id)
         except Exception as error:  # broker away or no confirm: the provider will retry
-            return answer(503, "broker_unavailable", type(error).__name__)
-        return answer(200, "queued", f"{provider} {message_id}")
+            return answer(provider, 503, "broker_unavailable", type(error).__name__)
+        return answer(provider, 200, "queued", message_id)
 
     async def stripe_webhook(request: Request) -> Response:
         if not config.stripe_secret:
-            return answer(404, "not_configured", "BILLING_STRIPE_WEBHOOK_SECRET is not set")
+            return answer(
+                "stripe", 404, "not_configured", "BILLING_STRIPE_WEBHOOK_SECRET is not set"
+            )
         try:
             body = await read_body(request)
             verify.verify_stripe(
@@ -76,11 +87,11 @@ def build_relay(config: RelayConfig, publish: Publish, healthy: Healthy) -> Star
             )  # fmt: skip
             event_id = str(json.loads(body)["id"])
         except TooLarge:
-            return answer(413, "too_large")
+            return answer("stripe", 413, "too_large")
         except verify.Forged as forged:
-            return answer(400, "forged", str(forged))
+            return answer("stripe", 400, "forged", str(forged))
         except (ValueError, KeyError, TypeError):
-            return answer(400, "malformed", "not a Stripe event")
+            return answer("stripe", 400, "malformed", "not a Stripe event")
         return await forward(body, "stripe", event_id)
 
     async def yookassa_webhook(request: Request) -> Response:
@@ -89,7 +100,7 @@ def build_relay(config: RelayConfig, publish: Publish, healthy: Healthy) -> Star
             peer, request.headers.get("x-forwarded-for"), config.trusted_proxies
         )
         if not verify.allowed(address, config.yookassa_sources):
-            return answer(403, "forbidden_source", address)
+            return answer("yookassa", 403, "forbidden_source", address)
         try:
             body = await read_body(request)
             notification = json.loads(body)
@@ -97,9 +108,9 @@ def build_relay(config: RelayConfig, publish: Publish, healthy: Healthy) -> Star
                 raise ValueError("not a notification")
             event_id = f"{notification['event']}:{notification['object']['id']}"
         except TooLarge:
-            return answer(413, "too_large")
+            return answer("yookassa", 413, "too_large")
         except (ValueError, KeyError, TypeError, AttributeError):
-            return answer(400, "malformed", "not a YooKassa notification")
+            return answer("yookassa", 400, "malformed", "not a YooKassa notification")
         return await forward(body, "yookassa", event_id)
 
     async def healthz(request: Request) -> Response:

@@ -12,6 +12,8 @@ from faststream.rabbit import Channel, RabbitBroker
 
 from billing_contracts import names
 from billing_worker.messaging.topology import Topology
+from billing_worker.metrics import Metrics
+from billing_worker.observability import InternalServer, internal_app
 from billing_worker.relay.app import Publish, RelayConfig, build_relay
 from billing_worker.relay.verify import networks
 from billing_worker.settings import Settings
@@ -85,7 +87,15 @@ async def serve(settings: Settings) -> None:
     # Declared here too, so callbacks are kept even before the first worker starts.
     await broker.declare_queue(Topology.from_settings(settings).provider_events)
 
-    app = build_relay(relay_config(settings), publisher(broker), health_probe(broker))
+    metrics = Metrics()
+    probe = health_probe(broker)
+    app = build_relay(relay_config(settings), publisher(broker), probe, metrics)
+    internal = None
+    if settings.metrics_port:
+        internal = InternalServer(
+            internal_app(metrics, {"broker": probe}), settings.metrics_host, settings.metrics_port
+        )
+        await internal.start()
     config = uvicorn.Config(
         app,
         host=settings.relay_host,
@@ -99,6 +109,8 @@ async def serve(settings: Settings) -> None:
     try:
         await _GracefulServer(config).serve()
     finally:
+        if internal:
+            await internal.stop()
         await broker.stop()
 
 

@@ -24,6 +24,12 @@ START = datetime(2031, 1, 31, 9, 30, tzinfo=UTC)  # a month end: Feb 28, Mar 31,
 
 
 @pytest.fixture
+def database_url(fresh_database_url: str) -> str:
+    """Each test its own database: the renewal scheduler renews every due subscription."""
+    return fresh_database_url
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(START)
 
@@ -298,3 +304,24 @@ async def test_the_database_refuses_to_charge_a_period_twice(bus: Bus, worker: W
                 "period_end) VALUES ($1, 0, now(), now())",
                 uuid.UUID(sub["id"]),
             )
+
+
+async def test_a_subscription_that_cannot_be_renewed_does_not_hold_up_the_others(
+    bus: Bus, worker: Worker, clock: ManualClock
+) -> None:
+    user, code = new_user(), await plan(bus, trial_days=7)
+    await fund(bus, user, "10.00")
+    healthy = (await subscribe(bus, user, code))["data"]["subscription"]
+    stuck = await bus.call(  # YooKassa is not configured on this worker: renewing it fails
+        "billing.subscription.create",
+        {"idempotency_key": key(), "user_id": new_user(), "plan_code": code,
+         "payment_source": "yookassa", "payment_method_id": "saved-card-1"},
+    )  # fmt: skip
+    assert stuck["data"]["subscription"]["status"] == "trialing"
+
+    clock.advance(days=7)
+    outcomes = await worker.renewals.run_once()
+
+    assert outcomes == {"error": 1, "renewed": 1}
+    assert (await subscription(bus, healthy["id"]))["status"] == "active"
+    assert (await subscription(bus, stuck["data"]["subscription"]["id"]))["status"] == "trialing"

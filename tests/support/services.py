@@ -35,6 +35,20 @@ async def drop_database(url: str) -> None:
         await connection.close()
 
 
+async def copy_database(template_url: str, name: str) -> str:
+    """CREATE DATABASE name TEMPLATE <template>: a migrated copy in a fraction of a second."""
+    parsed = make_url(template_url)
+    connection = await asyncpg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username,
+        password=parsed.password, database="postgres",
+    )  # fmt: skip
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{parsed.database}"')
+    finally:
+        await connection.close()
+    return database_url_for(template_url, name)
+
+
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603,S607
 

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+def database_url(fresh_database_url: str) -> str:
+    """Each test its own database: the renewal scheduler renews every due subscription."""
+    return fresh_database_url
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(datetime.now(UTC).replace(microsecond=0))
 
