@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -74,6 +75,123 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ops(settings: Settings) -> None:
+    logs.configure("WARNING", settings.log_format)
+
+
+def _print(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from billing_worker.ops import dlq
+
+    settings = _settings()
+    _ops(settings)
+    url = settings.amqp_url
+    if args.action == "purge":
+        if not args.yes:
+            print("billing-worker dlq purge: refusing without --yes (this deletes them)",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+        print(f"purged {asyncio.run(dlq.purge(url))} dead letters")
+        return 0
+    if args.action == "replay":
+
+        def chosen(letter: dlq.DeadLetter) -> bool:
+            return (
+                args.all
+                or letter.position in (args.position or [])
+                or (args.message_id is not None and letter.message.message_id == args.message_id)
+                or (args.queue is not None and letter.original_queue == args.queue)
+            )
+
+        if not (args.all or args.position or args.message_id or args.queue):
+            print("billing-worker dlq replay: say which: --all, --position N, --message-id ID "
+                  "or --queue NAME", file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+        replayed = asyncio.run(dlq.replay(url, args.limit, chosen))
+        _print(replayed)
+        print(f"replayed {len(replayed)} dead letters", file=sys.stderr)
+        return 0
+
+    async def read() -> list[dict[str, object]]:
+        async with dlq.dead_letters(url, args.limit) as (_, letters):
+            if args.action == "show":
+                return [letter.details() for letter in letters if letter.position in args.position]
+            return [letter.summary() for letter in letters]
+
+    _print(asyncio.run(read()))
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from billing_worker.db import outbox
+    from billing_worker.db.engine import create_engine, driver_connection
+
+    settings = _settings()
+    _ops(settings)
+
+    async def status() -> dict[str, object]:
+        engine = create_engine(settings.database_dsn, pool_size=1)
+        try:
+            async with driver_connection(engine) as db:
+                return await outbox.status(db)
+        finally:
+            await engine.dispose()
+
+    _print(asyncio.run(status()))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from billing_worker.db.engine import create_engine, driver_connection
+    from billing_worker.ops.audit import CHECK_NAMES, audit
+
+    settings = _settings()
+    _ops(settings)
+
+    async def run() -> list[object]:
+        engine = create_engine(settings.database_dsn, pool_size=1)
+        try:
+            async with driver_connection(engine) as db:
+                return list(await audit(db))
+        finally:
+            await engine.dispose()
+
+    findings = asyncio.run(run())
+    for finding in findings:
+        print(f"FAIL {finding.check}: {len(finding.rows)} rows")  # type: ignore[attr-defined]
+        _print(finding.rows[: args.limit])  # type: ignore[attr-defined]
+    print(f"audit: {len(CHECK_NAMES) - len(findings)} of {len(CHECK_NAMES)} checks passed")
+    return 1 if findings else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from billing_worker.app import build_worker
+    from billing_worker.db.migrate import migrate
+    from billing_worker.ops.demo import DemoClient, script
+
+    settings = _settings()
+    logs.configure("ERROR", settings.log_format)
+
+    async def run() -> None:
+        await migrate(settings.database_dsn)
+        worker = None if args.no_worker else build_worker(settings)
+        if worker:
+            await worker.app.start()
+        try:
+            async with DemoClient(settings.amqp_url, print) as client:
+                await script(client, print)
+        finally:
+            if worker:
+                await worker.app.stop()
+
+    asyncio.run(run())
+    print("\ndemo finished: every reply and event above went through RabbitMQ and PostgreSQL")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="billing-worker",
@@ -109,6 +227,43 @@ def build_parser() -> argparse.ArgumentParser:
         "broker connectivity. Holds no database connection.",
     )
     relay.set_defaults(func=cmd_relay)
+    dlq = commands.add_parser(
+        "dlq",
+        help="inspect and repair the dead-letter queue (list, show, replay, purge)",
+        description="Dead letters carry their reason in x-billing-reason and their queue in "
+        "x-billing-original-queue. Positions are the order in the queue at the time of the "
+        "call (list first). Reading never removes anything.",
+    )
+    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq.add_argument("--position", type=int, action="append", help="position(s) from `dlq list`")
+    dlq.add_argument("--message-id", help="replay the dead letter with this AMQP message id")
+    dlq.add_argument("--queue", help="replay every dead letter from this queue")
+    dlq.add_argument("--all", action="store_true", help="replay every dead letter")
+    dlq.add_argument("--limit", type=int, default=100, help="look at most at this many (100)")
+    dlq.add_argument("--yes", action="store_true", help="confirm purge")
+    dlq.set_defaults(func=cmd_dlq)
+    outbox = commands.add_parser("outbox", help="outbox status: unpublished events, lag")
+    outbox.add_argument("action", choices=["status"])
+    outbox.set_defaults(func=cmd_outbox)
+    audit = commands.add_parser(
+        "audit",
+        help="check the ledger's invariants; exit 1 with the offending rows",
+        description="Every balance equals the sum of its completed transactions and is not "
+        "negative; no transaction is processing without a provider reference or has an "
+        "audit trail the state machine forbids; invoice numbers have no gaps; every paid "
+        "invoice has one payment; every paid subscription period has one charge.",
+    )
+    audit.add_argument("--limit", type=int, default=20, help="rows shown per failed check")
+    audit.set_defaults(func=cmd_audit)
+    demo = commands.add_parser(
+        "demo",
+        help="a guided end-to-end run on the local services (sandbox provider)",
+        description="Migrates the database, starts a worker in this process and plays a "
+        "client: deposit, withdraw, a refusal, an invoice, a malformed message; prints every "
+        "command, reply and event as it flows.",
+    )
+    demo.add_argument("--no-worker", action="store_true", help="use a worker already running")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -124,9 +124,10 @@ class Pipeline:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.messages.labels(route.queue, outcome).observe(elapsed)
-            if log.isEnabledFor(logging.DEBUG) or outcome != "ok":
+            quiet = outcome in ("ok", "refused")  # refusals are ordinary replies
+            if log.isEnabledFor(logging.DEBUG) or not quiet:
                 log.log(
-                    logging.DEBUG if outcome == "ok" else logging.WARNING,
+                    logging.DEBUG if quiet else logging.WARNING,
                     "%s %s in %.1f ms", route.queue, outcome, elapsed * 1000,
                     extra=message_context(raw, route.queue, outcome, elapsed),
                 )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -49,10 +50,14 @@ def body(message: AbstractIncomingMessage) -> Any:
 
 
 class Bus:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, tap_dead_letters: bool = True) -> None:
+        """`tap_dead_letters` consumes billing.dead-letter (emptying it) to collect them."""
         self.url = url
+        self.tap_dead_letters = tap_dead_letters
+        self.connection: aio_pika.abc.AbstractConnection | None = None
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.events = Tap()
+        self.reply_counts: Counter[str] = Counter()  # every reply seen, by correlation id
         self.dead_letters = Tap()
 
     async def start(self) -> None:
@@ -63,13 +68,16 @@ class Bus:
         events = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         await events.bind("billing.events", routing_key="#")
         await events.consume(self.events.on_message, no_ack=True)
-        dlq = await self.channel.get_queue("billing.dead-letter")
-        await dlq.consume(self.dead_letters.on_message, no_ack=True)
+        if self.tap_dead_letters:
+            dlq = await self.channel.get_queue("billing.dead-letter")
+            await dlq.consume(self.dead_letters.on_message, no_ack=True)
 
     async def close(self) -> None:
-        await self.connection.close()
+        if self.connection is not None:
+            await self.connection.close()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        self.reply_counts[message.correlation_id or ""] += 1
         future = self._futures.pop(message.correlation_id or "", None)
         if future is not None and not future.done():
             future.set_result(json.loads(message.body))

@@ -1,0 +1,137 @@
+"""Fresh, isolated services for one run: a migrated database and a RabbitMQ vhost.
+
+Every run gets its own database (`billing-worker migrate`, the real schema) and its own
+vhost (`rabbitmqctl`), so no queue, row or sequence leaks from one run into the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class ServiceError(RuntimeError):
+    """A service is unreachable or cannot be administered; the message says which."""
+
+
+def asyncpg_dsn(url: str) -> str:
+    """Accept SQLAlchemy URLs (`postgresql+asyncpg://`) as well as plain libpq DSNs."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(asyncpg_dsn(dsn))
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def with_vhost(amqp: str, vhost: str) -> str:
+    parts = urlsplit(amqp)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+
+
+def worker_command() -> list[str]:
+    """`billing-worker` of this interpreter's environment (the console script)."""
+    script = Path(sys.executable).with_name("billing-worker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "billing_worker"]
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without any BILLING_* setting, plus `extra`."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    return {**kept, **extra}
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnv:
+    name: str
+    dsn: str  # asyncpg DSN of the run's database
+    amqp: str  # AMQP URL of the run's vhost
+    vhost: str
+
+    @property
+    def database(self) -> str:
+        return urlsplit(self.dsn).path.lstrip("/")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def _run(*command: str, env: dict[str, str] | None = None, limit: float = 120) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), limit)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise ServiceError(f"{command[0]} {command[1]} timed out after {limit}s") from None
+    if process.returncode != 0:
+        text = output.decode(errors="replace").strip().splitlines()
+        reason = text[-1] if text else f"exit code {process.returncode}"
+        raise ServiceError(f"{' '.join(command[:3])} failed: {reason}")
+
+
+async def _rabbitmqctl(*args: str) -> None:
+    if shutil.which("rabbitmqctl") is None:
+        raise ServiceError("rabbitmqctl is not on PATH: cannot create a fresh vhost")
+    await _run("rabbitmqctl", "-q", *args, limit=60)
+
+
+def run_env(base_dsn: str, base_amqp: str, name: str) -> RunEnv:
+    """The URLs of run `name`: database `name`, vhost `name` with dashes."""
+    vhost = name.replace("_", "-")
+    return RunEnv(name, with_database(base_dsn, name), with_vhost(base_amqp, vhost), vhost)
+
+
+async def create(env: RunEnv, base_amqp: str) -> None:
+    """Create and migrate the run's database (`billing-worker migrate`), add its vhost."""
+    migrate_env = clean_environ(
+        BILLING_DATABASE_URL=env.sqlalchemy_url, BILLING_LOG_LEVEL="WARNING"
+    )
+    await _run(*worker_command(), "migrate", env=migrate_env)
+    user = urlsplit(base_amqp).username or "guest"
+    await _rabbitmqctl("add_vhost", env.vhost)
+    await _rabbitmqctl("set_permissions", "-p", env.vhost, user, ".*", ".*", ".*")
+
+
+async def destroy(env: RunEnv, base_dsn: str) -> None:
+    """Drop the run's database and vhost; safe to call after a partial `create`."""
+    admin = await asyncpg.connect(asyncpg_dsn(base_dsn))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{env.database}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    with contextlib.suppress(ServiceError):  # it was never created
+        await _rabbitmqctl("delete_vhost", env.vhost)
+
+
+async def probe(base_dsn: str, base_amqp: str) -> None:
+    """Fail early, with one line, when a service is unreachable."""
+    import aio_pika
+
+    try:
+        connection = await asyncpg.connect(asyncpg_dsn(base_dsn), timeout=10)
+        await connection.close()
+    except (OSError, asyncpg.PostgresError) as error:
+        raise ServiceError(f"cannot reach PostgreSQL at {base_dsn}: {error}") from None
+    try:
+        amqp = await aio_pika.connect(base_amqp, timeout=10)
+        await amqp.close()
+    except Exception as error:
+        raise ServiceError(f"cannot reach RabbitMQ at {base_amqp}: {error}") from None

@@ -1,0 +1,176 @@
+"""One run: one scenario on one side, in its own fresh database and vhost, then checked.
+
+create db + vhost -> seed accounts (and processing deposits) -> declare, pre-fill
+-> start the consumer -> measure -> wait for the tail -> (worker) let the outbox settle
+-> stop the consumer -> count what is left in the queues -> check -> drop db + vhost
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from benchmarks import env as services
+from benchmarks.check import WORK_QUEUES, check
+from benchmarks.load import Load, completions_in
+from benchmarks.plan import Plan
+from benchmarks.procs import Consumer, CpuMeter, start_floor, start_workers
+from benchmarks.stats import window
+from billing_contracts import names
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    rpc_concurrency: int = 0  # 0: pre-filled queue drained; n: closed loop of n clients
+    hot: bool = False  # every withdraw on one account
+    deposits: bool = True  # deposit completions mixed in (pre-filled only)
+    processes: int = 1  # worker processes
+    sides: tuple[str, ...] = ("floor", "worker")
+    rate_guess: float = 900.0  # msgs/s to size the first pre-fill (PERFORMANCE.md's floor)
+
+
+@dataclass
+class Options:
+    dsn: str
+    amqp: str
+    logs: Path
+    seconds: float = 15.0
+    accounts: int = 10_000
+    deposit_share: float = 0.1
+    floor_prefetch: int = 16
+    floor_pool: int = 16
+    worker_settings: dict[str, str] = field(default_factory=dict)
+    startup_timeout: float = 60.0
+    tail_timeout: float = 120.0
+    settle: float = 10.0
+    keep_failed: bool = False
+
+
+async def _wait(event: asyncio.Event, patience: float, consumer: Consumer, what: str) -> None:
+    """Wait for `event`, failing at once if the consumer died meanwhile."""
+    deadline = time.perf_counter() + patience
+    while not event.is_set():
+        if problems := consumer.died():
+            raise RuntimeError("; ".join(problems))
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"no {what} within {patience:.0f}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), 0.2)
+
+
+async def _measure_drain(
+    load: Load, consumer: Consumer, meter: CpuMeter, o: Options
+) -> dict[str, Any]:
+    await _wait(load.first_done, o.startup_timeout, consumer, "first completion")
+    before = await meter.snapshot()
+    start = min(load.done_at.values())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(load.all_done.wait(), start + o.seconds - time.perf_counter())
+    early = load.all_done.is_set()
+    end = max(load.done_at.values()) if early else start + o.seconds
+    cpu = meter.delta(before, await meter.snapshot())
+    return {**window(completions_in(load, start, end), start, end), "drained_early": early,
+            "latency": "queued (pre-filled)", "cpu_s": cpu}  # fmt: skip
+
+
+async def _measure_rpc(load: Load, concurrency: int, meter: CpuMeter, o: Options) -> dict[str, Any]:
+    await load.call(o.startup_timeout)  # warm-up: the consumer is up and answering
+    before = await meter.snapshot()
+    start = time.perf_counter()
+    await load.closed_loop(concurrency, start + o.seconds, o.startup_timeout)
+    cpu = meter.delta(before, await meter.snapshot())
+    end = start + o.seconds
+    return {**window(completions_in(load, start, end), start, end), "drained_early": False,
+            "latency": "round trip", "cpu_s": cpu}  # fmt: skip
+
+
+async def _settle_outbox(db: asyncpg.Connection, seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if not await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _start(side: str, scenario: Scenario, run_env: services.RunEnv, o: Options) -> Consumer:
+    if side == "floor":
+        queues = [names.WALLET_WITHDRAW, names.PROVIDER_EVENTS_QUEUE]
+        return await start_floor(run_env, queues, o.floor_prefetch, o.floor_pool, o.logs)
+    return await start_workers(run_env, scenario.processes, o.worker_settings, o.logs)
+
+
+async def _drive(
+    scenario: Scenario, side: str, run_env: services.RunEnv, db: asyncpg.Connection,
+    load: Load, o: Options, result: dict[str, Any],
+) -> list[str]:  # fmt: skip
+    consumer = await _start(side, scenario, run_env, o)
+    problems: list[str] = []
+    try:
+        meter = CpuMeter(consumer, db)
+        if scenario.rpc_concurrency:
+            measured = await _measure_rpc(load, scenario.rpc_concurrency, meter, o)
+        else:
+            measured = await _measure_drain(load, consumer, meter, o)
+        result.update(measured)
+        cpu = measured["cpu_s"]["consumer"]
+        done = measured["completed_in_window"]
+        result["consumer_cpu_ms_per_msg"] = round(cpu * 1000 / done, 3) if done else None
+        await load.wait_all(o.tail_timeout)
+        if side == "worker":
+            await _settle_outbox(db, o.settle)
+    except (TimeoutError, RuntimeError) as failure:
+        problems.append(str(failure))
+    finally:
+        problems += await consumer.stop()
+    return problems
+
+
+async def run_once(
+    scenario: Scenario, side: str, pair: int, name: str, messages: int, o: Options
+) -> dict[str, Any]:
+    """Run, measure and check; the result says `ok` and lists any problem found."""
+    result: dict[str, Any] = {
+        "pair": pair, "scenario": scenario.name, "side": side, "database": name,
+        "processes": scenario.processes if side == "worker" else 1,
+        "rpc_concurrency": scenario.rpc_concurrency or None, "hot_account": scenario.hot,
+    }  # fmt: skip
+    print(f"[pair {pair}] {scenario.name} / {side}: {name}", file=sys.stderr, flush=True)
+    run_env = services.run_env(o.dsn, o.amqp, name)
+    problems: list[str] = []
+    try:
+        await services.create(run_env, o.amqp)
+        db = await asyncpg.connect(run_env.dsn)
+        try:
+            plan = Plan(name, o.accounts, hot=scenario.hot, seed=pair)
+            prefill = 0 if scenario.rpc_concurrency else messages
+            deposits = round(prefill * o.deposit_share) if scenario.deposits else 0
+            for _ in range(deposits):
+                await plan.new_deposit()
+            await plan.seed(db)
+            load = Load(plan)
+            await load.connect(run_env.amqp)
+            try:
+                await load.prefill(prefill - deposits)
+                problems += await _drive(scenario, side, run_env, db, load, o, result)
+                await load.count_leftovers(WORK_QUEUES)
+                problems += await check(db, plan, load.observed, side)
+            finally:
+                await load.close()
+            result.update(withdraws=len(plan.withdraws), deposits=len(plan.deposits))
+        finally:
+            await db.close()
+    finally:
+        result.update(ok=not problems, problems=problems)
+        if problems and o.keep_failed:
+            print(f"  kept {run_env.dsn} and vhost {run_env.vhost}", file=sys.stderr)
+        else:
+            await services.destroy(run_env, o.dsn)
+    return result

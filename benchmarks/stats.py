@@ -1,0 +1,132 @@
+"""Numbers of a run, medians over pairs, the worker/floor ratio, and the printed table."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+CPU_GROUPS = ("consumer", "postgres", "rabbitmq", "loadgen")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def window(points: Sequence[tuple[float, float]], start: float, end: float) -> dict[str, Any]:
+    """Throughput and latency of the completions `(time, latency s)` inside [start, end]."""
+    seconds = max(end - start, 1e-9)
+    latencies = [latency * 1000 for done, latency in points if start <= done <= end]
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    return {
+        "window_s": round(seconds, 3),
+        "completed_in_window": len(latencies),
+        "msgs_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": None if p50 is None else round(p50, 2),
+        "p99_ms": None if p99 is None else round(p99, 2),
+    }
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
+
+
+def _spread(ratios: list[float]) -> dict[str, Any]:
+    return {
+        "median": round(statistics.median(ratios), 3),
+        "min": round(min(ratios), 3),
+        "max": round(max(ratios), 3),
+        "pairs": [round(r, 3) for r in ratios],
+    }
+
+
+def _side_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "runs": len(runs),
+        "processes": runs[0]["processes"],
+        "msgs_per_s": _median([r["msgs_per_s"] for r in runs]),
+        "p50_ms": _median([r["p50_ms"] for r in runs]),
+        "p99_ms": _median([r["p99_ms"] for r in runs]),
+        "latency": runs[0]["latency"],
+        "cpu_s": {g: _median([r["cpu_s"].get(g) for r in runs]) for g in CPU_GROUPS},
+        "consumer_cpu_ms_per_msg": _median([r["consumer_cpu_ms_per_msg"] for r in runs]),
+    }
+
+
+def _ratio(numerators: dict[int, float], denominators: dict[int, float]) -> dict[str, Any] | None:
+    ratios = [numerators[p] / denominators[p] for p in numerators if denominators.get(p)]
+    return _spread(ratios) if ratios else None
+
+
+def summarize(runs: list[dict[str, Any]], baseline: str = "drain") -> dict[str, Any]:
+    """Per scenario: each side's medians over pairs, and worker/floor with its spread.
+
+    A worker-only scenario (2 processes) is compared with the worker of `baseline` in
+    the same pair instead: the gain of the second process.
+    """
+    ok = [r for r in runs if r["ok"]]
+    summary: dict[str, Any] = {}
+    for scenario in dict.fromkeys(r["scenario"] for r in ok):
+        entry: dict[str, Any] = {}
+        rates: dict[str, dict[int, float]] = {}
+        for side in ("floor", "worker"):
+            mine = [r for r in ok if r["scenario"] == scenario and r["side"] == side]
+            if mine:
+                entry[side] = _side_summary(mine)
+                rates[side] = {r["pair"]: r["msgs_per_s"] for r in mine}
+        if "floor" in rates and "worker" in rates:
+            entry["ratio_worker_over_floor"] = _ratio(rates["worker"], rates["floor"])
+        elif "worker" in rates:
+            one = {r["pair"]: r["msgs_per_s"] for r in ok
+                   if r["scenario"] == baseline and r["side"] == "worker"}  # fmt: skip
+            entry["ratio_over_1_process"] = _ratio(rates["worker"], one)
+        summary[scenario] = entry
+    return summary
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+HEADER = ("scenario", "side", "procs", "msgs/s", "p50 ms", "p99 ms", "CPU s: consumer",
+          "postgres", "rabbitmq", "loadgen", "consumer CPU ms/msg")  # fmt: skip
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The medians as an aligned text table, then the ratios with their spread."""
+    rows: list[tuple[str, ...]] = [HEADER]
+    for scenario, entry in summary.items():
+        for side in ("floor", "worker"):
+            if side in entry:
+                s = entry[side]
+                cpu = s["cpu_s"]
+                rows.append((
+                    scenario, side, str(s["processes"]), _fmt(s["msgs_per_s"]),
+                    _fmt(s["p50_ms"]), _fmt(s["p99_ms"]),
+                    *(_fmt(cpu.get(g), 2) for g in CPU_GROUPS),
+                    _fmt(s["consumer_cpu_ms_per_msg"], 3),
+                ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.rjust(w) if i > 1 else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]  # fmt: skip
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    for scenario, entry in summary.items():
+        for key, label in (("ratio_worker_over_floor", "worker/floor"),
+                           ("ratio_over_1_process", "2 processes/1 process")):  # fmt: skip
+            ratio = entry.get(key)
+            if ratio:
+                lines.append(
+                    f"{label} msgs/s, {scenario}: median {ratio['median']:.3f} "
+                    f"(min {ratio['min']:.3f} - max {ratio['max']:.3f} over "
+                    f"{len(ratio['pairs'])} pair(s))"
+                )
+    return "\n".join(lines)

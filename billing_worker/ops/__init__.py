@@ -1,0 +1,1 @@
+"""Operator tools behind the CLI: dead letters, the outbox, the ledger audit, the demo."""

@@ -1,0 +1,104 @@
+"""`billing-worker audit`: the ledger's invariants, checked in the database.
+
+Each check is one query returning the offending rows; an empty result is a pass.
+Operators run it after an incident; the fault suite runs it after every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+# Money that moved through the wallet: completed deposits in, completed balance-paid
+# withdrawals, subscription charges and invoice payments out. A refunded deposit was
+# credited and later debited again, so it counts for nothing.
+_BALANCES = """
+SELECT a.id AS account_id, a.user_id, a.currency, a.balance_minor,
+       coalesce(m.expected, 0) AS expected_minor
+FROM virtual_accounts a
+LEFT JOIN (
+    SELECT account_id,
+           sum(CASE WHEN kind = 'deposit' AND status = 'completed' THEN amount_minor
+                    WHEN kind IN ('withdrawal', 'subscription_charge', 'invoice_payment')
+                         AND provider = 'balance' AND status = 'completed' THEN -amount_minor
+                    ELSE 0 END) AS expected
+    FROM transactions WHERE account_id IS NOT NULL GROUP BY account_id
+) m ON m.account_id = a.id
+WHERE a.balance_minor <> coalesce(m.expected, 0) OR a.balance_minor < 0
+"""
+
+_CHECKS: dict[str, str] = {
+    "balance differs from the sum of its completed transactions (or is negative)": _BALANCES,
+    "transaction processing without a provider reference": """
+        SELECT id, user_id, kind, provider, created_at FROM transactions
+        WHERE status = 'processing' AND provider_ref IS NULL
+    """,
+    "transaction whose audit trail does not end in its status": """
+        SELECT t.id, t.status, last.to_status AS last_recorded
+        FROM transactions t
+        LEFT JOIN LATERAL (
+            SELECT to_status FROM transaction_transitions tt
+            WHERE tt.transaction_id = t.id ORDER BY tt.id DESC LIMIT 1
+        ) last ON true
+        WHERE last.to_status IS DISTINCT FROM t.status
+    """,
+    "audit trail with a move the state machine forbids": """
+        SELECT transaction_id, from_status, to_status, at FROM transaction_transitions
+        WHERE (coalesce(from_status, '-'), to_status) NOT IN (
+            ('-', 'created'), ('created', 'processing'), ('created', 'failed'),
+            ('processing', 'completed'), ('processing', 'failed'),
+            ('processing', 'canceled'), ('completed', 'refunded'))
+    """,
+    "gap or duplicate in a year's invoice numbers": """
+        SELECT year, count(*) AS invoices, max(seq) AS highest, count(DISTINCT seq) AS distinct
+        FROM (SELECT split_part(number, '-', 2)::int AS year,
+                     split_part(number, '-', 3)::bigint AS seq FROM invoices) n
+        GROUP BY year HAVING count(*) <> max(seq) OR count(DISTINCT seq) <> count(*)
+    """,
+    "invoice sequence behind its invoices": """
+        SELECT s.year, s.last_value, max(split_part(i.number, '-', 3)::bigint) AS highest
+        FROM number_sequences s JOIN invoices i
+          ON split_part(i.number, '-', 2)::int = s.year AND s.name = 'invoice'
+        GROUP BY s.year, s.last_value
+        HAVING s.last_value <> max(split_part(i.number, '-', 3)::bigint)
+    """,
+    "paid invoice without exactly one completed payment": """
+        SELECT i.id, i.number, i.total_minor, count(t.id) AS payments
+        FROM invoices i LEFT JOIN transactions t
+          ON t.invoice_id = i.id AND t.kind = 'invoice_payment' AND t.status = 'completed'
+        WHERE i.status = 'paid' AND i.total_minor > 0
+        GROUP BY i.id HAVING count(t.id) <> 1
+    """,
+    "subscription whose paid periods disagree with its charges": """
+        SELECT s.id, s.payment_source, s.paid_periods, count(c.id) AS charges
+        FROM subscriptions s LEFT JOIN subscription_charges c ON c.subscription_id = s.id
+        WHERE s.payment_source IN ('balance', 'yookassa')
+        GROUP BY s.id HAVING s.paid_periods <> count(c.id)
+    """,
+    "command recorded without its reply": """
+        SELECT scope, key, created_at FROM idempotency_records
+        WHERE reply IS NULL AND scope NOT LIKE 'provider:%'
+    """,
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    rows: list[dict[str, Any]]
+
+
+async def audit(connection: asyncpg.Connection) -> list[Finding]:
+    """Run every check (in one repeatable-read snapshot); the failed ones with their rows."""
+    findings = []
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        for check, sql in _CHECKS.items():
+            rows = await connection.fetch(sql)
+            if rows:
+                findings.append(Finding(check, [dict(row) for row in rows]))
+    return findings
+
+
+CHECK_NAMES = tuple(_CHECKS)
