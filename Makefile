@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services migrate run test lint fmt bench clean
+.PHONY: install services migrate run test lint asyncapi docs demo bench fmt clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,17 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install services lint  ## set up and run the whole test suite
+asyncapi:  ## validate contracts/asyncapi.json with the official AsyncAPI parser (npm)
+	cd scripts/asyncapi && npm install --no-audit --no-fund --loglevel=error
+	node scripts/asyncapi/validate.mjs contracts/asyncapi.json
+
+docs: install  ## regenerate contracts/asyncapi.json, contracts/CATALOGUE.md, the README index
+	$(BIN)/billing-worker docs
+
+demo: migrate  ## a guided end-to-end run against the local services
+	$(BIN)/billing-worker demo
+
+test: install services lint asyncapi  ## set up and run the whole test suite
 	$(BIN)/pytest
 
 fmt: install

@@ -99,24 +99,34 @@ def run_env(base_dsn: str, base_amqp: str, name: str) -> RunEnv:
     return RunEnv(name, with_database(base_dsn, name), with_vhost(base_amqp, vhost), vhost)
 
 
-async def create(env: RunEnv, base_amqp: str) -> None:
-    """Create and migrate the run's database (`billing-worker migrate`), add its vhost."""
-    migrate_env = clean_environ(
-        BILLING_DATABASE_URL=env.sqlalchemy_url, BILLING_LOG_LEVEL="WARNING"
-    )
-    await _run(*worker_command(), "migrate", env=migrate_env)
+async def migrate(env: RunEnv) -> None:
+    """Create the run's database and bring it to the real schema: `billing-worker migrate`."""
+    environ = clean_environ(BILLING_DATABASE_URL=env.sqlalchemy_url, BILLING_LOG_LEVEL="WARNING")
+    await _run(*worker_command(), "migrate", env=environ)
+
+
+async def add_vhost(env: RunEnv, base_amqp: str) -> None:
     user = urlsplit(base_amqp).username or "guest"
     await _rabbitmqctl("add_vhost", env.vhost)
     await _rabbitmqctl("set_permissions", "-p", env.vhost, user, ".*", ".*", ".*")
 
 
-async def destroy(env: RunEnv, base_dsn: str) -> None:
-    """Drop the run's database and vhost; safe to call after a partial `create`."""
+async def create(env: RunEnv, base_amqp: str) -> None:
+    """Database and vhost of a run; both at once (set-up, never while measuring)."""
+    await asyncio.gather(migrate(env), add_vhost(env, base_amqp))
+
+
+async def drop_database(env: RunEnv, base_dsn: str) -> None:
     admin = await asyncpg.connect(asyncpg_dsn(base_dsn))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{env.database}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def destroy(env: RunEnv, base_dsn: str) -> None:
+    """Drop the run's database and vhost; safe to call after a partial `create`."""
+    await drop_database(env, base_dsn)
     with contextlib.suppress(ServiceError):  # it was never created
         await _rabbitmqctl("delete_vhost", env.vhost)
 

@@ -36,6 +36,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from asyncpg.pool import PoolConnectionProxy
 
 WITHDRAW_QUEUE = "billing.wallet.withdraw"
 PROVIDER_EVENTS_QUEUE = "billing.provider-events"
@@ -62,6 +63,7 @@ CREDIT = """UPDATE virtual_accounts SET balance_minor = balance_minor + $2, upda
 WHERE id = $1 RETURNING balance_minor"""
 
 Event = tuple[str, str, bytes]  # event id, type, body
+Db = asyncpg.Connection | PoolConnectionProxy  # a connection, or one borrowed from the pool
 
 
 def minor_of(amount: str) -> int:
@@ -84,7 +86,7 @@ def envelope(event_type: str, now: datetime, data: dict[str, Any]) -> tuple[str,
     return event_id, dumps(body)
 
 
-async def withdraw(db: asyncpg.Connection, body: bytes) -> tuple[bytes, Event | None]:
+async def withdraw(db: Db, body: bytes) -> tuple[bytes, Event | None]:
     """Apply one withdraw; returns the reply and the event to publish (None on a refusal)."""
     command = json.loads(body)
     key, user, amount = command["idempotency_key"], command["user_id"], command["amount"]
@@ -126,7 +128,7 @@ async def withdraw(db: asyncpg.Connection, body: bytes) -> tuple[bytes, Event | 
     return reply.encode(), (event_id, "withdrawal.completed", event.encode())
 
 
-async def complete_deposit(db: asyncpg.Connection, body: bytes) -> Event | None:
+async def complete_deposit(db: Db, body: bytes) -> Event | None:
     """Apply one sandbox `payment.succeeded` callback; None when there is nothing to send."""
     callback = json.loads(body)
     now = datetime.now(UTC)
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         description="The floor worker of the benchmark (PERFORMANCE.md): aio-pika + asyncpg, "
         "four statements in one transaction, confirmed event and reply, then ack. "
         "Stops on SIGTERM/SIGINT after finishing in-flight messages.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--amqp", required=True, help="AMQP URL including the vhost")
     parser.add_argument("--dsn", required=True, help="asyncpg DSN of a migrated database")

@@ -176,7 +176,12 @@ class Load:
             while time.perf_counter() < until:
                 await self.call(patience)
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        clients = [asyncio.create_task(client()) for _ in range(concurrency)]
+        try:
+            await asyncio.gather(*clients)
+        finally:  # one failed: stop the others too
+            for task in clients:
+                task.cancel()
 
     async def wait_all(self, patience: float) -> None:
         if len(self.done_at) >= self.expected:

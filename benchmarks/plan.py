@@ -103,6 +103,7 @@ class Plan:
             PaymentRequest(transaction_id, user, amount, CURRENCY, str(transaction_id))
         )
         (notification,) = payment.notifications
+        assert payment.provider_ref is not None, "the sandbox names every payment"
         deposit = Deposit(
             transaction_id, user, amount, payment.provider_ref,
             notification.event_id, notification.body,

@@ -88,6 +88,7 @@ class Consumer:
     async def stop(self, grace: float = 30) -> list[str]:
         """SIGTERM (graceful: in-flight messages finish), then SIGKILL after `grace` seconds."""
         problems = self.died()
+        early = {process.pid for process in self.processes if process.returncode is not None}
         for process in self.processes:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -99,14 +100,14 @@ class Consumer:
                 await process.wait()
                 problems.append(f"{self.side} process {process.pid} ignored SIGTERM for {grace}s")
             else:
-                if process.returncode not in (0, -signal.SIGTERM):
+                if process.pid not in early and process.returncode not in (0, -signal.SIGTERM):
                     problems.append(
                         f"{self.side} process {process.pid} stopped with code "
                         f"{process.returncode}: {self.tail(index)}"
                     )
         for handle in self._files:
             handle.close()
-        return list(dict.fromkeys(problems))
+        return problems
 
 
 async def start_floor(

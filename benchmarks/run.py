@@ -3,24 +3,30 @@
     .venv/bin/python -m benchmarks.run                # 3 pairs, 15 s per run, every scenario
     .venv/bin/python -m benchmarks.run --smoke        # 1 pair, ~2 s per run (the test suite)
 
-Scenarios (each interleaved floor, worker, floor, worker ... over `--pairs`, each run in
-a fresh database and vhost, each run checked for correctness):
+Scenarios, each run as floor, worker, floor, worker ... over --pairs, every run in a
+fresh database (`billing-worker migrate`) and a fresh vhost, every run checked:
 
-    drain      pre-filled withdraws across the accounts plus deposit completions
+    drain      pre-filled withdraws across the accounts + sandbox deposit completions
     hot        pre-filled withdraws, all on one account
-    rpc-c<n>   closed-loop request/reply, n clients (`--rpc-concurrency`)
-    workers<n> `drain` with n worker processes (worker only; compared with 1 process)
+    rpc-c<n>   closed-loop request/reply with n clients (--rpc-concurrency)
+    workers<n> drain with n `billing-worker run` processes (worker only, vs 1 process)
 
-Prints the medians (msgs/s, p50/p99 ms, CPU seconds per process) and the median
-worker/floor ratio with its min-max over the pairs; writes the same as JSON. Exit code 0
-when every run passed its check, 1 when one did not (the message says what is wrong),
-2 when the services are unreachable.
+The floor is `python -m benchmarks.floor` (aio-pika + asyncpg, PERFORMANCE.md); the
+worker is `billing-worker run` with its real settings (log level WARNING).
+
+Prints the medians over the pairs (msgs/s, p50/p99 ms, CPU seconds per process) and the
+median worker/floor ratio with its min-max; writes the same and every run as JSON.
+Exit code 0 when every run passed its correctness check; 1 when one did not (stops at
+the first, the message says what is wrong: a fast wrong run is a failed run); 2 when a
+service is unreachable. Needs rabbitmqctl and a PostgreSQL user allowed to create
+databases.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -80,88 +86,81 @@ def _setting(text: str) -> tuple[str, str]:
     return key, value
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help, the module docstring as written."""
+
+
+# flag, type (bool: a switch), default, help
+OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("--dsn", str, services.DEFAULT_DSN, "PostgreSQL server (any database on it); each run "
+     "creates bench_<run>_<n> there with `billing-worker migrate`, and drops it"),
+    ("--amqp", str, services.DEFAULT_AMQP,
+     "RabbitMQ; each run adds and deletes a vhost of its own (rabbitmqctl)"),
+    ("--pairs", int, 3, "floor/worker pairs per scenario, interleaved (>= 3 for a spread)"),
+    ("--seconds", float, 15.0, "measured window of each run"),
+    ("--warmup", float, 1.0,
+     "seconds of each run before the window opens (pools filling, caches warming)"),
+    ("--messages", int, None, "messages pre-filled per run (default: ~1.1 x (warmup + "
+     "seconds) x the last rate measured for that scenario and side: the queue outlasts "
+     "the window)"),
+    ("--accounts", int, 10_000, "pre-funded accounts (one per user)"),
+    ("--deposit-share", float, 0.1,
+     "share of the drain scenarios' messages that are sandbox deposit completions"),
+    ("--scenarios", _csv(str, ALL_SCENARIOS), list(ALL_SCENARIOS),
+     f"comma-separated subset of {','.join(ALL_SCENARIOS)}"),
+    ("--rpc-concurrency", _csv(int), [1, 64],
+     "closed-loop clients of the rpc scenarios, comma-separated: one scenario each"),
+    ("--worker-processes", int, 2, "worker processes of the workers scenario"),
+    ("--floor-prefetch", int, 16, "the floor's prefetch per queue"),
+    ("--floor-pool", int, 16, "the floor's PostgreSQL connections"),
+    ("--startup-timeout", float, 60.0,
+     "seconds a consumer may take to its first reply; also the reply timeout of rpc"),
+    ("--tail-timeout", float, 120.0,
+     "seconds to finish the messages left after the window (all must complete)"),
+    ("--settle", float, 10.0,
+     "seconds the worker's outbox may take to publish everything after the last reply"),
+    ("--json", Path, None,
+     "where to write the JSON report (default benchmarks/results/<UTC timestamp>.json)"),
+    ("--keep-failed", bool, False,
+     "keep the database and vhost of a run that failed its check, for inspection"),
+    ("--smoke", bool, False, "1 pair, 2 s per run, no warm-up, 300 messages: proves that "
+     "everything works end to end (the test suite); its figures mean nothing"),
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description=__doc__.split("\n\n")[0] + " Needs rabbitmqctl (vhosts) and a PostgreSQL "
-        "user allowed to create databases.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__,
+        formatter_class=_Formatter,
     )
-    a = p.add_argument
-    a("--dsn", default=services.DEFAULT_DSN, help="PostgreSQL server (any database on it); "
-      "each run creates and drops bench_<run>_<n> there")  # fmt: skip
-    a("--amqp", default=services.DEFAULT_AMQP, help="RabbitMQ; each run adds and deletes a vhost")
-    a("--pairs", type=int, default=3, help="floor/worker pairs per scenario (>= 3 for a ratio)")
-    a("--seconds", type=float, default=15.0, help="measured window of each run")
-    a("--messages", type=int, default=None, help="messages pre-filled per run (default: sized "
-      "from the last rate measured for that scenario and side, ~1.1 x rate x seconds)")  # fmt: skip
-    a("--accounts", type=int, default=10_000, help="pre-funded accounts (one per user)")
-    a(
-        "--deposit-share",
-        type=float,
-        default=0.1,
-        help="share of the pre-filled messages that are sandbox deposit completions (drain)",
-    )
-    a(
-        "--scenarios",
-        type=_csv(str, ALL_SCENARIOS),
-        default=list(ALL_SCENARIOS),
-        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)}",
-    )
-    a(
-        "--rpc-concurrency",
-        type=_csv(int),
-        default=[1, 64],
-        help="closed-loop clients of the rpc scenarios (comma-separated)",
-    )
-    a("--worker-processes", type=int, default=2, help="worker processes of the workers scenario")
-    a("--floor-prefetch", type=int, default=16, help="the floor's prefetch per queue")
-    a("--floor-pool", type=int, default=16, help="the floor's PostgreSQL connections")
-    a("--worker-setting", type=_setting, action="append", default=[], metavar="BILLING_X=V",
-      help="extra worker setting, repeatable (e.g. BILLING_PREFETCH=16); the worker otherwise "
-      "runs with its defaults and BILLING_LOG_LEVEL=WARNING")  # fmt: skip
-    a("--startup-timeout", type=float, default=60.0, help="seconds for a consumer's first reply")
-    a(
-        "--tail-timeout",
-        type=float,
-        default=120.0,
-        help="seconds to finish the messages left after the window (all must complete)",
-    )
-    a(
-        "--settle",
-        type=float,
-        default=10.0,
-        help="seconds the worker's outbox may take to publish everything after the last reply",
-    )
-    a(
-        "--json",
-        type=Path,
-        default=None,
-        help="where to write the JSON report (default benchmarks/results/<timestamp>.json)",
-    )
-    a(
-        "--keep-failed",
-        action="store_true",
-        help="keep the database and vhost of a run that failed its check, for inspection",
-    )
-    a("--smoke", action="store_true", help="1 pair, 2 s per run, 300 messages, 1000 accounts: "
-      "checks that everything works, measures nothing meaningful")  # fmt: skip
-    return p
+    for flag, kind, default, text in OPTIONS:
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=text)
+    parser.add_argument(
+        "--worker-setting", type=_setting, action="append", default=[], metavar="BILLING_X=V",
+        help="extra worker setting, repeatable (e.g. BILLING_PREFETCH=16); otherwise the "
+        "worker runs with its defaults and BILLING_LOG_LEVEL=WARNING",
+    )  # fmt: skip
+    return parser
 
 
 def options_from(args: argparse.Namespace, logs: Path) -> Options:
+    """The scenario options of the same name as the command-line options."""
+    names = {f.name for f in dataclasses.fields(Options)} - {"logs", "worker_settings"}
     return Options(
-        dsn=args.dsn, amqp=args.amqp, logs=logs, seconds=args.seconds, accounts=args.accounts,
-        deposit_share=args.deposit_share, floor_prefetch=args.floor_prefetch,
-        floor_pool=args.floor_pool, worker_settings=dict(args.worker_setting),
-        startup_timeout=args.startup_timeout, tail_timeout=args.tail_timeout,
-        settle=args.settle, keep_failed=args.keep_failed,
-    )  # fmt: skip
+        logs=logs,
+        worker_settings=dict(args.worker_setting),
+        **{name: getattr(args, name) for name in names},
+    )
 
 
 def _line(result: dict[str, Any]) -> str:
     if not result["ok"]:
-        return "  FAILED: " + "; ".join(result["problems"])
+        first, more = result["problems"][0], len(result["problems"]) - 1
+        return f"  FAILED: {first}" + (f" (+{more} more problems, listed below)" if more else "")
     return (
         f"  {result['msgs_per_s']} msgs/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
         f"consumer CPU {result['cpu_s']['consumer']} s, "
@@ -176,8 +175,14 @@ async def benchmark(args: argparse.Namespace, run_id: str, logs: Path) -> list[d
     for pair in range(1, args.pairs + 1):
         for scenario in scenarios(args.scenarios, args.rpc_concurrency, args.worker_processes):
             for side in scenario.sides:
-                guess = rates.get((scenario.name, side)) or rates.get((scenario.name, "floor"))
-                messages = args.messages or sized(guess or scenario.rate_guess, args.seconds)
+                guess = (
+                    rates.get((scenario.name, side))
+                    or rates.get((scenario.name, "floor"))
+                    or rates.get(("drain", "worker"), 0.0) * scenario.processes
+                )
+                messages = args.messages or sized(
+                    guess or scenario.rate_guess, args.warmup + args.seconds
+                )
                 name = f"bench_{run_id}_{len(results) + 1}"
                 result = await run_once(scenario, side, pair, name, messages, options)
                 results.append(result)
@@ -191,9 +196,8 @@ async def benchmark(args: argparse.Namespace, run_id: str, logs: Path) -> list[d
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
-        args.pairs, args.seconds = 1, 2.0
+        args.pairs, args.seconds, args.warmup = 1, 2.0, 0.0
         args.messages = args.messages or 300
-        args.accounts = min(args.accounts, 1000)
     started = datetime.now(UTC)
     run_id = started.strftime("%m%d%H%M%S") + uuid.uuid4().hex[:4]
     path = args.json or RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     except services.ServiceError as down:
         print(f"benchmarks.run: {down}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the run in progress dropped its database and vhost
+        print("benchmarks.run: interrupted", file=sys.stderr)
+        return 130
     failures = [f"{r['scenario']}/{r['side']} (pair {r['pair']}): {p}"
                 for r in results for p in r["problems"]]  # fmt: skip
     summary = summarize(results)
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(table(summary))
+    print(table(summary) if summary else "no run passed its check: nothing to report")
     print(f"\nJSON: {path}")
     if failures:
         print(

@@ -43,6 +43,7 @@ class Options:
     amqp: str
     logs: Path
     seconds: float = 15.0
+    warmup: float = 1.0
     accounts: int = 10_000
     deposit_share: float = 0.1
     floor_prefetch: int = 16
@@ -58,8 +59,8 @@ async def _wait(event: asyncio.Event, patience: float, consumer: Consumer, what:
     """Wait for `event`, failing at once if the consumer died meanwhile."""
     deadline = time.perf_counter() + patience
     while not event.is_set():
-        if problems := consumer.died():
-            raise RuntimeError("; ".join(problems))
+        if consumer.died():  # stop() says how
+            raise RuntimeError(f"the {consumer.side} died before its {what}")
         if time.perf_counter() > deadline:
             raise TimeoutError(f"no {what} within {patience:.0f}s")
         with contextlib.suppress(TimeoutError):
@@ -69,9 +70,12 @@ async def _wait(event: asyncio.Event, patience: float, consumer: Consumer, what:
 async def _measure_drain(
     load: Load, consumer: Consumer, meter: CpuMeter, o: Options
 ) -> dict[str, Any]:
+    """From the first completion + warm-up, for `seconds` or until the queue is empty."""
     await _wait(load.first_done, o.startup_timeout, consumer, "first completion")
+    start = min(load.done_at.values()) + o.warmup
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(load.all_done.wait(), start - time.perf_counter())
     before = await meter.snapshot()
-    start = min(load.done_at.values())
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(load.all_done.wait(), start + o.seconds - time.perf_counter())
     early = load.all_done.is_set()
@@ -82,12 +86,16 @@ async def _measure_drain(
 
 
 async def _measure_rpc(load: Load, concurrency: int, meter: CpuMeter, o: Options) -> dict[str, Any]:
-    await load.call(o.startup_timeout)  # warm-up: the consumer is up and answering
-    before = await meter.snapshot()
-    start = time.perf_counter()
-    await load.closed_loop(concurrency, start + o.seconds, o.startup_timeout)
-    cpu = meter.delta(before, await meter.snapshot())
+    """A closed loop for warm-up + `seconds`; only the last `seconds` are measured."""
+    await load.call(o.startup_timeout)  # the consumer is up and answering
+    start = time.perf_counter() + o.warmup
     end = start + o.seconds
+    clients = asyncio.create_task(load.closed_loop(concurrency, end, o.startup_timeout))
+    await asyncio.wait({clients}, timeout=o.warmup)
+    before = await meter.snapshot()
+    await asyncio.wait({clients}, timeout=end - time.perf_counter())
+    cpu = meter.delta(before, await meter.snapshot())
+    await clients  # the requests in flight at the end finish (and are checked) too
     return {**window(completions_in(load, start, end), start, end), "drained_early": False,
             "latency": "round trip", "cpu_s": cpu}  # fmt: skip
 

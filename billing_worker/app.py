@@ -12,6 +12,8 @@ from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_contracts.catalog import EVENT_MODELS, EVENT_PURPOSES
+from billing_contracts.envelope import EventEnvelope
 from billing_worker.db import outbox
 from billing_worker.db.engine import create_engine, driver_connection
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
@@ -89,6 +91,7 @@ def build_worker(
         log_level=logging.DEBUG,  # per-message framework logs cost ~20% (PERFORMANCE.md)
         graceful_timeout=settings.shutdown_grace_seconds,
         middlewares=middlewares,
+        apply_types=False,  # the pipeline validates bodies itself (see Pipeline.consumer)
     )
     topology = topo.Topology.from_settings(settings)
     publisher = OutboxPublisher(
@@ -125,9 +128,11 @@ def build_worker(
             topology.queue_for(route.queue),
             ack_policy=AckPolicy.MANUAL,
             no_reply=True,
-            decoder=_raw_body,
+            decoder=_message_itself,
             title=route.queue,
+            description=route.description,
         )(pipeline.consumer(route))
+    document_events(broker, topology)
     internal = None
     if settings.metrics_port:
         checks = {"broker": lambda: broker.ping(timeout=2.0), "database": database_check(engine)}
@@ -203,6 +208,20 @@ def database_check(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-async def _raw_body(message: Any) -> bytes:
-    """Hand the body to the pipeline untouched: it validates against the contract itself."""
-    return message.body  # type: ignore[no-any-return]
+async def _message_itself(message: Any) -> Any:
+    """Hand the whole message to the pipeline: it validates the body against the contract
+    itself and needs reply_to, headers and the ack."""
+    return message
+
+
+def document_events(broker: RabbitBroker, topology: topo.Topology) -> None:
+    """Declare the events for the AsyncAPI document (the outbox publisher sends them)."""
+    for event_type, model in EVENT_MODELS.items():
+        broker.publisher(
+            exchange=topology.events_exchange,
+            routing_key=event_type,
+            schema=EventEnvelope[model],  # type: ignore[valid-type]
+            title=event_type,
+            description=EVENT_PURPOSES[event_type],
+            persist=True,
+        )

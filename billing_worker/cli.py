@@ -192,6 +192,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from billing_worker import contract_docs
+
+    if args.check:
+        stale = contract_docs.stale()
+        for path in stale:
+            print(f"stale: {path} (run `billing-worker docs`)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in contract_docs.write():
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="billing-worker",
@@ -264,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-worker", action="store_true", help="use a worker already running")
     demo.set_defaults(func=cmd_demo)
+    docs = commands.add_parser(
+        "docs",
+        help="regenerate contracts/asyncapi.json, contracts/CATALOGUE.md and the README index",
+        description="Generate the AsyncAPI 3.0 document from the app's subscribers and "
+        "publishers (FastStream's generator, plus request/reply and examples) and the "
+        "Markdown catalogue from billing_contracts. --check only reports stale files.",
+    )
+    docs.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    docs.set_defaults(func=cmd_docs)
     return parser
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from billing_contracts import names
 from billing_contracts.envelope import ErrorCode
@@ -56,6 +56,10 @@ class Route:
     queue: str
     parse: Parser
     handle: Handle  # returns the reply envelope, or None when there is nothing to reply
+    # For the AsyncAPI document: the contract of the body and of the reply.
+    model: type[BaseModel] | None = None
+    reply: Any = None
+    description: str = ""
 
 
 def contract_parser(model: Any) -> Parser:
@@ -109,10 +113,16 @@ class Pipeline:
         self.metrics = metrics or Metrics()
 
     def consumer(self, route: Route) -> Callable[[RabbitMessage], Awaitable[None]]:
+        """The subscriber function. FastStream hands it the raw message (the broker runs
+        with `apply_types=False` and a decoder that returns the message itself); its
+        annotations only describe the contract for the AsyncAPI document."""
+
         async def consume(message: RabbitMessage) -> None:
             await self.consume(route, message)
 
         consume.__name__ = consume.__qualname__ = "consume_" + route.queue.replace(".", "_")
+        consume.__doc__ = route.description or None
+        consume.__annotations__ = {"message": route.model or bytes, "return": route.reply}
         return consume
 
     async def consume(self, route: Route, message: RabbitMessage) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from billing_contracts import invoices, names, orders, plans, subscriptions, wallet
+from billing_contracts import names
+from billing_contracts.catalog import BY_QUEUE, Entry
+from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
@@ -16,50 +18,49 @@ from billing_worker.metrics import Metrics
 from billing_worker.providers.base import Gateways, UnknownProvider
 from billing_worker.service import BillingService, Handler
 
-COMMANDS: Mapping[str, tuple[type[BaseModel], Handler[Any]]] = {
-    names.WALLET_DEPOSIT: (wallet.Deposit, wallet_handlers.deposit),
-    names.WALLET_WITHDRAW: (wallet.Withdraw, wallet_handlers.withdraw),
-    names.INVOICE_CREATE: (invoices.CreateInvoice, invoice_handlers.create_invoice),
-    names.INVOICE_PAY: (invoices.PayInvoice, invoice_handlers.pay_invoice),
-    names.PLAN_UPSERT: (plans.UpsertPlan, subscription_handlers.upsert_plan),
-    names.SUBSCRIPTION_CREATE: (
-        subscriptions.CreateSubscription,
-        subscription_handlers.create_subscription,
-    ),
-    names.SUBSCRIPTION_CANCEL: (
-        subscriptions.CancelSubscription,
-        subscription_handlers.cancel_subscription,
-    ),
+# Queue -> handler; the models come from the contracts' catalogue.
+COMMANDS: Mapping[str, Handler[Any]] = {
+    names.WALLET_DEPOSIT: wallet_handlers.deposit,
+    names.WALLET_WITHDRAW: wallet_handlers.withdraw,
+    names.INVOICE_CREATE: invoice_handlers.create_invoice,
+    names.INVOICE_PAY: invoice_handlers.pay_invoice,
+    names.PLAN_UPSERT: subscription_handlers.upsert_plan,
+    names.SUBSCRIPTION_CREATE: subscription_handlers.create_subscription,
+    names.SUBSCRIPTION_CANCEL: subscription_handlers.cancel_subscription,
 }
-QUERIES: Mapping[str, tuple[type[BaseModel], Handler[Any]]] = {
-    names.WALLET_BALANCE: (wallet.GetBalance, wallet_handlers.get_balance),
-    names.WALLET_TRANSACTIONS: (wallet.ListTransactions, wallet_handlers.list_transactions),
-    names.INVOICE_GET: (invoices.GetInvoices, invoice_handlers.get_invoices),
-    names.PLAN_LIST: (plans.ListPlans, subscription_handlers.list_plans),
-    names.SUBSCRIPTION_GET: (
-        subscriptions.GetSubscriptions,
-        subscription_handlers.get_subscriptions,
-    ),
+QUERIES: Mapping[str, Handler[Any]] = {
+    names.WALLET_BALANCE: wallet_handlers.get_balance,
+    names.WALLET_TRANSACTIONS: wallet_handlers.list_transactions,
+    names.INVOICE_GET: invoice_handlers.get_invoices,
+    names.PLAN_LIST: subscription_handlers.list_plans,
+    names.SUBSCRIPTION_GET: subscription_handlers.get_subscriptions,
 }
+
+
+def reply_type(entry: Entry) -> Any:
+    """What a caller gets back: the success envelope of the entry's data, or an error."""
+    return OkReply[entry.reply] | ErrorReply  # type: ignore[name-defined]
 
 
 def command_route(queue: str, service: BillingService) -> Route:
-    model, handler = COMMANDS[queue]
+    entry, handler = BY_QUEUE[queue], COMMANDS[queue]
     scope = queue.removeprefix("billing.")
 
     async def handle(command: Any) -> dict[str, Any]:
         return await service.command(scope, command, handler)
 
-    return Route(queue, contract_parser(model), handle)
+    return Route(queue, contract_parser(entry.request), handle, entry.request,
+                 reply_type(entry), entry.purpose)  # fmt: skip
 
 
 def query_route(queue: str, service: BillingService) -> Route:
-    model, handler = QUERIES[queue]
+    entry, handler = BY_QUEUE[queue], QUERIES[queue]
 
     async def handle(query: Any) -> dict[str, Any]:
         return await service.query(query, handler)
 
-    return Route(queue, contract_parser(model), handle)
+    return Route(queue, contract_parser(entry.request), handle, entry.request,
+                 reply_type(entry), entry.purpose)  # fmt: skip
 
 
 def order_created_route(service: BillingService) -> Route:
@@ -68,7 +69,9 @@ def order_created_route(service: BillingService) -> Route:
     async def handle(order: Any) -> None:
         await service.apply(order, invoice_handlers.create_invoice_for_order)
 
-    return Route(names.ORDER_CREATED_QUEUE, contract_parser(orders.OrderCreated), handle)
+    entry = BY_QUEUE[names.ORDER_CREATED_QUEUE]
+    return Route(entry.queue, contract_parser(entry.request), handle, entry.request, None,
+                 entry.purpose)  # fmt: skip
 
 
 def provider_events_route(
@@ -98,7 +101,17 @@ def provider_events_route(
         if metrics:  # unknown event types are acknowledged and counted here
             metrics.provider_events.labels(event.provider, event.event_type, outcome.value).inc()
 
-    return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle)
+    purpose = "Verified provider callbacks from the relay (raw body, header x-provider)"
+    return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle, ProviderCallback, None, purpose)
+
+
+class ProviderCallback(BaseModel):
+    """The provider's own webhook body, as Stripe or YooKassa sent it (verified by the relay).
+
+    Header `x-provider` names the provider (`stripe`, `yookassa`, `sandbox`).
+    """
+
+    model_config = ConfigDict(extra="allow")
 
 
 def all_routes(

@@ -64,6 +64,7 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
 
 from billing_contracts import names
 from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent
+from billing_contracts.catalog import EVENT_MODELS
 from billing_contracts.client_errors import (
     ERRORS,
     BillingError,
@@ -83,17 +84,6 @@ from billing_contracts.client_errors import (
 )
 from billing_contracts.envelope import EventEnvelope
 from billing_contracts.events import (
-    BALANCE_LOW,
-    DEPOSIT_COMPLETED,
-    INVOICE_CREATED,
-    INVOICE_PAID,
-    PAYMENT_FAILED,
-    PAYMENT_SUCCESS,
-    SUBSCRIPTION_CANCELED,
-    SUBSCRIPTION_CREATED,
-    SUBSCRIPTION_PAST_DUE,
-    SUBSCRIPTION_RENEWED,
-    WITHDRAWAL_COMPLETED,
     BalanceLow,
     DepositCompleted,
     PaymentFailed,
@@ -179,30 +169,6 @@ EventData = (
 
 Event = EventEnvelope[EventData]
 
-_EventModel = (
-    type[DepositCompleted]
-    | type[WithdrawalCompleted]
-    | type[PaymentSucceeded]
-    | type[PaymentFailed]
-    | type[BalanceLow]
-    | type[SubscriptionEvent]
-    | type[InvoiceEvent]
-)
-
-EVENT_MODELS: Mapping[str, _EventModel] = {
-    DEPOSIT_COMPLETED: DepositCompleted,
-    WITHDRAWAL_COMPLETED: WithdrawalCompleted,
-    PAYMENT_SUCCESS: PaymentSucceeded,
-    PAYMENT_FAILED: PaymentFailed,
-    BALANCE_LOW: BalanceLow,
-    SUBSCRIPTION_CREATED: SubscriptionEvent,
-    SUBSCRIPTION_RENEWED: SubscriptionEvent,
-    SUBSCRIPTION_PAST_DUE: SubscriptionEvent,
-    SUBSCRIPTION_CANCELED: SubscriptionEvent,
-    INVOICE_CREATED: InvoiceEvent,
-    INVOICE_PAID: InvoiceEvent,
-}
-
 
 def parse_event(body: bytes | str) -> Event:
     """An event envelope with `data` as the model of its type (a dict for other types).
@@ -212,7 +178,7 @@ def parse_event(body: bytes | str) -> Event:
     """
     raw = EventEnvelope[dict[str, Any]].model_validate_json(body)
     model = EVENT_MODELS.get(raw.type)
-    data: EventData = raw.data if model is None else model.model_validate(raw.data)
+    data: EventData = raw.data if model is None else model.model_validate(raw.data)  # type: ignore[assignment]
     return EventEnvelope[EventData].model_construct(
         event_id=raw.event_id,
         type=raw.type,

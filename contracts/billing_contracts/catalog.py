@@ -1,0 +1,339 @@
+"""The message catalogue: every queue and event, its models, purpose and refusals.
+
+The single source for the worker's routing, the typed client, the AsyncAPI document
+and the README's catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from billing_contracts import names
+from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent
+from billing_contracts.envelope import ErrorCode
+from billing_contracts.events import (
+    BALANCE_LOW,
+    DEPOSIT_COMPLETED,
+    INVOICE_CREATED,
+    INVOICE_PAID,
+    PAYMENT_FAILED,
+    PAYMENT_SUCCESS,
+    SUBSCRIPTION_CANCELED,
+    SUBSCRIPTION_CREATED,
+    SUBSCRIPTION_PAST_DUE,
+    SUBSCRIPTION_RENEWED,
+    WITHDRAWAL_COMPLETED,
+    BalanceLow,
+    DepositCompleted,
+    PaymentFailed,
+    PaymentSucceeded,
+    WithdrawalCompleted,
+)
+from billing_contracts.invoices import (
+    CreateInvoice,
+    GetInvoices,
+    InvoiceOut,
+    InvoicePage,
+    PayInvoice,
+)
+from billing_contracts.orders import OrderCreated
+from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
+from billing_contracts.subscriptions import (
+    CancelSubscription,
+    CreateSubscription,
+    GetSubscriptions,
+    SubscriptionCreated,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from billing_contracts.wallet import (
+    BalanceResult,
+    Deposit,
+    DepositResult,
+    GetBalance,
+    ListTransactions,
+    TransactionPage,
+    Withdraw,
+    WithdrawResult,
+)
+
+E = ErrorCode
+_USD = {"amount": "25.00", "currency": "USD"}
+_KEY = "3b1f0c9e-order-42"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One queue the worker consumes."""
+
+    queue: str
+    kind: Literal["command", "query", "event"]
+    request: type[BaseModel]
+    reply: Any  # the `data` of a successful reply (a model or a union); None: no reply
+    purpose: str
+    errors: tuple[ErrorCode, ...] = ()
+    example: Mapping[str, Any] = field(default_factory=dict)
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry(
+        names.WALLET_DEPOSIT,
+        "command",
+        Deposit,
+        DepositResult,
+        "Put money on the user's account through a payment provider",
+        (E.PROVIDER_ERROR,),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "amount": _USD, "provider": "sandbox"},
+    ),
+    Entry(
+        names.WALLET_WITHDRAW,
+        "command",
+        Withdraw,
+        WithdrawResult,
+        "Take money from the user's account",
+        (E.INSUFFICIENT_FUNDS,),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "amount": _USD,
+            "description": "Order 42",
+        },
+    ),
+    Entry(
+        names.WALLET_BALANCE,
+        "query",
+        GetBalance,
+        BalanceResult,
+        "The user's balances, one per currency",
+        example={"user_id": "u-42", "currency": "USD"},
+    ),
+    Entry(
+        names.WALLET_TRANSACTIONS,
+        "query",
+        ListTransactions,
+        TransactionPage,
+        "The user's transactions, newest first, paged",
+        (E.INVALID_MESSAGE,),
+        example={"user_id": "u-42", "limit": 20},
+    ),
+    Entry(
+        names.PLAN_UPSERT,
+        "command",
+        UpsertPlan,
+        PlanOut,
+        "Create a plan, or replace the terms of the plan with this code",
+        example={
+            "idempotency_key": _KEY,
+            "code": "pro-monthly",
+            "name": "Pro",
+            "price": {"amount": "9.99", "currency": "USD"},
+            "interval": "month",
+            "interval_count": 1,
+            "trial_days": 14,
+        },
+    ),
+    Entry(
+        names.PLAN_LIST, "query", ListPlans, PlanList, "The plans", example={"active_only": True}
+    ),
+    Entry(
+        names.SUBSCRIPTION_CREATE,
+        "command",
+        CreateSubscription,
+        SubscriptionCreated,
+        "Subscribe a user to a plan, paid from the balance, by Stripe or by YooKassa",
+        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.PROVIDER_ERROR),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "plan_code": "pro-monthly",
+            "payment_source": "balance",
+        },
+    ),
+    Entry(
+        names.SUBSCRIPTION_CANCEL,
+        "command",
+        CancelSubscription,
+        SubscriptionOut,
+        "Cancel a subscription now or at the end of its period",
+        (E.NOT_FOUND, E.INVALID_STATE, E.PROVIDER_ERROR),
+        example={
+            "idempotency_key": _KEY,
+            "subscription_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+            "at_period_end": True,
+        },
+    ),
+    Entry(
+        names.SUBSCRIPTION_GET,
+        "query",
+        GetSubscriptions,
+        SubscriptionOut | SubscriptionList,
+        "One subscription by id, or a user's subscriptions",
+        (E.NOT_FOUND,),
+        example={"user_id": "u-42"},
+    ),
+    Entry(
+        names.INVOICE_CREATE,
+        "command",
+        CreateInvoice,
+        InvoiceOut,
+        "Issue a numbered invoice",
+        (E.CURRENCY_MISMATCH, E.INVALID_STATE, E.INVALID_MESSAGE),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "currency": "USD",
+            "lines": [
+                {
+                    "description": "Sticker",
+                    "quantity": 3,
+                    "unit_price": {"amount": "1.50", "currency": "USD"},
+                }
+            ],
+        },
+    ),
+    Entry(
+        names.INVOICE_PAY,
+        "command",
+        PayInvoice,
+        InvoiceOut,
+        "Pay an open invoice from the user's balance",
+        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE),
+        example={
+            "idempotency_key": _KEY,
+            "invoice_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+            "source": "balance",
+        },
+    ),
+    Entry(
+        names.INVOICE_GET,
+        "query",
+        GetInvoices,
+        InvoiceOut | InvoicePage,
+        "One invoice by id, or a user's invoices, paged",
+        (E.NOT_FOUND, E.INVALID_MESSAGE),
+        example={"user_id": "u-42", "limit": 20},
+    ),
+    Entry(
+        names.ORDER_CREATED_QUEUE,
+        "event",
+        OrderCreated,
+        None,
+        "order.created from the Orders service's exchange: one invoice per order_id",
+        example={
+            "order_id": "o-1001",
+            "user_id": "u-42",
+            "currency": "USD",
+            "items": [
+                {
+                    "sku": "STK-1",
+                    "description": "Sticker",
+                    "quantity": 3,
+                    "unit_price": {"amount": "1.50", "currency": "USD"},
+                }
+            ],
+        },
+    ),
+)
+BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
+
+# Every event on billing.events (routing key = type) and the model of its `data`.
+EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
+    {
+        DEPOSIT_COMPLETED: DepositCompleted,
+        WITHDRAWAL_COMPLETED: WithdrawalCompleted,
+        PAYMENT_SUCCESS: PaymentSucceeded,
+        PAYMENT_FAILED: PaymentFailed,
+        BALANCE_LOW: BalanceLow,
+        SUBSCRIPTION_CREATED: SubscriptionEvent,
+        SUBSCRIPTION_RENEWED: SubscriptionEvent,
+        SUBSCRIPTION_PAST_DUE: SubscriptionEvent,
+        SUBSCRIPTION_CANCELED: SubscriptionEvent,
+        INVOICE_CREATED: InvoiceEvent,
+        INVOICE_PAID: InvoiceEvent,
+    }
+)
+EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
+    {
+        DEPOSIT_COMPLETED: "A deposit was credited to the account",
+        WITHDRAWAL_COMPLETED: "A withdrawal was debited from the account",
+        PAYMENT_SUCCESS: "A payment went through (deposit, charge, invoice payment)",
+        PAYMENT_FAILED: "A payment was declined or canceled",
+        BALANCE_LOW: "A balance fell below the threshold (once per crossing)",
+        SUBSCRIPTION_CREATED: "A subscription became live (active or trialing)",
+        SUBSCRIPTION_RENEWED: "A subscription period was paid",
+        SUBSCRIPTION_PAST_DUE: "A renewal charge failed; dunning retries follow",
+        SUBSCRIPTION_CANCELED: "A subscription ended",
+        INVOICE_CREATED: "An invoice was issued",
+        INVOICE_PAID: "An invoice was paid",
+    }
+)
+
+_TX = "5fbc63ee-4fee-5e26-859c-dbaa2c0b9a34"
+_SUB = {
+    "subscription_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+    "user_id": "u-42",
+    "plan_code": "pro-monthly",
+    "status": "active",
+    "payment_source": "balance",
+    "current_period_start": "2026-11-25T09:30:00Z",
+    "current_period_end": "2026-12-25T09:30:00Z",
+    "cancel_at_period_end": False,
+    "reason": None,
+    "amount": {"amount": "9.99", "currency": "USD"},
+}
+_INVOICE = {
+    "invoice_id": "0b1f3c1e-8e0a-4d7b-9a53-31e4f0a9c6d2",
+    "number": "INV-2026-000042",
+    "user_id": "u-42",
+    "order_id": "o-1001",
+    "status": "open",
+    "currency": "USD",
+    "lines": [
+        {
+            "description": "Sticker",
+            "quantity": 3,
+            "unit_price": {"amount": "1.50", "currency": "USD"},
+            "amount": {"amount": "4.50", "currency": "USD"},
+        }
+    ],
+    "subtotal": {"amount": "4.50", "currency": "USD"},
+    "total": {"amount": "4.50", "currency": "USD"},
+    "due_at": None,
+    "paid_at": None,
+}
+_PAYMENT = {
+    "transaction_id": _TX,
+    "user_id": "u-42",
+    "kind": "deposit",
+    "amount": _USD,
+    "provider": "stripe",
+    "provider_ref": "pi_3PqRsT2eZvKYlo2C",
+    "status": "completed",
+}
+# An example of each event's `data` (documentation; validated by the tests).
+EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        DEPOSIT_COMPLETED: {"transaction_id": _TX, "user_id": "u-42", "amount": _USD,
+                            "provider": "sandbox", "balance": _USD},
+        WITHDRAWAL_COMPLETED: {"transaction_id": _TX, "user_id": "u-42", "amount": _USD,
+                               "balance": {"amount": "0.00", "currency": "USD"},
+                               "description": "Order 42", "reference": None},
+        PAYMENT_SUCCESS: _PAYMENT,
+        PAYMENT_FAILED: {**_PAYMENT, "status": "failed", "failure_code": "card_declined",
+                         "failure_message": "Your card was declined."},
+        BALANCE_LOW: {"user_id": "u-42", "currency": "USD",
+                      "balance": {"amount": "7.50", "currency": "USD"},
+                      "threshold": {"amount": "10.00", "currency": "USD"}},
+        SUBSCRIPTION_CREATED: _SUB,
+        SUBSCRIPTION_RENEWED: _SUB,
+        SUBSCRIPTION_PAST_DUE: {**_SUB, "status": "past_due", "reason": "insufficient_funds"},
+        SUBSCRIPTION_CANCELED: {**_SUB, "status": "canceled", "reason": "canceled_by_request"},
+        INVOICE_CREATED: _INVOICE,
+        INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
+    }
+)  # fmt: skip
