@@ -312,7 +312,7 @@ class FakeYooKassa:
         # Polls instead of one long sleep so that a test (another thread) can shorten the
         # delay, or set it to 0 to release requests that are waiting.
         started = time.monotonic()
-        while (remaining := self.delay_seconds - (time.monotonic() - started)) > 0:  # noqa: ASYNC110
+        while (remaining := self.delay_seconds - (time.monotonic() - started)) > 0:
             await asyncio.sleep(min(remaining, 0.05))
 
     def _handle(
