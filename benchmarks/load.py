@@ -15,7 +15,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -218,7 +217,3 @@ def completions_in(load: Load, start: float, end: float) -> list[tuple[float, fl
         for key, done in load.done_at.items()
         if start <= done <= end and key in load.sent_at
     ]
-
-
-def describe(value: Any) -> str:
-    return json.dumps(value, default=str)

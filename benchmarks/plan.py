@@ -154,4 +154,4 @@ class Plan:
                 [d.provider_ref for d in deposits],
                 CURRENCY,
             )
-        await db.execute("ANALYZE")
+        await db.execute("ANALYZE")  # fresh planner statistics, the same for both sides

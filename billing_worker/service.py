@@ -32,7 +32,7 @@ R = TypeVar("R")
 M = TypeVar("M")
 Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel]]
 
-_IDEMPOTENCY_PKEY = "idempotency_records_pkey"
+_IDEMPOTENCY_PKEY = "pk_idempotency_records"  # named by the metadata convention
 _RETRIES = 5  # concurrent duplicates, deadlocks, serialization failures
 
 
@@ -107,8 +107,7 @@ class BillingService:
                         reply = ok(await handler(command, uow, self.deps))
                     except BillingError as refusal:
                         raise _Refused(refusal) from refusal
-                    events = await uow.flush()
-                    await uow.idempotency.record(scope, key, digest, reply)
+                    events = await uow.flush_with_record(scope, key, digest, reply)
             except _Refused as refused:
                 reply = error(
                     refused.refusal.code, refused.refusal.message, refused.refusal.details

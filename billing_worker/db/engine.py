@@ -15,7 +15,9 @@ def create_engine(url: str, *, pool_size: int) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,  # a restarted PostgreSQL leaves dead pooled connections behind
+        # No ping per checkout (a round trip per message): a connection that turns out
+        # dead is invalidated below and the message is retried like any failure.
+        pool_pre_ping=False,
         pool_recycle=1800,
         pool_timeout=30,
     )
@@ -31,4 +33,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()
         driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-        yield driver
+        try:
+            yield driver
+        except BaseException:
+            if driver.is_closed():  # PostgreSQL restarted or the socket broke
+                await connection.invalidate()  # never hand this one out again
+            raise

@@ -34,26 +34,50 @@ class PendingMessage:
     created_at: datetime
 
 
-async def insert(connection: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
-    """Write every message of one unit of work in a single statement."""
-    if not messages:
-        return
-    await connection.execute(
-        """
-        INSERT INTO outbox (event_id, exchange, routing_key, type, payload, headers, created_at)
-        SELECT m.event_id, m.exchange, m.routing_key, m.type, m.payload::jsonb, m.headers::jsonb,
-               clock_timestamp()
-        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-             WITH ORDINALITY AS m(event_id, exchange, routing_key, type, payload, headers, n)
-        ORDER BY m.n
-        """,
+_INSERT = """
+INSERT INTO outbox (event_id, exchange, routing_key, type, payload, headers, created_at)
+SELECT m.event_id, m.exchange, m.routing_key, m.type, m.payload::jsonb, m.headers::jsonb,
+       clock_timestamp()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+     WITH ORDINALITY AS m(event_id, exchange, routing_key, type, payload, headers, n)
+ORDER BY m.n
+"""
+
+# The same, plus the command's idempotency record, in one round trip.
+_INSERT_WITH_RECORD = f"""
+WITH events AS ({_INSERT})
+INSERT INTO idempotency_records (scope, key, request_hash, reply)
+VALUES ($7, $8, $9, $10::jsonb)
+"""  # noqa: S608 - a constant statement
+
+
+def _columns(messages: Sequence[OutboxMessage]) -> list[list[Any]]:
+    return [
         [m.event_id for m in messages],
         [m.exchange for m in messages],
         [m.routing_key for m in messages],
         [m.type for m in messages],
         [m.body for m in messages],
         [json.dumps(m.headers) for m in messages],
-    )
+    ]
+
+
+async def insert(connection: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Write every message of one unit of work in a single statement."""
+    if messages:
+        await connection.execute(_INSERT, *_columns(messages))
+
+
+async def insert_with_record(
+    connection: asyncpg.Connection,
+    messages: Sequence[OutboxMessage],
+    record: tuple[str, str, str, str],
+) -> None:
+    """Outbox rows and the (scope, key, request_hash, reply_json) record, one statement.
+
+    Raises UniqueViolationError when another delivery recorded the key first.
+    """
+    await connection.execute(_INSERT_WITH_RECORD, *_columns(messages), *record)
 
 
 async def lock_batch(connection: asyncpg.Connection, limit: int) -> list[PendingMessage]:

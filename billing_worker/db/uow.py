@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -93,6 +94,18 @@ class UnitOfWork:
 
     def discard(self) -> None:
         self._outbox.clear()
+
+    async def flush_with_record(
+        self, scope: str, key: str, request_hash: str, reply: dict[str, Any]
+    ) -> int:
+        """The outbox rows and the command's idempotency record, in one round trip."""
+        count = len(self._outbox)
+        reply_json = json.dumps(reply, separators=(",", ":"))
+        await outbox.insert_with_record(
+            self.connection, self._outbox, (scope, key, request_hash, reply_json)
+        )
+        self._outbox.clear()
+        return count
 
     async def flush(self) -> int:
         count = len(self._outbox)

@@ -62,9 +62,13 @@ LIMIT 1
 
 # The flag remembers whether `balance.low` was already sent for this dip below the
 # threshold; it is re-armed as soon as the balance is back at or above it.
+# The guard reads the balance from the locked row (`previous`, the newest version once
+# the lock is ours), not from the UPDATE's own scan: that scan sees the statement's
+# snapshot, and a stale balance failing the guard is never re-checked, so a withdrawal
+# waiting on a deposit's lock would be refused on the balance from before the deposit.
 _MOVE_BALANCE = """
 WITH previous AS (
-    SELECT id, low_balance_alerted FROM virtual_accounts
+    SELECT id, balance_minor, low_balance_alerted FROM virtual_accounts
     WHERE user_id = $1 AND currency = $2 FOR UPDATE
 )
 UPDATE virtual_accounts AS a
@@ -72,7 +76,7 @@ SET balance_minor = a.balance_minor + $3,
     low_balance_alerted = a.balance_minor + $3 < $4,
     updated_at = now()
 FROM previous
-WHERE a.id = previous.id AND a.balance_minor + $3 >= 0
+WHERE a.id = previous.id AND previous.balance_minor + $3 >= 0
 RETURNING a.id, a.balance_minor,
           previous.low_balance_alerted AS was_low, a.low_balance_alerted AS is_low
 """
