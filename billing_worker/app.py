@@ -123,7 +123,7 @@ def build_worker(
         service, interval_seconds=settings.renewal_interval_seconds, metrics=metrics
     )
     pipeline = Pipeline(broker, topology, settings.max_deliveries, metrics)
-    for route in all_routes(service, gateways, metrics):
+    for route in all_routes(service, gateways, metrics, settings.coalesce_max):
         broker.subscriber(
             topology.queue_for(route.queue),
             ack_policy=AckPolicy.MANUAL,

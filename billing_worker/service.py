@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -117,6 +117,61 @@ class BillingService:
                 return reply
         self._on_commit(uow, events)
         return reply
+
+    async def command_batch(
+        self, scope: str, commands: Sequence[Command], handler: Handler[Any]
+    ) -> list[Reply | Exception]:
+        """Run several commands of one kind in ONE database transaction (coalescing).
+
+        Each keeps its own outcome: its own idempotency record and reply, its own refusal.
+        Only for handlers that refuse before they write (the refused command leaves
+        nothing behind in the shared transaction). If the batch fails as a whole — a
+        concurrent duplicate, a deadlock, anything unexpected — every command is run
+        again on its own, so one bad command cannot fail the others.
+        """
+        try:
+            return await self._batch_once(scope, commands, handler)
+        except Exception as error:
+            log.debug("batch of %d %s fell back to one by one: %s", len(commands), scope, error)
+            results: list[Reply | Exception] = []
+            for command in commands:
+                try:
+                    results.append(await self.command(scope, command, handler))
+                except Exception as failure:  # its own failure, retried by the pipeline
+                    results.append(failure)
+            return results
+
+    async def _batch_once(
+        self, scope: str, commands: Sequence[Command], handler: Handler[Any]
+    ) -> list[Reply | Exception]:
+        digests = [request_hash(command) for command in commands]
+        keys = [command.idempotency_key for command in commands]
+        replies: list[Reply | None] = [None] * len(commands)
+        first: dict[str, int] = {}  # key -> index of its first occurrence in this batch
+        async with driver_connection(self.engine) as db:
+            uow = UnitOfWork(db, self.clock, coalesced=True)
+            async with db.transaction():
+                stored = await uow.idempotency.find_many(scope, sorted(set(keys)))
+                records = []
+                for i, command in enumerate(commands):
+                    key = command.idempotency_key
+                    if key in stored:
+                        replies[i] = _replay(stored[key].request_hash, stored[key].reply,
+                                             digests[i], key)  # fmt: skip
+                    elif key not in first:
+                        first[key] = i
+                        try:
+                            replies[i] = ok(await handler(command, uow, self.deps))
+                        except BillingError as refusal:  # wrote nothing: see the docstring
+                            replies[i] = error(refusal.code, refusal.message, refusal.details)
+                        records.append((scope, key, digests[i], replies[i]))
+                events = await uow.flush_with_records(records)  # type: ignore[arg-type]
+        self._on_commit(uow, events)
+        for i, key in enumerate(keys):  # duplicates within the batch get their first's answer
+            if replies[i] is None:
+                j = first[key]
+                replies[i] = _replay(digests[j], replies[j], digests[i], key)
+        return [reply for reply in replies if reply is not None]
 
     async def query(self, query: C, handler: Handler[C]) -> Reply:
         async with driver_connection(self.engine) as db:

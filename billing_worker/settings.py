@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         "comma-separated milliseconds; the last one repeats",
     )
     prefetch: int = Field(default=32, ge=1, le=1000)
+    coalesce_max: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Most withdrawals sharing one database transaction (1 turns coalescing off)",
+    )
     db_pool_size: int = Field(default=16, ge=1, le=200)
     quorum_queues: bool = False
     low_balance_threshold: Decimal = Field(default=Decimal("10.00"), ge=0, max_digits=20)

@@ -33,6 +33,15 @@ class SqlIdempotency:
         )
         return None if row is None else StoredReply(row["request_hash"], row["reply"])
 
+    async def find_many(self, scope: str, keys: list[str]) -> dict[str, StoredReply]:
+        rows = await self._db.fetch(
+            "SELECT key, request_hash, reply FROM idempotency_records "
+            "WHERE scope = $1 AND key = ANY($2::text[])",
+            scope,
+            keys,
+        )
+        return {row["key"]: StoredReply(row["request_hash"], row["reply"]) for row in rows}
+
     async def record(self, scope: str, key: str, request_hash: str, reply: dict[str, Any]) -> None:
         """Store the reply; raises UniqueViolationError if another delivery got there first."""
         await self._db.execute(

@@ -51,6 +51,15 @@ VALUES ($7, $8, $9, $10::jsonb)
 """  # noqa: S608 - a constant statement
 
 
+# Outbox rows and many commands' idempotency records, in one round trip.
+_INSERT_WITH_RECORDS = f"""
+WITH events AS ({_INSERT})
+INSERT INTO idempotency_records (scope, key, request_hash, reply)
+SELECT r.scope, r.key, r.request_hash, r.reply::jsonb
+FROM unnest($7::text[], $8::text[], $9::text[], $10::text[]) AS r(scope, key, request_hash, reply)
+"""  # noqa: S608 - a constant statement
+
+
 def _columns(messages: Sequence[OutboxMessage]) -> list[list[Any]]:
     return [
         [m.event_id for m in messages],
@@ -141,3 +150,16 @@ async def status(connection: asyncpg.Connection) -> dict[str, object]:
         """
     )
     return dict(row) if row else {}
+
+
+async def insert_with_records(
+    connection: asyncpg.Connection,
+    messages: Sequence[OutboxMessage],
+    records: Sequence[tuple[str, str, str, str]],
+) -> None:
+    """Outbox rows and several (scope, key, request_hash, reply_json) records at once."""
+    await connection.execute(
+        _INSERT_WITH_RECORDS,
+        *_columns(messages),
+        *(list(column) for column in zip(*records, strict=True)),
+    )

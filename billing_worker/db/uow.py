@@ -66,7 +66,9 @@ class UnitOfWork:
     the same transaction, just before commit.
     """
 
-    def __init__(self, connection: asyncpg.Connection, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, connection: asyncpg.Connection, clock: Clock = utc_now, *, coalesced: bool = False
+    ) -> None:
         self.connection = connection
         self.transitions: list[tuple[str, Transition]] = []  # for metrics, after commit
         self.emitted: list[DomainEvent] = []
@@ -103,6 +105,18 @@ class UnitOfWork:
         reply_json = json.dumps(reply, separators=(",", ":"))
         await outbox.insert_with_record(
             self.connection, self._outbox, (scope, key, request_hash, reply_json)
+        )
+        self._outbox.clear()
+        return count
+
+    async def flush_with_records(self, records: list[tuple[str, str, str, dict[str, Any]]]) -> int:
+        """Deferred transactions, then the outbox rows and every command's record."""
+        await self.wallet.flush_deferred()
+        count = len(self._outbox)
+        await outbox.insert_with_records(
+            self.connection,
+            self._outbox,
+            [(s, k, h, json.dumps(r, separators=(",", ":"))) for s, k, h, r in records],
         )
         self._outbox.clear()
         return count

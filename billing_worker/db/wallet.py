@@ -96,6 +96,39 @@ SELECT created.id, step.source, step.target, step.reason, $14
 FROM created, unnest($17::text[], $18::text[], $19::text[]) AS step(source, target, reason)
 """
 
+_MANY_COLUMNS = (
+    "id", "user_id", "account_id", "kind", "status", "amount_minor", "currency", "provider",
+    "provider_ref", "description", "reference", "failure_code", "failure_message",
+    "created_at", "completed_at", "subscription_id", "invoice_id",
+)  # fmt: skip
+_INSERT_MANY = """
+WITH created AS (
+    INSERT INTO transactions (
+        id, user_id, account_id, kind, status, amount_minor, currency, provider, provider_ref,
+        description, reference, failure_code, failure_message, created_at, updated_at,
+        completed_at, subscription_id, invoice_id, metadata
+    )
+    SELECT t.id, t.user_id, t.account_id, t.kind, t.status, t.amount_minor, t.currency,
+           t.provider, t.provider_ref, t.description, t.reference, t.failure_code,
+           t.failure_message, t.created_at, t.created_at, t.completed_at, t.subscription_id,
+           t.invoice_id, t.meta::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::bigint[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[], $14::timestamptz[], $15::timestamptz[], $16::uuid[], $17::uuid[],
+                $18::text[])
+         AS t(id, user_id, account_id, kind, status, amount_minor, currency, provider,
+              provider_ref, description, reference, failure_code, failure_message,
+              created_at, completed_at, subscription_id, invoice_id, meta)
+    RETURNING id
+)
+INSERT INTO transaction_transitions (transaction_id, from_status, to_status, reason, at)
+SELECT s.transaction_id, s.source, s.target, s.reason, s.at
+FROM unnest($19::uuid[], $20::text[], $21::text[], $22::text[], $23::timestamptz[])
+     WITH ORDINALITY AS s(transaction_id, source, target, reason, at, n)
+WHERE EXISTS (SELECT 1 FROM created)
+ORDER BY s.n
+"""
+
 _MOVE_TRANSACTION = """
 WITH moved AS (
     UPDATE transactions
@@ -135,9 +168,15 @@ class SqlWallet:
         self,
         connection: asyncpg.Connection,
         on_transition: Callable[[str, Transition], None] | None = None,
+        *,
+        defer_inserts: bool = False,
     ) -> None:
         self._db = connection
         self._observe = on_transition or (lambda _kind, _step: None)
+        # Coalesced commands write their new transactions in one statement at flush.
+        self._deferred: list[tuple[TransactionRow, list[Transition], str]] | None = (
+            [] if defer_inserts else None
+        )
 
     async def open_account(self, user_id: str, currency: str) -> UUID:
         """The user's account in `currency`, created (with the user) on first use."""
@@ -176,6 +215,11 @@ class SqlWallet:
         self, row: TransactionRow, trail: list[Transition], meta: str = "{}"
     ) -> None:
         """Insert a transaction together with the audit rows of how it got to its status."""
+        if self._deferred is not None:
+            self._deferred.append((row, trail, meta))
+            for step in trail:
+                self._observe(row.kind, step)
+            return
         await self._db.execute(
             _INSERT_TRANSACTION,
             row.id, row.user_id, row.account_id, row.kind, row.status, row.amount_minor,
@@ -186,6 +230,25 @@ class SqlWallet:
         )  # fmt: skip
         for step in trail:
             self._observe(row.kind, step)
+
+    async def flush_deferred(self) -> None:
+        """Insert every deferred transaction and its audit trail in one statement."""
+        if not self._deferred:
+            return
+        rows = [row for row, _, _ in self._deferred]
+        steps = [(row, step) for row, trail, _ in self._deferred for step in trail]
+        columns = [[getattr(row, name) for row in rows] for name in _MANY_COLUMNS]
+        await self._db.execute(
+            _INSERT_MANY,
+            *columns,
+            [meta for _, _, meta in self._deferred],
+            [row.id for row, _ in steps],
+            [step.source for _, step in steps],
+            [step.target for _, step in steps],
+            [step.reason for _, step in steps],
+            [row.created_at for row, _ in steps],
+        )
+        self._deferred.clear()
 
     async def move_transaction(
         self,

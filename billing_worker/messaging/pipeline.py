@@ -275,6 +275,6 @@ def _user_id(body: bytes) -> str | None:
         return None
     try:
         value = json.loads(body).get("user_id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested
         return None
     return value if isinstance(value, str) else None

@@ -13,7 +13,13 @@ from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
-from billing_worker.messaging.pipeline import InvalidMessage, Route, contract_parser
+from billing_worker.messaging.coalescer import Coalescer
+from billing_worker.messaging.pipeline import (
+    MAX_BODY_BYTES,
+    InvalidMessage,
+    Route,
+    contract_parser,
+)
 from billing_worker.metrics import Metrics
 from billing_worker.providers.base import Gateways, UnknownProvider
 from billing_worker.service import BillingService, Handler
@@ -42,11 +48,25 @@ def reply_type(entry: Entry) -> Any:
     return OkReply[entry.reply] | ErrorReply  # type: ignore[name-defined]
 
 
-def command_route(queue: str, service: BillingService) -> Route:
+# Commands whose handler refuses before it writes, so several can share one database
+# transaction (see BillingService.command_batch); the money path's hottest queue.
+COALESCED = frozenset({names.WALLET_WITHDRAW})
+
+
+def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Route:
     entry, handler = BY_QUEUE[queue], COMMANDS[queue]
     scope = queue.removeprefix("billing.")
 
+    async def run_batch(commands: list[Any]) -> list[dict[str, Any] | Exception]:
+        if len(commands) == 1:
+            return [await service.command(scope, commands[0], handler)]
+        return await service.command_batch(scope, commands, handler)
+
+    coalescer = Coalescer(run_batch, max_batch)
+
     async def handle(command: Any) -> dict[str, Any]:
+        if queue in COALESCED and max_batch > 1:
+            return await coalescer.submit(command)
         return await service.command(scope, command, handler)
 
     return Route(queue, contract_parser(entry.request), handle, entry.request,
@@ -91,9 +111,11 @@ def provider_events_route(
             raise InvalidMessage(
                 f"header {names.PROVIDER_HEADER}={provider!r} names no configured provider"
             )
+        if len(body) > MAX_BODY_BYTES:  # the relay refuses these too; others may publish here
+            raise InvalidMessage(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
         try:
             return gateway.parse_event(body)
-        except ValueError as malformed:
+        except (ValueError, RecursionError) as malformed:  # json.loads: too deeply nested
             raise InvalidMessage(str(malformed)) from None
 
     async def handle(event: Any) -> None:
@@ -115,10 +137,13 @@ class ProviderCallback(BaseModel):
 
 
 def all_routes(
-    service: BillingService, gateways: Gateways, metrics: Metrics | None = None
+    service: BillingService,
+    gateways: Gateways,
+    metrics: Metrics | None = None,
+    max_batch: int = 1,
 ) -> list[Route]:
     return [
-        *(command_route(queue, service) for queue in COMMANDS),
+        *(command_route(queue, service, max_batch) for queue in COMMANDS),
         *(query_route(queue, service) for queue in QUERIES),
         order_created_route(service),
         provider_events_route(service, gateways, metrics),
