@@ -31,6 +31,10 @@ C = TypeVar("C", bound=BaseModel)
 R = TypeVar("R")
 M = TypeVar("M")
 Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel]]
+# Many commands of one kind in one transaction -> each one's result or refusal, in order.
+BatchHandler = Callable[
+    [list[Any], UnitOfWork, Deps], Awaitable[Sequence[BaseModel | BillingError]]
+]
 
 _IDEMPOTENCY_PKEY = "pk_idempotency_records"  # named by the metadata convention
 _RETRIES = 5  # concurrent duplicates, deadlocks, serialization failures
@@ -119,18 +123,22 @@ class BillingService:
         return reply
 
     async def command_batch(
-        self, scope: str, commands: Sequence[Command], handler: Handler[Any]
+        self,
+        scope: str,
+        commands: Sequence[Command],
+        handler: Handler[Any],
+        batch_handler: BatchHandler,
     ) -> list[Reply | Exception]:
         """Run several commands of one kind in ONE database transaction (coalescing).
 
         Each keeps its own outcome: its own idempotency record and reply, its own refusal.
-        Only for handlers that refuse before they write (the refused command leaves
-        nothing behind in the shared transaction). If the batch fails as a whole — a
+        `batch_handler` returns refusals instead of raising them, and a refused command
+        must leave nothing behind in the shared transaction. If the batch fails as a whole — a
         concurrent duplicate, a deadlock, anything unexpected — every command is run
         again on its own, so one bad command cannot fail the others.
         """
         try:
-            return await self._batch_once(scope, commands, handler)
+            return await self._batch_once(scope, commands, batch_handler)
         except Exception as error:
             log.debug("batch of %d %s fell back to one by one: %s", len(commands), scope, error)
             results: list[Reply | Exception] = []
@@ -142,7 +150,7 @@ class BillingService:
             return results
 
     async def _batch_once(
-        self, scope: str, commands: Sequence[Command], handler: Handler[Any]
+        self, scope: str, commands: Sequence[Command], batch_handler: BatchHandler
     ) -> list[Reply | Exception]:
         digests = [request_hash(command) for command in commands]
         keys = [command.idempotency_key for command in commands]
@@ -152,7 +160,7 @@ class BillingService:
             uow = UnitOfWork(db, self.clock, coalesced=True)
             async with db.transaction():
                 stored = await uow.idempotency.find_many(scope, sorted(set(keys)))
-                records = []
+                fresh: list[int] = []
                 for i, command in enumerate(commands):
                     key = command.idempotency_key
                     if key in stored:
@@ -160,11 +168,16 @@ class BillingService:
                                              digests[i], key)  # fmt: skip
                     elif key not in first:
                         first[key] = i
-                        try:
-                            replies[i] = ok(await handler(command, uow, self.deps))
-                        except BillingError as refusal:  # wrote nothing: see the docstring
-                            replies[i] = error(refusal.code, refusal.message, refusal.details)
-                        records.append((scope, key, digests[i], replies[i]))
+                        fresh.append(i)
+                outcomes = await batch_handler([commands[i] for i in fresh], uow, self.deps)
+                records = []
+                for i, outcome in zip(fresh, outcomes, strict=True):
+                    replies[i] = (
+                        error(outcome.code, outcome.message, outcome.details)
+                        if isinstance(outcome, BillingError)
+                        else ok(outcome)
+                    )
+                    records.append((scope, commands[i].idempotency_key, digests[i], replies[i]))
                 events = await uow.flush_with_records(records)  # type: ignore[arg-type]
         self._on_commit(uow, events)
         for i, key in enumerate(keys):  # duplicates within the batch get their first's answer

@@ -7,7 +7,7 @@ lose an update (READ COMMITTED re-checks the guard on the newest row version).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -201,6 +201,31 @@ class SqlWallet:
             crossed_below=row["is_low"] and not row["was_low"],
             threshold_minor=threshold_minor,
         )
+
+    async def debit_many(
+        self, debits: Sequence[tuple[str, str, int, int]]
+    ) -> list[BalanceChange | None]:
+        """(user, currency, amount, threshold) debits applied in order, each seeing the ones
+        before it, in one round trip; None where the funds (or the account) were short."""
+        rows = await self._db.fetch(
+            "SELECT * FROM billing_debit_many($1::text[], $2::text[], $3::bigint[], $4::bigint[])",
+            *(list(column) for column in zip(*debits, strict=True)),
+        )
+        by_index = {row["n"]: row for row in rows}
+        changes: list[BalanceChange | None] = []
+        for i, (_, _, _, threshold) in enumerate(debits, start=1):
+            row = by_index.get(i)
+            changes.append(
+                None
+                if row is None
+                else BalanceChange(
+                    account_id=row["account_id"],
+                    balance_minor=row["balance_minor"],
+                    crossed_below=row["is_low"] and not row["was_low"],
+                    threshold_minor=threshold,
+                )
+            )
+        return changes
 
     async def balances(self, user_id: str, currency: str | None = None) -> list[tuple[str, int]]:
         rows = await self._db.fetch(

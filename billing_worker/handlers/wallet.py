@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from billing_contracts.wallet import (
@@ -127,40 +128,71 @@ async def credit_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> No
 
 
 async def withdraw(command: Withdraw, uow: UnitOfWork, deps: Deps) -> WithdrawResult:
-    currency, amount = command.amount.currency, command.amount.minor
-    change = await uow.wallet.move_balance(
-        command.user_id, currency, -amount, deps.low_balance_minor(currency)
+    [outcome] = await withdraw_many([command], uow, deps)
+    if isinstance(outcome, InsufficientFunds):
+        raise outcome
+    return outcome
+
+
+async def withdraw_many(
+    commands: Sequence[Withdraw], uow: UnitOfWork, deps: Deps
+) -> list[WithdrawResult | InsufficientFunds]:
+    """Withdrawals in order, the debits in one round trip; each gets its own outcome.
+
+    A refusal writes nothing, so refused and accepted withdrawals can share a transaction.
+    """
+    if not commands:
+        return []
+    changes = await uow.wallet.debit_many(
+        [
+            (
+                c.user_id,
+                c.amount.currency,
+                c.amount.minor,
+                deps.low_balance_minor(c.amount.currency),
+            )
+            for c in commands
+        ]
     )
-    if change is None:
-        balances = dict(await uow.wallet.balances(command.user_id, currency))
-        balance = format_minor(balances.get(currency, 0), currency)
-        raise InsufficientFunds(
-            f"the {currency} balance {balance} is less than {command.amount.amount}",
-            balance={"amount": balance, "currency": currency},
-        )
     now = uow.clock()
-    row = TransactionRow(
-        id=derived_id("withdraw", command.idempotency_key),
-        user_id=command.user_id,
-        account_id=change.account_id,
-        kind=TransactionKind.WITHDRAWAL,
-        status=Status.COMPLETED,
-        amount_minor=amount,
-        currency=currency,
-        provider="balance",
-        provider_ref=None,
-        created_at=now,
-        completed_at=now,
-        description=command.description,
-        reference=command.reference,
-    )
-    trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason="withdrawal")
-    await uow.wallet.add_transaction(row, trail)
-    uow.emit(views.withdrawal_completed(row, change))
-    if change.crossed_below:
-        uow.emit(views.balance_low(command.user_id, currency, change))
-    return WithdrawResult(
-        transaction=views.transaction_out(row), balance=to_wire(change.balance_minor, currency)
+    outcomes: list[WithdrawResult | InsufficientFunds] = []
+    for command, change in zip(commands, changes, strict=True):
+        if change is None:
+            outcomes.append(await _insufficient(command, uow))
+            continue
+        currency = command.amount.currency
+        row = TransactionRow(
+            id=derived_id("withdraw", command.idempotency_key),
+            user_id=command.user_id,
+            account_id=change.account_id,
+            kind=TransactionKind.WITHDRAWAL,
+            status=Status.COMPLETED,
+            amount_minor=command.amount.minor,
+            currency=currency,
+            provider="balance",
+            provider_ref=None,
+            created_at=now,
+            completed_at=now,
+            description=command.description,
+            reference=command.reference,
+        )
+        trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason="withdrawal")
+        await uow.wallet.add_transaction(row, trail)
+        uow.emit(views.withdrawal_completed(row, change))
+        if change.crossed_below:
+            uow.emit(views.balance_low(command.user_id, currency, change))
+        balance = to_wire(change.balance_minor, currency)
+        outcomes.append(WithdrawResult(transaction=views.transaction_out(row), balance=balance))
+    return outcomes
+
+
+async def _insufficient(command: Withdraw, uow: UnitOfWork) -> InsufficientFunds:
+    currency = command.amount.currency
+    balances = dict(await uow.wallet.balances(command.user_id, currency))
+    balance = format_minor(balances.get(currency, 0), currency)
+    return InsufficientFunds(
+        f"the {currency} balance {balance} is less than {command.amount.amount}",
+        balance={"amount": balance, "currency": currency},
     )
 
 

@@ -69,11 +69,39 @@ def contract_parser(model: Any) -> Parser:
         if len(body) > MAX_BODY_BYTES:
             raise InvalidMessage(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
         try:
-            return model.model_validate_json(body)
+            parsed = model.model_validate_json(body)
         except ValidationError as invalid:
             raise InvalidMessage(*describe(invalid)) from None
+        if b"\\u0000" in body:  # JSON carries NUL only escaped; PostgreSQL text cannot store it
+            field = _nul_field(parsed)
+            if field is not None:
+                error = "a string may not contain the NUL character (U+0000)"
+                raise InvalidMessage(
+                    f"{field}: {error}", {"errors": [{"field": field, "error": error}]}
+                )
+        return parsed
 
     return parse
+
+
+def _nul_field(value: Any, path: tuple[str | int, ...] = ()) -> str | None:
+    """The first field (dotted path) whose string holds a NUL character, if any."""
+    if isinstance(value, str):
+        return (".".join(str(part) for part in path) or "(body)") if "\x00" in value else None
+    items: Any
+    if isinstance(value, BaseModel):
+        items = ((name, getattr(value, name)) for name in type(value).model_fields)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nul_field(item, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 def describe(invalid: ValidationError) -> tuple[str, dict[str, Any]]:

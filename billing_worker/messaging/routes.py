@@ -22,7 +22,7 @@ from billing_worker.messaging.pipeline import (
 )
 from billing_worker.metrics import Metrics
 from billing_worker.providers.base import Gateways, UnknownProvider
-from billing_worker.service import BillingService, Handler
+from billing_worker.service import BatchHandler, BillingService, Handler
 
 # Queue -> handler; the models come from the contracts' catalogue.
 COMMANDS: Mapping[str, Handler[Any]] = {
@@ -48,9 +48,9 @@ def reply_type(entry: Entry) -> Any:
     return OkReply[entry.reply] | ErrorReply  # type: ignore[name-defined]
 
 
-# Commands whose handler refuses before it writes, so several can share one database
-# transaction (see BillingService.command_batch); the money path's hottest queue.
-COALESCED = frozenset({names.WALLET_WITHDRAW})
+# Commands with a batch handler, so several can share one database transaction
+# (see BillingService.command_batch): the money path's hottest queue.
+COALESCED: Mapping[str, BatchHandler] = {names.WALLET_WITHDRAW: wallet_handlers.withdraw_many}
 
 
 def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Route:
@@ -60,7 +60,7 @@ def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Ro
     async def run_batch(commands: list[Any]) -> list[dict[str, Any] | Exception]:
         if len(commands) == 1:
             return [await service.command(scope, commands[0], handler)]
-        return await service.command_batch(scope, commands, handler)
+        return await service.command_batch(scope, commands, handler, COALESCED[queue])
 
     coalescer = Coalescer(run_batch, max_batch)
 

@@ -83,7 +83,9 @@ async def test_a_coalesced_batch_gives_each_command_its_own_outcome(settings: Se
             withdrawal(user, "1.00"),  # ok -> 0.00
         ]
 
-        replies = await worker.service.command_batch("wallet.withdraw", batch, wallet.withdraw)
+        replies = await worker.service.command_batch(
+            "wallet.withdraw", batch, wallet.withdraw, wallet.withdraw_many
+        )
 
         assert [r["ok"] if isinstance(r, dict) else r for r in replies] == [
             True, True, False, True, True, False, True,
@@ -111,11 +113,18 @@ async def test_one_failing_command_does_not_fail_the_rest_of_its_batch(settings:
             raise RuntimeError("a bug in one command")
         return await wallet.withdraw(command, uow, deps)  # type: ignore[arg-type]
 
+    async def flaky_many(commands: list[Withdraw], uow: object, deps: object) -> object:
+        if poison in commands:
+            raise RuntimeError("a bug in one command")
+        return await wallet.withdraw_many(commands, uow, deps)  # type: ignore[arg-type]
+
     try:
         await fund(worker, user, "5.00")
         batch = [withdrawal(user, "1.00"), poison, withdrawal(user, "1.00")]
 
-        results = await worker.service.command_batch("wallet.withdraw", batch, flaky_withdraw)
+        results = await worker.service.command_batch(
+            "wallet.withdraw", batch, flaky_withdraw, flaky_many
+        )
 
         assert isinstance(results[1], RuntimeError)
         assert [results[0]["ok"], results[2]["ok"]] == [True, True]  # type: ignore[index]
