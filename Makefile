@@ -38,6 +38,9 @@ docs: install  ## regenerate contracts/asyncapi.json, contracts/CATALOGUE.md, th
 demo: migrate  ## a guided end-to-end run against the local services
 	$(BIN)/billing-worker demo
 
+bench: install services  ## the benchmark: the worker against the floor (about 10 minutes)
+	$(BIN)/python -m benchmarks.run
+
 test: install services lint asyncapi  ## set up and run the whole test suite
 	$(BIN)/pytest
 
