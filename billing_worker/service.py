@@ -36,7 +36,6 @@ BatchHandler = Callable[
     [list[Any], UnitOfWork, Deps], Awaitable[Sequence[BaseModel | BillingError]]
 ]
 
-_IDEMPOTENCY_PKEY = "pk_idempotency_records"  # named by the metadata convention
 _RETRIES = 5  # concurrent duplicates, deadlocks, serialization failures
 
 
@@ -62,9 +61,14 @@ class _Refused(Exception):
 
 
 def _is_retryable(exc: asyncpg.PostgresError) -> bool:
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return bool(exc.constraint_name == _IDEMPOTENCY_PKEY)
-    return isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError)
+    """A concurrent duplicate of the same command collides on a unique key — the
+    idempotency record, or a row whose id derives from the key (a transaction, a
+    subscription) — only once the other copy committed: the next attempt finds its
+    stored reply. Deadlocks and serialization failures are worth another go too."""
+    return isinstance(
+        exc,
+        asyncpg.UniqueViolationError | asyncpg.SerializationError | asyncpg.DeadlockDetectedError,
+    )
 
 
 class BillingService:

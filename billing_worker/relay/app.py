@@ -53,6 +53,19 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def message_id(value: object) -> str:
+    """The provider's event id, if it can travel as the AMQP message id (a short string of
+    at most 255 bytes); otherwise the callback is malformed, not the broker unavailable."""
+    text = str(value)
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        raise ValueError("the event id is not valid text") from None
+    if not 0 < size <= 255:
+        raise ValueError("the event id must be 1 to 255 bytes long")
+    return text
+
+
 def build_relay(
     config: RelayConfig, publish: Publish, healthy: Healthy, metrics: Metrics | None = None
 ) -> Starlette:
@@ -85,12 +98,12 @@ def build_relay(
                 body, request.headers.get("stripe-signature"), config.stripe_secret,
                 config.stripe_tolerance,
             )  # fmt: skip
-            event_id = str(json.loads(body)["id"])
+            event_id = message_id(json.loads(body)["id"])
         except TooLarge:
             return answer("stripe", 413, "too_large")
         except verify.Forged as forged:
             return answer("stripe", 400, "forged", str(forged))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # Recursion: too deeply nested
             return answer("stripe", 400, "malformed", "not a Stripe event")
         return await forward(body, "stripe", event_id)
 
@@ -106,10 +119,10 @@ def build_relay(
             notification = json.loads(body)
             if notification.get("type") != "notification":
                 raise ValueError("not a notification")
-            event_id = f"{notification['event']}:{notification['object']['id']}"
+            event_id = message_id(f"{notification['event']}:{notification['object']['id']}")
         except TooLarge:
             return answer("yookassa", 413, "too_large")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return answer("yookassa", 400, "malformed", "not a YooKassa notification")
         return await forward(body, "yookassa", event_id)
 

@@ -131,3 +131,22 @@ async def test_one_failing_command_does_not_fail_the_rest_of_its_batch(settings:
         assert results[2]["data"]["balance"]["amount"] == "3.00"  # type: ignore[index]
     finally:
         await worker.engine.dispose()
+
+
+async def test_concurrent_duplicates_colliding_on_a_derived_row_id_replay_the_first_reply(
+    settings: Settings,
+) -> None:
+    worker = build_worker(settings)
+    deposit = Deposit.model_validate(
+        {"idempotency_key": uuid.uuid4().hex, "user_id": f"svc-{uuid.uuid4().hex[:8]}",
+         "provider": "sandbox", "amount": {"amount": "2.00", "currency": "USD"}}
+    )  # fmt: skip
+    try:
+        replies = await asyncio.gather(
+            *(worker.service.command("wallet.deposit", deposit, wallet.deposit) for _ in range(12))
+        )
+    finally:
+        await worker.engine.dispose()
+
+    assert all(reply == replies[0] for reply in replies)  # the transaction id derives from the key
+    assert replies[0]["ok"]

@@ -1,0 +1,267 @@
+"""Two real workers compete for the queues while one or the other is SIGKILLed.
+
+Over 5,000 mixed commands (sandbox deposits, some declined; withdrawals; invoice
+creations; balance subscriptions charging their first period; withdrawals refused for
+want of funds) are sent at a steady pace while the workers are killed at random moments
+and restarted. The client resends whatever was not answered with the same key and
+payload. Every command must end up answered, every answer to one key must be the same,
+each must be applied exactly once, every event published once per fact, and every
+balance must equal the sum the test computed on its side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from billing_contracts import names
+from support.figures import record
+from support.invariants import check_invariants, connect, wait_for_settled
+from support.load import LoadClient
+from support.processes import Process, tracebacks, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+USERS = 50
+PLANS = 8  # balance plans; every user subscribes to each once
+DEPOSITS_PER_USER = 40  # 5 of them declined by the sandbox
+WITHDRAWALS_PER_USER = 32
+INVOICES_PER_USER = 20
+POOR_WITHDRAWALS = 100  # users without money: insufficient_funds, deterministically
+KILLS = 8
+RESEND_SHARE = 0.05  # commands the client sends twice (same key and body), as after a timeout
+FUNDING = 1000_00  # minor units; covers every withdrawal and subscription of a user
+SEND_SECONDS = 30.0  # the commands are spread over this long, so kills land mid-load
+
+
+def money(minor: int) -> dict[str, str]:
+    return {"amount": f"{minor // 100}.{minor % 100:02d}", "currency": "USD"}
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+class Plan:
+    def __init__(self, rng: random.Random, run: str) -> None:
+        self.rng = rng
+        self.run = run
+        self.users = [f"crash-{run}-{i}" for i in range(USERS)]
+        self.plans = {f"crash-{run}-plan-{p}": (p + 1) * 100 for p in range(PLANS)}
+        self.expected = {(user, "USD"): FUNDING for user in self.users}
+        self.kinds: dict[str, str] = {}  # key -> what the command is
+
+    def commands(self) -> list[tuple[str, dict[str, Any]]]:
+        rng, out = self.rng, []
+        for user in self.users:
+            balance = (user, "USD")
+            for d in range(DEPOSITS_PER_USER):
+                amount = rng.randint(1, 50_00)
+                command = {"idempotency_key": key(), "user_id": user, "amount": money(amount)}
+                if d % 8 == 7:
+                    command["payment_method_id"] = "pm_card_chargeDeclined"
+                    self.kinds[command["idempotency_key"]] = "declined"
+                else:
+                    self.expected[balance] += amount
+                    self.kinds[command["idempotency_key"]] = "deposit"
+                out.append((names.WALLET_DEPOSIT, command))
+            for _ in range(WITHDRAWALS_PER_USER):
+                amount = rng.randint(1, 5_00)
+                self.expected[balance] -= amount
+                command = {
+                    "idempotency_key": key(),
+                    "user_id": user,
+                    "amount": money(amount),
+                    "description": "crash test",
+                }
+                self.kinds[command["idempotency_key"]] = "withdrawal"
+                out.append((names.WALLET_WITHDRAW, command))
+            for code, price in self.plans.items():
+                self.expected[balance] -= price
+                command = {
+                    "idempotency_key": key(),
+                    "user_id": user,
+                    "plan_code": code,
+                    "payment_source": "balance",
+                }
+                self.kinds[command["idempotency_key"]] = "subscription"
+                out.append((names.SUBSCRIPTION_CREATE, command))
+            for _ in range(INVOICES_PER_USER):
+                lines = [
+                    {
+                        "description": f"item {n}",
+                        "quantity": rng.randint(1, 5),
+                        "unit_price": money(rng.randint(0, 99_99)),
+                    }
+                    for n in range(rng.randint(1, 3))
+                ]
+                command = {
+                    "idempotency_key": key(),
+                    "user_id": user,
+                    "currency": "USD",
+                    "lines": lines,
+                }
+                self.kinds[command["idempotency_key"]] = "invoice"
+                out.append((names.INVOICE_CREATE, command))
+        for n in range(POOR_WITHDRAWALS):
+            command = {
+                "idempotency_key": key(),
+                "user_id": f"crash-{self.run}-poor-{n % 10}",
+                "amount": money(1_00),
+                "description": "no money",
+            }
+            self.kinds[command["idempotency_key"]] = "refused"
+            out.append((names.WALLET_WITHDRAW, command))
+        rng.shuffle(out)
+        return out
+
+
+async def test_5000_commands_survive_sigkills_of_two_competing_workers(
+    database_url: str, vhost_url: str, tmp_path: Path
+) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:6]
+    plan = Plan(rng, run)
+    env = worker_env(
+        database_url,
+        vhost_url,
+        max_deliveries=10,
+        retry_delays_ms="50,100,200,400",
+    )
+    workers = [Process("run", env, tmp_path / f"worker-{n}.log") for n in range(2)]
+    client = LoadClient(vhost_url)
+    await client.start()  # its event and dead-letter queues exist before anything is sent
+    started = time.monotonic()
+    try:
+        for worker in workers:
+            worker.start()
+        await asyncio.gather(*(worker.ready() for worker in workers))
+
+        # Before the chaos: the plans, and money for every user.
+        for code, price in plan.plans.items():
+            reply = await client.call(
+                names.PLAN_UPSERT,
+                {
+                    "idempotency_key": key(),
+                    "code": code,
+                    "name": code,
+                    "price": money(price),
+                    "interval": "month",
+                },
+            )
+            assert reply["ok"], reply
+        funding = [
+            await client.submit(
+                names.WALLET_DEPOSIT,
+                {"idempotency_key": key(), "user_id": user, "amount": money(FUNDING)},
+            )
+            for user in plan.users
+        ]
+        await client.settle(timeout=60)
+        assert all(client.final(k)["ok"] for k in funding)  # type: ignore[index]
+        await wait_for_settled(database_url)
+
+        commands = plan.commands()
+        killed_at: list[float] = []
+
+        async def impatient(command_key: str) -> None:
+            """A client that did not wait for the answer: the same command again."""
+            await asyncio.sleep(rng.uniform(0, 2))
+            await client.resend(command_key)
+
+        async def send() -> None:
+            pause = SEND_SECONDS / (len(commands) / 25)
+            retries = []
+            for start in range(0, len(commands), 25):
+                chunk = commands[start : start + 25]
+                keys = await asyncio.gather(*(client.submit(q, c) for q, c in chunk))
+                retries += [
+                    asyncio.create_task(impatient(k)) for k in keys if rng.random() < RESEND_SHARE
+                ]
+                await asyncio.sleep(pause)
+            await asyncio.gather(*retries)
+
+        async def chaos() -> None:
+            await asyncio.sleep(1.0)
+            for _ in range(KILLS):
+                victim = rng.choice(workers)
+                victim.kill()
+                killed_at.append(time.monotonic() - started)
+                victim.start()
+                await victim.ready()
+                await asyncio.sleep(rng.uniform(0.5, 3.0))
+
+        await asyncio.gather(send(), chaos())
+        answered_during_load = len(commands) - len(client.unanswered())
+        await client.settle(timeout=180, resend_after=15)
+        for worker in workers:  # both still up, and they shut down cleanly
+            assert worker.alive, worker.text()[-3000:]
+
+        figures = await check_invariants(
+            database_url,
+            client,
+            expected_balances=plan.expected,
+            events_timeout=90,
+            redelivered=True,
+        )
+        # A graceful stop after the storm, then the books are checked once more at rest.
+        for worker in workers:
+            assert await worker.stop() == 0, worker.text()[-3000:]
+        await check_invariants(database_url, expected_balances=plan.expected)
+    finally:
+        for worker in workers:
+            worker.ensure_dead()
+        await client.close()
+
+    outcomes = {kind: 0 for kind in set(plan.kinds.values())}
+    for command_key, kind in plan.kinds.items():
+        reply = client.final(command_key)
+        assert reply is not None
+        expected_ok = kind != "refused"
+        assert reply["ok"] is expected_ok, (kind, reply)
+        if kind == "refused":
+            assert reply["error"]["code"] == "insufficient_funds", reply
+        outcomes[kind] += 1
+
+    async with connect(database_url) as db:
+        counts = {
+            (row["kind"], row["status"]): row["n"]
+            for row in await db.fetch(
+                "SELECT kind, status, count(*) AS n FROM transactions GROUP BY kind, status"
+            )
+        }
+        invoices = await db.fetchval("SELECT count(*) FROM invoices")
+        live = await db.fetchval("SELECT count(*) FROM subscriptions WHERE status = 'active'")
+    assert counts.get(("deposit", "completed")) == outcomes["deposit"] + USERS
+    assert counts.get(("deposit", "failed")) == outcomes["declined"]
+    assert counts.get(("withdrawal", "completed")) == outcomes["withdrawal"]
+    assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"]
+    assert invoices == outcomes["invoice"]
+    assert live == outcomes["subscription"]
+    assert len(client.events_of("deposit.completed")) >= outcomes["deposit"] + USERS
+    assert len(killed_at) == KILLS
+
+    repeated = sum(1 for replies in client.replies.values() if len(replies) > 1)
+    record(
+        "crashes",
+        commands=len(commands) + len(funding) + PLANS,
+        kills=sum(worker.kills for worker in workers),
+        restarts=sum(worker.starts for worker in workers) - len(workers),
+        resent=client.resent,
+        answered_more_than_once=repeated,
+        answered_during_load=answered_during_load,
+        events_consumed=len(client.events),
+        outbox_events=figures["outbox_events"],
+        balances_checked=figures["balances_checked"],
+        worker_tracebacks=sum(len(tracebacks(worker.text())) for worker in workers),
+        lost=0,
+        seed=seed,
+        kill_moments_s=[round(at, 1) for at in killed_at],
+    )
