@@ -10,7 +10,6 @@ asks the provider for the truth and applies it through the same path as a webhoo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.db.engine import driver_connection
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.jobs.periodic import Periodic
 from billing_worker.providers.base import Gateways, PaymentStatus
 from billing_worker.service import BillingService
 
@@ -42,7 +42,7 @@ _OUTCOMES = {
 
 
 @dataclass
-class Reconciler:
+class Reconciler(Periodic):
     engine: AsyncEngine
     service: BillingService
     gateways: Gateways
@@ -81,21 +81,3 @@ class Reconciler:
                 "reconciled transaction %s: %s at %s", row["id"], outcome.value, row["provider"]
             )
         return settled
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_seconds)
-            try:
-                await self.run_once()
-            except Exception as error:
-                log.warning("reconciliation round failed: %s", error)

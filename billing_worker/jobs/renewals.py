@@ -9,13 +9,13 @@ middle leaves an uncommitted transaction behind, which PostgreSQL rolls back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from uuid import UUID
 
 from billing_worker.handlers.renewals import RenewalFailed, renew_next
+from billing_worker.jobs.periodic import Periodic
 from billing_worker.metrics import Metrics
 from billing_worker.service import BillingService
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Renewals:
+class Renewals(Periodic):
     service: BillingService
     interval_seconds: float
     batch: int = 500
@@ -55,18 +55,3 @@ class Renewals:
                 for outcome, count in outcomes.items():
                     self.metrics.renewals.labels(outcome).inc(count)
         return outcomes
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="renewals")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_seconds)
-            await self.run_once()

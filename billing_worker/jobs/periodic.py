@@ -1,0 +1,41 @@
+"""A job the worker runs every `interval_seconds` until shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Periodic:
+    """Mixin: `start()` runs `run_once()` every `interval_seconds`; `stop()` cancels it.
+
+    A failed round is logged and the next round tries again.
+    """
+
+    interval_seconds: float
+    _task: asyncio.Task[None] | None
+
+    async def run_once(self) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=type(self).__name__.lower())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_seconds)
+            try:
+                await self.run_once()
+            except Exception as error:
+                log.warning("%s round failed: %s", type(self).__name__, error)
