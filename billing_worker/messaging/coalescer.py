@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,7 +54,3 @@ class Coalescer(Generic[T, R]):
                         future.set_result(result)
         finally:
             self._task = None
-
-
-def average(coalescer: Coalescer[Any, Any]) -> float:
-    return coalescer.items / coalescer.batches if coalescer.batches else 0.0
