@@ -38,9 +38,21 @@ ORDERS_EXCHANGE: Final = "orders"  # owned by the Orders service; name configura
 ORDER_CREATED: Final = "order.created"
 ORDER_CREATED_QUEUE: Final = "billing.orders.order-created"
 
-# Relay -> worker: verified provider callbacks (raw body, header `x-provider`).
+# Relay -> worker: provider callbacks (raw body, header `x-provider`). The relay publishes
+# to a direct exchange only its broker user may write; the queue is bound to it by
+# PROVIDER_CALLBACK_ROUTING_KEY (any other routing key, e.g. the relay's health probe,
+# routes nowhere).
 PROVIDER_EVENTS_QUEUE: Final = "billing.provider-events"
+PROVIDER_CALLBACKS_EXCHANGE: Final = "billing.provider-callbacks"
+PROVIDER_CALLBACK_ROUTING_KEY: Final = "callback"
 PROVIDER_HEADER: Final = "x-provider"
+# The provider's own signature header, forwarded verbatim so the worker checks it again.
+PROVIDER_SIGNATURE_HEADER: Final = "x-provider-signature"
+# HMAC of a sandbox callback, with a key only the worker (its database) holds.
+SANDBOX_SIGNATURE_HEADER: Final = "x-billing-sandbox-signature"
+# Who originally sent a message the worker republished (retry copies carry the
+# worker's own validated AMQP user id, so the original sender travels here).
+SENDER_HEADER: Final = "x-billing-sender"
 
 # Everything the worker tells the world; routing key = event type.
 EVENTS_EXCHANGE: Final = "billing.events"
