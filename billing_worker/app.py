@@ -26,13 +26,14 @@ from billing_worker.messaging.pipeline import Pipeline
 from billing_worker.messaging.routes import all_routes
 from billing_worker.metrics import Metrics
 from billing_worker.observability import InternalServer, internal_app
+from billing_worker.providers import sandbox
 from billing_worker.providers.base import Gateways, PaymentGateway
 from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.providers.stripe_gateway import StripeGateway
 from billing_worker.providers.yookassa_gateway import YooKassaGateway
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
-from billing_worker.startup import check_database, connect_broker
+from billing_worker.startup import StartupError, check_database, connect_broker
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,18 @@ class Worker:
 
 
 def build_gateways(settings: Settings) -> Gateways:
-    """Sandbox always; Stripe and YooKassa when their keys are set."""
-    gateways: dict[str, PaymentGateway] = {"sandbox": SandboxGateway()}
+    """Stripe and YooKassa when their keys are set; the sandbox only when enabled."""
+    gateways: dict[str, PaymentGateway] = {}
+    if settings.sandbox_enabled:
+        gateways["sandbox"] = SandboxGateway()
     timeout = settings.provider_timeout_seconds
     if settings.stripe_api_key:
+        secret = settings.stripe_webhook_secret
         gateways["stripe"] = StripeGateway(
             settings.stripe_api_key.get_secret_value(),
             api_base=settings.stripe_api_base,
             timeout=timeout,
+            webhook_secret=secret.get_secret_value() if secret else None,
         )
     if settings.yookassa_account_id and settings.yookassa_secret_key:
         gateways["yookassa"] = YooKassaGateway(
@@ -142,6 +147,7 @@ def build_worker(
 
     async def on_startup() -> None:
         await check_database(engine, settings)
+        await load_service_keys(engine, gateways)
         await connect_broker(broker, settings)
         await topo.declare(broker, topology)
         if internal:
@@ -152,10 +158,18 @@ def build_worker(
         reconciler.start()
         renewals.start()
         log.info(
-            "billing worker consuming (prefetch %d, default provider %s)",
+            "billing worker consuming (prefetch %d, providers %s, default %s)",
             settings.prefetch,
-            gateways.default,
+            ", ".join(gateways.names) or "none",
+            gateways.default or "none",
         )
+        if "sandbox" in gateways:
+            log.warning("the sandbox provider is enabled: deposits can complete unpaid")
+        if "stripe" in gateways and not settings.stripe_webhook_secret:
+            log.warning(
+                "BILLING_STRIPE_WEBHOOK_SECRET is not set: Stripe callbacks are not "
+                "signature-checked by the worker (each is still re-read from Stripe)"
+            )
 
     async def on_shutdown() -> None:
         log.info("billing worker stopping: finishing in-flight messages")
@@ -198,6 +212,25 @@ def outbox_sender(broker: RabbitBroker) -> Callable[[outbox.OutboxMessage], Awai
         )
 
     return send
+
+
+async def load_service_keys(engine: AsyncEngine, gateways: Gateways) -> None:
+    """Give the sandbox(es) the callback key only the worker's database holds."""
+    sandboxes = [
+        gateway
+        for gateway in map(gateways.get, gateways.names)
+        if isinstance(gateway, sandbox.SandboxGateway)
+    ]
+    if not sandboxes:
+        return
+    async with driver_connection(engine) as db:
+        secret = await db.fetchval(
+            "SELECT secret FROM service_secrets WHERE name = $1", sandbox.SECRET_NAME
+        )
+    if not secret:
+        raise StartupError("the database has no sandbox callback key: run `billing-worker migrate`")
+    for gateway in sandboxes:
+        gateway.use_key(secret.encode())
 
 
 def database_check(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:

@@ -211,25 +211,42 @@ class BillingService:
         self._on_commit(uow, events)
         return result
 
-    async def provider_event(self, event: ProviderEvent, *, verified: bool = False) -> Applied:
-        """Apply a provider event; `verified` when we just read it from the provider's API."""
-        if (
-            not verified
-            and event.outcome is not None
-            and not await self.deps.gateways.get(event.provider).verify_event(event)
-        ):
+    async def provider_event(self, claim: ProviderEvent) -> Applied:
+        """Apply what a provider callback claims, as far as the provider's API confirms it.
+
+        The provider is asked before any database transaction opens (a slow provider
+        holds no connection). The event is claimed in its provider's inbox only once
+        confirmed, so an id nobody verified can never block the genuine event.
+        """
+        inbox = f"provider:{claim.provider}"
+        if await self._seen(inbox, claim.event_id):
+            return Applied.DUPLICATE  # only confirmed events are ever claimed
+        event = await self.deps.gateways.get(claim.provider).confirm(claim)
+        if event is None:
             log.warning(
                 "not trusting %s %s for %s: the provider does not confirm it",
-                event.provider, event.event_type, event.provider_ref,
+                claim.provider, claim.event_type, claim.provider_ref or claim.subscription_ref,
             )  # fmt: skip
             return Applied.UNTRUSTED
+        return await self.apply_confirmed(event, inbox)
+
+    async def apply_confirmed(self, event: ProviderEvent, inbox: str) -> Applied:
+        """Apply an event the provider itself confirmed, once per (inbox, event id).
+
+        Webhooks and the reconciler use different inboxes: neither can claim an id in
+        the other's.
+        """
         async with driver_connection(self.engine) as db:
             uow = UnitOfWork(db, self.clock)
             async with db.transaction():
-                outcome = await apply_provider_event(event, uow, self.deps)
+                outcome = await apply_provider_event(event, uow, self.deps, inbox)
                 events = await uow.flush()
         self._on_commit(uow, events)
         return outcome
+
+    async def _seen(self, scope: str, key: str) -> bool:
+        async with driver_connection(self.engine) as db:
+            return await UnitOfWork(db, self.clock).idempotency.find(scope, key) is not None
 
 
 def _replay(stored_hash: str, reply: Reply | None, digest: str, key: str) -> Reply:

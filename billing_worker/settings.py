@@ -6,7 +6,7 @@ import ipaddress
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator
+from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billing_worker.relay.verify import YOOKASSA_NETWORKS
@@ -34,7 +34,13 @@ class Settings(BaseSettings):
     )
     default_provider: Literal["sandbox", "stripe", "yookassa"] | None = Field(
         default=None,
-        description="Provider for deposits that name none; sandbox when no provider keys are set",
+        description="Provider for deposits that name none; by default Stripe, else YooKassa, "
+        "else the sandbox when it is enabled",
+    )
+    sandbox_enabled: bool = Field(
+        default=False,
+        description="Offer the built-in sandbox provider (development and tests only; "
+        "refused together with live Stripe or YooKassa keys)",
     )
     stripe_api_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -126,6 +132,26 @@ class Settings(BaseSettings):
             raise ValueError("needs increasing whole days, each at least 1")
         return value
 
+    @model_validator(mode="after")
+    def _sandbox_only_in_test_mode(self) -> Settings:
+        live = []
+        stripe_key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        if stripe_key.startswith(("sk_live_", "rk_live_")):
+            live.append("BILLING_STRIPE_API_KEY is a live key")
+        yookassa_key = (
+            self.yookassa_secret_key.get_secret_value() if self.yookassa_secret_key else ""
+        )
+        if yookassa_key and not yookassa_key.startswith("test_"):
+            live.append("BILLING_YOOKASSA_SECRET_KEY is not a test_ key")
+        if self.sandbox_enabled and live:
+            raise ValueError(
+                "BILLING_SANDBOX_ENABLED=true is refused with live provider keys "
+                f"({'; '.join(live)})"
+            )
+        if self.default_provider == "sandbox" and not self.sandbox_enabled:
+            raise ValueError("BILLING_DEFAULT_PROVIDER=sandbox needs BILLING_SANDBOX_ENABLED=true")
+        return self
+
     @property
     def database_dsn(self) -> str:
         return self.database_url.get_secret_value()
@@ -135,11 +161,11 @@ class Settings(BaseSettings):
         return self.rabbitmq_url.get_secret_value()
 
     @property
-    def provider_for_deposits(self) -> str:
+    def provider_for_deposits(self) -> str | None:
         if self.default_provider:
             return self.default_provider
         if self.stripe_api_key:
             return "stripe"
         if self.yookassa_secret_key:
             return "yookassa"
-        return "sandbox"
+        return "sandbox" if self.sandbox_enabled else None

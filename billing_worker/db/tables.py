@@ -261,6 +261,14 @@ class Transaction(SQLModel, table=True):
     invoice_id: uuid.UUID | None = Field(
         default=None, foreign_key="invoices.id", nullable=True, index=True
     )
+    # A refund names the payment it gives back; the refunds of a payment never add up
+    # to more than it.
+    refund_of: uuid.UUID | None = Field(
+        default=None, foreign_key="transactions.id", nullable=True, index=True
+    )
+    # What the provider's own API said when it was asked (object, id, status, amount,
+    # currency): the only thing a provider payment or refund completes on.
+    provider_confirmation: dict[str, Any] | None = Field(default=None, sa_type=JSONB, nullable=True)
     # SQLModel reserves the attribute name ``metadata``; the column keeps it.
     meta: dict[str, Any] = Field(
         default_factory=dict,
@@ -291,6 +299,16 @@ class TransactionTransition(SQLModel, table=True):
     to_status: str = text_field()
     reason: str | None = text_field(nullable=True)
     at: datetime | None = timestamp_field(server_now=True)
+
+
+class ServiceSecret(SQLModel, table=True):
+    """Keys only the worker's database user can read (e.g. the sandbox's callback HMAC key)."""
+
+    __tablename__ = "service_secrets"
+
+    name: str = Field(sa_type=Text, primary_key=True)
+    secret: str = text_field()
+    created_at: datetime | None = timestamp_field(server_now=True)
 
 
 class IdempotencyRecord(SQLModel, table=True):

@@ -55,7 +55,7 @@ def notification_message(provider: str, notification: Notification) -> outbox.Ou
         routing_key=names.PROVIDER_EVENTS_QUEUE,
         type=f"{provider}.callback",
         body=notification.body.decode(),
-        headers={names.PROVIDER_HEADER: provider},
+        headers={**notification.headers, names.PROVIDER_HEADER: provider},
     )
 
 

@@ -7,6 +7,7 @@ lose an update (READ COMMITTED re-checks the guard on the newest row version).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +46,8 @@ class TransactionRow:
     failure_message: str | None = None
     subscription_id: UUID | None = None
     invoice_id: UUID | None = None
+    refund_of: UUID | None = None  # a refund: the payment it gives back
+    provider_confirmation: dict[str, Any] | None = None  # what the provider's API said
 
 
 _OPEN_ACCOUNT = """
@@ -86,9 +89,9 @@ WITH created AS (
     INSERT INTO transactions (
         id, user_id, account_id, kind, status, amount_minor, currency, provider, provider_ref,
         description, reference, failure_code, failure_message, created_at, updated_at,
-        completed_at, metadata, subscription_id, invoice_id
+        completed_at, metadata, subscription_id, invoice_id, refund_of, provider_confirmation
     ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16::jsonb,
-              $20, $21)
+              $20, $21, $22, $23::jsonb)
     RETURNING id
 )
 INSERT INTO transaction_transitions (transaction_id, from_status, to_status, reason, at)
@@ -136,7 +139,8 @@ WITH moved AS (
         completed_at = CASE WHEN $3 IN ('completed', 'refunded') THEN coalesce(completed_at, $6)
                             ELSE completed_at END,
         failure_code = coalesce($4, failure_code),
-        failure_message = coalesce($5, failure_message)
+        failure_message = coalesce($5, failure_message),
+        provider_confirmation = coalesce($8::jsonb, provider_confirmation)
     WHERE id = $1 AND status = $2
     RETURNING *
 ), audit AS (
@@ -153,12 +157,19 @@ UPDATE transactions SET provider_ref = $2 WHERE id = $1
 _COLUMNS = (
     "id, user_id, account_id, kind, status, amount_minor, currency, provider, provider_ref, "
     "created_at, completed_at, description, reference, failure_code, failure_message, "
-    "subscription_id, invoice_id"
+    "subscription_id, invoice_id, refund_of, provider_confirmation"
 )
 
 
 def _row(record: Any) -> TransactionRow:
-    return TransactionRow(**{name: record[name] for name in TransactionRow.__slots__})
+    values = {name: record[name] for name in TransactionRow.__slots__}
+    if isinstance(values["provider_confirmation"], str):  # jsonb arrives as text
+        values["provider_confirmation"] = json.loads(values["provider_confirmation"])
+    return TransactionRow(**values)
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 class SqlWallet:
@@ -251,7 +262,8 @@ class SqlWallet:
             row.currency, row.provider, row.provider_ref, row.description, row.reference,
             row.failure_code, row.failure_message, row.created_at, row.completed_at, meta,
             [step.source for step in trail], [step.target for step in trail],
-            [step.reason for step in trail], row.subscription_id, row.invoice_id,
+            [step.reason for step in trail], row.subscription_id, row.invoice_id, row.refund_of,
+            _json(row.provider_confirmation),
         )  # fmt: skip
         for step in trail:
             self._observe(row.kind, step)
@@ -283,17 +295,27 @@ class SqlWallet:
         *,
         failure_code: str | None = None,
         failure_message: str | None = None,
+        confirmation: dict[str, Any] | None = None,
     ) -> TransactionRow | None:
         """Apply one checked transition if the row is still in `step.source`; else None."""
         record = await self._db.fetchrow(
             _MOVE_TRANSACTION, transaction_id, step.source, step.target,
-            failure_code, failure_message, at, step.reason,
+            failure_code, failure_message, at, step.reason, _json(confirmation),
         )  # fmt: skip
         if record is None:
             return None
         moved = _row(record)
         self._observe(moved.kind, step)
         return moved
+
+    async def refunded_minor(self, payment_id: UUID) -> int:
+        """What the completed refunds of a payment add up to."""
+        total = await self._db.fetchval(
+            "SELECT coalesce(sum(amount_minor), 0) FROM transactions "
+            "WHERE refund_of = $1 AND status = 'completed'",
+            payment_id,
+        )
+        return int(total)
 
     async def set_provider_ref(self, transaction_id: UUID, provider_ref: str) -> None:
         await self._db.execute(_SET_PROVIDER_REF, transaction_id, provider_ref)

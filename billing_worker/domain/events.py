@@ -27,8 +27,23 @@ class PaymentOutcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RefundFacts:
+    """A refund as the provider reports it: one refund, or the payment's running total."""
+
+    ref: str  # the provider's refund id, or the charge whose running total this is
+    currency: str
+    amount_minor: int | None = None  # this refund's amount (YooKassa: one object a refund)
+    total_minor: int | None = None  # all refunded on the payment so far (Stripe's charge)
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderEvent:
-    """A verified provider callback, reduced to what billing acts on."""
+    """A provider callback reduced to what billing acts on.
+
+    Parsed from a callback body it is only a claim; `PaymentGateway.confirm` returns it
+    as the provider's API tells it, with `confirmation` set, and only such events move
+    money.
+    """
 
     provider: str
     event_id: str
@@ -40,5 +55,8 @@ class ProviderEvent:
     object_ref: str | None = None  # the provider object the event is about, when not the payment
     saved_method_ref: str | None = None  # a payment method the provider saved for reuse
     subscription_ref: str | None = None  # a provider-run subscription the event is about
-    amount_minor: int | None = None  # what a provider-run subscription charged
+    amount_minor: int | None = None  # the payment's (or Stripe invoice's) amount
     currency: str | None = None
+    transaction_ref: str | None = None  # our transaction id, as the provider's metadata has it
+    refund: RefundFacts | None = None
+    confirmation: dict[str, Any] | None = None  # what the provider's API answered

@@ -1,8 +1,18 @@
-"""Verified provider callbacks moving transactions through the state machine."""
+"""Provider events the provider itself confirmed, moving transactions through the state
+machine.
+
+Every event reaching `apply_provider_event` was re-read at the provider (or, for the
+sandbox, authenticated by the worker's own key): its status, amount, currency and our
+transaction id are the provider's, and they must agree with our row before anything
+moves. Refunds are recorded one `refund` transaction each, linked to their payment;
+together they never exceed it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
 from enum import StrEnum
 
 from billing_contracts.wallet import TransactionKind
@@ -10,8 +20,8 @@ from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import TransientError, Unprocessable
-from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.domain.transactions import can_move, transition
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
+from billing_worker.domain.transactions import can_move, path, transition
 from billing_worker.handlers import stripe_subscriptions, views, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
@@ -22,8 +32,8 @@ _TARGET = {
     PaymentOutcome.SUCCEEDED: Status.COMPLETED,
     PaymentOutcome.FAILED: Status.FAILED,
     PaymentOutcome.CANCELED: Status.CANCELED,
-    PaymentOutcome.REFUNDED: Status.REFUNDED,
 }
+_REFUND_IDS = uuid.UUID("9a3c51d2-7f0e-4b8a-b6d4-2e1f0c7a5b93")  # namespace of refund ids
 
 
 class Applied(StrEnum):
@@ -34,21 +44,27 @@ class Applied(StrEnum):
     UNTRUSTED = "untrusted"  # the provider's API does not confirm what the callback says
 
 
-async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps) -> Applied:
-    """Apply one provider event exactly once; safe to redeliver and to race."""
-    if not await uow.idempotency.claim(f"provider:{event.provider}", event.event_id):
+async def apply_provider_event(
+    event: ProviderEvent, uow: UnitOfWork, deps: Deps, inbox: str
+) -> Applied:
+    """Apply one confirmed provider event exactly once; safe to redeliver and to race."""
+    if not await uow.idempotency.claim(inbox, event.event_id):
         return Applied.DUPLICATE
     if event.subscription_ref is not None:
         await stripe_subscriptions.sync(event, uow, deps)
         return Applied.APPLIED
-    target = _TARGET.get(event.outcome) if event.outcome else None
-    if target is None or event.provider_ref is None:
+    if event.outcome is None or event.provider_ref is None:
         return Applied.IGNORED
     row = await uow.wallet.transaction_by_ref(event.provider, event.provider_ref, lock=True)
     if row is None:
         # The callback can overtake the commit of the command that created the payment:
         # retry later rather than drop it (it is dead-lettered if it never matches).
         raise TransientError(f"no {event.provider} payment {event.provider_ref} (yet)")
+    if not _describes(event, row):
+        return Applied.UNTRUSTED
+    if event.outcome is PaymentOutcome.REFUNDED:
+        return await _record_refund(row, event, uow, deps)
+    target = _TARGET[event.outcome]
     if not can_move(Status(row.status), target):
         log.info("ignoring %s for transaction %s: already %s", event.event_type, row.id, row.status)
         return Applied.STALE
@@ -59,6 +75,7 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
         uow.clock(),
         failure_code=event.failure_code,
         failure_message=event.failure_message,
+        confirmation=event.confirmation,
     )
     if moved is None:  # cannot happen under the row lock; refuse rather than guess
         raise TransientError(f"transaction {row.id} changed under its lock")
@@ -67,26 +84,100 @@ async def apply_provider_event(event: ProviderEvent, uow: UnitOfWork, deps: Deps
         and event.saved_method_ref
         and moved.kind == TransactionKind.DEPOSIT
     ):
+        # The method the provider says it saved for this payment (never the callback's).
         await uow.users.save_payment_method(moved.user_id, event.provider, event.saved_method_ref)
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
         await credit_deposit(moved, uow, deps)
     elif target in (Status.FAILED, Status.CANCELED):
         uow.emit(views.payment_failed(moved))
-    elif target is Status.REFUNDED and moved.kind == TransactionKind.DEPOSIT:
-        await take_back_refunded_deposit(moved, uow, deps)
-    if moved.kind == TransactionKind.SUBSCRIPTION_CHARGE and target is not Status.REFUNDED:
+    if moved.kind == TransactionKind.SUBSCRIPTION_CHARGE:
         await yookassa_subscriptions.settle_from_event(moved, event, uow, deps)
     return Applied.APPLIED
 
 
-async def take_back_refunded_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:
-    """The provider returned a deposit to the card: the wallet gives the money back."""
+def _describes(event: ProviderEvent, row: TransactionRow) -> bool:
+    """Whether what the provider returned is this payment: our id, its amount, currency."""
+    mismatches = [
+        name
+        for name, theirs, ours in (
+            ("transaction id", event.transaction_ref, str(row.id)),
+            ("amount", event.amount_minor, row.amount_minor),
+            ("currency", event.currency, row.currency),
+        )
+        if theirs is not None and theirs != ours
+    ]
+    if (
+        event.refund is None
+        and event.outcome is PaymentOutcome.SUCCEEDED
+        and (event.amount_minor is None or event.currency is None)
+    ):
+        mismatches.append("amount unknown")
+    if mismatches:
+        log.warning(
+            "not applying %s %s to transaction %s: the provider's %s differ",
+            event.provider, event.event_type, row.id, ", ".join(mismatches),
+        )  # fmt: skip
+    return not mismatches
+
+
+async def _record_refund(
+    payment: TransactionRow, event: ProviderEvent, uow: UnitOfWork, deps: Deps
+) -> Applied:
+    """One refund transaction for what the provider refunded and we have not recorded."""
+    facts = event.refund
+    assert facts is not None, "a confirmed refund event carries the provider's refund"
+    if Status(payment.status) not in (Status.COMPLETED, Status.REFUNDED):
+        raise Unprocessable(f"a refund of transaction {payment.id}, which is {payment.status}")
+    refunded = await uow.wallet.refunded_minor(payment.id)
+    amount, ref = _refund_amount(facts, refunded)
+    if amount <= 0 or await uow.wallet.transaction_by_ref(payment.provider or "", ref):
+        return Applied.STALE  # recorded before (a redelivery, or the running total again)
+    if facts.currency != payment.currency:
+        log.warning("refund %s is in %s, payment %s in %s", ref, facts.currency, payment.id,
+                    payment.currency)  # fmt: skip
+        return Applied.UNTRUSTED
+    if refunded + amount > payment.amount_minor:
+        raise Unprocessable(
+            f"refund {ref} of {amount} would take the refunds of transaction {payment.id} "
+            f"past its amount ({refunded} of {payment.amount_minor} refunded already)"
+        )
+    now = uow.clock()
+    refund = dataclasses.replace(
+        payment, id=uuid.uuid5(_REFUND_IDS, f"{payment.provider}:{ref}"),
+        kind=TransactionKind.REFUND, status=Status.COMPLETED, amount_minor=amount,
+        provider_ref=ref, created_at=now, completed_at=now, failure_code=None,
+        failure_message=None, description=f"refund of {payment.id}", reference=None,
+        account_id=payment.account_id if payment.kind == TransactionKind.DEPOSIT else None,
+        refund_of=payment.id, provider_confirmation=event.confirmation,
+    )  # fmt: skip
+    trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason=event.event_type)
+    await uow.wallet.add_transaction(refund, trail)
+    if payment.kind == TransactionKind.DEPOSIT:
+        await _take_back(payment, amount, uow, deps)
+    if refunded + amount == payment.amount_minor:
+        step = transition(Status(payment.status), Status.REFUNDED, reason=event.event_type)
+        await uow.wallet.move_transaction(payment.id, step, now)
+    return Applied.APPLIED
+
+
+def _refund_amount(facts: RefundFacts, refunded: int) -> tuple[int, str]:
+    """(amount, provider ref) of the refund to record: one refund object, or the part of
+    the provider's running total that is not recorded yet."""
+    if facts.amount_minor is not None:
+        return facts.amount_minor, facts.ref
+    assert facts.total_minor is not None
+    return facts.total_minor - refunded, f"{facts.ref}:refunded:{facts.total_minor}"
+
+
+async def _take_back(payment: TransactionRow, amount: int, uow: UnitOfWork, deps: Deps) -> None:
+    """The provider returned (part of) a deposit to the card: the wallet gives it back."""
     change = await uow.wallet.move_balance(
-        row.user_id, row.currency, -row.amount_minor, deps.low_balance_minor(row.currency)
+        payment.user_id, payment.currency, -amount, deps.low_balance_minor(payment.currency)
     )
     if change is None:  # already spent: the balance may not go negative, a human decides
         raise Unprocessable(
-            f"refund of deposit {row.id} exceeds the {row.currency} balance of {row.user_id}"
+            f"refund of deposit {payment.id} exceeds the {payment.currency} balance of "
+            f"{payment.user_id}"
         )
     if change.crossed_below:
-        uow.emit(views.balance_low(row.user_id, row.currency, change))
+        uow.emit(views.balance_low(payment.user_id, payment.currency, change))

@@ -143,7 +143,8 @@ def _announcements(sub: SubscriptionRow, old: Sub, new: Sub, period_end: Any) ->
 
 
 async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitOfWork) -> None:
-    """Stripe's charge for a period, in our ledger (it moves no wallet money)."""
+    """Stripe's charge for a period, in our ledger (it moves no wallet money), for the
+    amount of the invoice as re-read from Stripe."""
     if event.event_type not in ("invoice.paid", "invoice.payment_failed") or not event.amount_minor:
         return
     paid = event.event_type == "invoice.paid"
@@ -155,6 +156,7 @@ async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitO
         amount_minor=event.amount_minor, currency=event.currency or sub.plan.currency,
         provider="stripe", provider_ref=ref, created_at=now, completed_at=now if paid else None,
         failure_code=event.failure_code, subscription_id=sub.id,
+        provider_confirmation=event.confirmation if paid else None,
     )  # fmt: skip
     trail = path(Tx.CREATED, Tx.PROCESSING, Tx.COMPLETED) if paid else path(Tx.CREATED, Tx.FAILED)
     await uow.wallet.add_transaction(row, trail)

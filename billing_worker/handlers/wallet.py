@@ -91,6 +91,9 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
         completed_at=now if result.status is PaymentStatus.SUCCEEDED else None,
         failure_code=result.failure_code,
         failure_message=result.failure_message,
+        provider_confirmation=(
+            dict(result.confirmation or {}) if result.status is PaymentStatus.SUCCEEDED else None
+        ),
     )
     await uow.wallet.add_transaction(row, path(*outcome, reason=f"{gateway.name} payment"))
     for notification in result.notifications:

@@ -107,6 +107,9 @@ async def _charge(
         row, status=outcome[-1], provider_ref=result.provider_ref,
         completed_at=row.completed_at if result.status is PaymentStatus.SUCCEEDED else None,
         failure_code=result.failure_code, failure_message=result.failure_message,
+        provider_confirmation=(
+            dict(result.confirmation or {}) if result.status is PaymentStatus.SUCCEEDED else None
+        ),
     )  # fmt: skip
     await uow.wallet.add_transaction(row, path(*outcome, reason="yookassa payment"))
     return result

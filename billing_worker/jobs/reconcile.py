@@ -4,7 +4,8 @@ A webhook can be lost (endpoint down for longer than the provider retries, a
 misconfigured secret). Every `interval`, each replica claims a batch of transactions
 that have been processing for longer than `after` seconds — the claim bumps
 `updated_at`, a lease that keeps other replicas off them for another `after` seconds —
-asks the provider for the truth and applies it through the same path as a webhook.
+asks the provider for the truth and applies it through the same path as a confirmed
+webhook.
 """
 
 from __future__ import annotations
@@ -68,14 +69,20 @@ class Reconciler(Periodic):
                 continue
             event = ProviderEvent(
                 provider=row["provider"],
-                event_id=f"reconcile:{row['id']}:{outcome.value}",
+                event_id=f"{row['id']}:{outcome.value}",
                 outcome=outcome,
                 provider_ref=row["provider_ref"],
                 event_type=f"reconciliation.{outcome.value}",
                 failure_code=result.failure_code,
                 failure_message=result.failure_message,
+                saved_method_ref=result.saved_method_ref,
+                amount_minor=result.amount_minor,
+                currency=result.currency,
+                transaction_ref=result.transaction_ref,
+                confirmation=dict(result.confirmation or {}),
             )
-            await self.service.provider_event(event, verified=True)
+            # Its own inbox: no callback on the queue can claim a reconciliation's id.
+            await self.service.apply_confirmed(event, f"reconcile:{row['provider']}")
             settled += 1
             log.info(
                 "reconciled transaction %s: %s at %s", row["id"], outcome.value, row["provider"]

@@ -21,7 +21,7 @@ from billing_worker.messaging.pipeline import (
     contract_parser,
 )
 from billing_worker.metrics import Metrics
-from billing_worker.providers.base import Gateways, UnknownProvider
+from billing_worker.providers.base import Forged, Gateways, UnknownProvider
 from billing_worker.service import BatchHandler, BillingService, Handler
 
 # Queue -> handler; the models come from the contracts' catalogue.
@@ -114,6 +114,10 @@ def provider_events_route(
         if len(body) > MAX_BODY_BYTES:  # the relay refuses these too; others may publish here
             raise InvalidMessage(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
         try:
+            gateway.authenticate(body, headers)
+        except Forged as forged:  # nobody but the provider (or the worker) could send it
+            raise InvalidMessage(f"forged {provider} callback: {forged}") from None
+        try:
             return gateway.parse_event(body)
         except (ValueError, RecursionError) as malformed:  # json.loads: too deeply nested
             raise InvalidMessage(str(malformed)) from None
@@ -123,14 +127,19 @@ def provider_events_route(
         if metrics:  # unknown event types are acknowledged and counted here
             metrics.provider_events.labels(event.provider, event.event_type, outcome.value).inc()
 
-    purpose = "Verified provider callbacks from the relay (raw body, header x-provider)"
+    purpose = (
+        "Provider callbacks from the relay (raw body, headers x-provider and "
+        "x-provider-signature); each is a claim the worker confirms at the provider"
+    )
     return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle, ProviderCallback, None, purpose)
 
 
 class ProviderCallback(BaseModel):
-    """The provider's own webhook body, as Stripe or YooKassa sent it (verified by the relay).
+    """The provider's own webhook body, as Stripe or YooKassa sent it.
 
-    Header `x-provider` names the provider (`stripe`, `yookassa`, `sandbox`).
+    Header `x-provider` names the provider (`stripe`, `yookassa`, `sandbox`);
+    `x-provider-signature` carries Stripe's `Stripe-Signature`, checked again by the
+    worker. Nothing in the body is believed: the worker re-reads the object it names.
     """
 
     model_config = ConfigDict(extra="allow")

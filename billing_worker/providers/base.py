@@ -37,6 +37,11 @@ class Notification:
 
     event_id: str
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. its signature
+
+
+class Forged(ValueError):
+    """A callback that is not provably from the provider (bad or missing signature)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,10 @@ class PaymentResult:
     failure_message: str | None = None
     notifications: tuple[Notification, ...] = field(default_factory=tuple)
     saved_method_ref: str | None = None  # a payment method the provider saved for reuse
+    amount_minor: int | None = None  # what the provider says the payment is for
+    currency: str | None = None
+    transaction_ref: str | None = None  # our transaction id, from the provider's metadata
+    confirmation: Mapping[str, Any] | None = None  # the provider's answer, for the ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +110,19 @@ class PaymentGateway(Protocol):
         """Re-read a payment's state from the provider (reconciliation, untrusted callbacks)."""
         ...
 
-    def parse_event(self, body: bytes) -> ProviderEvent:
-        """Turn a verified callback body into a provider event; ValueError when malformed."""
+    def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        """Check the callback's own signature, where the provider signs; raise Forged."""
         ...
 
-    async def verify_event(self, event: ProviderEvent) -> bool:
-        """Whether the provider confirms the event (YooKassa: re-read the payment)."""
+    def parse_event(self, body: bytes) -> ProviderEvent:
+        """Turn a callback body into the claim it makes; ValueError when malformed."""
+        ...
+
+    async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
+        """Ask the provider's API about what the claim names and return the event as the
+        provider tells it (status, amount, currency, our transaction id, saved method,
+        refunds) with its `confirmation`; None when the provider does not confirm it
+        (unknown object, other state). Raises TransientError when the provider is away."""
         ...
 
 
@@ -117,16 +133,16 @@ class UnknownProvider(LookupError):
 class Gateways:
     """The configured gateways by name."""
 
-    def __init__(self, gateways: Mapping[str, PaymentGateway], default: str) -> None:
+    def __init__(self, gateways: Mapping[str, PaymentGateway], default: str | None) -> None:
         self._gateways = dict(gateways)
         self.default = default
 
     def get(self, name: str | None) -> PaymentGateway:
         key = name or self.default
         try:
-            return self._gateways[key]
+            return self._gateways[key or ""]
         except KeyError:
-            raise UnknownProvider(key) from None
+            raise UnknownProvider(key or "(none configured)") from None
 
     async def close(self) -> None:
         """Release the gateways' HTTP clients (those that keep one)."""

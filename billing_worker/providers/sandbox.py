@@ -1,19 +1,29 @@
 """The built-in sandbox provider: no keys, no network, same completion path as webhooks.
 
-Creating a payment returns `pending` plus the callback the sandbox will deliver through
-`billing.provider-events` (written to the outbox in the same transaction, so it is sent
-only after the deposit is committed). Like Stripe's test cards, `payment_method_id`
-picks the outcome: absent or `pm_card_visa` succeeds, `pm_card_chargeDeclined` fails.
+Only for development and tests: it exists on a worker only with
+`BILLING_SANDBOX_ENABLED=true`, which the worker refuses together with live provider
+keys. Creating a payment returns `pending` plus the callback the sandbox will deliver
+through `billing.provider-events` (written to the outbox in the same transaction, so it
+is sent only after the deposit is committed). The callback carries an HMAC of its body
+under a key only the worker holds (kept in its database), so a callback published by
+anyone else on the queue is refused as forged. Like Stripe's test cards,
+`payment_method_id` picks the outcome: absent or `pm_card_visa` succeeds,
+`pm_card_chargeDeclined` fails.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+from billing_contracts import names
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.providers.base import (
+    Forged,
     Notification,
     PaymentRequest,
     PaymentResult,
@@ -28,11 +38,26 @@ DECLINING_METHODS = {
     ),
 }
 _OUTCOMES = {"payment.succeeded": PaymentOutcome.SUCCEEDED, "payment.failed": PaymentOutcome.FAILED}
+SECRET_NAME = "sandbox-callbacks"  # noqa: S105 - the name of its row in service_secrets
 
 
 class SandboxGateway:
     name = "sandbox"
     needs_customer = False
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key  # set at start-up from the database (see use_key)
+
+    def use_key(self, key: bytes) -> None:
+        self._key = key
+
+    def _signature(self, body: bytes) -> str:
+        """HMAC-SHA256 of the body's canonical JSON (the outbox keeps bodies as jsonb,
+        which may reorder keys and spacing on the way out); ValueError if not JSON."""
+        if not self._key:
+            raise RuntimeError("the sandbox has no callback key yet (start-up loads it)")
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
+        return hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         return f"sbx_cus_{uuid.uuid5(uuid.NAMESPACE_URL, user_id).hex}"
@@ -51,34 +76,58 @@ class SandboxGateway:
         }
         if decline:
             data |= {"failure_code": decline[0], "failure_message": decline[1]}
-        body = {
+        event = {
             "id": event_id,
             "type": "payment.failed" if decline else "payment.succeeded",
             "data": data,
         }
-        notification = Notification(event_id, json.dumps(body).encode())
+        body = json.dumps(event).encode()
+        signed = {names.SANDBOX_SIGNATURE_HEADER: self._signature(body)}
+        notification = Notification(event_id, body, signed)
         return PaymentResult(payment_id, PaymentStatus.PENDING, notifications=(notification,))
 
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         # The sandbox keeps no state: the outcome always arrives as its event.
         return PaymentResult(provider_ref, PaymentStatus.PENDING)
 
-    async def verify_event(self, event: ProviderEvent) -> bool:
-        return True  # the sandbox's callbacks come from this worker itself
+    def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        given = headers.get(names.SANDBOX_SIGNATURE_HEADER)
+        if isinstance(given, bytes):
+            given = given.decode(errors="replace")
+        if not isinstance(given, str) or not given:
+            raise Forged("a sandbox callback without the worker's signature")
+        try:
+            expected = self._signature(body)
+        except (ValueError, RecursionError):
+            raise Forged("a sandbox callback that is not JSON") from None
+        if not hmac.compare_digest(given, expected):
+            raise Forged("a sandbox callback with a wrong signature")
+
+    async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
+        return claim  # authenticated by the worker's own HMAC: the body is the sandbox's word
 
     def parse_event(self, body: bytes) -> ProviderEvent:
         try:
             event = json.loads(body)
             event_type = str(event["type"])
             data = event["data"]
+            outcome = _OUTCOMES.get(event_type)
+            amount, currency = int(data["amount_minor"]), str(data["currency"])
             return ProviderEvent(
                 provider=self.name,
                 event_id=str(event["id"]),
-                outcome=_OUTCOMES.get(event_type),
+                outcome=outcome,
                 provider_ref=str(data["payment_id"]),
                 event_type=event_type,
                 failure_code=data.get("failure_code"),
                 failure_message=data.get("failure_message"),
-            )
+                amount_minor=amount,
+                currency=currency,
+                transaction_ref=str(data["transaction_id"]),
+                confirmation={
+                    "object": "sandbox_payment", "id": str(data["payment_id"]),
+                    "status": event_type, "amount_minor": amount, "currency": currency,
+                },
+            )  # fmt: skip
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"malformed sandbox event: {error}") from error

@@ -1,5 +1,10 @@
 """Stripe: PaymentIntents for deposits, on the official SDK's async calls.
 
+A webhook is a claim twice checked: its `Stripe-Signature` (forwarded by the relay) is
+verified again here, and every event that moves money or changes a subscription is
+re-read from Stripe's API (PaymentIntent, Charge, Invoice, Subscription); billing acts
+on what the API returns, never on the event body.
+
 Every POST carries an idempotency key derived from ours, so a redelivered command
 finds the intent the first delivery created instead of creating a second one.
 Network trouble and Stripe's 5xx/429 are transient (retried by the pipeline); any
@@ -8,6 +13,7 @@ other Stripe error is `provider_error` with Stripe's message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -15,9 +21,11 @@ from typing import Any
 
 import stripe
 
+from billing_contracts import names
 from billing_worker.domain.errors import ProviderError, TransientError
-from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
 from billing_worker.providers.base import (
+    Forged,
     PaymentRequest,
     PaymentResult,
     PaymentStatus,
@@ -58,7 +66,15 @@ class StripeGateway:
     name = "stripe"
     needs_customer = True
 
-    def __init__(self, api_key: str, *, api_base: str | None = None, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        timeout: float = 20.0,
+        webhook_secret: str | None = None,
+    ) -> None:
+        self._webhook_secret = webhook_secret
         self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,
@@ -168,21 +184,111 @@ class StripeGateway:
             ref = obj.get("payment_intent") if event_type.startswith("charge.") else obj.get("id")
             if event_type in SUBSCRIPTION_EVENTS:
                 return _subscription_event(event, obj)
-            error = obj.get("last_payment_error") or {}
             return ProviderEvent(
                 provider=self.name,
                 event_id=str(event["id"]),
                 outcome=outcome,
                 provider_ref=str(ref) if ref else None,
                 event_type=event_type,
-                failure_code=error.get("decline_code") or error.get("code"),
-                failure_message=error.get("message"),
+                object_ref=str(obj["id"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"malformed Stripe event: {error}") from error
 
-    async def verify_event(self, event: ProviderEvent) -> bool:
-        return True  # the relay verified the signature before the event reached the queue
+    def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        """Check the `Stripe-Signature` the relay forwarded (the relay checked it too).
+
+        No timestamp tolerance here: a callback may wait in the queue for a while, and
+        a replayed genuine event is harmless (deduplicated, and re-read from Stripe).
+        """
+        if not self._webhook_secret:
+            return  # nothing to check against; every event is still re-read from Stripe
+        header = headers.get(names.PROVIDER_SIGNATURE_HEADER)
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        if not isinstance(header, str) or not header:
+            raise Forged("no Stripe-Signature came with the callback")
+        try:
+            stripe.WebhookSignature.verify_header(body.decode(), header, self._webhook_secret)
+        except (stripe.SignatureVerificationError, UnicodeDecodeError) as error:
+            raise Forged(f"bad Stripe signature: {error}") from None
+
+    async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
+        try:
+            if claim.event_type in SUBSCRIPTION_EVENTS:
+                return await self._confirm_subscription_event(claim)
+            if claim.outcome is PaymentOutcome.REFUNDED:
+                return await self._confirm_refund(claim)
+            if claim.outcome is not None and claim.provider_ref:
+                return await self._confirm_payment(claim)
+        except ProviderError:  # e.g. 404: Stripe knows no such object
+            return None
+        return claim if claim.outcome is None else None  # an event type billing ignores
+
+    async def _confirm_payment(self, claim: ProviderEvent) -> ProviderEvent | None:
+        assert claim.provider_ref is not None
+        intent = await self._retrieve(self._client.v1.payment_intents, claim.provider_ref)
+        outcome = _intent_outcome(intent, claim.outcome)
+        if outcome is None:
+            return None
+        result = _result_of(intent)
+        return dataclasses.replace(
+            claim, outcome=outcome, provider_ref=str(intent["id"]),
+            failure_code=result.failure_code, failure_message=result.failure_message,
+            amount_minor=result.amount_minor, currency=result.currency,
+            transaction_ref=result.transaction_ref, saved_method_ref=None,
+            confirmation=dict(result.confirmation or {}),
+        )  # fmt: skip
+
+    async def _confirm_refund(self, claim: ProviderEvent) -> ProviderEvent | None:
+        """`charge.refunded`: the charge's running refunded total is the truth."""
+        if not claim.object_ref or not claim.object_ref.startswith("ch_"):
+            return None
+        charge = await self._retrieve(self._client.v1.charges, claim.object_ref)
+        refunded = int(charge.get("amount_refunded") or 0)
+        intent = charge.get("payment_intent")
+        if refunded <= 0 or not intent:
+            return None
+        currency = str(charge["currency"]).upper()
+        return dataclasses.replace(
+            claim, provider_ref=str(intent), amount_minor=int(charge["amount"]),
+            currency=currency,
+            transaction_ref=(charge.get("metadata") or {}).get("transaction_id"),
+            refund=RefundFacts(ref=str(charge["id"]), currency=currency, total_minor=refunded),
+            confirmation={
+                "object": "charge", "id": str(charge["id"]), "status": str(charge["status"]),
+                "amount_minor": int(charge["amount"]), "currency": currency,
+                "refunded_total_minor": refunded,
+            },
+        )  # fmt: skip
+
+    async def _confirm_subscription_event(self, claim: ProviderEvent) -> ProviderEvent | None:
+        if not claim.event_type.startswith("invoice."):
+            # The subscription itself is re-read when the event is applied.
+            await self._retrieve(self._client.v1.subscriptions, str(claim.subscription_ref))
+            return claim
+        invoice = await self._retrieve(self._client.v1.invoices, str(claim.provider_ref))
+        paid = claim.event_type == "invoice.paid"
+        status = str(invoice.get("status"))
+        if (paid and status != "paid") or (not paid and status not in ("open", "uncollectible")):
+            return None
+        parent = (invoice.get("parent") or {}).get("subscription_details") or {}
+        subscription = parent.get("subscription") or invoice.get("subscription")
+        if not subscription:
+            return None
+        amount = int(invoice["amount_paid"] if paid else invoice["amount_due"])
+        currency = str(invoice["currency"]).upper()
+        return dataclasses.replace(
+            claim, subscription_ref=str(subscription), amount_minor=amount, currency=currency,
+            confirmation={
+                "object": "invoice", "id": str(invoice["id"]), "status": status,
+                "amount_minor": amount, "currency": currency,
+            },
+        )  # fmt: skip
+
+    async def _retrieve(self, service: Any, object_id: str) -> dict[str, Any]:
+        found = await _call(service.retrieve_async(object_id))
+        return found.to_dict()  # type: ignore[no-any-return]
 
 
 async def _call(call: Any) -> Any:
@@ -208,19 +314,54 @@ _NEEDS_CUSTOMER = ("requires_payment_method", "requires_action", "requires_confi
 
 
 def _result(payment_intent: Any) -> PaymentResult:
-    intent: dict[str, Any] = payment_intent.to_dict()
+    return _result_of(payment_intent.to_dict())
+
+
+def _result_of(intent: dict[str, Any]) -> PaymentResult:
     status = _STATUS.get(intent["status"], PaymentStatus.PENDING)
     action = None
     if intent["status"] in _NEEDS_CUSTOMER:
         action = {"type": "client_secret", "client_secret": intent.get("client_secret")}
     error = intent.get("last_payment_error") or {}
+    currency = str(intent["currency"]).upper()
+    received = intent.get("amount_received")
+    amount = int(received if status is PaymentStatus.SUCCEEDED and received else intent["amount"])
     return PaymentResult(
         provider_ref=str(intent["id"]),
         status=status,
         action=action,
         failure_code=(error.get("decline_code") or error.get("code")) if error else None,
         failure_message=error.get("message") if error else None,
-    )
+        amount_minor=amount,
+        currency=currency,
+        transaction_ref=(intent.get("metadata") or {}).get("transaction_id"),
+        confirmation={
+            "object": "payment_intent", "id": str(intent["id"]),
+            "status": str(intent["status"]), "amount_minor": amount, "currency": currency,
+        },
+    )  # fmt: skip
+
+
+def _intent_outcome(
+    intent: dict[str, Any], claimed: PaymentOutcome | None
+) -> PaymentOutcome | None:
+    """What the PaymentIntent's state says happened; None while nothing has.
+
+    A failed attempt sends a PaymentIntent back to `requires_payment_method` with the
+    error; it counts as the failure a `payment_intent.payment_failed` claims only then.
+    """
+    status = intent["status"]
+    if status == "succeeded":
+        return PaymentOutcome.SUCCEEDED
+    if status == "canceled":
+        return PaymentOutcome.CANCELED
+    if (
+        claimed is PaymentOutcome.FAILED
+        and status == "requires_payment_method"
+        and intent.get("last_payment_error")
+    ):
+        return PaymentOutcome.FAILED
+    return None
 
 
 def _declined(declined: stripe.CardError) -> PaymentResult:

@@ -6,14 +6,20 @@ a network failure into `TransientError` (the SDK reports it as an AttributeError
 Payments are created through the SDK's `ApiClient.request` with our own JSON body,
 because `Payment.create` rounds `amount.value` through a float; our amount is the
 exact decimal string of the integer minor units.
-A notification carries no signature: it is trusted only after re-reading the object.
+A notification carries no signature: it is only a claim. The worker re-reads the
+payment or refund it names and acts on what YooKassa returns (status, amount, currency,
+our transaction id, the saved method); a refund must belong to the payment the
+notification names. An object YooKassa does not know (404) is a final "no", not an
+outage to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import requests
@@ -21,9 +27,10 @@ from yookassa import Configuration
 from yookassa.client import ApiClient
 from yookassa.domain.exceptions import ApiError
 
+from billing_contracts.money import MoneyFormatError
 from billing_worker.domain.errors import ProviderError, TransientError
-from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.domain.money import format_minor
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
+from billing_worker.domain.money import format_minor, parse_minor
 from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
 
 _STATUS = {
@@ -116,21 +123,54 @@ class YooKassaGateway:
                 failure_code=cancellation.get("reason"),
                 failure_message=cancellation.get("party"),
                 object_ref=object_id,
-                saved_method_ref=_saved_method(obj),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"malformed YooKassa notification: {error}") from error
 
-    async def verify_event(self, event: ProviderEvent) -> bool:
-        """Re-read the object: the notification is trusted only if YooKassa agrees."""
-        if event.outcome is PaymentOutcome.REFUNDED:
-            refund = await self._call("GET", f"/refunds/{event.object_ref}")
-            return bool(refund.get("status") == "succeeded")
-        payment = await self._call("GET", f"/payments/{event.provider_ref}")
-        expected = {PaymentOutcome.SUCCEEDED: "succeeded", PaymentOutcome.FAILED: "canceled"}
-        return bool(
-            payment.get("status") == expected.get(event.outcome or PaymentOutcome.SUCCEEDED)
-        )
+    def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        """YooKassa signs nothing: the relay checks the source address, `confirm` the rest."""
+
+    async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
+        if claim.outcome is None or not claim.object_ref:
+            return claim if claim.outcome is None else None
+        try:
+            if claim.outcome is PaymentOutcome.REFUNDED:
+                return await self._confirm_refund(claim)
+            return await self._confirm_payment(claim)
+        except (ProviderError, MoneyFormatError, KeyError, TypeError, ValueError):
+            return None  # unknown to YooKassa (404) or not an answer we can trust
+
+    async def _confirm_payment(self, claim: ProviderEvent) -> ProviderEvent | None:
+        result = _result(await self._call("GET", f"/payments/{claim.object_ref}"))
+        outcome = {
+            PaymentStatus.SUCCEEDED: PaymentOutcome.SUCCEEDED,
+            PaymentStatus.FAILED: PaymentOutcome.FAILED,
+        }.get(result.status)
+        if outcome is None:
+            return None
+        return dataclasses.replace(
+            claim, outcome=outcome, provider_ref=result.provider_ref,
+            failure_code=result.failure_code, failure_message=result.failure_message,
+            saved_method_ref=result.saved_method_ref, amount_minor=result.amount_minor,
+            currency=result.currency, transaction_ref=result.transaction_ref,
+            confirmation=dict(result.confirmation or {}),
+        )  # fmt: skip
+
+    async def _confirm_refund(self, claim: ProviderEvent) -> ProviderEvent | None:
+        refund = await self._call("GET", f"/refunds/{claim.object_ref}")
+        payment_id = str(refund.get("payment_id"))
+        if refund.get("status") != "succeeded" or payment_id != claim.provider_ref:
+            return None  # another payment's refund, or not (yet) made
+        currency = str(refund["amount"]["currency"])
+        amount = parse_minor(str(refund["amount"]["value"]), currency)
+        return dataclasses.replace(
+            claim, provider_ref=payment_id, saved_method_ref=None, currency=currency,
+            refund=RefundFacts(ref=str(refund["id"]), currency=currency, amount_minor=amount),
+            confirmation={
+                "object": "refund", "id": str(refund["id"]), "status": "succeeded",
+                "amount_minor": amount, "currency": currency, "payment_id": payment_id,
+            },
+        )  # fmt: skip
 
     async def _call(
         self, method: str, path: str, *, headers: dict[str, str] | None = None, body: Any = None
@@ -166,6 +206,9 @@ def _result(payment: dict[str, Any]) -> PaymentResult:
     if status is PaymentStatus.PENDING and confirmation.get("confirmation_url"):
         action = {"type": "redirect", "confirmation_url": confirmation["confirmation_url"]}
     cancellation = payment.get("cancellation_details") or {}
+    amount = payment.get("amount") or {}
+    currency = str(amount.get("currency", "")) or None
+    minor = parse_minor(str(amount["value"]), currency) if currency and "value" in amount else None
     return PaymentResult(
         provider_ref=str(payment["id"]),
         status=status,
@@ -173,6 +216,16 @@ def _result(payment: dict[str, Any]) -> PaymentResult:
         failure_code=cancellation.get("reason"),
         failure_message=cancellation.get("party"),
         saved_method_ref=_saved_method(payment),
+        amount_minor=minor,
+        currency=currency,
+        transaction_ref=(payment.get("metadata") or {}).get("transaction_id"),
+        confirmation={
+            "object": "payment",
+            "id": str(payment["id"]),
+            "status": str(payment.get("status")),
+            "amount_minor": minor,
+            "currency": currency,
+        },
     )
 
 

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from billing_worker.app import Worker, build_gateways, build_worker
+from billing_worker.app import Worker, build_gateways, build_worker, load_service_keys
 from billing_worker.db.engine import driver_connection
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.providers.base import Gateways, PaymentRequest, PaymentResult
 from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.settings import Settings
 from support.rpc import Bus
+from support.sandbox import signed
 
 pytestmark = pytest.mark.integration
 
@@ -105,19 +106,25 @@ async def test_a_poison_message_does_not_block_the_messages_behind_it(bus: Bus) 
     assert (await poison)["error"]["code"] == "internal_error"
 
 
-async def sandbox_event_for(transaction_id: str, method: str | None = None) -> bytes:
-    """The very callback the sandbox sent for this deposit (its ids are deterministic)."""
-    result = await SandboxGateway().create_payment(
+async def sandbox_event_for(
+    worker: Worker, transaction_id: str, method: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """The very callback the sandbox sent for this deposit (its ids are deterministic),
+    with its signature headers."""
+    sandbox = worker.service.deps.gateways.get("sandbox")
+    assert isinstance(sandbox, SandboxGateway)
+    result = await sandbox.create_payment(
         PaymentRequest(
-            transaction_id=uuid.UUID(transaction_id), user_id="-", amount_minor=1, currency="USD",
-            idempotency_key=transaction_id, payment_method_id=method,
+            transaction_id=uuid.UUID(transaction_id), user_id="-", amount_minor=200,
+            currency="USD", idempotency_key=transaction_id, payment_method_id=method,
         )
     )  # fmt: skip
-    return result.notifications[0].body
+    [notification] = result.notifications
+    return notification.body, {**notification.headers, "x-provider": "sandbox"}
 
 
 async def test_the_same_provider_event_delivered_again_and_concurrently_applies_once(
-    bus: Bus,
+    bus: Bus, worker: Worker
 ) -> None:
     user = f"user-{uuid.uuid4().hex[:8]}"
     reply = await bus.call(
@@ -126,13 +133,10 @@ async def test_the_same_provider_event_delivered_again_and_concurrently_applies_
     )  # fmt: skip
     transaction_id = reply["data"]["transaction"]["id"]
     await bus.event("deposit.completed", lambda d: d["transaction_id"] == transaction_id)
-    event = await sandbox_event_for(transaction_id)
+    event, headers = await sandbox_event_for(worker, transaction_id)
 
     await asyncio.gather(
-        *(
-            bus.send("billing.provider-events", event, headers={"x-provider": "sandbox"})
-            for _ in range(5)
-        )
+        *(bus.send("billing.provider-events", event, headers=headers) for _ in range(5))
     )
     await asyncio.sleep(1)
 
@@ -141,7 +145,7 @@ async def test_the_same_provider_event_delivered_again_and_concurrently_applies_
     assert balance["data"]["accounts"][0]["balance"]["amount"] == "2.00"
 
 
-async def test_a_failure_arriving_after_success_changes_nothing(bus: Bus) -> None:
+async def test_a_failure_arriving_after_success_changes_nothing(bus: Bus, worker: Worker) -> None:
     user = f"user-{uuid.uuid4().hex[:8]}"
     reply = await bus.call(
         DEPOSIT, {"idempotency_key": uuid.uuid4().hex, "user_id": user,
@@ -149,14 +153,14 @@ async def test_a_failure_arriving_after_success_changes_nothing(bus: Bus) -> Non
     )  # fmt: skip
     transaction_id = reply["data"]["transaction"]["id"]
     await bus.event("deposit.completed", lambda d: d["transaction_id"] == transaction_id)
-    late_failure = json.loads(await sandbox_event_for(transaction_id, "pm_card_chargeDeclined"))
+    body, _ = await sandbox_event_for(worker, transaction_id, "pm_card_chargeDeclined")
+    late_failure = json.loads(body)
     late_failure["id"] = "sbx_evt_late_failure_" + uuid.uuid4().hex
+    late = json.dumps(late_failure).encode()
+    sandbox = worker.service.deps.gateways.get("sandbox")
+    assert isinstance(sandbox, SandboxGateway)
 
-    await bus.send(
-        "billing.provider-events",
-        json.dumps(late_failure).encode(),
-        headers={"x-provider": "sandbox"},
-    )
+    await bus.send("billing.provider-events", late, headers=signed(sandbox, late))
     await asyncio.sleep(1)
 
     assert not bus.events_of("payment.failed", lambda d: d["user_id"] == user)
@@ -177,6 +181,7 @@ async def test_the_outbox_publishes_what_was_committed_while_the_broker_was_down
 
     await worker.publisher.stop()  # nobody publishes from here on
     offline = build_worker(settings)  # a worker whose broker connection is down
+    await load_service_keys(offline.engine, offline.service.deps.gateways)  # as start-up does
     user = f"user-{uuid.uuid4().hex[:8]}"
     reply = await offline.service.command(
         "wallet.deposit",

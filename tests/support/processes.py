@@ -101,6 +101,7 @@ def worker_env(database_url: str, rabbitmq_url: str, **settings: object) -> dict
         "BILLING_LOG_LEVEL": "INFO",
         "BILLING_OUTBOX_POLL_INTERVAL_MS": "200",
         "BILLING_DB_POOL_SIZE": "8",
+        "BILLING_SANDBOX_ENABLED": "true",  # the tests drive deposits through the sandbox
     }
     env.update({f"BILLING_{name.upper()}": str(value) for name, value in settings.items()})
     return env

@@ -14,6 +14,7 @@ def make_settings(database_url: str, rabbitmq_url: str, **overrides: Any) -> Set
         "retry_delays_ms": (50, 100, 200),
         "outbox_poll_interval_ms": 200,
         "log_format": "text",
+        "sandbox_enabled": True,  # tests drive most payments through the sandbox
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
