@@ -9,7 +9,6 @@ from typing import Any
 
 from faststream import AckPolicy, FastStream
 from faststream.rabbit import Channel, RabbitBroker
-from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.catalog import EVENT_MODELS, EVENT_PURPOSES
@@ -24,7 +23,7 @@ from billing_worker.messaging import topology as topo
 from billing_worker.messaging.outbox_publisher import OutboxPublisher
 from billing_worker.messaging.pipeline import Pipeline
 from billing_worker.messaging.routes import all_routes
-from billing_worker.metrics import Metrics
+from billing_worker.metrics import Metrics, faststream_metrics
 from billing_worker.observability import InternalServer, internal_app
 from billing_worker.providers import sandbox
 from billing_worker.providers.base import Gateways, PaymentGateway
@@ -87,9 +86,10 @@ def build_worker(
     gateways = gateways or build_gateways(settings)
     metrics = metrics or Metrics()
     engine = create_engine(settings.database_dsn, pool_size=settings.db_pool_size)
+    topology = topo.Topology.from_settings(settings)
     middlewares = []
     if settings.metrics_port:  # FastStream's per-queue series, only when they are served
-        middlewares.append(RabbitPrometheusMiddleware(registry=metrics.registry))
+        middlewares.append(faststream_metrics(metrics.registry, topology))
     broker = RabbitBroker(
         settings.amqp_url,
         default_channel=Channel(prefetch_count=settings.prefetch),
@@ -98,7 +98,6 @@ def build_worker(
         middlewares=middlewares,
         apply_types=False,  # the pipeline validates bodies itself (see Pipeline.consumer)
     )
-    topology = topo.Topology.from_settings(settings)
     publisher = OutboxPublisher(
         engine,
         outbox_sender(broker),

@@ -30,6 +30,7 @@ from billing_contracts.envelope import ErrorCode
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.messaging.topology import Topology
 from billing_worker.metrics import Metrics
+from billing_worker.redaction import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Pipeline:
         self, route: Route, message: RabbitMessage, attempt: int, failure: Exception
     ) -> str:
         raw = message.raw_message
-        reason = f"{type(failure).__name__}: {failure}"[:500]
+        reason = failure_reason(failure)  # never a database error's DETAIL (row values)
         if isinstance(failure, Unprocessable):
             log.error("dead-lettering a message of %s: %s", route.queue, reason)
             await self.reply(raw, error_reply(ErrorCode.INTERNAL_ERROR, str(failure), {}))

@@ -20,7 +20,8 @@ from billing_worker.messaging.pipeline import (
     Route,
     contract_parser,
 )
-from billing_worker.metrics import Metrics
+from billing_worker.metrics import OTHER, Metrics
+from billing_worker.providers import sandbox, stripe_gateway, yookassa_gateway
 from billing_worker.providers.base import Forged, Gateways, UnknownProvider
 from billing_worker.service import BatchHandler, BillingService, Handler
 
@@ -94,6 +95,19 @@ def order_created_route(service: BillingService) -> Route:
                  entry.purpose)  # fmt: skip
 
 
+# The event types the gateways act on, by provider: the `type` label of
+# billing_provider_events_total. A callback names its own type, so any other is `other`.
+EVENT_TYPES: Mapping[str, frozenset[str]] = {
+    "stripe": frozenset({*stripe_gateway._EVENTS, *stripe_gateway.SUBSCRIPTION_EVENTS}),
+    "yookassa": frozenset(yookassa_gateway._EVENTS),
+    "sandbox": frozenset(sandbox._OUTCOMES),
+}
+
+
+def event_type_label(provider: str, event_type: str) -> str:
+    return event_type if event_type in EVENT_TYPES.get(provider, ()) else OTHER
+
+
 def provider_events_route(
     service: BillingService, gateways: Gateways, metrics: Metrics | None = None
 ) -> Route:
@@ -125,7 +139,8 @@ def provider_events_route(
     async def handle(event: Any) -> None:
         outcome = await service.provider_event(event)
         if metrics:  # unknown event types are acknowledged and counted here
-            metrics.provider_events.labels(event.provider, event.event_type, outcome.value).inc()
+            kind = event_type_label(event.provider, event.event_type)
+            metrics.provider_events.labels(event.provider, kind, outcome.value).inc()
 
     purpose = (
         "Provider callbacks from the relay (raw body, headers x-provider and "
