@@ -124,11 +124,11 @@ class Load:
             correlation_id=command.key, reply_to=self.reply_queue.name,
         )  # fmt: skip
 
-    @staticmethod
-    def _deposit_message(deposit: Deposit) -> aio_pika.Message:
+    def _deposit_message(self, deposit: Deposit) -> aio_pika.Message:
         return aio_pika.Message(
             deposit.body, content_type="application/json", delivery_mode=PERSISTENT,
-            message_id=deposit.event_id, headers={names.PROVIDER_HEADER: "sandbox"},
+            message_id=deposit.event_id,
+            headers=self.plan.callback_headers(deposit),  # type: ignore[arg-type]
         )  # fmt: skip
 
     async def prefill(self, withdraws: int) -> None:

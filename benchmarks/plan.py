@@ -22,9 +22,10 @@ from uuid import UUID
 
 import asyncpg
 
+from billing_contracts import names
 from billing_worker.handlers.wallet import derived_id
+from billing_worker.providers import sandbox
 from billing_worker.providers.base import PaymentRequest
-from billing_worker.providers.sandbox import SandboxGateway
 
 CURRENCY = "USD"
 INITIAL_BALANCE = 10**12  # minor units: no withdraw of any run can be refused
@@ -80,6 +81,14 @@ class Plan:
         self._rng = random.Random(seed)
         self.withdraws: dict[str, Withdraw] = {}
         self.deposits: dict[str, Deposit] = {}  # by transaction id
+        self.sandbox = sandbox.SandboxGateway()  # its key comes from the run's database
+
+    def callback_headers(self, deposit: Deposit) -> dict[str, str]:
+        """A deposit's callback headers as the worker's own sandbox signs them."""
+        return {
+            names.PROVIDER_HEADER: "sandbox",
+            names.SANDBOX_SIGNATURE_HEADER: self.sandbox.signature(deposit.body),
+        }
 
     def user(self, index: int) -> str:
         return f"{USER_PREFIX}{index}"
@@ -99,15 +108,10 @@ class Plan:
         transaction_id = derived_id("deposit", key)
         user = self.user(self._rng.randrange(self.accounts))
         amount = self._rng.randint(1, 99_999)
-        payment = await SandboxGateway().create_payment(
+        payment_ref, event_id, body = sandbox.callback(
             PaymentRequest(transaction_id, user, amount, CURRENCY, str(transaction_id))
         )
-        (notification,) = payment.notifications
-        assert payment.provider_ref is not None, "the sandbox names every payment"
-        deposit = Deposit(
-            transaction_id, user, amount, payment.provider_ref,
-            notification.event_id, notification.body,
-        )  # fmt: skip
+        deposit = Deposit(transaction_id, user, amount, payment_ref, event_id, body)
         self.deposits[deposit.key] = deposit
         return deposit
 
@@ -122,6 +126,10 @@ class Plan:
 
     async def seed(self, db: asyncpg.Connection) -> None:
         """Users and funded accounts, then the deposits waiting for their provider event."""
+        key = await db.fetchval(
+            "SELECT secret FROM service_secrets WHERE name = $1", sandbox.SECRET_NAME
+        )
+        self.sandbox.use_key(str(key).encode())
         async with db.transaction():
             await db.execute(
                 "INSERT INTO billing_users (id, user_id) "

@@ -146,7 +146,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from billing_worker.db.engine import create_engine, driver_connection
-    from billing_worker.ops.audit import CHECK_NAMES, audit
+    from billing_worker.ops.audit import audit, check_names
 
     settings = _settings()
     _ops(settings)
@@ -155,7 +155,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         engine = create_engine(settings.database_dsn, pool_size=1)
         try:
             async with driver_connection(engine) as db:
-                return list(await audit(db))
+                return list(await audit(db, sandbox_enabled=settings.sandbox_enabled))
         finally:
             await engine.dispose()
 
@@ -163,7 +163,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for finding in findings:
         print(f"FAIL {finding.check}: {len(finding.rows)} rows")  # type: ignore[attr-defined]
         _print(finding.rows[: args.limit])  # type: ignore[attr-defined]
-    print(f"audit: {len(CHECK_NAMES) - len(findings)} of {len(CHECK_NAMES)} checks passed")
+    names = check_names(sandbox_enabled=settings.sandbox_enabled)
+    print(f"audit: {len(names) - len(findings)} of {len(names)} checks passed")
     return 1 if findings else 0
 
 

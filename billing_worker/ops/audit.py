@@ -11,18 +11,20 @@ from typing import Any
 
 import asyncpg
 
-# Money that moved through the wallet: completed deposits in, completed balance-paid
-# withdrawals, subscription charges and invoice payments out. A refunded deposit was
-# credited and later debited again, so it counts for nothing.
+# Money that moved through the wallet: completed (or since refunded) deposits in;
+# completed balance-paid withdrawals, subscription charges and invoice payments out, and
+# the refunds of deposits (a refund row carries its deposit's account).
 _BALANCES = """
 SELECT a.id AS account_id, a.user_id, a.currency, a.balance_minor,
        coalesce(m.expected, 0) AS expected_minor
 FROM virtual_accounts a
 LEFT JOIN (
     SELECT account_id,
-           sum(CASE WHEN kind = 'deposit' AND status = 'completed' THEN amount_minor
+           sum(CASE WHEN kind = 'deposit' AND status IN ('completed', 'refunded')
+                    THEN amount_minor
                     WHEN kind IN ('withdrawal', 'subscription_charge', 'invoice_payment')
                          AND provider = 'balance' AND status = 'completed' THEN -amount_minor
+                    WHEN kind = 'refund' AND status = 'completed' THEN -amount_minor
                     ELSE 0 END) AS expected
     FROM transactions WHERE account_id IS NOT NULL GROUP BY account_id
 ) m ON m.account_id = a.id
@@ -77,11 +79,39 @@ _CHECKS: dict[str, str] = {
         WHERE s.payment_source IN ('balance', 'yookassa')
         GROUP BY s.id HAVING s.paid_periods <> count(c.id)
     """,
+    "provider payment or refund completed without the provider's confirmation": """
+        SELECT id, kind, provider, status, amount_minor, currency, provider_confirmation
+        FROM transactions
+        WHERE provider IN ('stripe', 'yookassa') AND status IN ('completed', 'refunded')
+          AND kind IN ('deposit', 'subscription_charge', 'invoice_payment', 'refund')
+          AND (provider_confirmation IS NULL
+               OR provider_confirmation->>'amount_minor' IS DISTINCT FROM amount_minor::text
+               OR provider_confirmation->>'currency' IS DISTINCT FROM currency)
+    """,
+    "refunds exceeding their payment, or a payment refunded other than in full": """
+        SELECT p.id, p.kind, p.status, p.amount_minor,
+               coalesce(sum(r.amount_minor), 0) AS refunded_minor
+        FROM transactions p
+        LEFT JOIN transactions r ON r.refund_of = p.id AND r.status = 'completed'
+        WHERE p.status = 'refunded' OR p.id IN (SELECT refund_of FROM transactions)
+        GROUP BY p.id
+        HAVING coalesce(sum(r.amount_minor), 0) > p.amount_minor
+            OR (p.status = 'refunded') <> (coalesce(sum(r.amount_minor), 0) = p.amount_minor)
+            OR bool_or(r.currency <> p.currency)
+    """,
     "command recorded without its reply": """
         SELECT scope, key, created_at FROM idempotency_records
-        WHERE reply IS NULL AND scope NOT LIKE 'provider:%'
+        WHERE reply IS NULL AND scope NOT LIKE 'provider:%' AND scope NOT LIKE 'reconcile:%'
     """,
 }
+# Only where the sandbox is off: money it "received" was never paid by anyone.
+_SANDBOX_MONEY = (
+    "sandbox money on a worker without the sandbox",
+    """
+    SELECT id, user_id, kind, status, amount_minor, currency FROM transactions
+    WHERE provider = 'sandbox' AND status IN ('completed', 'refunded')
+    """,
+)
 
 
 @dataclass(frozen=True)
@@ -90,11 +120,17 @@ class Finding:
     rows: list[dict[str, Any]]
 
 
-async def audit(connection: asyncpg.Connection) -> list[Finding]:
-    """Run every check (in one repeatable-read snapshot); the failed ones with their rows."""
+async def audit(connection: asyncpg.Connection, *, sandbox_enabled: bool = True) -> list[Finding]:
+    """Run every check (in one repeatable-read snapshot); the failed ones with their rows.
+
+    `sandbox_enabled=False` (a production worker) also finds any sandbox money.
+    """
     findings = []
+    checks = dict(_CHECKS)
+    if not sandbox_enabled:
+        checks[_SANDBOX_MONEY[0]] = _SANDBOX_MONEY[1]
     async with connection.transaction(isolation="repeatable_read", readonly=True):
-        for check, sql in _CHECKS.items():
+        for check, sql in checks.items():
             rows = await connection.fetch(sql)
             if rows:
                 findings.append(Finding(check, [dict(row) for row in rows]))
@@ -102,3 +138,8 @@ async def audit(connection: asyncpg.Connection) -> list[Finding]:
 
 
 CHECK_NAMES = tuple(_CHECKS)
+
+
+def check_names(*, sandbox_enabled: bool) -> tuple[str, ...]:
+    """The checks `audit` runs with this setting."""
+    return CHECK_NAMES if sandbox_enabled else (*CHECK_NAMES, _SANDBOX_MONEY[0])

@@ -51,7 +51,7 @@ class SandboxGateway:
     def use_key(self, key: bytes) -> None:
         self._key = key
 
-    def _signature(self, body: bytes) -> str:
+    def signature(self, body: bytes) -> str:
         """HMAC-SHA256 of the body's canonical JSON (the outbox keeps bodies as jsonb,
         which may reorder keys and spacing on the way out); ValueError if not JSON."""
         if not self._key:
@@ -63,26 +63,8 @@ class SandboxGateway:
         return f"sbx_cus_{uuid.uuid5(uuid.NAMESPACE_URL, user_id).hex}"
 
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
-        # Deterministic ids: a redelivered command yields the same payment and the same event.
-        seed = uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{request.idempotency_key}")
-        payment_id = f"sbx_pi_{seed.hex}"
-        event_id = f"sbx_evt_{seed.hex}"
-        decline = DECLINING_METHODS.get(request.payment_method_id or "")
-        data: dict[str, Any] = {
-            "payment_id": payment_id,
-            "transaction_id": str(request.transaction_id),
-            "amount_minor": request.amount_minor,
-            "currency": request.currency,
-        }
-        if decline:
-            data |= {"failure_code": decline[0], "failure_message": decline[1]}
-        event = {
-            "id": event_id,
-            "type": "payment.failed" if decline else "payment.succeeded",
-            "data": data,
-        }
-        body = json.dumps(event).encode()
-        signed = {names.SANDBOX_SIGNATURE_HEADER: self._signature(body)}
+        payment_id, event_id, body = callback(request)
+        signed = {names.SANDBOX_SIGNATURE_HEADER: self.signature(body)}
         notification = Notification(event_id, body, signed)
         return PaymentResult(payment_id, PaymentStatus.PENDING, notifications=(notification,))
 
@@ -97,7 +79,7 @@ class SandboxGateway:
         if not isinstance(given, str) or not given:
             raise Forged("a sandbox callback without the worker's signature")
         try:
-            expected = self._signature(body)
+            expected = self.signature(body)
         except (ValueError, RecursionError):
             raise Forged("a sandbox callback that is not JSON") from None
         if not hmac.compare_digest(given, expected):
@@ -123,7 +105,7 @@ class SandboxGateway:
                 failure_message=data.get("failure_message"),
                 amount_minor=amount,
                 currency=currency,
-                transaction_ref=str(data["transaction_id"]),
+                transaction_ref=_text(data.get("transaction_id")),
                 confirmation={
                     "object": "sandbox_payment", "id": str(data["payment_id"]),
                     "status": event_type, "amount_minor": amount, "currency": currency,
@@ -131,3 +113,28 @@ class SandboxGateway:
             )  # fmt: skip
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"malformed sandbox event: {error}") from error
+
+
+def callback(request: PaymentRequest) -> tuple[str, str, bytes]:
+    """(payment id, event id, body) of the callback the sandbox sends for a payment.
+
+    Deterministic ids: a redelivered command yields the same payment and the same event.
+    """
+    seed = uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{request.idempotency_key}")
+    payment_id, event_id = f"sbx_pi_{seed.hex}", f"sbx_evt_{seed.hex}"
+    decline = DECLINING_METHODS.get(request.payment_method_id or "")
+    data: dict[str, Any] = {
+        "payment_id": payment_id,
+        "transaction_id": str(request.transaction_id),
+        "amount_minor": request.amount_minor,
+        "currency": request.currency,
+    }
+    if decline:
+        data |= {"failure_code": decline[0], "failure_message": decline[1]}
+    event = {"id": event_id, "type": "payment.failed" if decline else "payment.succeeded",
+             "data": data}  # fmt: skip
+    return payment_id, event_id, json.dumps(event).encode()
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

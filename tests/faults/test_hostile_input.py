@@ -37,6 +37,7 @@ from support.hostile import (
 from support.invariants import check_invariants, connect
 from support.load import LoadClient
 from support.processes import Process, escaped, tracebacks, worker_env
+from support.sandbox import sandbox_key, signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -70,12 +71,14 @@ def test_every_consumed_queue_is_fuzzed() -> None:
     assert set(MODELS) | {names.PROVIDER_EVENTS_QUEUE} == set(QUEUES)
 
 
-def contract_verdict(queue: str, body: bytes) -> tuple[bool, Any]:
+def contract_verdict(queue: str, body: bytes, sandbox: SandboxGateway) -> tuple[bool, Any]:
     """(valid?, parsed) by the worker's own parser for the queue; a parser that raises
-    anything but InvalidMessage counts as refusing (the worker must dead-letter it)."""
+    anything but InvalidMessage counts as refusing (the worker must dead-letter it).
+    Provider callbacks are signed with the worker's sandbox key, so the fuzzing reaches
+    the parser behind the signature check."""
     if queue == names.PROVIDER_EVENTS_QUEUE:
-        route = provider_events_route(None, Gateways({"sandbox": SandboxGateway()}, "sandbox"))  # type: ignore[arg-type]
-        parse = lambda raw: route.parse(raw, {"x-provider": "sandbox"})  # noqa: E731
+        route = provider_events_route(None, Gateways({"sandbox": sandbox}, "sandbox"))  # type: ignore[arg-type]
+        parse = lambda raw: route.parse(raw, callback_headers(sandbox, raw))  # noqa: E731
     else:
         parser = contract_parser(MODELS[queue])
         parse = lambda raw: parser(raw, {})  # noqa: E731
@@ -87,11 +90,20 @@ def contract_verdict(queue: str, body: bytes) -> tuple[bool, Any]:
         return False, None
 
 
-async def send(client: LoadClient, item: Hostile) -> str:
+def callback_headers(sandbox: SandboxGateway, body: bytes) -> dict[str, str]:
+    """A sandbox callback's headers, signed where the body can be signed (JSON)."""
+    try:
+        return signed(sandbox, body)
+    except (ValueError, RecursionError):
+        return {"x-provider": "sandbox"}
+
+
+async def send(client: LoadClient, item: Hostile, sandbox: SandboxGateway) -> str:
     if item.queue == names.ORDER_CREATED_QUEUE:
         return await client.fire(names.ORDER_CREATED, item.body, exchange="orders")
     if item.queue == names.PROVIDER_EVENTS_QUEUE:
-        return await client.fire(item.queue, item.body, headers={"x-provider": "sandbox"})
+        headers = callback_headers(sandbox, item.body)
+        return await client.fire(item.queue, item.body, headers=headers)
     return await client.submit(item.queue, item.body, key=uuid.uuid4().hex)
 
 
@@ -112,7 +124,8 @@ async def test_hostile_messages_on_every_queue_are_refused_or_handled_never_cras
         examples.append(nul_character(queue))
         deep = b"[" * 10_000 + b"]" * 10_000
         examples.append(Hostile(queue, deep, ("deep_nesting",), must_be_invalid=True))
-    verdicts = [contract_verdict(item.queue, item.body) for item in examples]
+    sandbox = SandboxGateway(await sandbox_key(database_url))
+    verdicts = [contract_verdict(item.queue, item.body, sandbox) for item in examples]
     too_lax = [
         item.describe()
         for item, (valid, _) in zip(examples, verdicts, strict=True)
@@ -153,7 +166,7 @@ async def test_hostile_messages_on_every_queue_are_refused_or_handled_never_cras
         sent: list[str] = []
         for start in range(0, len(examples), 50):
             sent += await asyncio.gather(
-                *(send(client, item) for item in examples[start : start + 50])
+                *(send(client, item, sandbox) for item in examples[start : start + 50])
             )
 
         # Right after the storm, with the queues still busy, a normal command is answered.

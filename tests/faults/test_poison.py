@@ -22,6 +22,7 @@ from billing_worker.settings import Settings
 from support.figures import record
 from support.invariants import check_invariants
 from support.load import LoadClient
+from support.sandbox import signed
 from support.settings import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -140,13 +141,16 @@ async def test_poison_callbacks_do_not_hold_back_the_callbacks_behind_them(
         {
             "id": f"sbx_evt_{uuid.uuid4().hex}",
             "type": "payment.succeeded",
-            "data": {"payment_id": "sbx_pi_nobody"},
+            "data": {"payment_id": "sbx_pi_nobody", "transaction_id": str(uuid.uuid4()),
+                     "amount_minor": 200, "currency": "USD"},
         }
-    ).encode()
+    ).encode()  # fmt: skip
     nested = b'{"id": "x", "data": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    sandbox = worker.service.deps.gateways.get("sandbox")
+    assert isinstance(sandbox, SandboxGateway)
     poison_ids = [
-        await client.fire(names.PROVIDER_EVENTS_QUEUE, body, headers={"x-provider": "sandbox"})
-        for body in (unknown, nested)
+        await client.fire(names.PROVIDER_EVENTS_QUEUE, unknown, headers=signed(sandbox, unknown)),
+        await client.fire(names.PROVIDER_EVENTS_QUEUE, nested, headers={"x-provider": "sandbox"}),
     ]
     # Behind them, 50 deposits whose sandbox callbacks take the same queue.
     keys = [await client.submit(names.WALLET_DEPOSIT, deposit(f"cb-{n}")) for n in range(GOOD)]

@@ -24,6 +24,7 @@ from support.clock import ManualClock
 from support.figures import record
 from support.invariants import check_invariants, connect
 from support.load import LoadClient
+from support.sandbox import signed
 from support.settings import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -41,12 +42,17 @@ class HeldGateway(SandboxGateway):
     name = "stripe"
 
     def __init__(self) -> None:
+        super().__init__()
         self.callbacks: dict[str, bytes] = {}  # transaction id -> callback body
 
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         result = await super().create_payment(request)
         self.callbacks[str(request.transaction_id)] = result.notifications[0].body
         return dataclasses.replace(result, notifications=())
+
+    def headers(self, body: bytes) -> dict[str, str]:
+        """What the callback carries when delivered: its name and the worker's signature."""
+        return signed(self, body, provider=self.name)
 
     def parse_event(self, body: bytes) -> ProviderEvent:
         return dataclasses.replace(super().parse_event(body), provider=self.name)
@@ -218,7 +224,7 @@ async def test_a_debit_racing_the_completion_of_the_deposit_it_needs(
         callback = held.callbacks[deposits[user]]
         sent, _ = await asyncio.gather(
             client.submit(*debit(user)),
-            client.fire(names.PROVIDER_EVENTS_QUEUE, callback, headers={"x-provider": "stripe"}),
+            client.fire(names.PROVIDER_EVENTS_QUEUE, callback, headers=held.headers(callback)),
         )
         return sent
 
@@ -388,7 +394,7 @@ async def test_the_same_provider_event_delivered_concurrently_to_two_workers_app
             client.fire(
                 names.PROVIDER_EVENTS_QUEUE,
                 held.callbacks[deposits[user]],
-                headers={"x-provider": "stripe"},
+                headers=held.headers(held.callbacks[deposits[user]]),
             )
             for _ in range(copies)
             for user in users

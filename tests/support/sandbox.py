@@ -30,5 +30,5 @@ def signed(gateway: SandboxGateway, body: bytes, provider: str = "sandbox") -> d
     """The headers of a genuine sandbox callback carrying `body`."""
     return {
         names.PROVIDER_HEADER: provider,
-        names.SANDBOX_SIGNATURE_HEADER: gateway._signature(body),  # noqa: SLF001
+        names.SANDBOX_SIGNATURE_HEADER: gateway.signature(body),
     }

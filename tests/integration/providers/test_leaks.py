@@ -24,9 +24,12 @@ from sqlalchemy.engine import make_url
 from billing_contracts import names
 from billing_worker import logs
 from billing_worker.app import Worker, build_worker
+from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.settings import Settings
-from fakes.stripe_api import FakeStripe
+from fakes.stripe_api import FakeStripe, sign
+from support.relay import WEBHOOK_SECRET
 from support.rpc import Bus
+from support.sandbox import signed
 from support.settings import make_settings
 
 pytestmark = pytest.mark.integration
@@ -164,9 +167,26 @@ def provider_event(provider: str, event_type: str) -> bytes:
     body: dict[str, Any] = {
         "stripe": {"id": f"evt_{ref}", "type": event_type, "data": {"object": {"id": ref}}},
         "yookassa": {"type": "notification", "event": event_type, "object": {"id": ref}},
-        "sandbox": {"id": f"sbx_evt_{ref}", "type": event_type, "data": {"payment_id": ref}},
-    }[provider]
+        "sandbox": {
+            "id": f"sbx_evt_{ref}", "type": event_type,
+            "data": {"payment_id": ref, "transaction_id": str(uuid.uuid4()),
+                     "amount_minor": 100, "currency": "USD"},
+        },
+    }[provider]  # fmt: skip
     return json.dumps(body).encode()
+
+
+def genuine_headers(worker: Worker, provider: str, body: bytes) -> dict[str, str]:
+    """Signed as the provider (or the worker, for the sandbox) would: the made-up types
+    must reach the counter, not be refused as forged."""
+    if provider == "sandbox":
+        sandbox = worker.service.deps.gateways.get("sandbox")
+        assert isinstance(sandbox, SandboxGateway)
+        return signed(sandbox, body)
+    headers = {names.PROVIDER_HEADER: provider}
+    if provider == "stripe":
+        headers[names.PROVIDER_SIGNATURE_HEADER] = sign(body, WEBHOOK_SECRET)
+    return headers
 
 
 async def test_made_up_provider_event_types_add_no_series(
@@ -182,10 +202,11 @@ async def test_made_up_provider_event_types_add_no_series(
     async with connection:
         channel = await connection.channel(publisher_confirms=False)
         for provider, event_type in made_up:
+            body = provider_event(provider, event_type)
             message = aio_pika.Message(
-                provider_event(provider, event_type),
+                body,
                 content_type="application/json",
-                headers={names.PROVIDER_HEADER: provider},
+                headers=genuine_headers(worker, provider, body),  # type: ignore[arg-type]
             )
             await channel.default_exchange.publish(message, routing_key=names.PROVIDER_EVENTS_QUEUE)
     after = await until(worker, counter, total(before, counter) + len(made_up))
