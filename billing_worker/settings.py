@@ -87,6 +87,32 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(default=200, ge=1, le=10000)
     relay_host: str = "0.0.0.0"  # noqa: S104 - the relay is the service's HTTP listener
     relay_port: int = Field(default=8080, ge=1, le=65535)
+    relay_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Time a webhook connection gets to send a complete request head (from "
+        "connecting, or from the previous answer on a kept-alive connection); then it is closed",
+    )
+    relay_body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Time a webhook request gets to send its whole body; then 408 and closed",
+    )
+    relay_max_connections: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Open connections (or requests in progress) beyond which the relay "
+        "answers 503 at once",
+    )
+    relay_keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=300,
+        description="How long an idle kept-alive webhook connection stays open",
+    )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Internal /metrics, /healthz, /livez port"
     )

@@ -1,4 +1,4 @@
-"""Everything the worker declares on RabbitMQ (DESIGN §3). Declaring is idempotent."""
+"""Everything the worker declares on RabbitMQ. Declaring is idempotent."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import ClassicQueueArgs, QuorumQueueArgs
 
 ALL_WORK_QUEUES = (*names.COMMAND_QUEUES, *names.QUERY_QUEUES)
+
+# The relay's only way in: a durable direct exchange its broker user may write to (and
+# nothing else); billing.provider-events is bound to it by PROVIDER_CALLBACK_ROUTING_KEY.
+PROVIDER_CALLBACKS = RabbitExchange(
+    names.PROVIDER_CALLBACKS_EXCHANGE, type=ExchangeType.DIRECT, durable=True
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,10 @@ class Topology:
     @property
     def provider_events(self) -> RabbitQueue:
         return self._queue(names.PROVIDER_EVENTS_QUEUE)
+
+    @property
+    def provider_callbacks(self) -> RabbitExchange:
+        return PROVIDER_CALLBACKS
 
     @property
     def order_created(self) -> RabbitQueue:
@@ -121,7 +131,9 @@ async def declare(broker: RabbitBroker, topology: Topology) -> None:
         await declared_queue.bind(declared_exchange, routing_key="#")
     for name in ALL_WORK_QUEUES:
         await broker.declare_queue(topology.work_queue(name))
-    await broker.declare_queue(topology.provider_events)
+    callbacks = await broker.declare_exchange(topology.provider_callbacks)
+    provider_events = await broker.declare_queue(topology.provider_events)
+    await provider_events.bind(callbacks, routing_key=names.PROVIDER_CALLBACK_ROUTING_KEY)
     order_queue = await broker.declare_queue(topology.order_created)
     orders = await broker.declare_exchange(topology.orders_exchange)
     await order_queue.bind(orders, routing_key=names.ORDER_CREATED)

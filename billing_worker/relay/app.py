@@ -1,12 +1,14 @@
 """`billing-worker relay`: POST /webhooks/stripe, POST /webhooks/yookassa, GET /healthz.
 
-It answers 2xx only after RabbitMQ confirmed a persistent copy of the callback on
-`billing.provider-events`; while the broker is away it answers 503 and the provider
-retries. It holds no database connection and no secret beyond the webhook secret.
+It answers 2xx only after RabbitMQ confirmed a persistent copy of the callback, published
+to `billing.provider-callbacks` and routed to `billing.provider-events`; while the broker
+is away (or nothing is bound yet) it answers 503 and the provider retries. It holds no
+database connection and no secret beyond the webhook secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,7 +25,8 @@ from billing_worker.relay import verify
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-Publish = Callable[[bytes, str, str], Awaitable[None]]  # body, provider, message id
+# body, provider, message id, the provider's signature header (forwarded verbatim) if any
+Publish = Callable[[bytes, str, str, str | None], Awaitable[None]]
 Healthy = Callable[[], Awaitable[bool]]
 
 
@@ -33,23 +36,34 @@ class RelayConfig:
     stripe_tolerance: int
     yookassa_sources: tuple[verify.IPNetwork, ...]
     trusted_proxies: tuple[verify.IPNetwork, ...]
+    body_timeout: float = 10.0
 
 
 class TooLarge(Exception):
     pass
 
 
-async def read_body(request: Request) -> bytes:
-    """The raw body, refusing more than 1 MiB without reading it all."""
+class TooSlow(Exception):
+    pass
+
+
+async def read_body(request: Request, deadline: float) -> bytes:
+    """The raw body, refusing more than 1 MiB without reading it all, and a body that
+    has not arrived in full within `deadline` seconds (a slow client holds a connection
+    and up to 1 MiB of buffers for as long as it is let)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise TooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise TooLarge
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise TooLarge
+                chunks.append(chunk)
+    except TimeoutError:
+        raise TooSlow from None
     return b"".join(chunks)
 
 
@@ -78,11 +92,17 @@ def build_relay(
             "webhook %s %s: %s %s", provider, status, outcome, detail,
             extra={"provider": provider, "status": status, "outcome": outcome},
         )  # fmt: skip
-        return JSONResponse({"outcome": outcome, "detail": detail}, status_code=status)
+        # A request whose body was not read in full leaves the connection unusable.
+        close = {"connection": "close"} if status in (408, 413) else None
+        return JSONResponse(
+            {"outcome": outcome, "detail": detail}, status_code=status, headers=close
+        )
 
-    async def forward(body: bytes, provider: str, message_id: str) -> Response:
+    async def forward(
+        body: bytes, provider: str, message_id: str, signature: str | None = None
+    ) -> Response:
         try:
-            await publish(body, provider, message_id)
+            await publish(body, provider, message_id, signature)
         except Exception as error:  # broker away or no confirm: the provider will retry
             return answer(provider, 503, "broker_unavailable", type(error).__name__)
         return answer(provider, 200, "queued", message_id)
@@ -93,35 +113,40 @@ def build_relay(
                 "stripe", 404, "not_configured", "BILLING_STRIPE_WEBHOOK_SECRET is not set"
             )
         try:
-            body = await read_body(request)
-            verify.verify_stripe(
-                body, request.headers.get("stripe-signature"), config.stripe_secret,
-                config.stripe_tolerance,
-            )  # fmt: skip
+            body = await read_body(request, config.body_timeout)
+            signatures = request.headers.getlist("stripe-signature")
+            if len(signatures) > 1:  # which one would the worker check again?
+                raise verify.Forged("more than one Stripe-Signature header")
+            signature = signatures[0] if signatures else None
+            verify.verify_stripe(body, signature, config.stripe_secret, config.stripe_tolerance)
             event_id = message_id(json.loads(body)["id"])
         except TooLarge:
             return answer("stripe", 413, "too_large")
+        except TooSlow:
+            return answer("stripe", 408, "too_slow", "the body did not arrive in time")
         except verify.Forged as forged:
             return answer("stripe", 400, "forged", str(forged))
         except (ValueError, KeyError, TypeError, RecursionError):  # Recursion: too deeply nested
             return answer("stripe", 400, "malformed", "not a Stripe event")
-        return await forward(body, "stripe", event_id)
+        return await forward(body, "stripe", event_id, signature)
 
     async def yookassa_webhook(request: Request) -> Response:
         peer = request.client.host if request.client else None
         address = verify.client_address(
-            peer, request.headers.get("x-forwarded-for"), config.trusted_proxies
+            peer, request.headers.getlist("x-forwarded-for"), config.trusted_proxies
         )
         if not verify.allowed(address, config.yookassa_sources):
             return answer("yookassa", 403, "forbidden_source", address)
         try:
-            body = await read_body(request)
+            body = await read_body(request, config.body_timeout)
             notification = json.loads(body)
             if notification.get("type") != "notification":
                 raise ValueError("not a notification")
             event_id = message_id(f"{notification['event']}:{notification['object']['id']}")
         except TooLarge:
             return answer("yookassa", 413, "too_large")
+        except TooSlow:
+            return answer("yookassa", 408, "too_slow", "the body did not arrive in time")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return answer("yookassa", 400, "malformed", "not a YooKassa notification")
         return await forward(body, "yookassa", event_id)

@@ -8,19 +8,23 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
+from aio_pika.abc import HeadersType
 from faststream.rabbit import Channel, RabbitBroker
+from starlette.applications import Starlette
 
 from billing_contracts import names
-from billing_worker.messaging.topology import Topology
+from billing_worker.messaging.topology import PROVIDER_CALLBACKS
 from billing_worker.metrics import Metrics
 from billing_worker.observability import InternalServer, internal_app
 from billing_worker.relay.app import Publish, RelayConfig, build_relay
+from billing_worker.relay.deadlines import head_deadline_protocol
 from billing_worker.relay.verify import networks
 from billing_worker.settings import Settings
 from billing_worker.startup import connect_broker
 
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 5.0
+HEALTH_PROBE_ROUTING_KEY = "health-probe"  # bound to nothing on the callbacks exchange
 
 
 def relay_config(settings: Settings) -> RelayConfig:
@@ -30,6 +34,7 @@ def relay_config(settings: Settings) -> RelayConfig:
         stripe_tolerance=settings.stripe_webhook_tolerance_seconds,
         yookassa_sources=networks(settings.yookassa_allowed_networks),
         trusted_proxies=networks(settings.trusted_proxies),
+        body_timeout=settings.relay_body_timeout_seconds,
     )
 
 
@@ -42,11 +47,20 @@ def relay_broker(settings: Settings) -> RabbitBroker:
 
 
 def publisher(broker: RabbitBroker) -> Publish:
-    async def publish(body: bytes, provider: str, message_id: str) -> None:
+    """Publishes to the callbacks exchange, the only thing the relay's broker user needs
+    to be allowed to write (the exchange is looked up passively, never declared)."""
+
+    async def publish(
+        body: bytes, provider: str, message_id: str, signature: str | None = None
+    ) -> None:
+        headers: HeadersType = {names.PROVIDER_HEADER: provider}
+        if signature is not None:
+            headers[names.PROVIDER_SIGNATURE_HEADER] = signature
         await broker.publish(
             body,
-            routing_key=names.PROVIDER_EVENTS_QUEUE,
-            headers={names.PROVIDER_HEADER: provider},
+            exchange=PROVIDER_CALLBACKS,
+            routing_key=names.PROVIDER_CALLBACK_ROUTING_KEY,
+            headers=headers,
             message_id=message_id,
             content_type="application/json",
             persist=True,
@@ -67,12 +81,18 @@ class _GracefulServer(uvicorn.Server):
 
 
 def health_probe(broker: RabbitBroker) -> Callable[[], Awaitable[bool]]:
-    """Healthy means a publish is confirmed right now (the connection flag lags behind)."""
+    """Healthy means a publish to the callbacks exchange is confirmed right now (the
+    connection flag lags behind). Its routing key routes nowhere, so the probe needs no
+    permission beyond the callbacks' own and leaves nothing behind."""
 
     async def healthy() -> bool:
         try:
             await broker.publish(
-                b"", routing_key="billing.relay.health-probe", mandatory=False, timeout=2.0
+                b"",
+                exchange=PROVIDER_CALLBACKS,
+                routing_key=HEALTH_PROBE_ROUTING_KEY,
+                mandatory=False,
+                timeout=2.0,
             )
         except Exception:
             return False
@@ -81,11 +101,30 @@ def health_probe(broker: RabbitBroker) -> Callable[[], Awaitable[bool]]:
     return healthy
 
 
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """The listener, with a deadline for every request head (`deadlines`), a cap on open
+    connections (503 beyond it) and a bounded keep-alive."""
+    return uvicorn.Config(
+        app,
+        host=settings.relay_host,
+        port=settings.relay_port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is judged by our own trusted-proxy rule
+        lifespan="off",
+        http=head_deadline_protocol(settings.relay_header_timeout_seconds),
+        ws="none",  # an upgraded connection would leave the protocol and its deadline
+        limit_concurrency=settings.relay_max_connections,
+        timeout_keep_alive=settings.relay_keep_alive_seconds,
+    )
+
+
 async def serve(settings: Settings) -> None:
     broker = relay_broker(settings)
+    # Nothing is declared here: the relay's broker user may have no configure permission.
+    # Until a worker has declared its topology, callbacks are unroutable: 503, and the
+    # provider retries.
     await connect_broker(broker, settings)
-    # Declared here too, so callbacks are kept even before the first worker starts.
-    await broker.declare_queue(Topology.from_settings(settings).provider_events)
 
     metrics = Metrics()
     probe = health_probe(broker)
@@ -96,15 +135,7 @@ async def serve(settings: Settings) -> None:
             internal_app(metrics, {"broker": probe}), settings.metrics_host, settings.metrics_port
         )
         await internal.start()
-    config = uvicorn.Config(
-        app,
-        host=settings.relay_host,
-        port=settings.relay_port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,  # X-Forwarded-For is judged by our own trusted-proxy rule
-        lifespan="off",
-    )
+    config = uvicorn_config(app, settings)
     log.info("webhook relay listening on %s:%d", settings.relay_host, settings.relay_port)
     try:
         await _GracefulServer(config).serve()

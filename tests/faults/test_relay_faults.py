@@ -25,6 +25,7 @@ import pytest
 from hypothesis import strategies as st
 
 from billing_contracts import names
+from billing_worker.messaging import topology
 from billing_worker.messaging.topology import Topology
 from billing_worker.relay.app import build_relay
 from billing_worker.relay.runner import health_probe, publisher, relay_broker, relay_config
@@ -71,7 +72,7 @@ def settings(database_url: str, vhost_url: str) -> Settings:
 async def relay(settings: Settings) -> AsyncIterator[Any]:
     broker = relay_broker(settings)
     await broker.connect()
-    await broker.declare_queue(Topology.from_settings(settings).provider_events)
+    await topology.declare(broker, Topology.from_settings(settings))  # as the worker does
     yield build_relay(relay_config(settings), publisher(broker), health_probe(broker))
     await broker.stop()
 

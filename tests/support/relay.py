@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from faststream.rabbit import RabbitBroker
@@ -27,8 +32,10 @@ class Relay:
     def client(self, peer: str = "127.0.0.1") -> httpx.AsyncClient:
         send = publisher(self.broker)
 
-        async def publish(body: bytes, provider: str, message_id: str) -> None:
-            await send(body, provider, message_id)
+        async def publish(
+            body: bytes, provider: str, message_id: str, signature: str | None = None
+        ) -> None:
+            await send(body, provider, message_id, signature)
             self.published.append((provider, message_id))
 
         app = build_relay(relay_config(self.settings), publish, health_probe(self.broker))
@@ -48,3 +55,24 @@ class Relay:
     ) -> httpx.Response:
         async with self.client(peer) as client:
             return await client.post("/webhooks/yookassa", content=body, headers=headers)
+
+
+@contextlib.contextmanager
+def broker_user(vhost_url: str, *, configure: str, write: str, read: str) -> Iterator[str]:
+    """A throwaway RabbitMQ user with only these permissions on the vhost of `vhost_url`;
+    yields its URL and deletes the user afterwards (rabbitmqctl, as for vhosts)."""
+    parts = urlsplit(vhost_url)
+    vhost = unquote(parts.path.removeprefix("/")) or "/"
+    user = f"billing-test-{uuid.uuid4().hex[:10]}"
+    password = uuid.uuid4().hex
+    _rabbitmqctl("add_user", user, password)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
+        netloc = f"{user}:{password}@{parts.hostname}:{parts.port or 5672}"
+        yield urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    finally:
+        _rabbitmqctl("delete_user", user)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603,S607

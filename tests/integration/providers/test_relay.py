@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from billing_worker.messaging import topology
 from billing_worker.messaging.topology import Topology
 from billing_worker.relay.runner import relay_broker
 from billing_worker.settings import Settings
@@ -29,7 +30,7 @@ async def doomed_relay(database_url: str, rabbitmq_url: str) -> AsyncIterator[Re
     settings: Settings = make_settings(database_url, url, stripe_webhook_secret="whsec_test_secret")
     broker = relay_broker(settings)
     await broker.connect()
-    await broker.declare_queue(Topology.from_settings(settings).provider_events)
+    await topology.declare(broker, Topology.from_settings(settings))  # as the worker does
     relay = Relay(settings, broker)
     relay.vhost = name  # type: ignore[attr-defined]
     yield relay
