@@ -148,7 +148,10 @@ async def _record_refund(
         provider_ref=ref, created_at=now, completed_at=now, failure_code=None,
         failure_message=None, description=f"refund of {payment.id}", reference=None,
         account_id=payment.account_id if payment.kind == TransactionKind.DEPOSIT else None,
-        refund_of=payment.id, provider_confirmation=event.confirmation,
+        refund_of=payment.id,
+        # What the provider says this refund is: its own amount, or the part of the
+        # provider's running total that it records.
+        provider_confirmation={**(event.confirmation or {}), "amount_minor": amount},
     )  # fmt: skip
     trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason=event.event_type)
     await uow.wallet.add_transaction(refund, trail)

@@ -257,7 +257,7 @@ class StripeGateway:
             refund=RefundFacts(ref=str(charge["id"]), currency=currency, total_minor=refunded),
             confirmation={
                 "object": "charge", "id": str(charge["id"]), "status": str(charge["status"]),
-                "amount_minor": int(charge["amount"]), "currency": currency,
+                "charge_amount_minor": int(charge["amount"]), "currency": currency,
                 "refunded_total_minor": refunded,
             },
         )  # fmt: skip

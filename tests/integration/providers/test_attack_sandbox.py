@@ -36,8 +36,9 @@ def database_url(fresh_database_url: str) -> str:
 
 @pytest.fixture
 def sandbox_settings() -> dict[str, Any]:
-    """Extra settings; production's by default (the sandbox not mentioned at all)."""
-    return {}
+    """Extra settings; production's by default: the sandbox as Settings leaves it when
+    nothing mentions it (tests' make_settings turns it on, so undo that here)."""
+    return {"sandbox_enabled": Settings.model_fields["sandbox_enabled"].default}
 
 
 @pytest.fixture

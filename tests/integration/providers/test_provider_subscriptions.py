@@ -138,6 +138,7 @@ async def test_stripe_webhooks_drive_the_subscription_from_incomplete_to_cancele
         "amount_paid": 1000,
         "billing_reason": "subscription_cycle",
     }
+    fake.invoices[renewal["id"]] = renewal  # Stripe issued it (the worker re-reads it there)
     assert (await relay.stripe(fake.event("invoice.paid", renewal))).status_code == 200
     renewed = await bus.event("subscription.renewed", lambda d: d["subscription_id"] == sub_id)
     assert renewed["data"]["current_period_end"] == (
@@ -152,6 +153,7 @@ async def test_stripe_webhooks_drive_the_subscription_from_incomplete_to_cancele
         "amount_paid": 0,
         "amount_due": 1000,
     }
+    fake.invoices[failed["id"]] = failed
     assert (await relay.stripe(fake.event("invoice.payment_failed", failed))).status_code == 200
     await eventually(bus, sub_id, "past_due")
     await bus.event("subscription.past_due", lambda d: d["subscription_id"] == sub_id)

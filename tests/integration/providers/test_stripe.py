@@ -13,6 +13,7 @@ import pytest
 from billing_worker.app import Worker
 from billing_worker.settings import Settings
 from fakes.stripe_api import FakeStripe, sign
+from support.attacker import stripe_refund
 from support.relay import WEBHOOK_SECRET, Relay
 from support.rpc import Bus
 
@@ -304,14 +305,14 @@ async def test_two_reconcilers_never_reconcile_the_same_transaction_at_once(
 async def test_a_charge_refunded_event_takes_the_deposit_back_off_the_balance(
     bus: Bus, relay: Relay, stripe_fake: tuple[FakeStripe, str]
 ) -> None:
-    fake, _ = stripe_fake
+    fake, base = stripe_fake
     user = new_user()
     _, intent = await pending_deposit(bus, fake, user)
     succeeded = fake.succeed(intent["id"])
     await relay.stripe(fake.event("payment_intent.succeeded", succeeded))
     await bus.event("deposit.completed", lambda d: d["user_id"] == user)
-    charge = {"id": succeeded["latest_charge"], "object": "charge", "payment_intent": intent["id"],
-              "refunded": True}  # fmt: skip
+    await stripe_refund(base, intent["id"], 2000)  # the refund really happens at Stripe
+    charge = fake.charges[succeeded["latest_charge"]]
 
     assert (await relay.stripe(fake.event("charge.refunded", charge))).status_code == 200
 
@@ -321,4 +322,7 @@ async def test_a_charge_refunded_event_takes_the_deposit_back_off_the_balance(
         await asyncio.sleep(0.1)
     assert await balance(bus, user) == "0.00"
     history = await bus.call("billing.wallet.transactions", {"user_id": user})
-    assert history["data"]["items"][0]["status"] == "refunded"
+    refund, deposit = history["data"]["items"]  # newest first: the refund is its own row
+    assert (deposit["kind"], deposit["status"]) == ("deposit", "refunded")
+    assert (refund["kind"], refund["status"]) == ("refund", "completed")
+    assert refund["amount"] == {"amount": "20.00", "currency": "USD"}
