@@ -96,8 +96,8 @@ class Plan:
 
     async def new_deposit(self) -> Deposit:
         key = f"{self.tag}-d{len(self.deposits)}"
-        transaction_id = derived_id("deposit", key)
         user = self.user(self._rng.randrange(self.accounts))
+        transaction_id = derived_id("deposit", user, key)
         amount = self._rng.randint(1, 99_999)
         payment = await SandboxGateway().create_payment(
             PaymentRequest(transaction_id, user, amount, CURRENCY, str(transaction_id))
