@@ -105,8 +105,8 @@ class Plan:
 
     async def new_deposit(self) -> Deposit:
         key = f"{self.tag}-d{len(self.deposits)}"
-        transaction_id = derived_id("deposit", key)
         user = self.user(self._rng.randrange(self.accounts))
+        transaction_id = derived_id("deposit", user, key)
         amount = self._rng.randint(1, 99_999)
         payment_ref, event_id, body = sandbox.callback(
             PaymentRequest(transaction_id, user, amount, CURRENCY, str(transaction_id))

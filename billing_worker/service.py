@@ -3,6 +3,10 @@
 A command's state change, its idempotency record (with the reply) and its outbox events
 commit together or not at all. A refusal (`insufficient_funds`, ...) rolls the changes
 back but is itself recorded, so the same key always gets the same answer.
+
+Records are scoped by queue and by the user the command acts for (`user_scope`): one
+user's key is never another's conflict. A record written before that scoping (the
+queue's scope alone) is still replayed to the very command it answered.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.envelope import Command, ErrorCode
 from billing_worker.db.engine import driver_connection
+from billing_worker.db.idempotency import user_scope
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
 from billing_worker.domain.errors import BillingError
 from billing_worker.domain.events import ProviderEvent
@@ -53,6 +58,12 @@ def error(code: ErrorCode, message: str, details: dict[str, Any] | None = None) 
 def request_hash(command: Command) -> str:
     body = command.model_dump_json(exclude={"idempotency_key"})
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def command_scope(queue_scope: str, command: Command) -> str:
+    """Where the command's idempotency record lives: its queue and its user, if any."""
+    user_id = getattr(command, "user_id", None)
+    return user_scope(queue_scope, None if user_id is None else str(user_id))
 
 
 class _Refused(Exception):
@@ -101,14 +112,15 @@ class BillingService:
         raise RuntimeError(f"{scope}: gave up after {_RETRIES} conflicting attempts")
 
     async def _command_once(
-        self, scope: str, command: Command, digest: str, handler: Handler[Any]
+        self, queue_scope: str, command: Command, digest: str, handler: Handler[Any]
     ) -> Reply:
         key = command.idempotency_key
+        scope = command_scope(queue_scope, command)
         async with driver_connection(self.engine) as db:
             uow = UnitOfWork(db, self.clock)
             try:
                 async with db.transaction():
-                    stored = await uow.idempotency.find(scope, key)
+                    stored = await uow.idempotency.find_command(scope, queue_scope, key, digest)
                     if stored is not None:
                         return _replay(stored.request_hash, stored.reply, digest, key)
                     try:
@@ -154,24 +166,30 @@ class BillingService:
             return results
 
     async def _batch_once(
-        self, scope: str, commands: Sequence[Command], batch_handler: BatchHandler
+        self, queue_scope: str, commands: Sequence[Command], batch_handler: BatchHandler
     ) -> list[Reply | Exception]:
         digests = [request_hash(command) for command in commands]
-        keys = [command.idempotency_key for command in commands]
+        # (scope, key) of each command: equal keys of two users are two different commands
+        keys = [
+            (command_scope(queue_scope, command), command.idempotency_key) for command in commands
+        ]
         replies: list[Reply | None] = [None] * len(commands)
-        first: dict[str, int] = {}  # key -> index of its first occurrence in this batch
+        first: dict[tuple[str, str], int] = {}  # (scope, key) -> its first index in the batch
         async with driver_connection(self.engine) as db:
             uow = UnitOfWork(db, self.clock, coalesced=True)
             async with db.transaction():
-                stored = await uow.idempotency.find_many(scope, sorted(set(keys)))
+                wanted = sorted(
+                    {(s, queue_scope, k, d) for (s, k), d in zip(keys, digests, strict=True)}
+                )
+                stored = await uow.idempotency.find_many(wanted)
                 fresh: list[int] = []
-                for i, command in enumerate(commands):
-                    key = command.idempotency_key
-                    if key in stored:
-                        replies[i] = _replay(stored[key].request_hash, stored[key].reply,
+                for i, scoped in enumerate(keys):
+                    key = scoped[1]
+                    if scoped in stored:
+                        replies[i] = _replay(stored[scoped].request_hash, stored[scoped].reply,
                                              digests[i], key)  # fmt: skip
-                    elif key not in first:
-                        first[key] = i
+                    elif scoped not in first:
+                        first[scoped] = i
                         fresh.append(i)
                 outcomes = await batch_handler([commands[i] for i in fresh], uow, self.deps)
                 records = []
@@ -181,13 +199,13 @@ class BillingService:
                         if isinstance(outcome, BillingError)
                         else ok(outcome)
                     )
-                    records.append((scope, commands[i].idempotency_key, digests[i], replies[i]))
+                    records.append((*keys[i], digests[i], replies[i]))
                 events = await uow.flush_with_records(records)  # type: ignore[arg-type]
         self._on_commit(uow, events)
-        for i, key in enumerate(keys):  # duplicates within the batch get their first's answer
+        for i, scoped in enumerate(keys):  # duplicates in the batch get their first's answer
             if replies[i] is None:
-                j = first[key]
-                replies[i] = _replay(digests[j], replies[j], digests[i], key)
+                j = first[scoped]
+                replies[i] = _replay(digests[j], replies[j], digests[i], scoped[1])
         return [reply for reply in replies if reply is not None]
 
     async def query(self, query: C, handler: Handler[C]) -> Reply:

@@ -2,6 +2,9 @@
 
 The primary key is the real guard: a second insert of the same key fails with a unique
 violation, which means "already done" — the caller re-reads the stored reply.
+A command's scope is its queue and the user it acts for (`user_scope`), so two users'
+equal keys never meet, and nobody can take a key away from another user by using it
+first. Commands for no user (`plan.upsert`) keep the queue's scope.
 Provider events use the same table (scope `provider:<name>`, key = the provider's event
 id) as an inbox: inserting the id is claiming the event.
 """
@@ -9,10 +12,27 @@ id) as an inbox: inserting the id is claiming the event.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+
+_USER = "|user:"
+
+
+def user_scope(scope: str, user_id: str | None) -> str:
+    """The scope of a command of `user_id` on the queue `scope` (the queue alone: no user).
+
+    Records written before scoping by user have the queue's scope alone; the marker
+    cannot occur in a queue name, so no user's scope is ever a legacy one.
+    """
+    return scope if user_id is None else f"{scope}{_USER}{user_id}"
+
+
+def queue_scope_of(scope: str) -> str:
+    """The queue's part of a command's scope (`wallet.withdraw` of a user's scope)."""
+    return scope.partition(_USER)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +53,36 @@ class SqlIdempotency:
         )
         return None if row is None else StoredReply(row["request_hash"], row["reply"])
 
-    async def find_many(self, scope: str, keys: list[str]) -> dict[str, StoredReply]:
+    async def find_command(
+        self, scope: str, legacy_scope: str, key: str, request_hash: str
+    ) -> StoredReply | None:
+        """A command's record in its own scope; failing that, the record an older worker
+        wrote in the queue's scope for this very command (the same request hash, which
+        covers the user too). A legacy record of another command is nobody's: ignored."""
+        found = await self.find_many([(scope, legacy_scope, key, request_hash)])
+        return found.get((scope, key))
+
+    async def find_many(
+        self, wanted: Sequence[tuple[str, str, str, str]]
+    ) -> dict[tuple[str, str], StoredReply]:
+        """(scope, legacy scope, key, request hash) -> the replayable record by (scope, key),
+        as `find_command` picks it, for many commands in one round trip."""
+        if not wanted:
+            return {}
         rows = await self._db.fetch(
-            "SELECT key, request_hash, reply FROM idempotency_records "
-            "WHERE scope = $1 AND key = ANY($2::text[])",
-            scope,
-            keys,
+            "SELECT w.scope AS wanted, r.scope, r.request_hash, r.reply, w.key "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+            "     AS w(scope, legacy, key, hash) "
+            "JOIN idempotency_records r ON r.key = w.key AND (r.scope = w.scope OR "
+            "     (r.scope = w.legacy AND r.scope <> w.scope AND r.request_hash = w.hash "
+            "      AND r.reply IS NOT NULL))",
+            *(list(column) for column in zip(*wanted, strict=True)),
         )
-        return {row["key"]: StoredReply(row["request_hash"], row["reply"]) for row in rows}
+        found: dict[tuple[str, str], StoredReply] = {}
+        for row in sorted(rows, key=lambda r: r["scope"] != r["wanted"]):  # own scope first
+            found.setdefault((row["wanted"], row["key"]), StoredReply(row["request_hash"],
+                                                                      row["reply"]))  # fmt: skip
+        return found
 
     async def record(self, scope: str, key: str, request_hash: str, reply: dict[str, Any]) -> None:
         """Store the reply; raises UniqueViolationError if another delivery got there first."""

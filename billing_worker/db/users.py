@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from uuid import UUID
 
 import asyncpg
 
@@ -43,3 +44,14 @@ class SqlUsers:
             provider,
             method_ref,
         )
+
+    async def payment_method_of(self, user_id: str, provider: str, method_ref: str) -> UUID | None:
+        """The id of the user's saved method at the provider; None if it is not theirs."""
+        value = await self._db.fetchval(
+            "SELECT id FROM payment_methods "
+            "WHERE user_id = $1 AND provider = $2 AND provider_method_id = $3",
+            user_id,
+            provider,
+            method_ref,
+        )
+        return value  # type: ignore[no-any-return]

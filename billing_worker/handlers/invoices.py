@@ -104,14 +104,14 @@ async def _refuse_if_invoiced(uow: UnitOfWork, order_id: str) -> None:
 
 
 async def pay_invoice(command: PayInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:
-    """Pay an open invoice from the user's balance in the invoice currency."""
-    invoice = await _find(uow, command.invoice_id)
+    """Pay an open invoice of the user from the user's balance in the invoice currency."""
+    invoice = await _find(uow, command.invoice_id, command.user_id)
     transition(Status(invoice.status), Status.PAID)
     # The conditional UPDATE claims the invoice first: a concurrent pay waits on its row and
     # then finds it paid, so it is refused with invalid_state and never charges.
     paid = await uow.invoices.move(invoice.id, Status.OPEN, Status.PAID, uow.clock())
     if paid is None:
-        current = await _find(uow, command.invoice_id)
+        current = await _find(uow, command.invoice_id, command.user_id)
         transition(Status(current.status), Status.PAID)
         raise InvalidState("the invoice changed while it was being paid", status=current.status)
     if paid.total_minor > 0:  # a free invoice is paid without moving money
@@ -136,7 +136,7 @@ async def _charge(invoice: InvoiceRow, idempotency_key: str, uow: UnitOfWork, de
         )
     now = uow.clock()
     row = TransactionRow(
-        id=derived_id("invoice.pay", idempotency_key),
+        id=derived_id("invoice.pay", invoice.user_id, idempotency_key),
         user_id=invoice.user_id,
         account_id=change.account_id,
         kind=TransactionKind.INVOICE_PAYMENT,
@@ -162,10 +162,10 @@ async def _charge(invoice: InvoiceRow, idempotency_key: str, uow: UnitOfWork, de
 
 
 async def get_invoices(query: GetInvoices, uow: UnitOfWork, deps: Deps) -> InvoiceOut | InvoicePage:
-    """One invoice by id, or a user's invoices newest first, paged with an opaque cursor."""
+    """One of the user's invoices by id, or the user's invoices newest first, paged with an
+    opaque cursor."""
     if query.invoice_id is not None:
-        return invoice_out(await _find(uow, query.invoice_id))
-    assert query.user_id is not None, "the contract requires one of invoice_id or user_id"
+        return invoice_out(await _find(uow, query.invoice_id, query.user_id))
     after = decode_cursor(query.cursor) if query.cursor else None
     rows = await uow.invoices.page(query.user_id, query.limit + 1, after)
     page, more = rows[: query.limit], len(rows) > query.limit
@@ -175,9 +175,11 @@ async def get_invoices(query: GetInvoices, uow: UnitOfWork, deps: Deps) -> Invoi
     )
 
 
-async def _find(uow: UnitOfWork, invoice_id: uuid.UUID) -> InvoiceRow:
+async def _find(uow: UnitOfWork, invoice_id: uuid.UUID, user_id: str) -> InvoiceRow:
+    """The user's invoice; another user's is refused exactly like one that does not exist
+    (the same code, message and details), so a caller learns nothing of others' ids."""
     invoice = await uow.invoices.by_id(invoice_id)
-    if invoice is None:
+    if invoice is None or invoice.user_id != user_id:
         raise NotFound(f"no invoice {invoice_id}", invoice_id=str(invoice_id))
     return invoice
 

@@ -62,7 +62,7 @@ async def create_subscription(
     await uow.subscriptions.ensure_user(command.user_id, command.email)
     now = uow.clock()
     sub = SubscriptionRow(
-        id=derived_id("subscription", command.idempotency_key),
+        id=derived_id("subscription", command.user_id, command.idempotency_key),
         user_id=command.user_id, plan_id=plan.id, status=Sub.INCOMPLETE.value,
         payment_source=command.payment_source.value, payment_method_id=None,
         provider_subscription_id=None, current_period_start=None, current_period_end=None,
@@ -98,7 +98,7 @@ async def cancel_subscription(
     command: CancelSubscription, uow: UnitOfWork, deps: Deps
 ) -> SubscriptionOut:
     sub = await uow.subscriptions.get(command.subscription_id, lock=True)
-    if sub is None:
+    if sub is None or sub.user_id != command.user_id:  # another's: exactly as a missing one
         raise NotFound(f"no subscription {command.subscription_id}")
     if Sub(sub.status) not in LIVE:
         raise InvalidState(f"the subscription is already {sub.status}", status=sub.status)
@@ -118,10 +118,9 @@ async def get_subscriptions(
 ) -> SubscriptionOut | SubscriptionList:
     if query.subscription_id is not None:
         sub = await uow.subscriptions.get(query.subscription_id)
-        if sub is None:
+        if sub is None or sub.user_id != query.user_id:  # another's: exactly as a missing one
             raise NotFound(f"no subscription {query.subscription_id}")
         return subscription_out(sub)
-    assert query.user_id is not None
     subs = await uow.subscriptions.of_user(query.user_id)
     return SubscriptionList(subscriptions=[subscription_out(sub) for sub in subs])
 

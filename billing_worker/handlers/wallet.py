@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -29,6 +30,7 @@ from billing_worker.domain.errors import (
     InsufficientFunds,
     InvalidInput,
     InvalidState,
+    NotFound,
     ProviderError,
 )
 from billing_worker.domain.money import format_minor, to_wire
@@ -45,9 +47,37 @@ from billing_worker.providers.base import (
 _IDS = uuid.UUID("6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11")  # namespace of derived ids
 
 
-def derived_id(scope: str, idempotency_key: str) -> uuid.UUID:
-    """The same command always names the same transaction (and provider idempotency key)."""
-    return uuid.uuid5(_IDS, f"{scope}\x00{idempotency_key}")
+def derived_id(scope: str, user_id: str, idempotency_key: str) -> uuid.UUID:
+    """The same command always names the same transaction (and provider idempotency key).
+
+    The user is part of it, as of the command's idempotency scope: two users' equal keys
+    name two different rows (and two different payments at the provider).
+    """
+    return uuid.uuid5(_IDS, json.dumps([scope, user_id, idempotency_key]))
+
+
+# Providers that charge a saved method id as given, whoever names it: the worker accepts
+# one only if it saved it for this user. (Stripe refuses a PaymentMethod attached to
+# another customer, and the worker always passes this user's; the sandbox takes test
+# values such as `pm_card_chargeDeclined` as outcome selectors.)
+TRUSTS_METHOD_IDS = frozenset({"yookassa"})
+
+
+async def saved_method_of(
+    uow: UnitOfWork, user_id: str, provider: str, method_ref: str
+) -> uuid.UUID | None:
+    """The user's own saved method, checked before the provider is asked to charge it.
+
+    Another user's method is refused exactly like one never saved (`not_found`), so the
+    reply does not tell whether the id exists."""
+    if provider not in TRUSTS_METHOD_IDS:
+        return None
+    method = await uow.users.payment_method_of(user_id, provider, method_ref)
+    if method is None:
+        raise NotFound(
+            f"no saved {provider} payment method {method_ref}", payment_method_id=method_ref
+        )
+    return method
 
 
 async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResult:
@@ -55,9 +85,11 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
         gateway = deps.gateways.get(command.provider)
     except UnknownProvider as missing:
         raise ProviderError(f"provider {missing} is not configured on this worker") from None
+    if command.payment_method_id:
+        await saved_method_of(uow, command.user_id, gateway.name, command.payment_method_id)
     currency, amount = command.amount.currency, command.amount.minor
     account_id = await uow.wallet.open_account(command.user_id, currency)
-    transaction_id = derived_id("deposit", command.idempotency_key)
+    transaction_id = derived_id("deposit", command.user_id, command.idempotency_key)
     customer = await provider_customer(gateway, command.user_id, uow)
     result = await gateway.create_payment(
         PaymentRequest(
@@ -165,7 +197,7 @@ async def withdraw_many(
             continue
         currency = command.amount.currency
         row = TransactionRow(
-            id=derived_id("withdraw", command.idempotency_key),
+            id=derived_id("withdraw", command.user_id, command.idempotency_key),
             user_id=command.user_id,
             account_id=change.account_id,
             kind=TransactionKind.WITHDRAWAL,

@@ -28,6 +28,7 @@ from billing_worker.handlers.periods import (
     mark_period_paid,
 )
 from billing_worker.handlers.subscription_views import subscription_out
+from billing_worker.handlers.wallet import saved_method_of
 from billing_worker.providers.base import (
     PaymentGateway,
     PaymentRequest,
@@ -49,10 +50,11 @@ def yookassa(deps: Deps) -> PaymentGateway:
 async def attach_saved_method(
     command: CreateSubscription, sub: SubscriptionRow, uow: UnitOfWork
 ) -> SubscriptionRow:
+    """Renew with the method the command names, if it is one saved for this user (else
+    `not_found`, before YooKassa is asked for anything)."""
     if not command.payment_method_id:
         return sub
-    await uow.users.save_payment_method(sub.user_id, NAME, command.payment_method_id)
-    method = await uow.subscriptions.payment_method_id(NAME, command.payment_method_id)
+    method = await saved_method_of(uow, sub.user_id, NAME, command.payment_method_id)
     return dataclasses.replace(sub, payment_method_id=method)
 
 

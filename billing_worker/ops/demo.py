@@ -111,7 +111,8 @@ async def script(client: DemoClient, say: Say) -> None:
         names.INVOICE_CREATE,
         {"idempotency_key": _key(), "user_id": user, "currency": "USD", "lines": [line]},
     )
-    pay = {"idempotency_key": _key(), "invoice_id": invoice["data"]["id"], "source": "balance"}
+    pay = {"idempotency_key": _key(), "user_id": user, "invoice_id": invoice["data"]["id"],
+           "source": "balance"}  # fmt: skip
     await client.call(names.INVOICE_PAY, pay)
     await client.event("invoice.paid", lambda d: d["user_id"] == user)
 

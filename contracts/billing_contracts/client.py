@@ -526,15 +526,18 @@ class BillingClient:
     async def cancel_subscription(
         self,
         *,
+        user_id: str,
         subscription_id: UUID | str,
         idempotency_key: str,
         at_period_end: bool = True,
         reason: str | None = None,
         timeout: float | None = None,
     ) -> SubscriptionOut:
-        """`billing.subscription.cancel`. Errors: `NotFound`, `InvalidState` (ended)."""
+        """`billing.subscription.cancel` of one of the user's subscriptions. Errors:
+        `NotFound` (no such subscription of this user), `InvalidState` (ended)."""
         command = CancelSubscription(
             idempotency_key=idempotency_key,
+            user_id=user_id,
             subscription_id=subscription_id,
             at_period_end=at_period_end,
             reason=reason,
@@ -544,10 +547,10 @@ class BillingClient:
         )
 
     async def get_subscription(
-        self, *, subscription_id: UUID | str, timeout: float | None = None
+        self, *, user_id: str, subscription_id: UUID | str, timeout: float | None = None
     ) -> SubscriptionOut:
-        """`billing.subscription.get` by id. Errors: `NotFound`."""
-        query = GetSubscriptions(subscription_id=subscription_id)
+        """`billing.subscription.get` by id. Errors: `NotFound` (also another user's)."""
+        query = GetSubscriptions(user_id=user_id, subscription_id=subscription_id)
         return await self.request(names.SUBSCRIPTION_GET, query, SubscriptionOut, timeout=timeout)
 
     async def list_subscriptions(
@@ -585,21 +588,25 @@ class BillingClient:
     async def pay_invoice(
         self,
         *,
+        user_id: str,
         invoice_id: UUID | str,
         idempotency_key: str,
         source: Literal["balance"] = "balance",
         timeout: float | None = None,
     ) -> InvoiceOut:
-        """`billing.invoice.pay` from the user's balance. Errors: `NotFound`,
-        `InsufficientFunds` (the invoice stays open), `InvalidState` (not open)."""
-        command = PayInvoice(idempotency_key=idempotency_key, invoice_id=invoice_id, source=source)
+        """`billing.invoice.pay` of one of the user's invoices from the user's balance.
+        Errors: `NotFound` (no such invoice of this user), `InsufficientFunds` (the invoice
+        stays open), `InvalidState` (not open)."""
+        command = PayInvoice(
+            idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id, source=source
+        )
         return await self.request(names.INVOICE_PAY, command, InvoiceOut, timeout=timeout)
 
     async def get_invoice(
-        self, *, invoice_id: UUID | str, timeout: float | None = None
+        self, *, user_id: str, invoice_id: UUID | str, timeout: float | None = None
     ) -> InvoiceOut:
-        """`billing.invoice.get` by id. Errors: `NotFound`."""
-        query = GetInvoices(invoice_id=invoice_id)
+        """`billing.invoice.get` by id. Errors: `NotFound` (also another user's)."""
+        query = GetInvoices(user_id=user_id, invoice_id=invoice_id)
         return await self.request(names.INVOICE_GET, query, InvoiceOut, timeout=timeout)
 
     async def list_invoices(

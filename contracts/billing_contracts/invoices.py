@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Currency, Money
@@ -54,9 +54,16 @@ class CreateInvoice(Command):
     )
 
 
-class PayInvoice(Command):
-    """`billing.invoice.pay`: pay an open invoice."""
+_OWNER = (
+    "The user the {0} belongs to; another user's {0} is answered `not_found`, exactly as "
+    "an id that does not exist"
+)
 
+
+class PayInvoice(Command):
+    """`billing.invoice.pay`: pay an open invoice of the user from the user's balance."""
+
+    user_id: UserId = Field(description=_OWNER.format("invoice"))
     invoice_id: UUID
     source: Literal["balance"] = Field(
         description="Where the money comes from; v1 pays from the user's account only"
@@ -64,20 +71,17 @@ class PayInvoice(Command):
 
 
 class GetInvoices(Query):
-    """`billing.invoice.get`: one invoice by id, or one user's invoices, newest first, paged."""
+    """`billing.invoice.get`: one of the user's invoices by id, or the user's invoices,
+    newest first, paged."""
 
-    invoice_id: UUID | None = None
-    user_id: UserId | None = Field(
-        default=None, min_length=1, max_length=255, description="The user's id in your system"
+    user_id: UserId = Field(description=_OWNER.format("invoice"))
+    invoice_id: UUID | None = Field(
+        default=None,
+        description="Given: that one invoice (if it is the user's; `limit` and `cursor` are "
+        "then ignored); absent: the user's invoices, paged",
     )
     limit: int = Field(default=20, ge=1, le=100, strict=True)
     cursor: str | None = Field(default=None, max_length=200)
-
-    @model_validator(mode="after")
-    def _exactly_one_selector(self) -> Self:
-        if (self.invoice_id is None) == (self.user_id is None):
-            raise ValueError("give exactly one of invoice_id or user_id")
-        return self
 
 
 class InvoiceLineOut(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated
 from uuid import UUID
 
 from pydantic import (
@@ -12,7 +12,6 @@ from pydantic import (
     BaseModel,
     Field,
     StringConstraints,
-    model_validator,
 )
 
 from billing_contracts.envelope import Command, Query
@@ -62,8 +61,10 @@ class CreateSubscription(Command):
     payment_method_id: str | None = Field(
         default=None,
         max_length=255,
-        description="A saved payment method (Stripe `pm_...`, a YooKassa saved method id); "
-        "without one the first payment needs the customer (see `payment_action`)",
+        description="A saved payment method of this user (Stripe `pm_...` attached to the "
+        "user's Stripe customer; a YooKassa method saved by an earlier payment of this user, "
+        "else `not_found`); without one the first payment needs the customer (see "
+        "`payment_action`)",
         examples=["pm_card_visa"],
     )
     return_url: str | None = Field(
@@ -74,9 +75,17 @@ class CreateSubscription(Command):
     )
 
 
-class CancelSubscription(Command):
-    """`billing.subscription.cancel`: end a subscription now or at the end of its period."""
+_OWNER = (
+    "The user the subscription belongs to; another user's subscription is answered "
+    "`not_found`, exactly as an id that does not exist"
+)
 
+
+class CancelSubscription(Command):
+    """`billing.subscription.cancel`: end one of the user's subscriptions, now or at the end
+    of its period."""
+
+    user_id: UserId = Field(description=_OWNER)
     subscription_id: UUID
     at_period_end: bool = Field(
         default=True,
@@ -87,18 +96,14 @@ class CancelSubscription(Command):
 
 
 class GetSubscriptions(Query):
-    """`billing.subscription.get`: one subscription by id, or all of one user's."""
+    """`billing.subscription.get`: one of the user's subscriptions by id, or all of them."""
 
-    subscription_id: UUID | None = None
-    user_id: UserId | None = Field(
-        default=None, min_length=1, max_length=255, description="The user's id in your system"
+    user_id: UserId = Field(description=_OWNER)
+    subscription_id: UUID | None = Field(
+        default=None,
+        description="Given: that one subscription (if it is the user's); absent: all of the "
+        "user's subscriptions",
     )
-
-    @model_validator(mode="after")
-    def _exactly_one_selector(self) -> Self:
-        if (self.subscription_id is None) == (self.user_id is None):
-            raise ValueError("give exactly one of subscription_id or user_id")
-        return self
 
 
 class SubscriptionOut(BaseModel):

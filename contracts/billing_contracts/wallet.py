@@ -59,8 +59,10 @@ class Deposit(Command):
     payment_method_id: str | None = Field(
         default=None,
         max_length=255,
-        description="A saved payment method; with the sandbox, `pm_card_chargeDeclined` "
-        "makes the payment fail",
+        description="A saved payment method of this user: with Stripe one attached to the "
+        "user's Stripe customer (Stripe refuses another's), with YooKassa one saved by an "
+        "earlier payment of this user (else `not_found`, before anything is charged); with "
+        "the sandbox, `pm_card_chargeDeclined` makes the payment fail",
     )
     return_url: str | None = Field(default=None, max_length=2048)
 

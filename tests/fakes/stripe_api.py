@@ -16,6 +16,13 @@ Behaviour worth knowing:
   succeeds, `pm_card_chargeDeclined` / `pm_card_visa_chargeDeclinedInsufficientFunds`
   decline with HTTP 402, `pm_card_authenticationRequired` needs 3-D Secure
   (`requires_action`, or a 402 `authentication_required` when `off_session=true`).
+* Saved payment methods belong to one customer, as at Stripe: `POST
+  /v1/payment_methods/{id}/attach` (or `fake.attach_payment_method(customer)`) saves one
+  for a customer; a test token such as `pm_card_visa` attached becomes a new `pm_...`
+  that behaves like that card. Using an attached method for another customer, or
+  without one (a PaymentIntent, its confirmation, a subscription's
+  `default_payment_method`), is a 400 "previously attached to a different Customer",
+  and nothing is created or charged. Unattached test tokens work for anyone.
 * Idempotency follows Stripe: a POST with a known `Idempotency-Key` replays the stored
   status and body byte for byte (header `Idempotent-Replayed: true`); other params or
   another endpoint give a 400 `idempotency_error`. Like Stripe, only requests that ran
@@ -248,8 +255,10 @@ def card_for(payment_method: str) -> Card:
     return TEST_CARDS.get(payment_method, Card("visa", "4242"))
 
 
-def payment_method_object(pm_id: str, created: int) -> JSON:
-    card = card_for(pm_id)
+def payment_method_object(
+    pm_id: str, created: int, *, customer: str | None = None, card: Card | None = None
+) -> JSON:
+    card = card or card_for(pm_id)
     return {
         "id": pm_id,
         "object": "payment_method",
@@ -263,7 +272,7 @@ def payment_method_object(pm_id: str, created: int) -> JSON:
             "country": "US",
         },
         "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-        "customer": None,
+        "customer": customer,
         "created": created,
         "livemode": False,
         "metadata": {},
@@ -318,6 +327,8 @@ class FakeStripe:
         self._failures: list[tuple[int, bool | None]] = []
         self._idempotent: dict[tuple[str, str], _Stored] = {}
         self._invoice_payment_intent: dict[str, str] = {}  # in_ -> pi_
+        self.attached_methods: dict[str, str] = {}  # pm_ -> the cus_ it is saved for
+        self._card_of: dict[str, Card] = {}  # a saved pm_ -> the test card it was made from
         self._routes = self._route_table()
         methods = ["GET", "POST", "DELETE"]
         self.app = Starlette(routes=[Route("/v1/{path:path}", self._endpoint, methods=methods)])
@@ -354,6 +365,11 @@ class FakeStripe:
             pi["payment_method"] = pi["payment_method"] or "pm_card_chargeDeclined"
             self._mark_declined(pi, "card_declined", decline_code)
             return copy.deepcopy(pi)
+
+    def attach_payment_method(self, customer: str, test_card: str = "pm_card_visa") -> str:
+        """Save a new payment method (behaving like `test_card`) for `customer`; its id."""
+        with self._lock:
+            return str(self._attach(test_card, customer)["id"])
 
     def event(self, type: str, obj: Mapping[str, Any], event_id: str | None = None) -> bytes:
         """A webhook Event body (compact JSON) carrying `obj` as `data.object`."""
@@ -466,6 +482,7 @@ class FakeStripe:
         table: list[tuple[str, str, Handler]] = [
             ("POST", r"/v1/customers", self._create_customer),
             ("GET", r"/v1/customers/(?P<id>[^/]+)", self._retrieve("customer", self.customers)),
+            ("POST", r"/v1/payment_methods/(?P<id>[^/]+)/attach", self._attach_payment_method),
             ("POST", r"/v1/payment_intents", self._create_payment_intent),
             (
                 "GET",
@@ -513,7 +530,7 @@ class FakeStripe:
     def _lookup(self, object_id: str) -> JSON | None:
         """The stored object an id refers to, found by its prefix (for `expand[]`)."""
         if object_id.startswith("pm_"):
-            return payment_method_object(object_id, self.now())
+            return self._payment_method_object(object_id)
         tables = {
             "cus_": self.customers,
             "pi_": self.payment_intents,
@@ -637,6 +654,46 @@ class FakeStripe:
             raise no_such("customer", customer, param="customer")
         return customer
 
+    # ------------------------------------------------------------------ payment methods
+
+    def _card(self, payment_method: str) -> Card:
+        return self._card_of.get(payment_method) or card_for(payment_method)
+
+    def _payment_method_object(self, pm_id: str) -> JSON:
+        customer = self.attached_methods.get(pm_id)
+        return payment_method_object(pm_id, self.now(), customer=customer, card=self._card(pm_id))
+
+    def _attach(self, pm_id: str, customer: str) -> JSON:
+        if customer not in self.customers:
+            raise no_such("customer", customer, param="customer")
+        owner = self.attached_methods.get(pm_id)
+        if owner is not None and owner != customer:
+            raise invalid_request(
+                "The payment method you provided has already been attached to a customer.",
+                param="payment_method",
+            )
+        if pm_id in TEST_CARDS:  # like Stripe: a test token attached is a new PaymentMethod
+            saved = new_id("pm_")
+            self._card_of[saved] = TEST_CARDS[pm_id]
+            pm_id = saved
+        self.attached_methods[pm_id] = customer
+        self.created["payment_method"] += 1
+        return self._payment_method_object(pm_id)
+
+    def _attach_payment_method(self, params: JSON, id: str) -> JSON:
+        check_params(params, ("customer",))
+        return self._attach(id, str(required(params, "customer")))
+
+    def _check_method_owner(self, payment_method: Any, customer: str | None, param: str) -> None:
+        """A method saved for one customer cannot be used for another (or for nobody)."""
+        owner = self.attached_methods.get(payment_method) if payment_method else None
+        if owner is not None and owner != customer:
+            raise invalid_request(
+                "The provided PaymentMethod was previously attached to a different Customer. "
+                "A PaymentMethod can only be used with the Customer it is attached to.",
+                param=param,
+            )
+
     # ------------------------------------------------------------------ payment intents
 
     PAYMENT_INTENT_PARAMS = (
@@ -663,10 +720,12 @@ class FakeStripe:
         assert amount is not None
         if amount < 1:
             raise invalid_request("This value must be greater than or equal to 1.", param="amount")
+        customer = self._customer_param(params)
+        self._check_method_owner(params.get("payment_method"), customer, "payment_method")
         pi = self._new_payment_intent(
             amount,
             str(required(params, "currency")),
-            customer=self._customer_param(params),
+            customer=customer,
             description=params.get("description"),
             metadata=merge_metadata({}, params.get("metadata")),
         )
@@ -763,6 +822,7 @@ class FakeStripe:
                 f"This PaymentIntent's status is {pi['status']}, so it cannot be confirmed.",
                 copy.deepcopy(pi),
             )
+        self._check_method_owner(params.get("payment_method"), pi["customer"], "payment_method")
         self._set_payment_method(pi, params.get("payment_method"))
         self._confirm(pi, off_session=params.get("off_session") in ("true", "one_off", "recurring"))
         return pi
@@ -771,7 +831,7 @@ class FakeStripe:
         """Attempt the payment with the PI's test card; raises the 402 on a decline."""
         if not pi["payment_method"]:
             return  # nothing to charge yet: stays requires_payment_method
-        card = card_for(pi["payment_method"])
+        card = self._card(pi["payment_method"])
         if card.outcome == "succeed":
             self._mark_succeeded(pi)
         elif card.outcome == "authenticate" and not off_session:
@@ -786,7 +846,7 @@ class FakeStripe:
             raise self._mark_declined(pi, "card_declined", card.decline_code or "generic_decline")
 
     def _new_charge(self, pi: JSON, *, failure: JSON | None = None) -> JSON:
-        card = card_for(pi["payment_method"])
+        card = self._card(pi["payment_method"])
         succeeded = failure is None
         return self._store(
             self.charges,
@@ -844,7 +904,7 @@ class FakeStripe:
             **failure,
             "charge": charge["id"],
             "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}",
-            "payment_method": payment_method_object(pi["payment_method"], self.now()),
+            "payment_method": self._payment_method_object(pi["payment_method"]),
         }
         pi.update(
             status="requires_payment_method",
@@ -1003,6 +1063,9 @@ class FakeStripe:
     def _create_subscription(self, params: JSON) -> JSON:
         check_params(params, self.SUBSCRIPTION_PARAMS)
         customer = self._customer_param(params) or required(params, "customer")
+        self._check_method_owner(
+            params.get("default_payment_method"), customer, "default_payment_method"
+        )
         items = params.get("items")
         if not isinstance(items, list) or not items:
             raise invalid_request("Missing required param: items.", param="items")
@@ -1190,6 +1253,9 @@ class FakeStripe:
             raise invalid_request(
                 "A canceled subscription can only update its cancellation_details and metadata."
             )
+        self._check_method_owner(
+            params.get("default_payment_method"), sub["customer"], "default_payment_method"
+        )
         sub["metadata"] = merge_metadata(sub["metadata"], params.get("metadata"))
         for field in ("default_payment_method", "description"):
             if field in params:

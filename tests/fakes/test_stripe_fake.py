@@ -473,3 +473,60 @@ def test_sign_matches_the_sdk_helper_for_a_given_timestamp() -> None:
         stripe.Webhook.construct_event(
             payload, sign(payload, WEBHOOK_SECRET, now - 600), WEBHOOK_SECRET
         )
+
+
+# --------------------------------------------------------------------------- saved payment methods
+
+
+async def test_a_payment_method_attached_to_one_customer_cannot_pay_for_another(
+    fake: FakeStripe, client: stripe.StripeClient, customer: stripe.Customer
+) -> None:
+    other = await client.v1.customers.create_async({"email": "bob@example.com"})
+    attached = await client.v1.payment_methods.attach_async(
+        "pm_card_visa", {"customer": customer.id}
+    )
+    assert attached.customer == customer.id
+    assert attached.id.startswith("pm_")
+    assert attached.id != "pm_card_visa"  # a new, saved one
+    price = await client.v1.prices.create_async(
+        {"unit_amount": 999, "currency": "usd", "recurring": {"interval": "month"},
+         "product_data": {"name": "Pro"}}
+    )  # fmt: skip
+    before = dict(fake.created)
+
+    with pytest.raises(stripe.InvalidRequestError, match="attached to a different Customer"):
+        await client.v1.payment_intents.create_async(
+            intent(customer=other.id, payment_method=attached.id, confirm=True, off_session=True)
+        )
+    with pytest.raises(stripe.InvalidRequestError, match="attached to a different Customer"):
+        await client.v1.payment_intents.create_async(
+            intent(payment_method=attached.id, confirm=True)  # no customer at all
+        )
+    with pytest.raises(stripe.InvalidRequestError, match="attached to a different Customer"):
+        await client.v1.subscriptions.create_async(
+            {"customer": other.id, "items": [{"price": price.id}],
+             "default_payment_method": attached.id}
+        )  # fmt: skip
+    with pytest.raises(stripe.InvalidRequestError, match="already been attached"):
+        await client.v1.payment_methods.attach_async(attached.id, {"customer": other.id})
+
+    assert dict(fake.created) == before  # nothing was created, nothing charged
+    assert not any(pi["status"] == "succeeded" for pi in fake.payment_intents.values())
+    own = await client.v1.payment_intents.create_async(
+        intent(customer=customer.id, payment_method=attached.id, confirm=True, off_session=True)
+    )
+    assert own.status == "succeeded"
+
+
+async def test_an_unconfirmed_intent_cannot_be_confirmed_with_another_customers_method(
+    fake: FakeStripe, client: stripe.StripeClient, customer: stripe.Customer
+) -> None:
+    other = await client.v1.customers.create_async({"email": "bob@example.com"})
+    method = fake.attach_payment_method(customer.id)
+    pending = await client.v1.payment_intents.create_async(intent(customer=other.id))
+
+    with pytest.raises(stripe.InvalidRequestError, match="attached to a different Customer"):
+        await client.v1.payment_intents.confirm_async(pending.id, {"payment_method": method})
+
+    assert fake.payment_intents[pending.id]["status"] == "requires_payment_method"
+    assert fake.payment_intents[pending.id]["payment_method"] is None

@@ -216,6 +216,7 @@ async def test_a_debit_racing_the_completion_of_the_deposit_it_needs(
             }
         return names.INVOICE_PAY, {
             "idempotency_key": key(),
+            "user_id": user,
             "invoice_id": invoices[user],
             "source": "balance",
         }
@@ -293,6 +294,7 @@ async def test_a_renewal_racing_a_cancel_charges_at_most_once_and_ends_consisten
     cancels = {
         user: {
             "idempotency_key": key(),
+            "user_id": user,
             "subscription_id": sub,
             "at_period_end": not now_flags[user],
             "reason": "race",

@@ -229,12 +229,15 @@ async def test_a_balance_subscription_is_created_got_listed_and_canceled(
         user_id=user, plan_code=code, payment_source="balance", idempotency_key=key()
     )
     sub = created.subscription
-    got = await billing.get_subscription(subscription_id=sub.id)
+    got = await billing.get_subscription(user_id=user, subscription_id=sub.id)
     listed = await billing.list_subscriptions(user_id=user)
-    at_end = await billing.cancel_subscription(subscription_id=sub.id, idempotency_key=key())
-    now = await billing.cancel_subscription(
-        subscription_id=str(sub.id), at_period_end=False, reason="leaving", idempotency_key=key()
+    at_end = await billing.cancel_subscription(
+        user_id=user, subscription_id=sub.id, idempotency_key=key()
     )
+    now = await billing.cancel_subscription(
+        user_id=user, subscription_id=str(sub.id), at_period_end=False, reason="leaving",
+        idempotency_key=key(),
+    )  # fmt: skip
 
     assert (sub.status, sub.payment_source) == (SubscriptionStatus.ACTIVE, PaymentSource.BALANCE)
     assert created.payment_action is None
@@ -242,11 +245,13 @@ async def test_a_balance_subscription_is_created_got_listed_and_canceled(
     assert listed.subscriptions == [sub]
     assert (at_end.status, at_end.cancel_at_period_end) == (SubscriptionStatus.ACTIVE, True)
     assert now.status is SubscriptionStatus.CANCELED
-    assert (await billing.get_subscription(subscription_id=sub.id)).status == "canceled"
+    assert (await billing.get_subscription(user_id=user, subscription_id=sub.id)).status == (
+        "canceled"
+    )
     assert (await billing.balance(user_id=user)).accounts[0].balance == usd("20.00")
     with pytest.raises(InvalidState) as ended:
         await billing.cancel_subscription(
-            subscription_id=sub.id, at_period_end=False, idempotency_key=key()
+            user_id=user, subscription_id=sub.id, at_period_end=False, idempotency_key=key()
         )
     assert ended.value.code == "invalid_state"
 
@@ -263,8 +268,8 @@ async def test_invoices_are_created_paid_got_and_listed(billing: BillingClient) 
         order_id=f"client-order-{uuid.uuid4().hex[:8]}",
         idempotency_key=key(),
     )
-    paid = await billing.pay_invoice(invoice_id=invoice.id, idempotency_key=key())
-    got = await billing.get_invoice(invoice_id=str(invoice.id))
+    paid = await billing.pay_invoice(user_id=user, invoice_id=invoice.id, idempotency_key=key())
+    got = await billing.get_invoice(user_id=user, invoice_id=str(invoice.id))
     page = await billing.list_invoices(user_id=user, limit=10)
 
     assert invoice.status is InvoiceStatus.OPEN
@@ -277,7 +282,7 @@ async def test_invoices_are_created_paid_got_and_listed(billing: BillingClient) 
     assert page.next_cursor is None
     assert (await billing.balance(user_id=user)).accounts[0].balance == usd("4.00")
     with pytest.raises(InvalidState) as again:
-        await billing.pay_invoice(invoice_id=invoice.id, idempotency_key=key())
+        await billing.pay_invoice(user_id=user, invoice_id=invoice.id, idempotency_key=key())
     assert again.value.details == {"status": "paid", "requested": "paid"}
 
 
@@ -300,13 +305,13 @@ async def test_insufficient_funds_is_raised_with_the_balance_in_its_details(
 
 
 async def test_unknown_ids_raise_not_found(billing: BillingClient) -> None:
-    unknown = uuid.uuid4()
+    unknown, user = uuid.uuid4(), new_user()
     with pytest.raises(NotFound) as invoice:
-        await billing.get_invoice(invoice_id=unknown)
+        await billing.get_invoice(user_id=user, invoice_id=unknown)
     with pytest.raises(NotFound):
-        await billing.pay_invoice(invoice_id=unknown, idempotency_key=key())
+        await billing.pay_invoice(user_id=user, invoice_id=unknown, idempotency_key=key())
     with pytest.raises(NotFound):
-        await billing.get_subscription(subscription_id=unknown)
+        await billing.get_subscription(user_id=user, subscription_id=unknown)
     with pytest.raises(NotFound):
         await billing.create_subscription(
             user_id=new_user(),
@@ -315,6 +320,42 @@ async def test_unknown_ids_raise_not_found(billing: BillingClient) -> None:
             idempotency_key=key(),
         )
     assert invoice.value.details == {"invoice_id": str(unknown)}
+
+
+async def test_another_users_ids_raise_not_found_like_unknown_ones(
+    billing: BillingClient,
+) -> None:
+    owner, attacker, code = new_user(), new_user(), f"client-plan-{uuid.uuid4().hex[:8]}"
+    await billing.upsert_plan(
+        code=code, name="Pro", price=usd("1.00"), interval="month", idempotency_key=key()
+    )
+    await fund(billing, owner, "10.00")
+    invoice = await billing.create_invoice(
+        user_id=owner, currency="USD", idempotency_key=key(),
+        lines=[InvoiceLineIn(description="Blue mug", quantity=1, unit_price=usd("3.00"))],
+    )  # fmt: skip
+    sub = (
+        await billing.create_subscription(
+            user_id=owner, plan_code=code, payment_source="balance", idempotency_key=key()
+        )
+    ).subscription
+
+    with pytest.raises(NotFound) as read:
+        await billing.get_invoice(user_id=attacker, invoice_id=invoice.id)
+    with pytest.raises(NotFound) as paid:
+        await billing.pay_invoice(user_id=attacker, invoice_id=invoice.id, idempotency_key=key())
+    with pytest.raises(NotFound):
+        await billing.get_subscription(user_id=attacker, subscription_id=sub.id)
+    with pytest.raises(NotFound) as canceled:
+        await billing.cancel_subscription(
+            user_id=attacker, subscription_id=sub.id, at_period_end=False, idempotency_key=key()
+        )
+
+    assert read.value.message == paid.value.message == f"no invoice {invoice.id}"
+    assert canceled.value.message == f"no subscription {sub.id}"
+    assert await billing.get_invoice(user_id=owner, invoice_id=invoice.id) == invoice
+    assert await billing.get_subscription(user_id=owner, subscription_id=sub.id) == sub
+    assert (await billing.balance(user_id=owner)).accounts[0].balance == usd("9.00")
 
 
 async def test_the_same_key_with_another_payload_raises_idempotency_conflict(

@@ -60,9 +60,11 @@ async def created(bus: Bus, user: str, *lines: dict[str, Any], **fields: Any) ->
     return reply["data"]  # type: ignore[no-any-return]
 
 
-async def pay(bus: Bus, invoice_id: str, idempotency_key: str | None = None) -> dict[str, Any]:
-    command = {"idempotency_key": idempotency_key or key(), "invoice_id": invoice_id}
-    return await bus.call(PAY, {**command, "source": "balance"})
+async def pay(
+    bus: Bus, user: str, invoice_id: str, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    command = {"idempotency_key": idempotency_key or key(), "user_id": user}
+    return await bus.call(PAY, {**command, "invoice_id": invoice_id, "source": "balance"})
 
 
 async def fund(bus: Bus, user: str, amount: str) -> None:
@@ -230,7 +232,7 @@ async def test_an_invoice_is_paid_from_the_balance_and_announced(bus: Bus, worke
     await fund(bus, user, "12.00")
     invoice = await created(bus, user, item("2.50", 2))
 
-    reply = await pay(bus, invoice["id"])
+    reply = await pay(bus, user, invoice["id"])
 
     assert reply["ok"], reply
     assert reply["data"]["status"] == "paid"
@@ -270,10 +272,10 @@ async def test_paying_a_paid_invoice_again_is_invalid_state_and_charges_once(bus
     invoice = await created(bus, user)
     first = key()
 
-    first_reply = await pay(bus, invoice["id"], first)
+    first_reply = await pay(bus, user, invoice["id"], first)
     assert first_reply["ok"]
-    replayed = await pay(bus, invoice["id"], first)
-    again = await pay(bus, invoice["id"])
+    replayed = await pay(bus, user, invoice["id"], first)
+    again = await pay(bus, user, invoice["id"])
 
     assert replayed == first_reply
     assert again["error"]["code"] == "invalid_state"
@@ -288,12 +290,12 @@ async def test_paying_without_funds_is_insufficient_funds_and_the_invoice_stays_
     await fund(bus, user, "2.99")
     invoice = await created(bus, user)
 
-    reply = await pay(bus, invoice["id"])
+    reply = await pay(bus, user, invoice["id"])
 
     assert reply["error"]["code"] == "insufficient_funds"
     assert reply["error"]["details"]["balance"] == money("2.99")
     assert await balance_of(bus, user) == "2.99"
-    current = await bus.call(GET, {"invoice_id": invoice["id"]})
+    current = await bus.call(GET, {"user_id": user, "invoice_id": invoice["id"]})
     assert (current["data"]["status"], current["data"]["paid_at"]) == ("open", None)
     assert not bus.events_of("invoice.paid", lambda d: d["invoice_id"] == invoice["id"])
 
@@ -303,7 +305,7 @@ async def test_concurrent_pays_of_one_invoice_let_exactly_one_through(bus: Bus) 
     await fund(bus, user, "30.00")
     invoice = await created(bus, user)
 
-    replies = await asyncio.gather(*(pay(bus, invoice["id"]) for _ in range(10)))
+    replies = await asyncio.gather(*(pay(bus, user, invoice["id"]) for _ in range(10)))
 
     assert len([reply for reply in replies if reply["ok"]]) == 1
     assert {r["error"]["code"] for r in replies if not r["ok"]} == {"invalid_state"}
@@ -316,7 +318,7 @@ async def test_a_free_invoice_is_paid_without_moving_money(bus: Bus) -> None:
     user = new_user()
     invoice = await created(bus, user, item("0.00", 3))
 
-    reply = await pay(bus, invoice["id"])
+    reply = await pay(bus, user, invoice["id"])
 
     assert reply["data"]["status"] == "paid"
     assert reply["data"]["total"] == money("0.00")
@@ -325,16 +327,17 @@ async def test_a_free_invoice_is_paid_without_moving_money(bus: Bus) -> None:
 
 
 async def test_an_unknown_invoice_is_not_found_for_pay_and_get(bus: Bus) -> None:
-    unknown = str(uuid.uuid4())
-    paid = await pay(bus, unknown)
-    got = await bus.call(GET, {"invoice_id": unknown})
+    unknown, user = str(uuid.uuid4()), new_user()
+    paid = await pay(bus, user, unknown)
+    got = await bus.call(GET, {"user_id": user, "invoice_id": unknown})
     assert paid["error"]["code"] == got["error"]["code"] == "not_found"
     assert got["error"]["details"] == {"invoice_id": unknown}
 
 
 async def test_an_invoice_is_got_by_id(bus: Bus) -> None:
-    invoice = await created(bus, new_user(), item("1.25", 4), due_at="2031-05-01T12:00:00Z")
-    reply = await bus.call(GET, {"invoice_id": invoice["id"]})
+    user = new_user()
+    invoice = await created(bus, user, item("1.25", 4), due_at="2031-05-01T12:00:00Z")
+    reply = await bus.call(GET, {"user_id": user, "invoice_id": invoice["id"]})
     assert reply == {"ok": True, "data": invoice}
     assert invoice["lines"] == [{**item("1.25", 4), "amount": money("5.00")}]
 

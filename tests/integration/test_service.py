@@ -150,3 +150,98 @@ async def test_concurrent_duplicates_colliding_on_a_derived_row_id_replay_the_fi
 
     assert all(reply == replies[0] for reply in replies)  # the transaction id derives from the key
     assert replies[0]["ok"]
+
+
+async def balance_minor(worker: object, user: str) -> int:
+    from billing_worker.db.engine import driver_connection
+
+    async with driver_connection(worker.engine) as db:  # type: ignore[attr-defined]
+        value = await db.fetchval(
+            "SELECT balance_minor FROM virtual_accounts WHERE user_id = $1 AND currency = 'USD'",
+            user,
+        )
+    return int(value or 0)
+
+
+async def test_a_coalesced_batch_keeps_equal_keys_of_two_users_apart(settings: Settings) -> None:
+    worker = build_worker(settings)
+    first, second = (f"batch-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    used, shared = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        await fund(worker, first, "5.00")
+        await fund(worker, second, "5.00")
+        recorded = withdrawal(first, "1.00", used)
+        earlier = await worker.service.command("wallet.withdraw", recorded, wallet.withdraw)
+        assert earlier["ok"], earlier
+        batch = [
+            withdrawal(second, "2.00", used),  # the key the first user used, with another payload
+            recorded,  # the first user's command again: its stored reply
+            withdrawal(first, "1.00", shared),  # one new key, used by both users in one batch
+            withdrawal(second, "3.00", shared),
+        ]
+
+        replies = await worker.service.command_batch(
+            "wallet.withdraw", batch, wallet.withdraw, wallet.withdraw_many
+        )
+
+        assert all(isinstance(r, dict) and r["ok"] for r in replies), replies
+        assert replies[1] == earlier
+        amounts = [r["data"]["balance"]["amount"] for r in replies]  # type: ignore[index]
+        assert amounts == ["3.00", "4.00", "3.00", "0.00"]
+        ids = {r["data"]["transaction"]["id"] for r in replies}  # type: ignore[index]
+        assert len(ids) == 4  # four withdrawals, four transactions: no derived id collides
+        assert (await balance_minor(worker, first), await balance_minor(worker, second)) == (
+            300, 0,
+        )  # fmt: skip
+    finally:
+        await worker.engine.dispose()
+
+
+async def make_legacy(worker: object, key: str) -> None:
+    """Rewrite the key's record as the worker wrote it before records were scoped by user:
+    the queue's scope alone."""
+    from billing_worker.db.engine import driver_connection
+
+    async with driver_connection(worker.engine) as db:  # type: ignore[attr-defined]
+        moved = await db.execute(
+            "UPDATE idempotency_records SET scope = 'wallet.withdraw' WHERE key = $1", key
+        )
+    assert moved == "UPDATE 1"
+
+
+@pytest.mark.parametrize("path", ["one by one", "coalesced"])
+async def test_a_legacy_unscoped_record_is_replayed_to_the_same_command_only(
+    settings: Settings, path: str
+) -> None:
+    worker = build_worker(settings)
+    owner, other = (f"legacy-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    legacy_key = uuid.uuid4().hex
+
+    async def send(command: Withdraw) -> dict[str, object]:
+        if path == "one by one":
+            return await worker.service.command("wallet.withdraw", command, wallet.withdraw)
+        padding = withdrawal(f"pad-{uuid.uuid4().hex[:8]}", "1.00")  # a batch of two
+        replies = await worker.service.command_batch(
+            "wallet.withdraw", [command, padding], wallet.withdraw, wallet.withdraw_many
+        )
+        assert isinstance(replies[0], dict)
+        return replies[0]
+
+    try:
+        await fund(worker, owner, "5.00")
+        await fund(worker, other, "5.00")
+        command = withdrawal(owner, "2.00", legacy_key)
+        first = await worker.service.command("wallet.withdraw", command, wallet.withdraw)
+        assert first["ok"], first
+        await make_legacy(worker, legacy_key)
+
+        retried = await send(command)  # the same command, retried across the upgrade
+        others = await send(withdrawal(other, "2.00", legacy_key))  # another hash: no conflict
+
+        assert retried == first
+        assert await balance_minor(worker, owner) == 300  # debited once
+        assert others["ok"], others
+        assert others["data"]["balance"]["amount"] == "3.00"  # type: ignore[index]
+        assert await balance_minor(worker, other) == 300
+    finally:
+        await worker.engine.dispose()

@@ -12,6 +12,7 @@ import pytest
 
 from billing_worker.app import Worker, build_worker
 from billing_worker.db.engine import driver_connection
+from billing_worker.db.users import SqlUsers
 from billing_worker.domain.calendar import add_months
 from billing_worker.jobs.renewals import Renewals
 from billing_worker.settings import Settings
@@ -81,8 +82,10 @@ async def balance(bus: Bus, user: str) -> str:
     return str(reply["data"]["accounts"][0]["balance"]["amount"])
 
 
-async def subscription(bus: Bus, subscription_id: str) -> dict[str, Any]:
-    reply = await bus.call("billing.subscription.get", {"subscription_id": subscription_id})
+async def subscription(bus: Bus, sub: dict[str, Any]) -> dict[str, Any]:
+    reply = await bus.call(
+        "billing.subscription.get", {"user_id": sub["user_id"], "subscription_id": sub["id"]}
+    )
     assert reply["ok"], reply
     return reply["data"]  # type: ignore[no-any-return]
 
@@ -126,17 +129,15 @@ async def test_the_balance_lifecycle_renews_runs_dry_recovers_through_dunning(
     await bus.event("subscription.created", lambda d: d["subscription_id"] == sub["id"])
     ends = ["2031-03-31T09:30:00Z", "2031-04-30T09:30:00Z", "2031-05-31T09:30:00Z"]
     for expected_end in ends:  # three renewals, anchored to the 31st
-        clock.set(
-            datetime.fromisoformat((await subscription(bus, sub["id"]))["current_period_end"])
-        )
+        clock.set(datetime.fromisoformat((await subscription(bus, sub))["current_period_end"]))
         assert (await worker.renewals.run_once())["renewed"] == 1
-        assert (await subscription(bus, sub["id"]))["current_period_end"] == expected_end
+        assert (await subscription(bus, sub))["current_period_end"] == expected_end
     assert await balance(bus, user) == "5.00"
     await bus.event("subscription.renewed", lambda d: d["subscription_id"] == sub["id"], count=3)
 
     clock.set(datetime.fromisoformat(ends[-1]))
     assert (await worker.renewals.run_once())["failed"] == 1
-    assert (await subscription(bus, sub["id"]))["status"] == "past_due"
+    assert (await subscription(bus, sub))["status"] == "past_due"
     await bus.event("subscription.past_due", lambda d: d["subscription_id"] == sub["id"])
     await bus.event("payment.failed", lambda d: d["user_id"] == user)
     assert await worker.renewals.run_once() == {}  # nothing due before the first retry
@@ -145,7 +146,7 @@ async def test_the_balance_lifecycle_renews_runs_dry_recovers_through_dunning(
     clock.advance(days=1)
     assert (await worker.renewals.run_once())["renewed"] == 1
 
-    recovered = await subscription(bus, sub["id"])
+    recovered = await subscription(bus, sub)
     assert recovered["status"] == "active"
     assert recovered["current_period_start"] == "2031-05-31T09:30:00Z"  # the unpaid period
     assert recovered["current_period_end"] == "2031-06-30T09:30:00Z"
@@ -182,14 +183,19 @@ async def test_cancel_at_period_end_keeps_it_until_the_end_and_charges_nothing_m
 
     reply = await bus.call(
         "billing.subscription.cancel",
-        {"idempotency_key": key(), "subscription_id": sub["id"], "at_period_end": True},
+        {
+            "idempotency_key": key(),
+            "user_id": user,
+            "subscription_id": sub["id"],
+            "at_period_end": True,
+        },
     )
 
     assert reply["data"]["status"] == "active"
     assert reply["data"]["cancel_at_period_end"] is True
     clock.set(datetime.fromisoformat(sub["current_period_end"]))
     assert (await worker.renewals.run_once())["ended"] == 1
-    assert (await subscription(bus, sub["id"]))["status"] == "canceled"
+    assert (await subscription(bus, sub))["status"] == "canceled"
     await bus.event("subscription.canceled", lambda d: d["subscription_id"] == sub["id"])
     assert await balance(bus, user) == "20.00"
 
@@ -201,12 +207,17 @@ async def test_cancel_now_ends_it_at_once(bus: Bus) -> None:
 
     reply = await bus.call(
         "billing.subscription.cancel",
-        {"idempotency_key": key(), "subscription_id": sub["id"], "at_period_end": False,
-         "reason": "moving away"},
+        {"idempotency_key": key(), "user_id": user, "subscription_id": sub["id"],
+         "at_period_end": False, "reason": "moving away"},
     )  # fmt: skip
     again = await bus.call(
         "billing.subscription.cancel",
-        {"idempotency_key": key(), "subscription_id": sub["id"], "at_period_end": False},
+        {
+            "idempotency_key": key(),
+            "user_id": user,
+            "subscription_id": sub["id"],
+            "at_period_end": False,
+        },
     )
 
     assert reply["data"]["status"] == "canceled"
@@ -233,7 +244,7 @@ async def test_a_trial_charges_nothing_until_it_ends_then_the_first_period(
     assert await worker.renewals.run_once() == {}
     clock.advance(days=1)
     assert (await worker.renewals.run_once())["renewed"] == 1
-    paid = await subscription(bus, sub["id"])
+    paid = await subscription(bus, sub)
     assert paid["status"] == "active"
     assert paid["current_period_end"] == "2031-03-14T09:30:00Z"
     assert await balance(bus, user) == "0.00"
@@ -253,7 +264,7 @@ async def test_dunning_retries_on_schedule_then_cancels(
         outcomes.append(dict(await worker.renewals.run_once()))
 
     assert outcomes == [{"failed": 1}] * 4
-    assert (await subscription(bus, sub["id"]))["status"] == "canceled"
+    assert (await subscription(bus, sub))["status"] == "canceled"
     assert len(events(bus, "subscription.past_due", sub["id"])) == 1
     canceled = await bus.event("subscription.canceled", lambda d: d["subscription_id"] == sub["id"])
     assert canceled["data"]["reason"] == "payment_failed"
@@ -312,9 +323,14 @@ async def test_a_subscription_that_cannot_be_renewed_does_not_hold_up_the_others
     user, code = new_user(), await plan(bus, trial_days=7)
     await fund(bus, user, "10.00")
     healthy = (await subscribe(bus, user, code))["data"]["subscription"]
+    stuck_user = new_user()
+    async with driver_connection(worker.engine) as db:  # a card YooKassa saved for the user
+        await db.execute("INSERT INTO billing_users (id, user_id) VALUES ($1, $2)",
+                         uuid.uuid4(), stuck_user)  # fmt: skip
+        await SqlUsers(db).save_payment_method(stuck_user, "yookassa", "saved-card-1")
     stuck = await bus.call(  # YooKassa is not configured on this worker: renewing it fails
         "billing.subscription.create",
-        {"idempotency_key": key(), "user_id": new_user(), "plan_code": code,
+        {"idempotency_key": key(), "user_id": stuck_user, "plan_code": code,
          "payment_source": "yookassa", "payment_method_id": "saved-card-1"},
     )  # fmt: skip
     assert stuck["data"]["subscription"]["status"] == "trialing"
@@ -323,5 +339,5 @@ async def test_a_subscription_that_cannot_be_renewed_does_not_hold_up_the_others
     outcomes = await worker.renewals.run_once()
 
     assert outcomes == {"error": 1, "renewed": 1}
-    assert (await subscription(bus, healthy["id"]))["status"] == "active"
-    assert (await subscription(bus, stuck["data"]["subscription"]["id"]))["status"] == "trialing"
+    assert (await subscription(bus, healthy))["status"] == "active"
+    assert (await subscription(bus, stuck["data"]["subscription"]))["status"] == "trialing"

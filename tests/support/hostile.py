@@ -60,7 +60,12 @@ BASE: dict[str, dict[str, Any]] = {
         "due_at": "2031-01-01T00:00:00Z",
         "order_id": "@id",
     },
-    names.INVOICE_PAY: {"idempotency_key": "@key", "invoice_id": UUID_A, "source": "balance"},
+    names.INVOICE_PAY: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "invoice_id": UUID_A,
+        "source": "balance",
+    },
     names.INVOICE_GET: {"user_id": "@user", "limit": 5},
     names.PLAN_UPSERT: {
         "idempotency_key": "@key",
@@ -82,6 +87,7 @@ BASE: dict[str, dict[str, Any]] = {
     },
     names.SUBSCRIPTION_CANCEL: {
         "idempotency_key": "@key",
+        "user_id": "@user",
         "subscription_id": UUID_A,
         "at_period_end": True,
         "reason": "fuzz",

@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from billing_worker.db.idempotency import user_scope
 from billing_worker.handlers.wallet import derived_id
 from billing_worker.ops.audit import audit
 from support.load import LoadClient, is_final
@@ -172,11 +173,10 @@ async def _check_replies(
         finals = [reply for reply in replies if is_final(reply)]
         if not finals:  # given up on (internal_error): it must have changed nothing
             payload = json.loads(sent.body)
-            scope = sent.queue.removeprefix("billing.")
-            assert (scope, str(payload.get("idempotency_key"))) not in stored, key
+            assert (_scope(sent.queue, payload), str(payload.get("idempotency_key"))) not in stored
             if sent.queue in _DERIVED:
                 name, table = _DERIVED[sent.queue]
-                assert derived_id(name, str(payload["idempotency_key"])) not in derived[table]
+                assert _derived(name, payload) not in derived[table]
             continue
         first = finals[0]
         assert all(reply == first for reply in finals), f"{key} answered differently: {finals}"
@@ -193,20 +193,29 @@ async def _check_replies(
         ):
             continue  # refused by the contract: never reached the handler
         commands += 1
-        scope = sent.queue.removeprefix("billing.")
-        record = stored.get((scope, str(payload["idempotency_key"])))
+        record = stored.get((_scope(sent.queue, payload), str(payload["idempotency_key"])))
         assert record is not None, f"{sent.queue} {key} answered but not recorded"
         if not first["ok"] and first["error"]["code"] == "idempotency_conflict":
             continue  # the key was first used (and recorded) with another payload
         assert json.loads(record) == first, f"{key}: stored reply differs from the one sent"
         if sent.queue in _DERIVED:
             name, table = _DERIVED[sent.queue]
-            exists = derived_id(name, str(payload["idempotency_key"])) in derived[table]
+            exists = _derived(name, payload) in derived[table]
             if first["ok"]:
                 assert exists, f"{sent.queue} {key} accepted but not applied"
             elif first["error"]["code"] != "idempotency_conflict":
                 assert not exists, f"{sent.queue} {key} refused but applied: {first}"
     figures["commands_checked"] = commands
+
+
+def _scope(queue: str, payload: Mapping[str, Any]) -> str:
+    """Where the worker records a command: its queue and the user it acts for, if any."""
+    user = payload.get("user_id")
+    return user_scope(queue.removeprefix("billing."), None if user is None else str(user))
+
+
+def _derived(name: str, payload: Mapping[str, Any]) -> uuid.UUID:
+    return derived_id(name, str(payload["user_id"]), str(payload["idempotency_key"]))
 
 
 async def _check_events(client: LoadClient, outbox_ids: set[str], timeout: float) -> None:

@@ -37,9 +37,9 @@ COMMANDS: dict[type[Command], dict[str, Any]] = {
     Withdraw: {"user_id": "u1", "amount": USD_10, "description": "Coffee"},
     UpsertPlan: {"code": "pro", "name": "Pro", "price": USD_10, "interval": "month"},
     CreateSubscription: {"user_id": "u1", "plan_code": "pro", "payment_source": "balance"},
-    CancelSubscription: {"subscription_id": SUBSCRIPTION_ID},
+    CancelSubscription: {"user_id": "u1", "subscription_id": SUBSCRIPTION_ID},
     CreateInvoice: {"user_id": "u1", "currency": "USD", "lines": [LINE]},
-    PayInvoice: {"invoice_id": SUBSCRIPTION_ID, "source": "balance"},
+    PayInvoice: {"user_id": "u1", "invoice_id": SUBSCRIPTION_ID, "source": "balance"},
 }
 QUERIES: dict[type[Query], dict[str, Any]] = {
     ListPlans: {},
@@ -130,12 +130,12 @@ def test_a_deposit_or_withdrawal_of_a_float_amount_is_refused(model: type[Comman
     [(GetSubscriptions, "subscription_id"), (GetInvoices, "invoice_id")],
     ids=["GetSubscriptions", "GetInvoices"],
 )
-@pytest.mark.parametrize("selectors", ["neither", "both"])
-def test_a_get_query_needs_exactly_one_selector(
+@pytest.mark.parametrize("selectors", ["neither", "id alone"])
+def test_a_get_query_needs_the_user_it_reads_for(
     model: type[Query], id_field: str, selectors: str
 ) -> None:
-    payload = {} if selectors == "neither" else {id_field: SUBSCRIPTION_ID, "user_id": "u1"}
-    with pytest.raises(ValidationError, match="exactly one"):
+    payload = {} if selectors == "neither" else {id_field: SUBSCRIPTION_ID}
+    with pytest.raises(ValidationError, match="user_id"):
         model.model_validate_json(wire(payload))
 
 
@@ -144,13 +144,32 @@ def test_a_get_query_needs_exactly_one_selector(
     [(GetSubscriptions, "subscription_id"), (GetInvoices, "invoice_id")],
     ids=["GetSubscriptions", "GetInvoices"],
 )
-def test_a_get_query_by_id_alone_is_accepted(model: type[Query], id_field: str) -> None:
-    model.model_validate_json(wire({id_field: SUBSCRIPTION_ID}))
+def test_a_get_query_by_id_names_the_user_too(model: type[Query], id_field: str) -> None:
+    query = model.model_validate_json(wire({id_field: SUBSCRIPTION_ID, "user_id": "u1"}))
+    fields = query.model_dump(mode="json")
+    assert (fields[id_field], fields["user_id"]) == (SUBSCRIPTION_ID, "u1")
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (PayInvoice, {"invoice_id": SUBSCRIPTION_ID, "source": "balance"}),
+        (CancelSubscription, {"subscription_id": SUBSCRIPTION_ID}),
+    ],
+    ids=["PayInvoice", "CancelSubscription"],
+)
+def test_a_command_on_an_object_by_id_needs_the_user_it_acts_for(
+    model: type[Command], fields: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationError, match="user_id"):
+        model.model_validate_json(wire({"idempotency_key": "key-1", **fields}))
+    with pytest.raises(ValidationError, match="user_id"):
+        model.model_validate_json(wire({"idempotency_key": "key-1", "user_id": "", **fields}))
 
 
 def test_a_get_query_refuses_an_id_that_is_not_a_uuid() -> None:
     with pytest.raises(ValidationError):
-        GetSubscriptions.model_validate_json(wire({"subscription_id": "42"}))
+        GetSubscriptions.model_validate_json(wire({"user_id": "u1", "subscription_id": "42"}))
 
 
 @pytest.mark.parametrize("model", [ListTransactions, GetInvoices], ids=lambda m: m.__name__)

@@ -69,14 +69,16 @@ async def subscribe(bus: Bus, user: str, code: str, source: str, **extra: Any) -
     return reply["data"]  # type: ignore[no-any-return]
 
 
-async def status_of(bus: Bus, subscription_id: str) -> dict[str, Any]:
-    reply = await bus.call("billing.subscription.get", {"subscription_id": subscription_id})
+async def status_of(bus: Bus, user: str, subscription_id: str) -> dict[str, Any]:
+    reply = await bus.call(
+        "billing.subscription.get", {"user_id": user, "subscription_id": subscription_id}
+    )
     return reply["data"]  # type: ignore[no-any-return]
 
 
-async def eventually(bus: Bus, subscription_id: str, status: str) -> dict[str, Any]:
+async def eventually(bus: Bus, user: str, subscription_id: str, status: str) -> dict[str, Any]:
     for _ in range(100):
-        sub = await status_of(bus, subscription_id)
+        sub = await status_of(bus, user, subscription_id)
         if sub["status"] == status:
             return sub
         await asyncio.sleep(0.1)
@@ -124,7 +126,7 @@ async def test_stripe_webhooks_drive_the_subscription_from_incomplete_to_cancele
     fake.succeed(fake._invoice_payment_intent[first_invoice["id"]])  # the customer paid
     paid = fake.event("invoice.paid", fake.invoices[first_invoice["id"]])
     assert (await relay.stripe(paid)).status_code == 200
-    assert (await eventually(bus, sub_id, "active"))["status"] == "active"
+    assert (await eventually(bus, user, sub_id, "active"))["status"] == "active"
     await bus.event("subscription.created", lambda d: d["subscription_id"] == sub_id)
     await bus.event("payment.success", lambda d: d["user_id"] == user)
 
@@ -155,7 +157,7 @@ async def test_stripe_webhooks_drive_the_subscription_from_incomplete_to_cancele
     }
     fake.invoices[failed["id"]] = failed
     assert (await relay.stripe(fake.event("invoice.payment_failed", failed))).status_code == 200
-    await eventually(bus, sub_id, "past_due")
+    await eventually(bus, user, sub_id, "past_due")
     await bus.event("subscription.past_due", lambda d: d["subscription_id"] == sub_id)
     await bus.event("payment.failed", lambda d: d["user_id"] == user)
 
@@ -163,7 +165,7 @@ async def test_stripe_webhooks_drive_the_subscription_from_incomplete_to_cancele
     fake.subscriptions[ref]["status"] = "canceled"
     deleted = fake.event("customer.subscription.deleted", fake.subscriptions[ref])
     assert (await relay.stripe(deleted)).status_code == 200
-    await eventually(bus, sub_id, "canceled")
+    await eventually(bus, user, sub_id, "canceled")
     await bus.event("subscription.canceled", lambda d: d["subscription_id"] == sub_id)
 
 
@@ -180,6 +182,7 @@ async def test_canceling_a_stripe_subscription_tells_stripe(
         "billing.subscription.cancel",
         {
             "idempotency_key": key(),
+            "user_id": later_user,
             "subscription_id": later["subscription"]["id"],
             "at_period_end": True,
         },
@@ -188,6 +191,7 @@ async def test_canceling_a_stripe_subscription_tells_stripe(
         "billing.subscription.cancel",
         {
             "idempotency_key": key(),
+            "user_id": now_user,
             "subscription_id": now["subscription"]["id"],
             "at_period_end": False,
         },
@@ -244,14 +248,14 @@ async def test_a_yookassa_subscription_saves_the_card_then_the_scheduler_renews_
     assert (
         await relay.yookassa(fake.notification("payment.succeeded", first["id"]))
     ).status_code == 200
-    active = await eventually(bus, sub_id, "active")
+    active = await eventually(bus, user, sub_id, "active")
     await bus.event("subscription.created", lambda d: d["subscription_id"] == sub_id)
 
     clock.set(datetime.fromisoformat(active["current_period_end"]))
     outcome = await worker.renewals.run_once()
 
     assert outcome["charged"] == 1
-    renewed = await eventually(bus, sub_id, "active")
+    renewed = await eventually(bus, user, sub_id, "active")
     assert renewed["current_period_start"] == active["current_period_end"]
     charges = [p for p in fake.payments.values() if p["metadata"]["user_id"] == user]
     assert len(charges) == 2
@@ -262,11 +266,12 @@ async def test_a_yookassa_subscription_saves_the_card_then_the_scheduler_renews_
     fake.declining_methods.add(first["payment_method"]["id"])
     clock.set(datetime.fromisoformat(renewed["current_period_end"]))
     await worker.renewals.run_once()
-    assert (await status_of(bus, sub_id))["status"] == "past_due"
+    assert (await status_of(bus, user, sub_id))["status"] == "past_due"
     await bus.event("subscription.past_due", lambda d: d["subscription_id"] == sub_id)
     clock.advance(days=1)
     await worker.renewals.run_once()
-    assert (await status_of(bus, sub_id))["status"] == "past_due"  # second failure, still dunning
+    # second failure, still dunning
+    assert (await status_of(bus, user, sub_id))["status"] == "past_due"
     assert clock.now - datetime.fromisoformat(renewed["current_period_end"]) == timedelta(days=1)
 
 
@@ -283,7 +288,7 @@ async def test_a_first_yookassa_payment_that_fails_expires_the_subscription(
         await relay.yookassa(fake.notification("payment.canceled", payment["id"]))
     ).status_code == 200
 
-    expired = await eventually(bus, data["subscription"]["id"], "incomplete_expired")
+    expired = await eventually(bus, user, data["subscription"]["id"], "incomplete_expired")
     assert expired["status"] == "incomplete_expired"
     failed = await bus.event("payment.failed", lambda d: d["user_id"] == user)
     assert failed["data"]["failure_code"] == "card_expired"

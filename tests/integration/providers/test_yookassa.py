@@ -148,7 +148,11 @@ async def test_a_saved_method_is_charged_at_once_for_a_recurring_deposit(
 ) -> None:
     fake, _ = yookassa_fake
     user = new_user()
-    method = fake.add_saved_method()
+    first = await redirect_deposit(bus, fake, user)  # the first payment saves the card
+    fake.pay(first)
+    await relay.yookassa(fake.notification("payment.succeeded", first))
+    await bus.event("deposit.completed", lambda d: d["user_id"] == user)
+    method = fake.payments[first]["payment_method"]["id"]
 
     reply = await bus.call(
         DEPOSIT, yookassa_deposit(user, "250.00", payment_method_id=method, return_url=None)
@@ -156,7 +160,8 @@ async def test_a_saved_method_is_charged_at_once_for_a_recurring_deposit(
 
     assert reply["data"]["transaction"]["status"] == "completed"
     assert reply["data"]["payment_action"] is None
-    await bus.event("deposit.completed", lambda d: d["user_id"] == user)
+    transaction_id = reply["data"]["transaction"]["id"]
+    await bus.event("deposit.completed", lambda d: d["transaction_id"] == transaction_id)
 
 
 async def test_a_redirect_deposit_without_return_url_is_a_provider_error(bus: Bus) -> None:
