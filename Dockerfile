@@ -1,4 +1,4 @@
-# One image, three entry points (DESIGN §1): `billing-worker run` (default),
+# One image, three entry points: `billing-worker run` (default),
 # `billing-worker relay` and `billing-worker migrate`.
 #
 #   docker build -t billing-worker:local .

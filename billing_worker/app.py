@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.catalog import EVENT_MODELS, EVENT_PURPOSES
 from billing_contracts.envelope import EventEnvelope
+from billing_worker.access import Access, broker_login, load_policy
 from billing_worker.db import outbox
 from billing_worker.db.engine import create_engine, driver_connection
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
@@ -98,9 +99,10 @@ def build_worker(
         middlewares=middlewares,
         apply_types=False,  # the pipeline validates bodies itself (see Pipeline.consumer)
     )
+    worker_user = broker_login(settings.amqp_url)
     publisher = OutboxPublisher(
         engine,
-        outbox_sender(broker),
+        outbox_sender(broker, worker_user),
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval_ms / 1000,
         metrics=metrics,
@@ -126,8 +128,9 @@ def build_worker(
     renewals = Renewals(
         service, interval_seconds=settings.renewal_interval_seconds, metrics=metrics
     )
-    pipeline = Pipeline(broker, topology, settings.max_deliveries, metrics)
-    for route in all_routes(service, gateways, metrics, settings.coalesce_max):
+    pipeline = Pipeline(broker, topology, settings.max_deliveries, metrics, Access(worker_user))
+    routes = all_routes(service, gateways, metrics, settings.coalesce_max)
+    for route in routes:
         broker.subscriber(
             topology.queue_for(route.queue),
             ack_policy=AckPolicy.MANUAL,
@@ -145,6 +148,8 @@ def build_worker(
         )
 
     async def on_startup() -> None:
+        # Before any subscriber starts: a bad policy file stops start-up (StartupError).
+        pipeline.access = access_for(settings, worker_user, [route.queue for route in routes])
         await check_database(engine, settings)
         await load_service_keys(engine, gateways)
         await connect_broker(broker, settings)
@@ -196,7 +201,28 @@ def build_worker(
     return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics)
 
 
-def outbox_sender(broker: RabbitBroker) -> Callable[[outbox.OutboxMessage], Awaitable[Any]]:
+def access_for(settings: Settings, worker_user: str, queues: list[str]) -> Access:
+    """The access check of consumed messages: the policy file's, or off (with a warning)."""
+    if settings.access_policy is None:
+        log.warning(
+            "BILLING_ACCESS_POLICY is unset: any broker user may send any command, "
+            "provider callback or order to this worker (see the README's Trust model)"
+        )
+        return Access(worker_user)
+    policy = load_policy(settings.access_policy, queues)
+    log.info(
+        "access policy %s: %d broker users besides the worker's own (%s)",
+        settings.access_policy, len(policy.users), worker_user,
+    )  # fmt: skip
+    return Access(worker_user, policy)
+
+
+def outbox_sender(
+    broker: RabbitBroker, worker_user: str
+) -> Callable[[outbox.OutboxMessage], Awaitable[Any]]:
+    """Publishes as the worker's broker user (validated user_id): a sandbox callback it
+    sends itself is believed as the worker's, and events say who published them."""
+
     async def send(message: outbox.OutboxMessage) -> Any:
         return await broker.publish(
             message.body.encode(),
@@ -206,6 +232,7 @@ def outbox_sender(broker: RabbitBroker) -> Callable[[outbox.OutboxMessage], Awai
             message_type=message.type,
             headers=message.headers or None,
             content_type="application/json",
+            user_id=worker_user,
             persist=True,
             mandatory=False,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator, model_validator
@@ -28,6 +29,11 @@ class Settings(BaseSettings):
     rabbitmq_url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         description="AMQP URL of RabbitMQ, including the vhost",
+    )
+    access_policy: Path | None = Field(
+        default=None,
+        description="TOML file mapping broker users to the queues they may send to; "
+        "unset = off (any broker user may send anything)",
     )
     orders_exchange: str = Field(
         default="orders", min_length=1, description="Topic exchange of the Orders service"
@@ -122,6 +128,11 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("access_policy", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("retry_delays_ms", "dunning_days", mode="before")
     @classmethod

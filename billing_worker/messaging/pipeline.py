@@ -1,5 +1,8 @@
 """The error policy of every subscriber: validate, handle, reply, then acknowledge.
 
+- With the access policy on, a message whose validated sender (AMQP `user_id`, see
+  billing_worker/access.py) may not send to its queue gets a `forbidden` reply and is
+  dead-lettered unread; it is never handled nor retried.
 - A body that is not JSON or fails its contract gets an `invalid_message` reply (when
   the caller set `reply_to`) and is dead-lettered with the reason; it is never retried.
 - A handler failure (database or provider down, a bug) is retried through a delay queue
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from billing_contracts import names
 from billing_contracts.envelope import ErrorCode
+from billing_worker.access import DEFAULT_LOGIN, Access
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.messaging.topology import Topology
 from billing_worker.metrics import Metrics
@@ -135,11 +139,14 @@ class Pipeline:
         topology: Topology,
         max_deliveries: int,
         metrics: Metrics | None = None,
+        access: Access | None = None,
     ) -> None:
         self.broker = broker
         self.topology = topology
         self.max_deliveries = max_deliveries
         self.metrics = metrics or Metrics()
+        # The worker's own broker user: every message it publishes carries it as user_id.
+        self.access = access or Access(DEFAULT_LOGIN)
 
     def consumer(self, route: Route) -> Callable[[RabbitMessage], Awaitable[None]]:
         """The subscriber function. FastStream hands it the raw message (the broker runs
@@ -173,6 +180,13 @@ class Pipeline:
 
     async def _consume(self, route: Route, message: RabbitMessage) -> str:
         raw = message.raw_message
+        refusal = self.access.refusal(route.queue, raw.user_id, raw.headers or {})
+        if refusal is not None:
+            log.warning("forbidden message on %s: %s", route.queue, refusal)
+            await self.reply(raw, error_reply(ErrorCode.FORBIDDEN, refusal, {}))
+            await self.dead_letter(raw, route.queue, f"forbidden: {refusal}")
+            await message.ack()
+            return "forbidden"
         try:
             payload = route.parse(raw.body, raw.headers or {})
         except InvalidMessage as invalid:
@@ -241,6 +255,7 @@ class Pipeline:
             routing_key=raw.reply_to,
             correlation_id=raw.correlation_id,
             content_type="application/json",
+            user_id=self.access.worker_user,
             mandatory=False,
         )
 
@@ -267,12 +282,21 @@ class Pipeline:
         routing_key: str,
         extra_headers: Mapping[str, Any],
     ) -> None:
-        """A persistent copy of `raw` with its properties, confirmed by the broker."""
+        """A persistent copy of `raw` with its properties, confirmed by the broker.
+
+        The copy's user_id can only be the worker's own (RabbitMQ validates it), so the
+        original sender travels in the sender header (see billing_worker/access.py)."""
+        headers = raw.headers or {}
         await self.broker.publish(
             raw.body,
             exchange=exchange,
             routing_key=routing_key,
-            headers={**(raw.headers or {}), **extra_headers},
+            headers={
+                **headers,
+                **extra_headers,
+                **self.access.copy_headers(raw.user_id, headers),
+            },
+            user_id=self.access.worker_user,
             correlation_id=raw.correlation_id,
             reply_to=raw.reply_to,
             message_id=raw.message_id,

@@ -3,6 +3,9 @@
 Reading is non-destructive: messages are fetched unacknowledged and go back to the queue
 when the channel closes. Replay publishes a copy to the message's original queue (with
 publisher confirms, its retry counter reset) and only then removes it from the DLQ.
+The copy is published as the replaying broker user and names the dead letter's
+original sender in `x-billing-sender`, so the worker's access policy judges the original
+sender again (when the operator replays with the worker's own user, as the CLI does).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from billing_contracts import names
+from billing_worker.access import Access, broker_login
 
 _OURS = (names.REASON_HEADER, names.ORIGINAL_QUEUE_HEADER, names.ATTEMPTS_HEADER, "x-death")
 
@@ -94,15 +98,18 @@ async def replay(
 ) -> list[dict[str, Any]]:
     """Send the selected dead letters back to their queues; returns what was replayed."""
     replayed = []
+    access = Access(broker_login(url))
     async with dead_letters(url, limit) as (channel, letters):
         for letter in letters:
             if not select(letter) or not letter.original_queue:
                 continue
             message = letter.message
+            headers = {k: v for k, v in letter.headers.items() if k not in _OURS}
             await channel.default_exchange.publish(
                 aio_pika.Message(
                     message.body,
-                    headers={k: v for k, v in letter.headers.items() if k not in _OURS},
+                    headers={**headers, **access.copy_headers(message.user_id, letter.headers)},
+                    user_id=access.worker_user,
                     content_type=message.content_type,
                     correlation_id=message.correlation_id,
                     reply_to=message.reply_to,

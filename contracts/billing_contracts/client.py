@@ -25,6 +25,11 @@ outcome is unknown, and only a retry with the *same* key returns the first reply
 instead of, say, charging twice; a key invented inside the client would differ on
 every attempt and defeat that. Derive it from your own operation (`order-42-pay`).
 
+Every request carries the AMQP `user_id` of the connection's login (the URL's user
+name), which RabbitMQ validates: with the worker's access policy on, that broker user
+is who the worker believes sent it; a user the policy does not allow the queue gets
+`Forbidden`.
+
 `events()` consumes `billing.events` with typed envelopes, acknowledging each event
 after your loop body returns and skipping duplicates by `event_id`.
 """
@@ -44,6 +49,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
@@ -71,6 +77,7 @@ from billing_contracts.client_errors import (
     BillingTimeout,
     BillingUnavailable,
     CurrencyMismatch,
+    Forbidden,
     IdempotencyConflict,
     InsufficientFunds,
     InternalError,
@@ -133,6 +140,7 @@ __all__ = [
     "Event",
     "EventData",
     "EventStream",
+    "Forbidden",
     "IdempotencyConflict",
     "InsufficientFunds",
     "InternalError",
@@ -211,6 +219,9 @@ class BillingClient:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self.url = url
+        # The login RabbitMQ validates every request's user_id against (aio-pika logs
+        # in as guest when the URL names no user).
+        self.user_id = unquote(urlsplit(url).username or "") or "guest"
         self.timeout = timeout
         self.prefetch = prefetch
         self.connection_name = connection_name
@@ -375,6 +386,7 @@ class BillingClient:
             correlation_id=correlation_id,
             reply_to=DIRECT_REPLY_TO,
             app_id=self.connection_name,
+            user_id=self.user_id,
         )
         try:
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)

@@ -24,6 +24,7 @@ __all__ = [
     "BillingTimeout",
     "BillingUnavailable",
     "CurrencyMismatch",
+    "Forbidden",
     "IdempotencyConflict",
     "InsufficientFunds",
     "InternalError",
@@ -124,6 +125,16 @@ class InternalError(BillingError):
     code = ErrorCode.INTERNAL_ERROR
 
 
+class Forbidden(BillingError):
+    """The worker's access policy does not let this broker user send this message.
+
+    Nothing was applied; retrying changes nothing until an operator allows the user
+    (the connection's login, sent as the AMQP `user_id`) that queue.
+    """
+
+    code = ErrorCode.FORBIDDEN
+
+
 class BillingTimeout(BillingError, TimeoutError):
     """No reply in time, or the connection dropped while waiting for it.
 
@@ -160,6 +171,7 @@ ERRORS: Mapping[str, type[BillingError]] = {
         CurrencyMismatch,
         ProviderError,
         InternalError,
+        Forbidden,
     )
 }
 

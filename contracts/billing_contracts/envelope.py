@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 
 class ErrorCode(StrEnum):
-    """Every error a reply can carry (DESIGN §2)."""
+    """Every error a reply can carry (the README's error-code table explains each)."""
 
     INVALID_MESSAGE = "invalid_message"
     NOT_FOUND = "not_found"
@@ -22,6 +22,8 @@ class ErrorCode(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     PROVIDER_ERROR = "provider_error"
     INTERNAL_ERROR = "internal_error"
+    # The broker user that sent the message (its AMQP user_id) may not send to that queue.
+    FORBIDDEN = "forbidden"
 
 
 class ErrorBody(BaseModel):

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -414,6 +415,34 @@ async def test_a_queue_nobody_consumes_times_out_quickly_and_forgets_the_call(
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.content_type == "application/json"
     assert json.loads(message.body) == {"user_id": "u"}
+
+
+async def test_every_request_carries_the_connections_login_as_its_user_id(
+    billing: BillingClient, amqp: AbstractChannel, rabbitmq_url: str
+) -> None:
+    """RabbitMQ validates user_id against the connection's user, and the worker's access
+    policy believes it: the client must send it, and only its own login."""
+    echo = await amqp.declare_queue(f"client-test.echo.{key()}", exclusive=True)
+    seen: list[str | None] = []
+
+    async def answer(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        seen.append(message.user_id)
+        reply = json.dumps({"ok": True, "data": {"user_id": "u", "accounts": []}}).encode()
+        await amqp.default_exchange.publish(
+            aio_pika.Message(reply, correlation_id=message.correlation_id),
+            routing_key=message.reply_to or "",
+        )
+
+    await echo.consume(answer, no_ack=True)
+    result = await billing.request(echo.name, GetBalance(user_id="u"), BalanceResult)
+
+    assert result.accounts == []
+    assert seen == [urlsplit(rabbitmq_url).username or "guest"]
+
+
+def test_the_user_id_is_the_urls_decoded_login_or_guest() -> None:
+    assert BillingClient("amqp://orders%40eu:secret@broker:5672/billing").user_id == "orders@eu"
+    assert BillingClient("amqp://broker:5672/").user_id == "guest"
 
 
 async def test_a_cancelled_call_is_forgotten(billing: BillingClient, amqp: AbstractChannel) -> None:

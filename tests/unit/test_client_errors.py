@@ -16,6 +16,7 @@ from billing_contracts.client_errors import (
     BillingTimeout,
     BillingUnavailable,
     CurrencyMismatch,
+    Forbidden,
     IdempotencyConflict,
     InsufficientFunds,
     InternalError,
@@ -48,6 +49,7 @@ def error_reply(code: str, message: str = "refused", **details: Any) -> bytes:
         ("currency_mismatch", CurrencyMismatch),
         ("provider_error", ProviderError),
         ("internal_error", InternalError),
+        ("forbidden", Forbidden),
     ],
 )
 def test_each_error_code_raises_its_exception_with_message_and_details(

@@ -399,7 +399,7 @@ def test_the_worker_gets_longer_to_stop_than_its_shutdown_grace() -> None:
     assert seconds(services()["worker"]["stop_grace_period"]) > grace
 
 
-def test_every_built_service_runs_an_existing_subcommand_with_both_urls() -> None:
+def test_every_built_service_runs_an_existing_subcommand_with_its_urls() -> None:
     parser = build_parser()
     built = {name: s for name, s in services().items() if "build" in s}
     assert set(built) == {"migrate", "worker", "relay"}
@@ -408,4 +408,136 @@ def test_every_built_service_runs_an_existing_subcommand_with_both_urls() -> Non
             parser.parse_args(service["command"])
         except SystemExit:
             pytest.fail(f"{name} runs {service['command']}, not a billing-worker command")
-        assert {"BILLING_DATABASE_URL", "BILLING_RABBITMQ_URL"} <= set(service["environment"])
+        assert "BILLING_RABBITMQ_URL" in service["environment"]
+        if name != "relay":
+            assert "BILLING_DATABASE_URL" in service["environment"]
+
+
+# ---- broker users, permissions and the access policy ----
+
+DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+RABBITMQ_CONF = ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf"
+ACCESS_POLICY = ROOT / "deploy" / "access-policy.toml"
+# What the internet-facing relay may be given: its broker URL, the webhook secret, and
+# which proxies to believe. Never the database, nor a provider's API key.
+RELAY_MAY_READ = frozenset(
+    {"BILLING_RABBITMQ_URL", "BILLING_STRIPE_WEBHOOK_SECRET", "BILLING_TRUSTED_PROXIES"}
+)
+
+
+def definitions() -> dict[str, Any]:
+    document = json.loads(DEFINITIONS.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def permissions() -> dict[str, dict[str, str]]:
+    return {entry["user"]: entry for entry in definitions()["permissions"]}
+
+
+def broker_url(service: str) -> Any:
+    from urllib.parse import urlsplit
+
+    return urlsplit(services()[service]["environment"]["BILLING_RABBITMQ_URL"])
+
+
+def allows(pattern: str, name: str) -> bool:
+    """RabbitMQ matches a permission regex anywhere in the name (PCRE; Python's re agrees
+    on these anchored patterns)."""
+    return re.search(pattern, name) is not None
+
+
+def test_the_relay_gets_only_its_webhook_secrets_and_its_own_broker_user() -> None:
+    relay = services()["relay"]
+    assert "env_file" not in relay, "the relay must not read .env (provider keys live there)"
+    assert set(relay["environment"]) <= RELAY_MAY_READ, sorted(relay["environment"])
+    assert broker_url("relay").username != broker_url("worker").username
+
+
+def test_every_service_url_names_a_defined_user_with_its_dev_password_and_vhost() -> None:
+    import base64
+    import hashlib
+
+    users = {user["name"]: user for user in definitions()["users"]}
+    vhosts = {vhost["name"] for vhost in definitions()["vhosts"]}
+    for service in ("worker", "relay", "migrate"):
+        url = broker_url(service)
+        user = users[url.username]
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        salted = base64.b64decode(user["password_hash"])
+        salt, digest = salted[:4], salted[4:]
+        assert hashlib.sha256(salt + url.password.encode()).digest() == digest, (
+            f"{service}: the password in compose.yaml is not the one hashed for {url.username}"
+        )
+        assert url.password.startswith("dev-only-"), "compose passwords are marked dev-only"
+        assert url.path.lstrip("/") in vhosts
+        assert permissions()[url.username]["vhost"] == url.path.lstrip("/")
+
+
+def test_rabbitmq_loads_the_mounted_definitions() -> None:
+    rabbitmq = services()["rabbitmq"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in rabbitmq["volumes"]}
+    assert mounts["/etc/rabbitmq/definitions.json"] == "./deploy/rabbitmq/definitions.json"
+    conf = [target for target, source in mounts.items() if source.endswith("rabbitmq.conf")]
+    assert conf
+    assert conf[0].startswith("/etc/rabbitmq/conf.d/")
+    settings = dict(
+        line.split("=", 1) for line in RABBITMQ_CONF.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )  # fmt: skip
+    assert settings["load_definitions "].strip() == "/etc/rabbitmq/definitions.json"
+    assert "RABBITMQ_DEFAULT_USER" not in rabbitmq.get("environment", {})
+
+
+def test_the_roles_have_least_privilege_on_the_exchanges() -> None:
+    from billing_contracts import names
+
+    by_user = permissions()
+    relay = by_user[broker_url("relay").username]
+    worker = by_user[broker_url("worker").username]
+    clients = [by_user["storefront"], by_user["orders-service"]]
+    callbacks = names.PROVIDER_CALLBACKS_EXCHANGE
+
+    assert allows(relay["write"], callbacks)
+    assert not any(allows(relay["write"], name) for name in ("amq.default", "billing.events"))
+    assert not allows(relay["configure"], callbacks)
+    assert not allows(relay["read"], callbacks)
+    assert not allows(relay["configure"], "x")
+    assert not allows(relay["read"], "x")
+    for client in clients:
+        assert allows(client["write"], "amq.default")
+        assert not allows(client["write"], callbacks)
+        assert not allows(client["write"], names.EVENTS_EXCHANGE)
+        assert not allows(client["write"], names.DEAD_LETTER_EXCHANGE)
+    assert allows(by_user["orders-service"]["write"], names.ORDERS_EXCHANGE)
+    assert not allows(by_user["storefront"]["write"], names.ORDERS_EXCHANGE)
+    assert not allows(worker["write"], callbacks)
+    for name in (
+        "amq.default",
+        names.EVENTS_EXCHANGE,
+        names.DEAD_LETTER_EXCHANGE,
+        "billing.retry.1000ms",
+        names.PROVIDER_EVENTS_QUEUE,
+        names.DEAD_LETTER_QUEUE,
+    ):
+        assert allows(worker["write"], name), name  # fmt: skip
+
+
+def test_the_worker_runs_with_the_mounted_access_policy_naming_defined_users() -> None:
+    from billing_contracts import names
+    from billing_worker.access import load_policy
+    from billing_worker.messaging.topology import ALL_WORK_QUEUES
+
+    worker = services()["worker"]
+    path = worker["environment"]["BILLING_ACCESS_POLICY"]
+    assert f"./deploy/access-policy.toml:{path}:ro" in worker["volumes"]
+    queues = [*ALL_WORK_QUEUES, names.PROVIDER_EVENTS_QUEUE, names.ORDER_CREATED_QUEUE]
+    policy = load_policy(ACCESS_POLICY, queues)
+    assert set(policy.users) <= {user["name"] for user in definitions()["users"]}
+    relay_user = broker_url("relay").username
+    senders = {user for user in policy.users if policy.allows(user, names.PROVIDER_EVENTS_QUEUE)}
+    assert senders == {relay_user}, "only the relay may send provider callbacks"
+    orderers = {user for user in policy.users if policy.allows(user, names.ORDER_CREATED_QUEUE)}
+    assert orderers == {"orders-service"}
+    planners = {user for user in policy.users if policy.allows(user, names.PLAN_UPSERT)}
+    assert planners == {"billing-admin"}
