@@ -13,6 +13,7 @@ from faststream.rabbit import Channel, RabbitBroker
 from starlette.applications import Starlette
 
 from billing_contracts import names
+from billing_worker.access import broker_login
 from billing_worker.messaging.topology import PROVIDER_CALLBACKS
 from billing_worker.metrics import Metrics
 from billing_worker.observability import InternalServer, internal_app
@@ -46,9 +47,13 @@ def relay_broker(settings: Settings) -> RabbitBroker:
     )
 
 
-def publisher(broker: RabbitBroker) -> Publish:
+def publisher(broker: RabbitBroker, user_id: str | None = None) -> Publish:
     """Publishes to the callbacks exchange, the only thing the relay's broker user needs
-    to be allowed to write (the exchange is looked up passively, never declared)."""
+    to be allowed to write (the exchange is looked up passively, never declared).
+
+    `user_id` is the relay's broker login: RabbitMQ validates it, and the worker's
+    access policy admits callbacks by it.
+    """
 
     async def publish(
         body: bytes, provider: str, message_id: str, signature: str | None = None
@@ -62,6 +67,7 @@ def publisher(broker: RabbitBroker) -> Publish:
             routing_key=names.PROVIDER_CALLBACK_ROUTING_KEY,
             headers=headers,
             message_id=message_id,
+            user_id=user_id,
             content_type="application/json",
             persist=True,
             mandatory=True,
@@ -128,7 +134,8 @@ async def serve(settings: Settings) -> None:
 
     metrics = Metrics()
     probe = health_probe(broker)
-    app = build_relay(relay_config(settings), publisher(broker), probe, metrics)
+    sender = publisher(broker, broker_login(settings.amqp_url))
+    app = build_relay(relay_config(settings), sender, probe, metrics)
     internal = None
     if settings.metrics_port:
         internal = InternalServer(

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 from faststream.rabbit import RabbitBroker
 
+from billing_worker.access import broker_login
 from billing_worker.relay.app import build_relay
 from billing_worker.relay.runner import health_probe, publisher, relay_config
 from billing_worker.settings import Settings
@@ -30,7 +31,7 @@ class Relay:
     published: list[tuple[str, str]] = field(default_factory=list)
 
     def client(self, peer: str = "127.0.0.1") -> httpx.AsyncClient:
-        send = publisher(self.broker)
+        send = publisher(self.broker, broker_login(self.settings.amqp_url))
 
         async def publish(
             body: bytes, provider: str, message_id: str, signature: str | None = None
