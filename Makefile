@@ -20,8 +20,10 @@ services:  ## start the local PostgreSQL and RabbitMQ if they are down
 migrate: install services  ## create/upgrade the database
 	$(BIN)/billing-worker migrate
 
+# The local worker runs with the sandbox provider (deposits complete without a provider
+# account); export BILLING_SANDBOX_ENABLED=false to run it without.
 run: migrate  ## set up and run the worker against the local services
-	$(BIN)/billing-worker run
+	BILLING_SANDBOX_ENABLED=$${BILLING_SANDBOX_ENABLED:-true} $(BIN)/billing-worker run
 
 lint: install
 	$(BIN)/ruff check .

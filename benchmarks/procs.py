@@ -129,6 +129,7 @@ async def start_workers(env: RunEnv, count: int, settings: dict[str, str], logs:
         BILLING_DATABASE_URL=env.sqlalchemy_url,
         BILLING_RABBITMQ_URL=env.amqp,
         BILLING_LOG_LEVEL="WARNING",
+        BILLING_SANDBOX_ENABLED="true",  # the plan's deposits complete through the sandbox
         BILLING_LOG_FORMAT="text",
         **settings,
     )

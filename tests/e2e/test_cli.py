@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def test_the_relay_process_serves_healthz_and_stops_on_sigterm(rabbitmq_url: str
     from fakes.server import free_port
 
     port = free_port()
+    asyncio.run(declare_callbacks_exchange(rabbitmq_url))  # as a worker's start-up does
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     env = {**clean, "BILLING_RABBITMQ_URL": rabbitmq_url, "BILLING_RELAY_HOST": "127.0.0.1",
            "BILLING_RELAY_PORT": str(port), "BILLING_LOG_FORMAT": "json"}  # fmt: skip
@@ -178,3 +180,19 @@ def test_the_worker_process_starts_serves_and_stops_cleanly_on_sigterm(
     assert process.returncode == 0, stderr
     assert "billing worker consuming" in stderr
     assert "billing worker stopped" in stderr
+
+
+async def declare_callbacks_exchange(rabbitmq_url: str) -> None:
+    """The exchange the relay publishes to; the worker declares it, the relay never does
+    (its broker user may have no configure permission), so the relay is healthy only
+    once it exists."""
+    import aio_pika
+
+    from billing_contracts import names
+
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(
+            names.PROVIDER_CALLBACKS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )

@@ -53,7 +53,8 @@ async def stop(process: subprocess.Popen[bytes]) -> int:
 async def test_sigterm_during_a_burst_of_1000_commands_loses_none_and_doubles_none(
     database_url: str, rabbitmq_url: str, tmp_path: Path
 ) -> None:
-    env = {"BILLING_DATABASE_URL": database_url, "BILLING_RABBITMQ_URL": rabbitmq_url}
+    env = {"BILLING_DATABASE_URL": database_url, "BILLING_RABBITMQ_URL": rabbitmq_url,
+           "BILLING_SANDBOX_ENABLED": "true"}  # fmt: skip
     log = tmp_path / "worker.log"
     first = start_worker(log, **env)
     await wait_for_line(log, "billing worker consuming", first)

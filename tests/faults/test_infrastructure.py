@@ -217,9 +217,8 @@ async def test_broker_and_database_outages_under_load_lose_nothing(
         stripe_deposits[transaction["id"]] = user
         expected[(user, "USD")] += amount
         intent = reply["data"]["payment_action"]["client_secret"].split("_secret_")[0]
-        await deliver(
-            http, fake.event("payment_intent.succeeded", {"id": intent, "object": "payment_intent"})
-        )
+        paid = fake.succeed(intent)  # the customer pays; the worker re-reads it at Stripe
+        await deliver(http, fake.event("payment_intent.succeeded", paid))
 
     async def load(http: httpx.AsyncClient) -> None:
         """Commands and webhooks at a steady pace until told to stop."""
