@@ -1,6 +1,6 @@
 """The floor: the least work any worker on this stack must do per wallet command.
 
-Plain aio-pika + asyncpg, no framework (PERFORMANCE.md, "The floor"). Per message:
+Plain aio-pika + asyncpg, no framework (benchmarks/README.md, "The floor"). Per message:
 consume a persistent message (manual ack, prefetch 16) -> ONE PostgreSQL transaction of
 four statements on the real schema -> publish the event with a publisher confirm ->
 publish the reply with a confirm -> ack.
@@ -220,7 +220,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.floor",
-        description="The floor worker of the benchmark (PERFORMANCE.md): aio-pika + asyncpg, "
+        description="The floor worker of the benchmark: aio-pika + asyncpg, "
         "four statements in one transaction, confirmed event and reply, then ack. "
         "Stops on SIGTERM/SIGINT after finishing in-flight messages.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

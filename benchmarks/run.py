@@ -11,7 +11,7 @@ fresh database (`billing-worker migrate`) and a fresh vhost, every run checked:
     rpc-c<n>   closed-loop request/reply with n clients (--rpc-concurrency)
     workers<n> drain with n `billing-worker run` processes (worker only, vs 1 process)
 
-The floor is `python -m benchmarks.floor` (aio-pika + asyncpg, PERFORMANCE.md); the
+The floor is `python -m benchmarks.floor` (aio-pika + asyncpg, see benchmarks/README.md); the
 worker is `billing-worker run` with its real settings (log level WARNING).
 
 Prints the medians over the pairs (msgs/s, p50/p99 ms, CPU seconds per process) and the

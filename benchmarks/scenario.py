@@ -34,7 +34,7 @@ class Scenario:
     deposits: bool = True  # deposit completions mixed in (pre-filled only)
     processes: int = 1  # worker processes
     sides: tuple[str, ...] = ("floor", "worker")
-    rate_guess: float = 900.0  # msgs/s to size the first pre-fill (PERFORMANCE.md's floor)
+    rate_guess: float = 900.0  # msgs/s to size the first pre-fill (the floor's rate, measured)
 
 
 @dataclass

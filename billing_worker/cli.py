@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,13 +20,18 @@ log = logging.getLogger("billing_worker")
 EXIT_CONFIG = 2
 
 
-def _settings() -> Settings:
+def _settings(**overrides: Any) -> Settings:
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as invalid:
         first = invalid.errors()[0]
-        name = "BILLING_" + "_".join(str(part) for part in first["loc"]).upper()
-        raise SystemExit(f"billing-worker: setting {name} is invalid: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["loc"]:
+            name = "BILLING_" + "_".join(str(part) for part in first["loc"]).upper()
+            message = f"setting {name} is invalid: {message}"
+        # else a rule across settings, whose message names them
+        print(f"billing-worker: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -173,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from billing_worker.db.migrate import migrate
     from billing_worker.ops.demo import DemoClient, script
 
-    settings = _settings()
+    settings = _settings(sandbox_enabled=True)  # the demo's deposits go through the sandbox
     logs.configure("ERROR", settings.log_format)
 
     async def run() -> None:

@@ -28,7 +28,7 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     """A pooled connection as the raw asyncpg driver connection.
 
     The money path runs hand-written SQL on it: one round trip per statement, no ORM
-    bookkeeping (PERFORMANCE.md measured the ORM at a third of the floor's speed).
+    bookkeeping (measured: the ORM ran at a third of the benchmark floor's speed).
     """
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()

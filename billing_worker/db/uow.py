@@ -29,7 +29,7 @@ def utc_now() -> datetime:
 
 
 def event_message(event: DomainEvent) -> outbox.OutboxMessage:
-    """The outbox row of a domain event: the event envelope of DESIGN §2."""
+    """The outbox row of a domain event: the event envelope of `billing_contracts.envelope`."""
     envelope = {
         "event_id": str(event.event_id),
         "type": event.type,

@@ -1,4 +1,4 @@
-"""Invoices without I/O: the state machine (DESIGN §7), pricing and numbering.
+"""Invoices without I/O: the state machine, pricing and numbering.
 
 draft -> open -> paid | void | uncollectible. Any other move is refused with
 `InvalidState` and changes nothing. Amounts are integer minor units; a line's amount is

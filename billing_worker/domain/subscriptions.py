@@ -1,4 +1,4 @@
-"""The subscription state machine (DESIGN §7) and the dunning schedule."""
+"""The subscription state machine and the dunning schedule."""
 
 from __future__ import annotations
 

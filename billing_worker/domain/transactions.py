@@ -1,4 +1,4 @@
-"""The transaction state machine (DESIGN §7).
+"""The transaction state machine.
 
 created -> processing -> completed | failed | canceled, created -> failed,
 completed -> refunded. Any other move is refused with `InvalidState` and changes nothing.

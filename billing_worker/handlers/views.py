@@ -1,4 +1,4 @@
-"""Reply objects and event data built from rows: the wire shapes of DESIGN §4 and §5."""
+"""Reply objects and event data built from rows: the wire shapes of the message catalogue."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def transaction_out(row: TransactionRow) -> TransactionOut:
             "provider": row.provider,
             "created_at": row.created_at,
             "completed_at": row.completed_at,
+            "refund_of": row.refund_of,
         }
     )
 

@@ -1,7 +1,7 @@
 """The wire contract of billing-worker: what other services send to it and get back.
 
 Pydantic models of every command, query, reply and event on its RabbitMQ queues and
-exchanges (DESIGN §2-5), the `Money` type (decimal-string amounts, ISO 4217 exponents,
+exchanges, the `Money` type (decimal-string amounts, ISO 4217 exponents,
 never a float), the error codes a reply can carry, and the queue and exchange names in
 `names`. It depends on pydantic alone, so a client service can install it without the
 worker.

@@ -111,6 +111,11 @@ class TransactionOut(BaseModel):
     provider: str | None
     created_at: AwareDatetime
     completed_at: AwareDatetime | None
+    refund_of: UUID | None = Field(
+        default=None,
+        description="For a `refund`: the payment it gives (part of) back. The refunds of a "
+        "payment never add up to more than it; the payment is `refunded` once they equal it.",
+    )
 
 
 class PaymentAction(BaseModel):

@@ -106,9 +106,19 @@ def test_an_unmigrated_database_stops_start_up_and_says_to_migrate(
 )
 def test_a_wrong_setting_stops_start_up_naming_the_setting(name: str, value: str) -> None:
     result = run("run", **{name: value})
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_sandbox_next_to_live_keys_stops_start_up_in_one_line() -> None:
+    result = run("run", BILLING_SANDBOX_ENABLED="true", BILLING_STRIPE_API_KEY="sk_live_not_really")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "billing-worker: BILLING_SANDBOX_ENABLED=true is refused with live provider keys "
+        "(BILLING_STRIPE_API_KEY is a live key)"
+    ]
+    assert "sk_live_not_really" not in result.stderr
 
 
 def test_secrets_are_not_printed_in_start_up_failures() -> None:

@@ -191,7 +191,7 @@ def money_paths(message: dict[str, Any]) -> list[Path]:
 
 
 def independently_valid_money(amount: Any, currency: Any) -> bool:
-    """The wire rules of DESIGN §2, written out again without the contract's code."""
+    """The money rules of the wire contract, written out again without its code."""
     if not isinstance(amount, str) or not isinstance(currency, str):
         return False
     if currency not in CURRENCY_EXPONENTS:

@@ -1,6 +1,6 @@
 """A minimal AMQP client for tests: RPC calls, fire-and-forget sends, event and DLQ taps.
 
-It speaks plain aio-pika, knowing only DESIGN.md: the same view another service has.
+It speaks plain aio-pika, knowing only the message catalogue: the same view another service has.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every allowed and every refused move of the invoice state machine (DESIGN §7)."""
+"""Every allowed and every refused move of the invoice state machine."""
 
 from __future__ import annotations
 
