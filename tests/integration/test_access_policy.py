@@ -36,8 +36,12 @@ from billing_worker.domain.events import ProviderEvent
 from billing_worker.ops import dlq
 from billing_worker.providers.base import Gateways, PaymentRequest, PaymentResult
 from billing_worker.providers.sandbox import SandboxGateway
+from billing_worker.relay.runner import relay_broker
 from billing_worker.settings import Settings
+from fakes.server import serve
+from fakes.stripe_api import FakeStripe
 from support import services
+from support.relay import WEBHOOK_SECRET, Relay
 from support.rpc import Bus
 from support.settings import make_settings
 
@@ -589,3 +593,55 @@ async def until_dead_lettered(deployment: Deployment, correlation_id: str) -> No
     async with asyncio.timeout(WAIT):
         while not await found():
             await asyncio.sleep(0.1)
+
+
+# ---- the relay as its own least-privilege user, the worker with the policy on ----
+
+
+async def test_the_relay_user_delivers_a_genuine_stripe_webhook_through_the_policy(
+    deployment: Deployment, database_url: str
+) -> None:
+    """Stripe pays, Stripe calls the relay; the relay (its broker user may only write the
+    callbacks exchange) hands the callback over, the worker (policy on) admits it by the
+    relay's validated user id, re-reads the PaymentIntent and completes the deposit."""
+    fake = FakeStripe()
+    with serve(fake.app) as stripe_base:
+        settings = worker_settings(
+            deployment, database_url, stripe_api_key="sk_test_relay_role",
+            stripe_api_base=stripe_base, stripe_webhook_secret=WEBHOOK_SECRET,
+        )  # fmt: skip
+        worker = build_worker(settings)
+        watch = Bus(deployment.admin_url)
+        async with worker.app:
+            await watch.start()
+            user = new_user()
+            async with BillingClient(deployment.urls["storefront"], timeout=WAIT) as billing:
+                result = await billing.deposit(
+                    user_id=user, amount=Money(amount="12.00", currency="USD"),
+                    provider="stripe", idempotency_key=key(),
+                )  # fmt: skip
+            assert result.payment_action is not None
+            secret = str(result.payment_action.client_secret)
+            paid = fake.succeed(secret.split("_secret_")[0])  # the customer pays
+
+            relay_settings = make_settings(
+                database_url, deployment.urls["billing-relay"], stripe_webhook_secret=WEBHOOK_SECRET
+            )
+            broker = relay_broker(relay_settings)
+            await broker.connect()
+            try:
+                relay = Relay(relay_settings, broker)
+                response = await relay.stripe(fake.event("payment_intent.succeeded", paid))
+            finally:
+                await broker.stop()
+            assert response.status_code == 200, response.text
+
+            try:
+                completed = await watch.event(
+                    "deposit.completed",
+                    lambda d: d["transaction_id"] == str(result.transaction.id),
+                    timeout=WAIT,
+                )
+            finally:
+                await watch.close()
+    assert completed["data"]["amount"] == {"amount": "12.00", "currency": "USD"}

@@ -54,9 +54,10 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {"BILLING_DATABASE_URL": settings.database_dsn, "BILLING_RABBITMQ_URL": settings.amqp_url,
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
+           "BILLING_SANDBOX_ENABLED": str(settings.sandbox_enabled).lower(),
+           "PATH": "/usr/bin:/bin", **extra}  # fmt: skip
     return subprocess.run(  # noqa: S603
         [sys.executable, "-m", "billing_worker", *args], env=env, capture_output=True,
         text=True, timeout=120, check=False, cwd="/",
@@ -112,6 +113,11 @@ async def test_audit_passes_on_a_healthy_ledger_and_catches_a_corrupted_balance(
     user = f"ops-{uuid.uuid4().hex[:8]}"
     await deposit(bus, user, "10.00")
     assert (await asyncio.to_thread(cli, settings, "audit")).returncode == 0
+    # The same ledger judged as a production worker's: the sandbox deposit is money nobody paid.
+    production = await asyncio.to_thread(cli, settings, "audit", BILLING_SANDBOX_ENABLED="false")
+    assert production.returncode == 1
+    assert "FAIL sandbox money on a worker without the sandbox" in production.stdout
+    assert user in production.stdout
 
     async with driver_connection(worker.engine) as db:
         await db.execute(

@@ -8,17 +8,25 @@ import uuid
 import pytest
 
 from billing_contracts.wallet import Deposit, Withdraw
-from billing_worker.app import build_worker
+from billing_worker.app import Worker, build_worker, load_service_keys
 from billing_worker.handlers import wallet
 from billing_worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
+async def unstarted_worker(settings: Settings) -> Worker:
+    """A worker that is not started: only its service and engine are used (the sandbox's
+    callback key is loaded as start-up would)."""
+    worker = build_worker(settings)
+    await load_service_keys(worker.engine, worker.service.deps.gateways)
+    return worker
+
+
 async def test_concurrent_duplicates_of_a_command_all_get_the_first_reply_without_an_error(
     settings: Settings,
 ) -> None:
-    worker = build_worker(settings)  # not started: only its service and engine are used
+    worker = await unstarted_worker(settings)
     user = f"svc-{uuid.uuid4().hex[:8]}"
     try:
         funded = await worker.service.command("wallet.deposit", Deposit.model_validate(
@@ -66,7 +74,7 @@ def withdrawal(user: str, amount: str, key: str | None = None) -> Withdraw:
 
 
 async def test_a_coalesced_batch_gives_each_command_its_own_outcome(settings: Settings) -> None:
-    worker = build_worker(settings)
+    worker = await unstarted_worker(settings)
     user = f"batch-{uuid.uuid4().hex[:8]}"
     try:
         await fund(worker, user, "5.00")
@@ -104,7 +112,7 @@ async def test_a_coalesced_batch_gives_each_command_its_own_outcome(settings: Se
 
 
 async def test_one_failing_command_does_not_fail_the_rest_of_its_batch(settings: Settings) -> None:
-    worker = build_worker(settings)
+    worker = await unstarted_worker(settings)
     user = f"batch-{uuid.uuid4().hex[:8]}"
     poison = withdrawal(user, "1.00")
 
@@ -136,7 +144,7 @@ async def test_one_failing_command_does_not_fail_the_rest_of_its_batch(settings:
 async def test_concurrent_duplicates_colliding_on_a_derived_row_id_replay_the_first_reply(
     settings: Settings,
 ) -> None:
-    worker = build_worker(settings)
+    worker = await unstarted_worker(settings)
     deposit = Deposit.model_validate(
         {"idempotency_key": uuid.uuid4().hex, "user_id": f"svc-{uuid.uuid4().hex[:8]}",
          "provider": "sandbox", "amount": {"amount": "2.00", "currency": "USD"}}
@@ -164,7 +172,7 @@ async def balance_minor(worker: object, user: str) -> int:
 
 
 async def test_a_coalesced_batch_keeps_equal_keys_of_two_users_apart(settings: Settings) -> None:
-    worker = build_worker(settings)
+    worker = await unstarted_worker(settings)
     first, second = (f"batch-{uuid.uuid4().hex[:8]}" for _ in range(2))
     used, shared = uuid.uuid4().hex, uuid.uuid4().hex
     try:
@@ -213,7 +221,7 @@ async def make_legacy(worker: object, key: str) -> None:
 async def test_a_legacy_unscoped_record_is_replayed_to_the_same_command_only(
     settings: Settings, path: str
 ) -> None:
-    worker = build_worker(settings)
+    worker = await unstarted_worker(settings)
     owner, other = (f"legacy-{uuid.uuid4().hex[:8]}" for _ in range(2))
     legacy_key = uuid.uuid4().hex
 
