@@ -44,6 +44,16 @@ class Forged(ValueError):
     """A callback that is not provably from the provider (bad or missing signature)."""
 
 
+def signature_header(headers: Mapping[str, Any], name: str, missing: str) -> str:
+    """A callback's signature header as text; Forged(`missing`) when there is none."""
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str) or not value:
+        raise Forged(missing)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentResult:
     provider_ref: str | None  # None only when the provider refused before creating anything

@@ -28,6 +28,7 @@ from billing_worker.providers.base import (
     PaymentRequest,
     PaymentResult,
     PaymentStatus,
+    signature_header,
 )
 
 DECLINING_METHODS = {
@@ -73,11 +74,11 @@ class SandboxGateway:
         return PaymentResult(provider_ref, PaymentStatus.PENDING)
 
     def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
-        given = headers.get(names.SANDBOX_SIGNATURE_HEADER)
-        if isinstance(given, bytes):
-            given = given.decode(errors="replace")
-        if not isinstance(given, str) or not given:
-            raise Forged("a sandbox callback without the worker's signature")
+        given = signature_header(
+            headers,
+            names.SANDBOX_SIGNATURE_HEADER,
+            "a sandbox callback without the worker's signature",
+        )
         try:
             expected = self.signature(body)
         except (ValueError, RecursionError):

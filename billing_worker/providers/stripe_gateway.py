@@ -30,6 +30,7 @@ from billing_worker.providers.base import (
     PaymentResult,
     PaymentStatus,
     ProviderSubscription,
+    signature_header,
 )
 
 # payment_intent.status -> what billing makes of it
@@ -203,11 +204,9 @@ class StripeGateway:
         """
         if not self._webhook_secret:
             return  # nothing to check against; every event is still re-read from Stripe
-        header = headers.get(names.PROVIDER_SIGNATURE_HEADER)
-        if isinstance(header, bytes):
-            header = header.decode(errors="replace")
-        if not isinstance(header, str) or not header:
-            raise Forged("no Stripe-Signature came with the callback")
+        header = signature_header(
+            headers, names.PROVIDER_SIGNATURE_HEADER, "no Stripe-Signature came with the callback"
+        )
         try:
             stripe.WebhookSignature.verify_header(body.decode(), header, self._webhook_secret)
         except (stripe.SignatureVerificationError, UnicodeDecodeError) as error:

@@ -12,8 +12,8 @@ from billing_worker.settings import Settings
 from fakes.server import serve
 from fakes.stripe_api import FakeStripe
 from fakes.yookassa_api import FakeYooKassa
-from support.relay import WEBHOOK_SECRET, Relay
-from support.settings import make_settings
+from support.relay import Relay
+from support.settings import provider_settings
 
 
 @pytest.fixture
@@ -37,21 +37,7 @@ def settings(
     stripe_fake: tuple[FakeStripe, str],
     yookassa_fake: tuple[FakeYooKassa, str],
 ) -> Settings:
-    return make_settings(
-        database_url,
-        rabbitmq_url,
-        stripe_api_key="sk_test_billing",
-        stripe_api_base=stripe_fake[1],
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        yookassa_account_id="123456",
-        yookassa_secret_key="test_secret",
-        yookassa_api_url=f"{yookassa_fake[1]}/v3",
-        default_provider="sandbox",
-        provider_timeout_seconds=1.0,
-        max_deliveries=3,
-        trusted_proxies=("10.0.0.0/8",),
-        reconcile_after_seconds=3600,
-    )
+    return provider_settings(database_url, rabbitmq_url, stripe_fake[1], yookassa_fake[1])
 
 
 @pytest.fixture

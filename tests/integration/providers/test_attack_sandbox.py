@@ -20,9 +20,8 @@ from fakes.stripe_api import FakeStripe
 from fakes.yookassa_api import FakeYooKassa
 from support.attacker import Attacker, Ledger, handled, sandbox_ids, until_handled
 from support.invariants import connect
-from support.relay import WEBHOOK_SECRET
 from support.rpc import Bus
-from support.settings import make_settings
+from support.settings import provider_settings
 
 pytestmark = pytest.mark.integration
 
@@ -50,22 +49,10 @@ def settings(
     sandbox_settings: dict[str, Any],
 ) -> Settings:
     """The provider fixture's settings, as production runs them: Stripe by default."""
-    return make_settings(
-        database_url,
-        rabbitmq_url,
-        stripe_api_key="sk_test_billing",
-        stripe_api_base=stripe_fake[1],
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        yookassa_account_id="123456",
-        yookassa_secret_key="test_secret",
-        yookassa_api_url=f"{yookassa_fake[1]}/v3",
-        default_provider="stripe",
-        provider_timeout_seconds=1.0,
-        max_deliveries=3,
-        trusted_proxies=("10.0.0.0/8",),
-        reconcile_after_seconds=3600,
-        **sandbox_settings,
-    )
+    return provider_settings(
+        database_url, rabbitmq_url, stripe_fake[1], yookassa_fake[1],
+        default_provider="stripe", **sandbox_settings,
+    )  # fmt: skip
 
 
 @pytest.fixture
