@@ -150,6 +150,8 @@ async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitO
     paid = event.event_type == "invoice.paid"
     now = uow.clock()
     ref = event.provider_ref if paid else f"{event.provider_ref}:{event.event_id}"
+    if await uow.wallet.transaction_by_ref("stripe", str(ref)) is not None:
+        return  # this invoice was recorded from another event that told of it
     row = TransactionRow(
         id=uuid.uuid5(_IDS, f"stripe:{ref}"), user_id=sub.user_id, account_id=None,
         kind=TransactionKind.SUBSCRIPTION_CHARGE, status=Tx.COMPLETED if paid else Tx.FAILED,

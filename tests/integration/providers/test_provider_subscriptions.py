@@ -292,3 +292,26 @@ async def test_a_first_yookassa_payment_that_fails_expires_the_subscription(
     assert expired["status"] == "incomplete_expired"
     failed = await bus.event("payment.failed", lambda d: d["user_id"] == user)
     assert failed["data"]["failure_code"] == "card_expired"
+
+
+async def test_the_same_stripe_invoice_under_another_event_id_records_one_charge(
+    bus: Bus, relay: Relay, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    """Stripe may tell of one paid invoice in several events (or an old signed event is
+    replayed under a new id): the charge is recorded once and the event is not an error."""
+    fake, _ = stripe_fake
+    user, code = new_user(), await plan(bus, stripe_price_id="price_pro_monthly")
+    data = await subscribe(bus, user, code, "stripe")
+    ref = stripe_ref(fake, user)
+    invoice_id = fake.subscriptions[ref]["latest_invoice"]
+    fake.succeed(fake._invoice_payment_intent[invoice_id])  # the customer paid
+    assert (await relay.stripe(fake.event("invoice.paid", fake.invoices[invoice_id]))).is_success
+    await eventually(bus, user, data["subscription"]["id"], "active")
+
+    stripe = worker.service.deps.gateways.get("stripe")
+    again = stripe.parse_event(fake.event("invoice.paid", fake.invoices[invoice_id]))
+    await worker.service.provider_event(again)  # applies without an error
+
+    history = await bus.call("billing.wallet.transactions", {"user_id": user})
+    charges = [t for t in history["data"]["items"] if t["kind"] == "subscription_charge"]
+    assert [(c["status"], c["amount"]["amount"]) for c in charges] == [("completed", "10.00")]
