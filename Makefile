@@ -25,10 +25,11 @@ migrate: install services  ## create/upgrade the database
 run: migrate  ## set up and run the worker against the local services
 	BILLING_SANDBOX_ENABLED=$${BILLING_SANDBOX_ENABLED:-true} $(BIN)/billing-worker run
 
-lint: install
+lint: install  ## ruff, ruff format, mypy --strict, and the import rules (no cycles)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_imports.py
 
 asyncapi:  ## validate contracts/asyncapi.json with the official AsyncAPI parser (npm)
 	cd scripts/asyncapi && npm install --no-audit --no-fund --loglevel=error
@@ -43,8 +44,8 @@ demo: migrate  ## a guided end-to-end run against the local services
 bench: install services  ## the benchmark: the worker against the floor (about 10 minutes)
 	$(BIN)/python -m benchmarks.run
 
-test: install services lint asyncapi  ## set up and run the whole test suite
-	$(BIN)/pytest
+test: install services lint asyncapi  ## set up and run the whole test suite (with coverage)
+	$(BIN)/pytest --cov --cov-report=term
 
 fmt: install
 	$(BIN)/ruff format .

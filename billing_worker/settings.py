@@ -10,7 +10,16 @@ from typing import Annotated, Literal
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from billing_worker.relay.verify import YOOKASSA_NETWORKS
+# YooKassa's published notification sources.
+YOOKASSA_NETWORKS = (
+    "185.71.76.0/27",
+    "185.71.77.0/27",
+    "77.75.153.0/25",
+    "77.75.154.128/25",
+    "77.75.156.11/32",
+    "77.75.156.35/32",
+    "2a02:5180::/32",
+)
 
 AmqpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["amqp", "amqps"])]
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, DateTime, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from billing_worker.db.tables import (
+from billing_worker.db.columns import (
     bigint_identity_pk,
     currency_check,
     flag_field,

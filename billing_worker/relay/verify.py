@@ -11,17 +11,6 @@ import stripe
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# YooKassa's published notification sources.
-YOOKASSA_NETWORKS = (
-    "185.71.76.0/27",
-    "185.71.77.0/27",
-    "77.75.153.0/25",
-    "77.75.154.128/25",
-    "77.75.156.11/32",
-    "77.75.156.35/32",
-    "2a02:5180::/32",
-)
-
 
 class Forged(ValueError):
     """The callback is not provably from the provider."""
