@@ -37,9 +37,12 @@ def start_worker(log: Path, **env: str) -> subprocess.Popen[bytes]:
         )
 
 
-async def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+async def wait_for_line(
+    log: Path, text: str, process: subprocess.Popen[bytes], times: int = 1
+) -> None:
+    """Until `text` stands in the log `times` times (workers of one test share a log)."""
     deadline = time.monotonic() + 60
-    while text not in log.read_text(errors="replace"):
+    while log.read_text(errors="replace").count(text) < times:
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, f"{text!r} never logged"
         await asyncio.sleep(0.1)
@@ -82,6 +85,9 @@ async def test_sigterm_during_a_burst_of_1000_commands_loses_none_and_doubles_no
         assert await stop(first) == 0  # graceful: in-flight messages finished and acked
         done_by_first = sum(1 for key in keys if replies[key])
         second = start_worker(log, **env)
+        # Ready (its signal handlers set) before anything can stop it, even when the first
+        # worker left nothing for it to do.
+        await wait_for_line(log, "billing worker consuming", second, times=2)
         deadline = time.monotonic() + 120
         while any(not replies[key] for key in keys) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
