@@ -24,7 +24,7 @@ from billing_contracts.envelope import Command, ErrorCode
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.idempotency import user_scope
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
-from billing_worker.domain.errors import BillingError
+from billing_worker.domain.errors import BillingError, IdempotencyConflict
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.provider_events import Applied, apply_provider_event
@@ -269,10 +269,9 @@ class BillingService:
 
 def _replay(stored_hash: str, reply: Reply | None, digest: str, key: str) -> Reply:
     if stored_hash != digest:
-        return error(
-            ErrorCode.IDEMPOTENCY_CONFLICT,
-            "this idempotency key was already used with a different payload",
-            {"idempotency_key": key},
+        conflict = IdempotencyConflict(
+            "this idempotency key was already used with a different payload", idempotency_key=key
         )
+        return error(conflict.code, conflict.message, conflict.details)
     assert reply is not None, "command records always carry their reply"
     return reply
