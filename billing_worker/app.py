@@ -20,6 +20,7 @@ from billing_worker.db.uow import Clock, UnitOfWork, utc_now
 from billing_worker.handlers.deps import Deps
 from billing_worker.jobs.reconcile import Reconciler
 from billing_worker.jobs.renewals import Renewals
+from billing_worker.jobs.retention import Retention
 from billing_worker.messaging import topology as topo
 from billing_worker.messaging.outbox_publisher import OutboxPublisher
 from billing_worker.messaging.pipeline import Pipeline
@@ -51,6 +52,7 @@ class Worker:
     renewals: Renewals
     settings: Settings
     metrics: Metrics
+    retention: Retention
 
 
 def build_gateways(settings: Settings) -> Gateways:
@@ -128,6 +130,14 @@ def build_worker(
     renewals = Renewals(
         service, interval_seconds=settings.renewal_interval_seconds, metrics=metrics
     )
+    retention = Retention(
+        engine,
+        record_days=settings.idempotency_retention_days,
+        outbox_days=settings.outbox_retention_days,
+        interval_seconds=settings.retention_interval_seconds,
+        batch=settings.retention_batch_size,
+        pause_seconds=settings.retention_pause_ms / 1000,
+    )
     pipeline = Pipeline(broker, topology, settings.max_deliveries, metrics, Access(worker_user))
     routes = all_routes(service, gateways, metrics, settings.coalesce_max)
     for route in routes:
@@ -153,7 +163,7 @@ def build_worker(
         await check_database(engine, settings)
         await load_service_keys(engine, gateways)
         await connect_broker(broker, settings)
-        await topo.declare(broker, topology)
+        await topo.declare(broker, topology, url=settings.amqp_url)
         if internal:
             await internal.start()
 
@@ -161,6 +171,7 @@ def build_worker(
         publisher.start()
         reconciler.start()
         renewals.start()
+        retention.start()
         log.info(
             "billing worker consuming (prefetch %d, providers %s, default %s)",
             settings.prefetch,
@@ -181,6 +192,7 @@ def build_worker(
             await subscriber.stop()  # cancels consuming, waits for in-flight handlers
         await reconciler.stop()
         await renewals.stop()
+        await retention.stop()
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:
@@ -198,7 +210,9 @@ def build_worker(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics)
+    return Worker(
+        app, broker, engine, service, publisher, reconciler, renewals, settings, metrics, retention
+    )
 
 
 def access_for(settings: Settings, worker_user: str, queues: list[str]) -> Access:

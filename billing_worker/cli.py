@@ -128,6 +128,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             return [letter.summary() for letter in letters]
 
     _print(asyncio.run(read()))
+    if args.action == "list":
+        warning = dlq.fullness_warning(asyncio.run(dlq.depth(url)), settings.dead_letter_max)
+        if warning:
+            print(f"billing-worker dlq: {warning}", file=sys.stderr)
     return 0
 
 

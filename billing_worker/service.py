@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.envelope import Command, ErrorCode
+from billing_worker.db import retention
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.idempotency import user_scope
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
@@ -28,6 +29,7 @@ from billing_worker.domain.errors import BillingError, IdempotencyConflict
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.provider_events import Applied, apply_provider_event
+from billing_worker.handlers.wallet import derived_id
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +104,28 @@ class BillingService:
         """Run a command once per idempotency key and return its (first) reply."""
         assert isinstance(command, Command)
         digest = request_hash(command)
+        look_back = scope in retention.PROVIDER_FIRST
         for _ in range(_RETRIES):
             try:
-                return await self._command_once(scope, command, digest, handler)
+                return await self._command_once(scope, command, digest, handler, look_back)
             except asyncpg.PostgresError as exc:
                 if not _is_retryable(exc):
                     raise
+                # A collision on a row whose id derives from the key: the next attempt
+                # finds the other copy's record, or else the record expired.
+                look_back = look_back or (
+                    getattr(exc, "constraint_name", None) in retention.DERIVED_KEYS
+                )
                 log.debug("retrying %s %s after %s", scope, command.idempotency_key, exc)
         raise RuntimeError(f"{scope}: gave up after {_RETRIES} conflicting attempts")
 
     async def _command_once(
-        self, queue_scope: str, command: Command, digest: str, handler: Handler[Any]
+        self,
+        queue_scope: str,
+        command: Command,
+        digest: str,
+        handler: Handler[Any],
+        look_back: bool = False,
     ) -> Reply:
         key = command.idempotency_key
         scope = command_scope(queue_scope, command)
@@ -123,6 +136,8 @@ class BillingService:
                     stored = await uow.idempotency.find_command(scope, queue_scope, key, digest)
                     if stored is not None:
                         return _replay(stored.request_hash, stored.reply, digest, key)
+                    if look_back and (done := await ran_before(queue_scope, command, uow)):
+                        raise _Refused(done)
                     try:
                         reply = ok(await handler(command, uow, self.deps))
                     except BillingError as refusal:
@@ -265,6 +280,28 @@ class BillingService:
     async def _seen(self, scope: str, key: str) -> bool:
         async with driver_connection(self.engine) as db:
             return await UnitOfWork(db, self.clock).idempotency.find(scope, key) is not None
+
+
+async def ran_before(
+    queue_scope: str, command: Command, uow: UnitOfWork
+) -> IdempotencyConflict | None:
+    """The refusal of a command that ran before its idempotency record was deleted
+    (retention): the row its first run created, with an id derived from the key, is
+    there. It is not run again, so it can never move money twice."""
+    derived = retention.DERIVED.get(queue_scope)
+    user_id = getattr(command, "user_id", None)
+    if derived is None or user_id is None:
+        return None
+    row_id = derived_id(derived.id_scope, str(user_id), command.idempotency_key)
+    if not await retention.exists(uow.connection, derived.table, row_id):
+        return None
+    return IdempotencyConflict(
+        "this idempotency key was already used by a command that ran before its reply "
+        "expired; it is not run again (send a new key for a new command)",
+        idempotency_key=command.idempotency_key,
+        expired=True,
+        **{derived.detail: str(row_id)},
+    )
 
 
 def _replay(stored_hash: str, reply: Reply | None, digest: str, key: str) -> Reply:

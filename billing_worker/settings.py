@@ -82,6 +82,35 @@ class Settings(BaseSettings):
     reconcile_after_seconds: int = Field(default=900, ge=1)
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
 
+    idempotency_retention_days: int = Field(
+        default=30,
+        ge=0,
+        le=36500,
+        description="Days a command's idempotency record (its stored reply) is kept; "
+        "provider-event claims are kept at least 7 days whatever this says",
+    )
+    outbox_retention_days: int = Field(
+        default=7,
+        ge=0,
+        le=36500,
+        description="Days a published outbox row is kept (unpublished rows are never deleted)",
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often each worker deletes what retention allows"
+    )
+    retention_batch_size: int = Field(
+        default=1000, ge=1, le=10000, description="Rows per retention DELETE statement"
+    )
+    retention_pause_ms: int = Field(
+        default=100, ge=0, le=60000, description="Pause between two retention batches"
+    )
+    dead_letter_max: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="Most dead letters billing.dead-letter holds; beyond, the oldest are dropped",
+    )
+
     max_deliveries: int = Field(default=5, ge=1, le=100)
     retry_delays_ms: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(1000, 5000, 30000, 120000),

@@ -217,6 +217,12 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+        # Retention deletes published rows oldest first (migration 0005_retention).
+        Index(
+            "ix_outbox_published",
+            "published_at",
+            postgresql_where=text("published_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = bigint_identity_pk()

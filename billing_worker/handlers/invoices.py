@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable
@@ -47,6 +48,11 @@ async def create_invoice(command: CreateInvoice, uow: UnitOfWork, deps: Deps) ->
         command.user_id, command.currency, command.lines, uow,
         order_id=command.order_id, due_at=command.due_at,
     )  # fmt: skip
+    # Its id derives from the key, like a transaction's: a retry whose idempotency record
+    # expired collides with the invoice it created instead of issuing a second one.
+    new = dataclasses.replace(
+        new, id=derived_id("invoice", command.user_id, command.idempotency_key)
+    )
     if command.order_id is not None:
         await _refuse_if_invoiced(uow, command.order_id)
     row = await uow.invoices.create(new)

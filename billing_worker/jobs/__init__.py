@@ -1,1 +1,1 @@
-"""Periodic jobs inside the worker: reconciliation (renewals come with subscriptions)."""
+"""Periodic jobs inside the worker: reconciliation, retention (renewals come with subscriptions)."""

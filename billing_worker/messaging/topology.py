@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlsplit
 
+import aio_pika
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
 from billing_contracts import names
@@ -12,6 +17,8 @@ from billing_worker.settings import Settings
 
 if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import ClassicQueueArgs, QuorumQueueArgs
+
+log = logging.getLogger(__name__)
 
 ALL_WORK_QUEUES = (*names.COMMAND_QUEUES, *names.QUERY_QUEUES)
 
@@ -29,10 +36,16 @@ class Topology:
     quorum: bool
     orders_exchange_name: str
     retry_delays_ms: tuple[int, ...]
+    dead_letter_max: int = 100_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
-        return cls(settings.quorum_queues, settings.orders_exchange, settings.retry_delays_ms)
+        return cls(
+            settings.quorum_queues,
+            settings.orders_exchange,
+            settings.retry_delays_ms,
+            settings.dead_letter_max,
+        )
 
     def _queue(
         self, name: str, *, routing_key: str = "", arguments: dict[str, Any] | None = None
@@ -95,8 +108,16 @@ class Topology:
 
     @property
     def dead_letter_queue(self) -> RabbitQueue:
-        # The end of the line: no dead-letter exchange of its own.
-        return self._queue(names.DEAD_LETTER_QUEUE, arguments={"x-dead-letter-exchange": None})
+        """The end of the line: no dead-letter exchange of its own, and bounded. When
+        full, the oldest dead letter is dropped (drop-head): dead-lettering never fails,
+        so a full DLQ cannot stop the worker (with reject-publish the worker's confirmed
+        dead-letter publish would be refused and the poison message redelivered)."""
+        queue = self._queue(
+            names.DEAD_LETTER_QUEUE,
+            arguments={"x-dead-letter-exchange": None, "x-max-length": self.dead_letter_max},
+        )
+        queue.arguments["x-overflow"] = "drop-head"  # over the work queues' quorum default
+        return queue
 
     def retry_name(self, attempt: int) -> str:
         """The delay queue (and its fanout exchange) used before delivery `attempt + 1`."""
@@ -118,12 +139,21 @@ class Topology:
         return pairs
 
 
-async def declare(broker: RabbitBroker, topology: Topology) -> None:
-    """Declare what no subscriber declares for us: exchanges, DLQ, retry and work queues."""
+async def declare(broker: RabbitBroker, topology: Topology, *, url: str | None = None) -> None:
+    """Declare what no subscriber declares for us: exchanges, DLQ, retry and work queues.
+
+    With the broker's `url`, a dead-letter queue that exists with other arguments (an
+    earlier version's, without the bound) is used as it is, with a warning, instead of
+    failing start-up (see `declare_dead_letter_queue`)."""
     await broker.declare_exchange(topology.events_exchange)
     await broker.declare_exchange(topology.orders_exchange)
     dlx = await broker.declare_exchange(topology.dead_letter_exchange)
-    dlq = await broker.declare_queue(topology.dead_letter_queue)
+    bounded = url is None or await declare_dead_letter_queue(url, topology)
+    dlq = await broker.declare_queue(
+        topology.dead_letter_queue
+        if bounded
+        else RabbitQueue(names.DEAD_LETTER_QUEUE, declare=False)
+    )
     await dlq.bind(dlx, routing_key="#")
     for exchange, queue in topology.retry_queues():
         declared_exchange = await broker.declare_exchange(exchange)
@@ -137,3 +167,44 @@ async def declare(broker: RabbitBroker, topology: Topology) -> None:
     order_queue = await broker.declare_queue(topology.order_created)
     orders = await broker.declare_exchange(topology.orders_exchange)
     await order_queue.bind(orders, routing_key=names.ORDER_CREATED)
+
+
+def dead_letter_policy(topology: Topology, vhost: str = "/") -> str:
+    """The one-time command that bounds a dead-letter queue declared without the bound.
+
+    An operator policy, not a user policy: it combines with whatever user policy the
+    deployment already has on the queue (the lower max-length wins). RabbitMQ's default
+    overflow is drop-head, as the worker declares it."""
+    pattern = "^" + names.DEAD_LETTER_QUEUE.replace(".", "\\.") + "$"
+    definition = json.dumps({"max-length": topology.dead_letter_max})
+    return (
+        f"rabbitmqctl set_operator_policy -p {shlex.quote(vhost)} billing-dead-letter-max "
+        f"{shlex.quote(pattern)} {shlex.quote(definition)} --apply-to queues"
+    )
+
+
+async def declare_dead_letter_queue(url: str, topology: Topology) -> bool:
+    """Declare the bounded DLQ on a connection of its own; False if it exists unbounded.
+
+    RabbitMQ refuses to change an existing queue's arguments (406 PRECONDITION_FAILED,
+    which closes the channel): a DLQ declared by an earlier version, or with another
+    BILLING_DEAD_LETTER_MAX, stays as it is. The worker then uses it as it is and says
+    how to bound it without losing its dead letters."""
+    queue = topology.dead_letter_queue
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed as refused:
+            vhost = unquote(urlsplit(url).path[1:]) or "/"
+            log.warning(
+                "%s exists with other arguments than x-max-length=%d (declared by an earlier "
+                "version, or with another BILLING_DEAD_LETTER_MAX): using it as it is. "
+                "RabbitMQ said: %s. Bound it once with: %s",
+                queue.name, topology.dead_letter_max, refused, dead_letter_policy(topology, vhost),
+            )  # fmt: skip
+            return False
+        return True
+    finally:
+        await connection.close()

@@ -124,6 +124,31 @@ async def replay(
     return replayed
 
 
+NEAR_FULL = 0.8  # `dlq list` warns from this share of BILLING_DEAD_LETTER_MAX
+
+
+async def depth(url: str) -> int:
+    """How many dead letters the queue holds (RabbitMQ's count, without reading them)."""
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(names.DEAD_LETTER_QUEUE, ensure=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+def fullness_warning(count: int, limit: int) -> str | None:
+    """The warning of a DLQ at NEAR_FULL of its bound or more (None below it)."""
+    if count < NEAR_FULL * limit:
+        return None
+    return (
+        f"warning: {names.DEAD_LETTER_QUEUE} holds {count} dead letters, {count * 100 // limit}% "
+        f"of BILLING_DEAD_LETTER_MAX={limit}; when it is full the oldest are dropped: "
+        "replay or purge them"
+    )
+
+
 async def purge(url: str) -> int:
     connection = await aio_pika.connect(url, timeout=10)
     try:

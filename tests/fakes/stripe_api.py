@@ -308,7 +308,8 @@ class FakeStripe:
     `created` counts objects by type (`fake.created["payment_intent"]`); `requests` lists
     every call as `RecordedRequest(method, path, headers, params)`.
 
-    Controls: `delay_seconds`, `fail_next()`, `succeed()`, `fail()`, `event()`, `calls()`.
+    Controls: `delay_seconds`, `fail_next()`, `succeed()`, `fail()`, `event()`, `calls()`,
+    `expire_idempotency_keys()`.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -365,6 +366,12 @@ class FakeStripe:
             pi["payment_method"] = pi["payment_method"] or "pm_card_chargeDeclined"
             self._mark_declined(pi, "card_declined", decline_code)
             return copy.deepcopy(pi)
+
+    def expire_idempotency_keys(self) -> None:
+        """Forget every stored idempotent request, as Stripe does 24 hours after it ran:
+        the same key then runs the request again (a new object, a new charge)."""
+        with self._lock:
+            self._idempotent.clear()
 
     def attach_payment_method(self, customer: str, test_card: str = "pm_card_visa") -> str:
         """Save a new payment method (behaving like `test_card`) for `customer`; its id."""

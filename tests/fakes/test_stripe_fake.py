@@ -273,6 +273,18 @@ async def test_the_same_idempotency_key_twice_creates_one_intent_with_identical_
     assert again.last_response.headers["idempotent-replayed"] == "true"
 
 
+async def test_an_expired_idempotency_key_runs_the_request_again_like_stripe_after_a_day(
+    client: stripe.StripeClient, fake: FakeStripe
+) -> None:
+    options: stripe.RequestOptions = {"idempotency_key": "tx-2:charge"}
+    first = await client.v1.payment_intents.create_async(intent(), options)
+    fake.expire_idempotency_keys()
+    again = await client.v1.payment_intents.create_async(intent(), options)
+    assert again.id != first.id
+    assert fake.created["payment_intent"] == 2
+    assert again.last_response.headers.get("idempotent-replayed") is None
+
+
 async def test_a_replayed_decline_returns_the_same_card_error_without_a_new_intent(
     client: stripe.StripeClient, fake: FakeStripe
 ) -> None:
