@@ -4,6 +4,14 @@ A command's state change, its idempotency record (with the reply) and its outbox
 commit together or not at all. A refusal (`insufficient_funds`, ...) rolls the changes
 back but is itself recorded, so the same key always gets the same answer.
 
+A command that calls a payment provider runs in two phases (see
+`billing_worker.handlers.flows`): its handler returns an `Intent`, committed without a
+reply; the provider is called holding no database connection; the answer, the
+idempotency record with the (final) reply and the outbox rows commit together in a
+second transaction. A redelivery finds the intent and calls the provider again with
+the same idempotency key, which the provider dedupes; the reconciler finishes intents a
+crash left behind. No connection waits on a provider, however slow.
+
 Records are scoped by queue and by the user the command acts for (`user_scope`): one
 user's key is never another's conflict. A record written before that scoping (the
 queue's scope alone) is still replayed to the very command it answered.
@@ -11,6 +19,7 @@ queue's scope alone) is still replayed to the very command it answered.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,10 +33,13 @@ from billing_contracts.envelope import Command, ErrorCode
 from billing_worker.db import retention
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.idempotency import user_scope
+from billing_worker.db.intents import Intent
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
-from billing_worker.domain.errors import BillingError, IdempotencyConflict
+from billing_worker.domain.errors import BillingError, IdempotencyConflict, TransientError
 from billing_worker.domain.events import ProviderEvent
+from billing_worker.handlers import stripe_subscriptions
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.flows import FLOWS
 from billing_worker.handlers.provider_events import Applied, apply_provider_event
 from billing_worker.handlers.wallet import derived_id
 
@@ -37,7 +49,8 @@ Reply = dict[str, Any]
 C = TypeVar("C", bound=BaseModel)
 R = TypeVar("R")
 M = TypeVar("M")
-Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel]]
+# A handler answers, or begins a provider call (an Intent) that the service finishes.
+Handler = Callable[[C, UnitOfWork, Deps], Awaitable[BaseModel | Intent]]
 # Many commands of one kind in one transaction -> each one's result or refusal, in order.
 BatchHandler = Callable[
     [list[Any], UnitOfWork, Deps], Awaitable[Sequence[BaseModel | BillingError]]
@@ -129,6 +142,7 @@ class BillingService:
     ) -> Reply:
         key = command.idempotency_key
         scope = command_scope(queue_scope, command)
+        pending: Intent | None = None
         async with driver_connection(self.engine) as db:
             uow = UnitOfWork(db, self.clock)
             try:
@@ -136,13 +150,27 @@ class BillingService:
                     stored = await uow.idempotency.find_command(scope, queue_scope, key, digest)
                     if stored is not None:
                         return _replay(stored.request_hash, stored.reply, digest, key)
-                    if look_back and (done := await ran_before(queue_scope, command, uow)):
-                        raise _Refused(done)
-                    try:
-                        reply = ok(await handler(command, uow, self.deps))
-                    except BillingError as refusal:
-                        raise _Refused(refusal) from refusal
-                    events = await uow.flush_with_record(scope, key, digest, reply)
+                    pending = await uow.intents.of_command(scope, key)
+                    if pending is not None:  # an earlier delivery began it: continue it
+                        if pending.request_hash != digest:
+                            return _conflict(key)
+                        events = 0
+                    else:
+                        if look_back and (done := await ran_before(queue_scope, command, uow)):
+                            raise _Refused(done)
+                        try:
+                            result = await handler(command, uow, self.deps)
+                        except BillingError as refusal:
+                            raise _Refused(refusal) from refusal
+                        if isinstance(result, Intent):  # phase one: commit the intent
+                            pending = dataclasses.replace(
+                                result, scope=scope, idempotency_key=key, request_hash=digest
+                            )
+                            await uow.intents.insert(pending)
+                            events = await uow.flush()
+                        else:
+                            reply = ok(result)
+                            events = await uow.flush_with_record(scope, key, digest, reply)
             except _Refused as refused:
                 reply = error(
                     refused.refusal.code, refused.refusal.message, refused.refusal.details
@@ -151,7 +179,57 @@ class BillingService:
                     await uow.idempotency.record(scope, key, digest, reply)
                 return reply
         self._on_commit(uow, events)
+        if pending is not None:  # the connection is back in the pool before the call
+            answer = await self.settle(pending)
+            assert answer is not None, "a command's intent always ends with a reply"
+            return answer
         return reply
+
+    async def settle(self, intent: Intent) -> Reply | None:
+        """Phases two and three of an intent: call the provider (no connection held),
+        then record its answer, the command's reply and the outbox rows in one
+        transaction. Whoever settles an intent first wins; the others get its stored
+        reply (None for the scheduler's own intents, which answer nobody).
+
+        A provider outage (`TransientError`) leaves the intent as it was: the command is
+        redelivered, or the reconciler tries again later.
+        """
+        flow = FLOWS[intent.kind]
+        if intent.provider not in self.deps.gateways:  # not a refusal: ask where it is set up
+            raise TransientError(f"{intent.provider} is not configured on this worker")
+        outcome: Any
+        try:
+            outcome = await flow.call(intent, self.deps)
+        except BillingError as refusal:  # refused outright: nothing exists at the provider
+            outcome = refusal
+        async with driver_connection(self.engine) as db:
+            uow = UnitOfWork(db, self.clock)
+            async with db.transaction():
+                if not await uow.intents.take(intent.id):
+                    return await self._settled_reply(uow, intent)
+                if isinstance(outcome, BillingError):
+                    await flow.undo(intent, uow)
+                    reply = error(outcome.code, outcome.message, outcome.details)
+                else:
+                    answer = await flow.finish(intent, outcome, uow, self.deps)
+                    reply = ok(answer) if answer is not None else {"ok": True, "data": None}
+                if intent.scope is not None and intent.idempotency_key is not None:
+                    events = await uow.flush_with_record(
+                        intent.scope, intent.idempotency_key, intent.request_hash or "", reply
+                    )
+                else:
+                    events = await uow.flush()
+        self._on_commit(uow, events)
+        return reply
+
+    async def _settled_reply(self, uow: UnitOfWork, intent: Intent) -> Reply | None:
+        """The reply stored by whoever settled the intent before us."""
+        if intent.scope is None or intent.idempotency_key is None:
+            return None
+        stored = await uow.idempotency.find(intent.scope, intent.idempotency_key)
+        if stored is None or stored.reply is None:  # settled by a transaction not yet visible
+            raise TransientError(f"intent {intent.id} is being settled elsewhere")
+        return stored.reply
 
     async def command_batch(
         self,
@@ -226,7 +304,10 @@ class BillingService:
     async def query(self, query: C, handler: Handler[C]) -> Reply:
         async with driver_connection(self.engine) as db:
             try:
-                return ok(await handler(query, UnitOfWork(db, self.clock), self.deps))
+                result = await handler(query, UnitOfWork(db, self.clock), self.deps)
+                if isinstance(result, Intent):
+                    raise TypeError("a query cannot begin a provider call")
+                return ok(result)
             except BillingError as refusal:
                 return error(refusal.code, refusal.message, refusal.details)
 
@@ -269,10 +350,13 @@ class BillingService:
         Webhooks and the reconciler use different inboxes: neither can claim an id in
         the other's.
         """
+        subscription = None
+        if event.subscription_ref is not None:  # re-read before any transaction opens
+            subscription = await stripe_subscriptions.fetch(event, self.deps)
         async with driver_connection(self.engine) as db:
             uow = UnitOfWork(db, self.clock)
             async with db.transaction():
-                outcome = await apply_provider_event(event, uow, self.deps, inbox)
+                outcome = await apply_provider_event(event, uow, self.deps, inbox, subscription)
                 events = await uow.flush()
         self._on_commit(uow, events)
         return outcome
@@ -304,11 +388,15 @@ async def ran_before(
     )
 
 
+def _conflict(key: str) -> Reply:
+    conflict = IdempotencyConflict(
+        "this idempotency key was already used with a different payload", idempotency_key=key
+    )
+    return error(conflict.code, conflict.message, conflict.details)
+
+
 def _replay(stored_hash: str, reply: Reply | None, digest: str, key: str) -> Reply:
     if stored_hash != digest:
-        conflict = IdempotencyConflict(
-            "this idempotency key was already used with a different payload", idempotency_key=key
-        )
-        return error(conflict.code, conflict.message, conflict.details)
+        return _conflict(key)
     assert reply is not None, "command records always carry their reply"
     return reply

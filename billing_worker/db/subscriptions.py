@@ -47,6 +47,7 @@ class SubscriptionRow:
     dunning_attempts: int
     next_attempt_at: datetime | None
     plan: PlanRow
+    provider_synced_at: datetime | None = None  # when the Stripe state applied was read
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
@@ -181,6 +182,15 @@ class SqlSubscriptions:
             f"UPDATE subscriptions SET {assignments}, updated_at = now() WHERE id = $1",  # noqa: S608
             subscription_id,
             *changes.values(),
+        )
+
+    async def discard_incomplete(self, subscription_id: UUID) -> None:
+        """Remove a subscription whose first provider call was refused (nothing exists at
+        the provider): a refused command leaves nothing behind."""
+        await self._db.execute(
+            "DELETE FROM subscriptions WHERE id = $1 AND status = 'incomplete' "
+            "AND provider_subscription_id IS NULL AND paid_periods = 0",
+            subscription_id,
         )
 
     async def record_charge(

@@ -82,6 +82,9 @@ class Subscription(SQLModel, table=True):
     # Dunning: failed charge attempts of the current period, and when to try again.
     dunning_attempts: int = zero_field()
     next_attempt_at: datetime | None = timestamp_field()
+    # When the provider state last applied (Stripe) was read: a webhook whose read is
+    # older than the one applied cannot move the subscription back.
+    provider_synced_at: datetime | None = timestamp_field()
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
 

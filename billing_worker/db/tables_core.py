@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -208,6 +208,56 @@ class IdempotencyRecord(SQLModel, table=True):
     request_hash: str = text_field()
     reply: dict[str, Any] | None = Field(default=None, sa_type=JSONB, nullable=True)
     created_at: datetime | None = timestamp_field(server_now=True, index=True)
+
+
+INTENT_KINDS = (
+    "deposit",
+    "yookassa_subscription",
+    "yookassa_renewal",
+    "stripe_subscription",
+    "stripe_cancel",
+)
+
+
+class ProviderIntent(SQLModel, table=True):
+    """A provider call the worker has committed to make and not yet recorded the result of.
+
+    Written (with the rows it concerns, e.g. a ``created`` transaction) in the first
+    transaction of a two-phase command, deleted in the transaction that records the
+    provider's answer (with the command's idempotency record). The provider is called in
+    between, outside any database transaction, with an idempotency key derived from
+    ``id``; the reconciler finishes whatever a crash leaves here.
+    """
+
+    __tablename__ = "provider_intents"
+    __table_args__ = (
+        CheckConstraint(one_of("kind", INTENT_KINDS), name="kind"),
+        CheckConstraint(one_of("provider", PROVIDERS), name="provider"),
+        UniqueConstraint("scope", "idempotency_key"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    kind: str = text_field()
+    provider: str = text_field()
+    user_id: str = Field(sa_type=Text, foreign_key="billing_users.user_id", nullable=False)
+    subscription_id: uuid.UUID | None = Field(
+        default=None, foreign_key="subscriptions.id", nullable=True, index=True
+    )
+    # The command to answer (NULL for the renewal scheduler's charges).
+    scope: str | None = text_field(nullable=True)
+    idempotency_key: str | None = text_field(nullable=True)
+    request_hash: str | None = text_field(nullable=True)
+    # What the provider call needs beyond the rows (amount, method, return_url, ...).
+    request: dict[str, Any] = jsonb_object_field()
+    created_at: datetime | None = timestamp_field(server_now=True)
+    # The lease: the reconciler takes intents untouched for longer than its threshold.
+    updated_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+        nullable=False,
+        index=True,
+        sa_column_kwargs={"server_default": text("now()")},
+    )
 
 
 class OutboxMessage(SQLModel, table=True):

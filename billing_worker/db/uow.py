@@ -13,6 +13,7 @@ import asyncpg
 from billing_contracts import names
 from billing_worker.db import outbox
 from billing_worker.db.idempotency import SqlIdempotency
+from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
 from billing_worker.db.subscriptions import SqlPlans, SqlSubscriptions
 from billing_worker.db.users import SqlUsers
@@ -80,6 +81,7 @@ class UnitOfWork:
         self.subscriptions = SqlSubscriptions(connection)
         self.invoices = SqlInvoices(connection)
         self.idempotency = SqlIdempotency(connection)
+        self.intents = SqlIntents(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
 

@@ -15,6 +15,15 @@ class SqlUsers:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._db = connection
 
+    async def ensure(self, user_id: str) -> None:
+        """The billing user, created on first use (a transaction row refers to it)."""
+        await self._db.execute(
+            "INSERT INTO billing_users (id, user_id) VALUES ($1, $2) "
+            "ON CONFLICT (user_id) DO NOTHING",
+            uuid.uuid4(),
+            user_id,
+        )
+
     async def customer_ref(self, user_id: str, provider: str) -> str | None:
         column = _CUSTOMER_COLUMNS[provider]
         value = await self._db.fetchval(

@@ -154,6 +154,21 @@ _SET_PROVIDER_REF = """
 UPDATE transactions SET provider_ref = $2 WHERE id = $1
 """
 
+# A payment intent (`created`, no provider reference yet) gets the provider's answer:
+# its reference and, for a deposit, the account it will be credited to.
+_START_PAYMENT = """
+UPDATE transactions
+SET provider_ref = $2, account_id = coalesce($3, account_id), updated_at = $4
+WHERE id = $1 AND status = 'created' AND provider_ref IS NULL
+RETURNING {columns}
+"""
+
+# A payment intent the provider refused outright (nothing was created there): gone, with
+# its audit trail, as a refused command leaves nothing behind.
+_DISCARD_CREATED = """
+DELETE FROM transactions WHERE id = $1 AND status = 'created' AND provider_ref IS NULL
+"""
+
 _COLUMNS = (
     "id, user_id, account_id, kind, status, amount_minor, currency, provider, provider_ref, "
     "created_at, completed_at, description, reference, failure_code, failure_message, "
@@ -316,6 +331,25 @@ class SqlWallet:
             payment_id,
         )
         return int(total)
+
+    async def start_payment(
+        self, transaction_id: UUID, provider_ref: str | None, account_id: UUID | None, at: datetime
+    ) -> TransactionRow | None:
+        """Record the provider's reference on a `created` payment; None if it is not one."""
+        record = await self._db.fetchrow(
+            _START_PAYMENT.format(columns=_COLUMNS), transaction_id, provider_ref, account_id, at
+        )
+        return None if record is None else _row(record)
+
+    async def discard_created(self, transaction_id: UUID) -> None:
+        await self._db.execute(_DISCARD_CREATED, transaction_id)
+
+    async def get(self, transaction_id: UUID) -> TransactionRow | None:
+        record = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM transactions WHERE id = $1",  # noqa: S608
+            transaction_id,
+        )
+        return None if record is None else _row(record)
 
     async def set_provider_ref(self, transaction_id: UUID, provider_ref: str) -> None:
         await self._db.execute(_SET_PROVIDER_REF, transaction_id, provider_ref)

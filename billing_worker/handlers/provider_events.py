@@ -45,13 +45,23 @@ class Applied(StrEnum):
 
 
 async def apply_provider_event(
-    event: ProviderEvent, uow: UnitOfWork, deps: Deps, inbox: str
+    event: ProviderEvent,
+    uow: UnitOfWork,
+    deps: Deps,
+    inbox: str,
+    subscription: stripe_subscriptions.Fetched | None = None,
 ) -> Applied:
-    """Apply one confirmed provider event exactly once; safe to redeliver and to race."""
+    """Apply one confirmed provider event exactly once; safe to redeliver and to race.
+
+    A subscription event comes with the subscription as re-read from Stripe before the
+    transaction opened (`stripe_subscriptions.fetch`): no provider call happens in here.
+    """
     if not await uow.idempotency.claim(inbox, event.event_id):
         return Applied.DUPLICATE
     if event.subscription_ref is not None:
-        await stripe_subscriptions.sync(event, uow, deps)
+        if subscription is None:
+            raise TransientError(f"{event.event_type} came without its subscription's state")
+        await stripe_subscriptions.sync(event, subscription, uow, deps)
         return Applied.APPLIED
     if event.outcome is None or event.provider_ref is None:
         return Applied.IGNORED

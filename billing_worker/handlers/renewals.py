@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from billing_contracts.subscriptions import PaymentSource
+from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.handlers import yookassa_subscriptions
@@ -21,8 +22,11 @@ class RenewalFailed(Exception):
         self.subscription_id = subscription_id
 
 
-async def renew_next(skip: Sequence[UUID], uow: UnitOfWork, deps: Deps) -> str | None:
-    """Renew one due subscription (locked, skipped by other schedulers); None if none."""
+async def renew_next(skip: Sequence[UUID], uow: UnitOfWork, deps: Deps) -> str | Intent | None:
+    """Renew one due subscription (locked, skipped by other schedulers); None if none.
+
+    A provider charge is only begun here (an `Intent`, committed with its `created`
+    charge): the scheduler calls the provider after the commit, holding no connection."""
     sub = await uow.subscriptions.claim_due(uow.clock(), skip)
     if sub is None:
         return None
@@ -32,13 +36,12 @@ async def renew_next(skip: Sequence[UUID], uow: UnitOfWork, deps: Deps) -> str |
         raise RenewalFailed(sub.id, error) from error
 
 
-async def _renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> str:
+async def _renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> str | Intent:
     if sub.cancel_at_period_end:
         await end_subscription(sub, uow, reason=sub.cancel_reason or "canceled_at_period_end")
         return "ended"
     if sub.payment_source == PaymentSource.YOOKASSA:
-        await yookassa_subscriptions.renew(sub, uow, deps)
-        return "charged"
+        return await yookassa_subscriptions.renew(sub, uow, deps) or "failed"
     if await charge_from_balance(sub, uow, deps):
         return "renewed"
     await charge_failed(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, cast
 
 from billing_contracts.events import (
@@ -18,23 +20,34 @@ from billing_contracts.events import (
     SUBSCRIPTION_PAST_DUE,
     SUBSCRIPTION_RENEWED,
 )
-from billing_contracts.subscriptions import CreateSubscription, SubscriptionCreated
+from billing_contracts.subscriptions import (
+    CancelSubscription,
+    CreateSubscription,
+    SubscriptionCreated,
+    SubscriptionOut,
+)
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_contracts.wallet import PaymentAction, TransactionKind
 from billing_contracts.wallet import TransactionStatus as Tx
+from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.db.uow import UnitOfWork
+from billing_worker.db.uow import UnitOfWork, utc_now
 from billing_worker.db.wallet import TransactionRow
-from billing_worker.domain.errors import ProviderError, TransientError
+from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import ProviderEvent
-from billing_worker.domain.subscriptions import ALLOWED
+from billing_worker.domain.subscriptions import ALLOWED, LIVE
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
-from billing_worker.handlers.periods import insert
+from billing_worker.handlers.periods import end_subscription, insert
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
-from billing_worker.handlers.wallet import provider_customer
-from billing_worker.providers.base import PaymentGateway, SubscriptionGateway, UnknownProvider
+from billing_worker.handlers.wallet import derived_id, ensure_customer
+from billing_worker.providers.base import (
+    PaymentGateway,
+    ProviderSubscription,
+    SubscriptionGateway,
+    UnknownProvider,
+)
 
 log = logging.getLogger(__name__)
 _IDS = uuid.UUID("2b6f7c1e-8e0a-4d7b-9a53-31e4f0a9c6d2")
@@ -63,31 +76,67 @@ def stripe(deps: Deps) -> StripeBilling:
     return cast(StripeBilling, gateway)
 
 
+CREATE = "stripe_subscription"  # intent kinds: creating a subscription at Stripe...
+CANCEL = "stripe_cancel"  # ...and canceling one there
+
+
 async def create(
     command: CreateSubscription, sub: SubscriptionRow, uow: UnitOfWork, deps: Deps
-) -> SubscriptionCreated:
+) -> Intent:
+    """Phase one: our subscription, incomplete, with no Stripe id yet. Stripe is asked
+    after this commits (`call_create`), with the subscription id as idempotency key."""
     plan = sub.plan
     if not plan.stripe_price_id:
         raise ProviderError(f"plan {plan.code} has no stripe_price_id", plan_code=plan.code)
+    stripe(deps)
+    sub = dataclasses.replace(sub, billing_anchor=None)
+    await insert(sub, uow)
+    return Intent(
+        id=sub.id, kind=CREATE, provider="stripe", user_id=sub.user_id, subscription_id=sub.id,
+        request={"price_ref": plan.stripe_price_id, "trial_days": plan.trial_days,
+                 "payment_method_id": command.payment_method_id},
+        customer_ref=await uow.users.customer_ref(sub.user_id, "stripe"),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    remote: ProviderSubscription
+    new_customer: str | None
+
+
+async def call_create(intent: Intent, deps: Deps) -> Created:
     gateway = stripe(deps)
-    customer = await provider_customer(gateway, sub.user_id, uow)
+    customer, new_customer = await ensure_customer(gateway, intent)
     assert customer is not None
+    request = intent.request
     remote = await gateway.create_subscription(
         customer_ref=customer,
-        price_ref=plan.stripe_price_id,
-        payment_method_id=command.payment_method_id,
-        trial_days=plan.trial_days,
-        idempotency_key=str(sub.id),
-        metadata={"subscription_id": str(sub.id), "user_id": sub.user_id},
+        price_ref=str(request["price_ref"]),
+        payment_method_id=request.get("payment_method_id"),
+        trial_days=int(request.get("trial_days") or 0),
+        idempotency_key=str(intent.id),
+        metadata={"subscription_id": str(intent.id), "user_id": intent.user_id},
     )
+    return Created(remote, new_customer)
+
+
+async def finish_create(
+    intent: Intent, created: Created, uow: UnitOfWork, deps: Deps
+) -> SubscriptionCreated:
+    if created.new_customer:
+        await uow.users.remember_customer(intent.user_id, "stripe", created.new_customer)
+    sub = await _locked(intent, uow)
+    remote = created.remote
     status = STATUS.get(remote.status, Sub.INCOMPLETE)
-    sub = dataclasses.replace(
-        sub, status=status.value, provider_subscription_id=remote.ref, billing_anchor=None,
-        current_period_start=remote.period_start, current_period_end=remote.period_end,
-        trial_end=remote.period_end if status is Sub.TRIALING else None,
-        cancel_at_period_end=remote.cancel_at_period_end,
-    )  # fmt: skip
-    await insert(sub, uow)
+    changes: dict[str, Any] = {
+        "status": status.value, "provider_subscription_id": remote.ref,
+        "current_period_start": remote.period_start, "current_period_end": remote.period_end,
+        "trial_end": remote.period_end if status is Sub.TRIALING else None,
+        "cancel_at_period_end": remote.cancel_at_period_end,
+    }  # fmt: skip
+    await uow.subscriptions.update(sub.id, **changes)
+    sub = dataclasses.replace(sub, **changes)
     if status in (Sub.ACTIVE, Sub.TRIALING):
         uow.emit(subscription_event(SUBSCRIPTION_CREATED, sub))
     action = None
@@ -96,21 +145,92 @@ async def create(
     return SubscriptionCreated(subscription=subscription_out(sub), payment_action=action)
 
 
-async def cancel(sub: SubscriptionRow, at_period_end: bool, deps: Deps) -> None:
-    if sub.provider_subscription_id:
-        await stripe(deps).cancel_subscription(
-            sub.provider_subscription_id, at_period_end=at_period_end
-        )
+async def undo_create(intent: Intent, uow: UnitOfWork) -> None:
+    """Stripe refused (nothing was created there): our subscription goes too."""
+    assert intent.subscription_id is not None
+    await uow.subscriptions.discard_incomplete(intent.subscription_id)
 
 
-async def sync(event: ProviderEvent, uow: UnitOfWork, deps: Deps) -> None:
-    """Apply a Stripe subscription/invoice webhook by re-reading the subscription."""
+def begin_cancel(command: CancelSubscription, sub: SubscriptionRow, deps: Deps) -> Intent:
+    """Phase one of a cancel of a subscription Stripe runs: Stripe is asked after the
+    commit (`call_cancel`), and `finish_cancel` ends our copy."""
+    stripe(deps)
+    return Intent(
+        id=derived_id("subscription.cancel", command.user_id, command.idempotency_key),
+        kind=CANCEL, provider="stripe", user_id=sub.user_id, subscription_id=sub.id,
+        request={"at_period_end": command.at_period_end, "reason": command.reason,
+                 "provider_subscription_id": sub.provider_subscription_id},
+    )  # fmt: skip
+
+
+async def call_cancel(intent: Intent, deps: Deps) -> ProviderSubscription | None:
+    """Cancel at Stripe (again, on a redelivery: canceling twice changes nothing)."""
+    ref = intent.request.get("provider_subscription_id")
+    if not ref:
+        return None
+    return await stripe(deps).cancel_subscription(
+        str(ref), at_period_end=bool(intent.request.get("at_period_end"))
+    )
+
+
+async def finish_cancel(
+    intent: Intent, _remote: ProviderSubscription | None, uow: UnitOfWork, deps: Deps
+) -> SubscriptionOut:
+    sub = await _locked(intent, uow)
+    at_period_end, reason = bool(intent.request.get("at_period_end")), intent.request.get("reason")
+    if Sub(sub.status) in LIVE:  # a webhook may have ended it already: nothing left to do
+        if at_period_end and Sub(sub.status) is not Sub.INCOMPLETE:
+            await uow.subscriptions.update(sub.id, cancel_at_period_end=True, cancel_reason=reason)
+        else:
+            await end_subscription(sub, uow, reason=reason or "canceled_by_request")
+    reloaded = await uow.subscriptions.get(sub.id)
+    assert reloaded is not None
+    return subscription_out(reloaded)
+
+
+async def undo_cancel(intent: Intent, uow: UnitOfWork) -> None:
+    """Stripe refused the cancel: our copy stays as it is."""
+
+
+async def _locked(intent: Intent, uow: UnitOfWork) -> SubscriptionRow:
+    assert intent.subscription_id is not None
+    sub = await uow.subscriptions.get(intent.subscription_id, lock=True)
+    if sub is None:
+        raise InvalidState("the subscription is gone", subscription_id=str(intent.subscription_id))
+    return sub
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The subscription as re-read from Stripe, and when that read began."""
+
+    remote: ProviderSubscription
+    at: datetime
+
+
+async def fetch(event: ProviderEvent, deps: Deps) -> Fetched:
+    """Re-read the subscription a webhook names, before any database transaction opens."""
+    assert event.subscription_ref is not None
+    at = utc_now()
+    return Fetched(await stripe(deps).fetch_subscription(event.subscription_ref), at)
+
+
+async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: Deps) -> None:
+    """Apply a Stripe subscription/invoice webhook: the subscription as re-read (`fetch`).
+
+    The read happens before the row is locked, so two webhooks' reads may be applied out
+    of order: one that began before the read already applied changes nothing (ours only
+    moves forward to a later read).
+    """
     assert event.subscription_ref is not None
     sub = await uow.subscriptions.by_provider_ref(event.subscription_ref, lock=True)
     if sub is None:  # the webhook may overtake the commit of the create command
         raise TransientError(f"no subscription for Stripe {event.subscription_ref} (yet)")
-    remote = await stripe(deps).fetch_subscription(event.subscription_ref)
     await _record_invoice(event, sub, uow)
+    if sub.provider_synced_at is not None and fetched.at < sub.provider_synced_at:
+        log.info("a later read of Stripe %s is applied already", event.subscription_ref)
+        return
+    remote = fetched.remote
     old, new = Sub(sub.status), STATUS.get(remote.status, Sub(sub.status))
     if new is not old and new not in ALLOWED[old]:
         log.warning("Stripe says %s for a %s subscription %s: keeping ours", new, old, sub.id)
@@ -120,6 +240,7 @@ async def sync(event: ProviderEvent, uow: UnitOfWork, deps: Deps) -> None:
         "current_period_start": remote.period_start,
         "current_period_end": remote.period_end,
         "cancel_at_period_end": remote.cancel_at_period_end,
+        "provider_synced_at": fetched.at,
     }
     if new in (Sub.CANCELED, Sub.INCOMPLETE_EXPIRED) and old is not new:
         changes["canceled_at"] = uow.clock()

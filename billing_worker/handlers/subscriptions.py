@@ -17,6 +17,7 @@ from billing_contracts.subscriptions import (
     SubscriptionOut,
 )
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
+from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.domain.calendar import trial_end
@@ -55,7 +56,9 @@ async def list_plans(query: ListPlans, uow: UnitOfWork, deps: Deps) -> PlanList:
 
 async def create_subscription(
     command: CreateSubscription, uow: UnitOfWork, deps: Deps
-) -> SubscriptionCreated:
+) -> SubscriptionCreated | Intent:
+    """A balance subscription is created and paid at once; one paid through a provider
+    is begun here (an `Intent`): the service calls the provider after the commit."""
     plan = await uow.plans.by_code(command.plan_code)
     if plan is None or not plan.active:
         raise NotFound(f"no active plan {command.plan_code!r}", plan_code=command.plan_code)
@@ -96,14 +99,26 @@ async def create_subscription(
 
 async def cancel_subscription(
     command: CancelSubscription, uow: UnitOfWork, deps: Deps
-) -> SubscriptionOut:
+) -> SubscriptionOut | Intent:
+    """Cancel now or at the period end; at Stripe first (an `Intent`: the service asks
+    Stripe after the commit) for a subscription Stripe runs."""
     sub = await uow.subscriptions.get(command.subscription_id, lock=True)
     if sub is None or sub.user_id != command.user_id:  # another's: exactly as a missing one
         raise NotFound(f"no subscription {command.subscription_id}")
     if Sub(sub.status) not in LIVE:
         raise InvalidState(f"the subscription is already {sub.status}", status=sub.status)
-    if sub.payment_source == PaymentSource.STRIPE:
-        await stripe_subscriptions.cancel(sub, command.at_period_end, deps)
+    stripe_run = sub.payment_source == PaymentSource.STRIPE
+    if await uow.intents.of_subscription(sub.id) and (
+        stripe_run or not command.at_period_end or Sub(sub.status) is Sub.INCOMPLETE
+    ):
+        # A payment (or another cancel) is at the provider right now; its answer must
+        # find the subscription as it left it. Marking the period end stays safe.
+        raise InvalidState(
+            "a provider call for this subscription is in flight; try again shortly",
+            status=sub.status,
+        )
+    if stripe_run and sub.provider_subscription_id:
+        return stripe_subscriptions.begin_cancel(command, sub, deps)
     if command.at_period_end and Sub(sub.status) is not Sub.INCOMPLETE:
         await uow.subscriptions.update(
             sub.id, cancel_at_period_end=True, cancel_reason=command.reason

@@ -8,7 +8,9 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from billing_contracts.wallet import (
     AccountBalance,
@@ -24,6 +26,7 @@ from billing_contracts.wallet import (
     WithdrawResult,
 )
 from billing_contracts.wallet import TransactionStatus as Status
+from billing_worker.db.intents import Intent
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import (
@@ -34,12 +37,13 @@ from billing_worker.domain.errors import (
     ProviderError,
 )
 from billing_worker.domain.money import format_minor, to_wire
-from billing_worker.domain.transactions import path
+from billing_worker.domain.transactions import path, transition
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
 from billing_worker.providers.base import (
     PaymentGateway,
     PaymentRequest,
+    PaymentResult,
     PaymentStatus,
     UnknownProvider,
 )
@@ -80,7 +84,16 @@ async def saved_method_of(
     return method
 
 
-async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResult:
+DEPOSIT = "deposit"  # the intent kind of a deposit
+
+
+async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
+    """Phase one of a deposit: the transaction, `created` with no provider reference yet.
+
+    The provider is called after this commits (`call_deposit`), outside any database
+    transaction; `finish_deposit` records its answer. A redelivered command finds the
+    intent and calls again with the same idempotency key: one payment at the provider.
+    """
     try:
         gateway = deps.gateways.get(command.provider)
     except UnknownProvider as missing:
@@ -88,48 +101,90 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
     if command.payment_method_id:
         await saved_method_of(uow, command.user_id, gateway.name, command.payment_method_id)
     currency, amount = command.amount.currency, command.amount.minor
-    account_id = await uow.wallet.open_account(command.user_id, currency)
     transaction_id = derived_id("deposit", command.user_id, command.idempotency_key)
-    customer = await provider_customer(gateway, command.user_id, uow)
-    result = await gateway.create_payment(
-        PaymentRequest(
-            transaction_id=transaction_id,
-            user_id=command.user_id,
-            amount_minor=amount,
-            currency=currency,
-            idempotency_key=str(transaction_id),
-            payment_method_id=command.payment_method_id,
-            return_url=command.return_url,
-            customer_ref=customer,
-        )
-    )
-    now = uow.clock()
-    outcome = {
-        PaymentStatus.PENDING: (Status.CREATED, Status.PROCESSING),
-        PaymentStatus.SUCCEEDED: (Status.CREATED, Status.PROCESSING, Status.COMPLETED),
-        PaymentStatus.FAILED: (Status.CREATED, Status.FAILED),
-    }[result.status]
+    await uow.users.ensure(command.user_id)
     row = TransactionRow(
         id=transaction_id,
         user_id=command.user_id,
-        account_id=account_id,
+        account_id=None,  # opened with the provider's answer (a refusal opens nothing)
         kind=TransactionKind.DEPOSIT,
-        status=outcome[-1],
+        status=Status.CREATED,
         amount_minor=amount,
         currency=currency,
         provider=gateway.name,
-        provider_ref=result.provider_ref,
-        created_at=now,
-        completed_at=now if result.status is PaymentStatus.SUCCEEDED else None,
-        failure_code=result.failure_code,
-        failure_message=result.failure_message,
-        provider_confirmation=(
-            dict(result.confirmation or {}) if result.status is PaymentStatus.SUCCEEDED else None
-        ),
+        provider_ref=None,
+        created_at=uow.clock(),
+        completed_at=None,
     )
-    await uow.wallet.add_transaction(row, path(*outcome, reason=f"{gateway.name} payment"))
+    await uow.wallet.add_transaction(row, path(Status.CREATED, reason=f"{gateway.name} payment"))
+    customer = (
+        await uow.users.customer_ref(command.user_id, gateway.name)
+        if gateway.needs_customer
+        else None
+    )
+    return Intent(
+        id=transaction_id,
+        kind=DEPOSIT,
+        provider=gateway.name,
+        user_id=command.user_id,
+        request={
+            "amount_minor": amount,
+            "currency": currency,
+            "payment_method_id": command.payment_method_id,
+            "return_url": command.return_url,
+        },
+        customer_ref=customer,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Charged:
+    """What the provider answered, and the customer created for the payment (if any)."""
+
+    result: PaymentResult
+    new_customer: str | None = None
+
+
+def gateway_of(intent: Intent, deps: Deps) -> PaymentGateway:
+    try:
+        return deps.gateways.get(intent.provider)
+    except UnknownProvider as missing:
+        raise ProviderError(f"provider {missing} is not configured on this worker") from None
+
+
+async def call_deposit(intent: Intent, deps: Deps) -> Charged:
+    """Phase two: the provider call, holding no database connection."""
+    gateway = gateway_of(intent, deps)
+    customer, created = await ensure_customer(gateway, intent)
+    request = intent.request
+    result = await gateway.create_payment(
+        PaymentRequest(
+            transaction_id=intent.id,
+            user_id=intent.user_id,
+            amount_minor=int(request["amount_minor"]),
+            currency=str(request["currency"]),
+            idempotency_key=str(intent.id),
+            payment_method_id=request.get("payment_method_id"),
+            return_url=request.get("return_url"),
+            customer_ref=customer,
+        )
+    )
+    return Charged(result, created)
+
+
+async def finish_deposit(
+    intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps
+) -> DepositResult:
+    """Phase three: the provider's answer on the transaction, the balance, the events."""
+    result = charged.result
+    if charged.new_customer:
+        await uow.users.remember_customer(intent.user_id, intent.provider, charged.new_customer)
+    account_id = await uow.wallet.open_account(intent.user_id, str(intent.request["currency"]))
+    row = await record_payment(
+        intent.id, result, uow, account_id=account_id, reason=f"{intent.provider} payment"
+    )
     for notification in result.notifications:
-        uow.deliver_later(gateway.name, notification)
+        uow.deliver_later(intent.provider, notification)
     if result.status is PaymentStatus.SUCCEEDED:
         await credit_deposit(row, uow, deps)
     elif result.status is PaymentStatus.FAILED:
@@ -138,17 +193,59 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> DepositResul
     return DepositResult(transaction=views.transaction_out(row), payment_action=action)
 
 
-async def provider_customer(gateway: PaymentGateway, user_id: str, uow: UnitOfWork) -> str | None:
-    """The user's customer at the provider, created once and stored (None if not needed)."""
-    if not gateway.needs_customer:
-        return None
-    known = await uow.users.customer_ref(user_id, gateway.name)
-    if known:
-        return known
+async def undo_deposit(intent: Intent, uow: UnitOfWork) -> None:
+    """The provider refused outright: the intent's transaction goes."""
+    await uow.wallet.discard_created(intent.id)
+
+
+async def record_payment(
+    transaction_id: uuid.UUID,
+    result: PaymentResult,
+    uow: UnitOfWork,
+    *,
+    account_id: uuid.UUID | None = None,
+    reason: str,
+) -> TransactionRow:
+    """Move a `created` payment as the provider answered: to processing (pending), on to
+    completed with the provider's confirmation (succeeded), or to failed."""
+    now = uow.clock()
+    row = await uow.wallet.start_payment(transaction_id, result.provider_ref, account_id, now)
+    if row is None:  # the intent was ours (taken under its lock): a broken invariant
+        raise InvalidState("the payment is no longer waiting for the provider",
+                           transaction_id=str(transaction_id))  # fmt: skip
+    steps: list[tuple[Status, dict[str, Any] | None]]
+    if result.status is PaymentStatus.FAILED:
+        steps = [(Status.FAILED, None)]
+    else:
+        steps = [(Status.PROCESSING, None)]
+        if result.status is PaymentStatus.SUCCEEDED:
+            steps.append((Status.COMPLETED, dict(result.confirmation or {})))
+    for target, confirmation in steps:
+        step = transition(Status(row.status), target, reason=reason)
+        moved = await uow.wallet.move_transaction(
+            row.id, step, now, failure_code=result.failure_code,
+            failure_message=result.failure_message, confirmation=confirmation,
+        )  # fmt: skip
+        if moved is None:
+            raise InvalidState("the payment changed under its lock", transaction_id=str(row.id))
+        row = moved
+    return row
+
+
+def customer_key(user_id: str) -> str:
     # The key makes concurrent first payments of one user share one provider customer.
-    key = "customer-" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
-    created = await gateway.create_customer(user_id, None, key)
-    return await uow.users.remember_customer(user_id, gateway.name, created)
+    return "customer-" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
+
+
+async def ensure_customer(gateway: PaymentGateway, intent: Intent) -> tuple[str | None, str | None]:
+    """(the customer to pay for, the one created now) — created once per user, with an
+    idempotency key of the user's, when the gateway needs one and none is stored yet."""
+    if not gateway.needs_customer:
+        return None, None
+    if intent.customer_ref:
+        return intent.customer_ref, None
+    created = await gateway.create_customer(intent.user_id, None, customer_key(intent.user_id))
+    return created, created
 
 
 async def credit_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:

@@ -12,10 +12,11 @@ from billing_contracts.subscriptions import CreateSubscription, SubscriptionCrea
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_contracts.wallet import PaymentAction
 from billing_contracts.wallet import TransactionStatus as Tx
+from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
-from billing_worker.domain.errors import ProviderError
+from billing_worker.domain.errors import InvalidState, ProviderError
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
@@ -28,7 +29,7 @@ from billing_worker.handlers.periods import (
     mark_period_paid,
 )
 from billing_worker.handlers.subscription_views import subscription_out
-from billing_worker.handlers.wallet import saved_method_of
+from billing_worker.handlers.wallet import record_payment, saved_method_of
 from billing_worker.providers.base import (
     PaymentGateway,
     PaymentRequest,
@@ -58,20 +59,23 @@ async def attach_saved_method(
     return dataclasses.replace(sub, payment_method_id=method)
 
 
+CREATE = "yookassa_subscription"  # intent kinds: the first period's payment...
+RENEWAL = "yookassa_renewal"  # ...and a later period's charge with the saved method
+
+
 async def create(
     command: CreateSubscription, sub: SubscriptionRow, uow: UnitOfWork, deps: Deps
-) -> SubscriptionCreated:
-    gateway = yookassa(deps)
+) -> Intent:
+    """Phase one: the subscription (incomplete) and its first charge, `created`."""
+    yookassa(deps)
     sub = await attach_saved_method(command, sub, uow)
     await insert(sub, uow)
-    result = await _charge(gateway, sub, command.payment_method_id, command.return_url, uow)
-    sub = await _settle_now(sub, result, uow, deps)
-    action = PaymentAction.model_validate(result.action) if result.action else None
-    return SubscriptionCreated(subscription=subscription_out(sub), payment_action=action)
+    return await _begin_charge(sub, CREATE, command.payment_method_id, command.return_url, uow)
 
 
-async def renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> None:
-    """Charge the next period with the saved method (called by the renewal scheduler)."""
+async def renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> Intent | None:
+    """Phase one of charging the next period with the saved method (the renewal
+    scheduler calls the provider after this commits); None when there is no method."""
     method = (
         await uow.subscriptions.payment_method_ref(sub.payment_method_id)
         if sub.payment_method_id
@@ -80,56 +84,88 @@ async def renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> None:
     if method is None:
         reason = "YooKassa saved no payment method for this subscription"
         await charge_failed(sub, uow, deps, code="no_saved_payment_method", message=reason)
-        return
-    result = await _charge(yookassa(deps), sub, method, None, uow)
-    await _settle_now(sub, result, uow, deps)
+        return None
+    yookassa(deps)
+    intent = await _begin_charge(sub, RENEWAL, method, None, uow)
+    await uow.intents.insert(intent)  # no command to answer: the scheduler's own intent
+    return intent
 
 
-async def _charge(
-    gateway: PaymentGateway,
-    sub: SubscriptionRow,
-    method: str | None,
-    return_url: str | None,
-    uow: UnitOfWork,
-) -> PaymentResult:
-    row = charge_row(sub, uow.clock(), provider=NAME)
-    result = await gateway.create_payment(
+async def _begin_charge(
+    sub: SubscriptionRow, kind: str, method: str | None, return_url: str | None, uow: UnitOfWork
+) -> Intent:
+    """The period's charge, `created`: while it exists the scheduler leaves the
+    subscription alone, and its id (per subscription, period and attempt) is the
+    provider's idempotency key, so the period is charged at most once."""
+    row = charge_row(sub, uow.clock(), provider=NAME, status=Tx.CREATED, completed_at=None)
+    await uow.wallet.add_transaction(row, path(Tx.CREATED, reason="yookassa payment"))
+    return Intent(
+        id=row.id, kind=kind, provider=NAME, user_id=sub.user_id, subscription_id=sub.id,
+        request={
+            "amount_minor": row.amount_minor, "currency": row.currency,
+            "payment_method_id": method, "return_url": return_url,
+            "description": row.description,
+        },
+    )  # fmt: skip
+
+
+async def call_charge(intent: Intent, deps: Deps) -> PaymentResult:
+    """Phase two: YooKassa is asked, holding no database connection."""
+    request = intent.request
+    return await yookassa(deps).create_payment(
         PaymentRequest(
-            transaction_id=row.id, user_id=sub.user_id, amount_minor=sub.plan.price_minor,
-            currency=sub.plan.currency, idempotency_key=str(row.id), payment_method_id=method,
-            return_url=return_url, description=row.description,
+            transaction_id=intent.id, user_id=intent.user_id,
+            amount_minor=int(request["amount_minor"]), currency=str(request["currency"]),
+            idempotency_key=str(intent.id), payment_method_id=request.get("payment_method_id"),
+            return_url=request.get("return_url"), description=request.get("description"),
         )
     )  # fmt: skip
-    outcome = {
-        PaymentStatus.PENDING: (Tx.CREATED, Tx.PROCESSING),
-        PaymentStatus.SUCCEEDED: (Tx.CREATED, Tx.PROCESSING, Tx.COMPLETED),
-        PaymentStatus.FAILED: (Tx.CREATED, Tx.FAILED),
-    }[result.status]
-    row = dataclasses.replace(
-        row, status=outcome[-1], provider_ref=result.provider_ref,
-        completed_at=row.completed_at if result.status is PaymentStatus.SUCCEEDED else None,
-        failure_code=result.failure_code, failure_message=result.failure_message,
-        provider_confirmation=(
-            dict(result.confirmation or {}) if result.status is PaymentStatus.SUCCEEDED else None
-        ),
-    )  # fmt: skip
-    await uow.wallet.add_transaction(row, path(*outcome, reason="yookassa payment"))
-    return result
 
 
-async def _settle_now(
-    sub: SubscriptionRow, result: PaymentResult, uow: UnitOfWork, deps: Deps
+async def finish_create(
+    intent: Intent, result: PaymentResult, uow: UnitOfWork, deps: Deps
+) -> SubscriptionCreated:
+    sub = await _settle_charge(intent, result, uow, deps)
+    action = PaymentAction.model_validate(result.action) if result.action else None
+    return SubscriptionCreated(subscription=subscription_out(sub), payment_action=action)
+
+
+async def finish_renewal(
+    intent: Intent, result: PaymentResult, uow: UnitOfWork, deps: Deps
+) -> None:
+    await _settle_charge(intent, result, uow, deps)
+
+
+async def undo_create(intent: Intent, uow: UnitOfWork) -> None:
+    """YooKassa refused outright: neither the charge nor the subscription remains."""
+    await uow.wallet.discard_created(intent.id)
+    assert intent.subscription_id is not None
+    await uow.subscriptions.discard_incomplete(intent.subscription_id)
+
+
+async def undo_renewal(intent: Intent, uow: UnitOfWork) -> None:
+    """YooKassa refused outright: the charge goes, the next round tries again."""
+    await uow.wallet.discard_created(intent.id)
+
+
+async def _settle_charge(
+    intent: Intent, result: PaymentResult, uow: UnitOfWork, deps: Deps
 ) -> SubscriptionRow:
-    row = charge_row(sub, uow.clock(), provider=NAME, provider_ref=result.provider_ref)
+    """Phase three: the answer on the charge, then on the subscription (period paid,
+    dunning, or nothing yet while the customer follows the redirect)."""
+    assert intent.subscription_id is not None
+    sub = await uow.subscriptions.get(intent.subscription_id, lock=True)
+    if sub is None:
+        raise InvalidState("the subscription of a charge is gone",
+                           subscription_id=str(intent.subscription_id))  # fmt: skip
+    row = await record_payment(intent.id, result, uow, reason="yookassa payment")
     if result.status is PaymentStatus.SUCCEEDED:
         uow.emit(views.payment_succeeded(row))
         if result.saved_method_ref:
             sub = await _remember_method(sub, result.saved_method_ref, uow)
         return await mark_period_paid(sub, row.id, uow)
     if result.status is PaymentStatus.FAILED:
-        failed = dataclasses.replace(row, status=Tx.FAILED, completed_at=None,
-                                     failure_code=result.failure_code)  # fmt: skip
-        uow.emit(views.payment_failed(failed))
+        uow.emit(views.payment_failed(row))
         return await _payment_failed(sub, uow, deps, result.failure_code or "payment_failed")
     return sub  # pending: the customer pays through the redirect; the callback settles it
 

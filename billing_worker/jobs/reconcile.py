@@ -1,4 +1,5 @@
-"""Reconciliation: re-read from the provider every payment stuck in `processing`.
+"""Reconciliation: re-read from the provider every payment stuck in `processing`, and
+finish every provider call a crash left half done.
 
 A webhook can be lost (endpoint down for longer than the provider retries, a
 misconfigured secret). Every `interval`, each replica claims a batch of transactions
@@ -6,6 +7,15 @@ that have been processing for longer than `after` seconds — the claim bumps
 `updated_at`, a lease that keeps other replicas off them for another `after` seconds —
 asks the provider for the truth and applies it through the same path as a confirmed
 webhook.
+
+A worker can also die between the phases of a provider call (`provider_intents`: the
+intent committed, the provider's answer not yet recorded). Intents untouched for `after`
+seconds are claimed the same way and settled like the command would have: the provider
+call is issued again with the same idempotency key — the provider returns the payment
+(subscription, cancel) the first call made, or makes it now — and its answer is
+recorded with the command's reply, which a redelivery of the command then replays.
+`after` must exceed the provider timeout, or a slow call still in flight is repeated
+(harmless: the same key, and only one of the two records the answer).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.db.engine import driver_connection
+from billing_worker.db.intents import SqlIntents
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.jobs.periodic import Periodic
 from billing_worker.providers.base import Gateways, PaymentStatus
@@ -53,7 +64,25 @@ class Reconciler(Periodic):
     _task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
-        """Reconcile one batch; returns how many transactions the provider settled."""
+        """Reconcile one batch; returns how many transactions (and half-done provider
+        calls) were settled."""
+        return await self._processing() + await self._intents()
+
+    async def _intents(self) -> int:
+        async with driver_connection(self.engine) as db:
+            claimed = await SqlIntents(db).claim_stale(self.after_seconds, self.batch)
+        settled = 0
+        for intent in claimed:
+            try:
+                await self.service.settle(intent)
+            except Exception as error:  # one provider outage must not stop the others
+                log.warning("finishing %s %s failed: %s", intent.kind, intent.id, error)
+                continue
+            settled += 1
+            log.info("finished %s %s at %s", intent.kind, intent.id, intent.provider)
+        return settled
+
+    async def _processing(self) -> int:
         providers = [name for name in self.gateways.names if name != "sandbox"]
         async with driver_connection(self.engine) as db:
             claimed = await db.fetch(_CLAIM, providers, self.after_seconds, self.batch)

@@ -1,9 +1,11 @@
 """The renewal scheduler: every interval, renew what is due, one subscription at a time.
 
 Each subscription is renewed in its own transaction, locked with SKIP LOCKED so several
-replicas share the work; the `subscription_charges` unique key makes a double charge
-impossible even if two of them did reach the same period. A replica that dies in the
-middle leaves an uncommitted transaction behind, which PostgreSQL rolls back.
+replicas share the work (a provider charge is only begun there, and asked for after the
+commit: no lock or connection waits on the provider); the `subscription_charges` unique
+key makes a double charge impossible even if two of them did reach the same period. A
+replica that dies in the middle leaves an uncommitted transaction behind, which
+PostgreSQL rolls back, or a committed charge intent, which the reconciler finishes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from billing_worker.db.intents import Intent
 from billing_worker.handlers.renewals import RenewalFailed, renew_next
 from billing_worker.jobs.periodic import Periodic
 from billing_worker.metrics import Metrics
@@ -48,6 +51,16 @@ class Renewals(Periodic):
                 break
             if outcome is None:
                 break
+            if isinstance(outcome, Intent):  # a provider charge: asked after the commit
+                skipped.append(outcome.subscription_id or outcome.id)  # once a round
+                try:
+                    reply = await self.service.settle(outcome)
+                except Exception as failure:  # left to the reconciler (same charge id)
+                    log.warning("renewal charge %s failed, left to the reconciler: %s",
+                                outcome.id, failure)  # fmt: skip
+                    outcomes["error"] += 1
+                    continue
+                outcome = "charged" if reply is None or reply["ok"] else "error"
             outcomes[outcome] += 1
         if outcomes:
             log.info("renewals: %s", dict(outcomes))

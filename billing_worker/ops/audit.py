@@ -37,6 +37,17 @@ _CHECKS: dict[str, str] = {
         SELECT id, user_id, kind, provider, created_at FROM transactions
         WHERE status = 'processing' AND provider_ref IS NULL
     """,
+    "provider payment begun with no intent to finish it": """
+        SELECT t.id, t.user_id, t.kind, t.provider, t.created_at FROM transactions t
+        WHERE t.status = 'created' AND t.provider_ref IS NULL AND t.provider <> 'balance'
+          AND NOT EXISTS (SELECT 1 FROM provider_intents i WHERE i.id = t.id)
+    """,
+    "provider intent whose payment is gone or already answered": """
+        SELECT i.id, i.kind, i.user_id, i.provider, i.created_at, t.status, t.provider_ref
+        FROM provider_intents i LEFT JOIN transactions t ON t.id = i.id
+        WHERE i.kind IN ('deposit', 'yookassa_subscription', 'yookassa_renewal')
+          AND (t.id IS NULL OR t.status <> 'created' OR t.provider_ref IS NOT NULL)
+    """,
     "transaction whose audit trail does not end in its status": """
         SELECT t.id, t.status, last.to_status AS last_recorded
         FROM transactions t

@@ -7,8 +7,11 @@ on what the API returns, never on the event body.
 
 Every POST carries an idempotency key derived from ours, so a redelivered command
 finds the intent the first delivery created instead of creating a second one.
-Network trouble and Stripe's 5xx/429 are transient (retried by the pipeline); any
-other Stripe error is `provider_error` with Stripe's message.
+Network trouble, Stripe's 5xx/429, a 409 (a concurrent request with the same
+idempotency key, as two deliveries of one command can make) and an idempotency error
+(the key was used with other parameters: what Stripe made is unknown) are transient
+(retried by the pipeline); any other Stripe error is `provider_error` with Stripe's
+message, a refusal after which nothing exists at Stripe.
 """
 
 from __future__ import annotations
@@ -298,7 +301,14 @@ async def _call(call: Any) -> Any:
         raise
     except (stripe.APIConnectionError, stripe.RateLimitError) as error:
         raise TransientError(f"Stripe unavailable: {error.user_message or error}") from None
+    except stripe.IdempotencyError as error:
+        # Our key names a request Stripe ran with other parameters: what it made is not
+        # known from here, so this is no refusal to undo the payment on. Left for an
+        # operator (the intent stays; the reconciler keeps reporting it).
+        raise TransientError(f"Stripe idempotency error: {error.user_message or error}") from None
     except stripe.StripeError as error:
+        if error.http_status == 409:  # the same idempotency key is in use right now
+            raise TransientError(f"Stripe conflict: {error.user_message or error}") from None
         if error.http_status is not None and error.http_status >= 500:
             raise TransientError(
                 f"Stripe error {error.http_status}: {error.user_message}"

@@ -35,7 +35,8 @@ Behaviour worth knowing:
 * Unknown parameters are rejected with 400 "Received unknown parameter", as Stripe does.
 * `delay_seconds` delays every response *after* the request was processed: the object
   exists although the caller timed out, which is what makes retries with the same
-  idempotency key matter.
+  idempotency key matter. Lowering it (to 0) releases the answers waiting; `holding`
+  counts them.
 
 Timeouts in stripe 16.1 (read in `stripe/_http_client.py`): there is no per-request
 timeout option. Async calls go through `HTTPXClient`, whose constructor takes
@@ -315,6 +316,7 @@ class FakeStripe:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.delay_seconds = 0.0
+        self.holding = 0  # answers processed and not yet sent (held by `delay_seconds`)
         self.customers: dict[str, JSON] = {}
         self.payment_intents: dict[str, JSON] = {}
         self.charges: dict[str, JSON] = {}
@@ -407,9 +409,20 @@ class FakeStripe:
         )
         with self._lock:
             status, body, headers = self._handle(recorded)
-        if self.delay_seconds > 0:
-            await asyncio.sleep(self.delay_seconds)
+            self.holding += 1
+        try:
+            await self._delay()
+        finally:
+            with self._lock:
+                self.holding -= 1
         return Response(body, status, headers, media_type="application/json")
+
+    async def _delay(self) -> None:
+        # Polls instead of one long sleep so that a test (another thread) can shorten the
+        # delay, or set it to 0 to release the answers it holds.
+        started = time.monotonic()
+        while (remaining := self.delay_seconds - (time.monotonic() - started)) > 0:
+            await asyncio.sleep(min(remaining, 0.05))
 
     def _handle(self, req: RecordedRequest) -> tuple[int, bytes, dict[str, str]]:
         self.requests.append(req)

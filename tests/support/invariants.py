@@ -4,7 +4,8 @@
 test-side ones the audit cannot know about, because they need what the clients saw:
 
 - every accepted command applied exactly once by its idempotency key (its derived
-  transaction / subscription exists once; a refused one left none behind);
+  transaction / subscription exists once; a refused one left none behind), and no
+  provider call left between its two phases (`provider_intents` empty);
 - every reply a key ever got is the same reply, and the one stored with the key;
 - every committed outbox row published, and seen by a consumer of `billing.events`;
 - never two event ids for one fact (one `deposit.completed` per deposit, ...), neither
@@ -119,6 +120,8 @@ async def check_invariants(
             "SELECT id FROM transactions WHERE status = 'processing' AND provider_ref IS NULL"
         )
         assert not processing, f"processing without provider_ref: {processing}"
+        unsettled = await db.fetch("SELECT id, kind, user_id FROM provider_intents")
+        assert not unsettled, f"provider calls begun and never settled: {unsettled[:5]}"
         unpublished = await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         assert unpublished == 0, f"{unpublished} committed outbox rows never published"
         outbox = await db.fetch(
