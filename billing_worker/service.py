@@ -151,13 +151,24 @@ class BillingService:
                     if stored is not None:
                         return _replay(stored.request_hash, stored.reply, digest, key)
                     pending = await uow.intents.of_command(scope, key)
+                    if (
+                        pending is None
+                        and look_back
+                        and (done := await ran_before(queue_scope, command, uow))
+                    ):
+                        # The row's lock was waited for: a concurrent copy that was
+                        # finishing it has committed its record or intent by now.
+                        stored = await uow.idempotency.find_command(scope, queue_scope, key, digest)
+                        if stored is not None:
+                            return _replay(stored.request_hash, stored.reply, digest, key)
+                        pending = await uow.intents.of_command(scope, key)
+                        if pending is None:
+                            raise _Refused(done)
                     if pending is not None:  # an earlier delivery began it: continue it
                         if pending.request_hash != digest:
                             return _conflict(key)
                         events = 0
                     else:
-                        if look_back and (done := await ran_before(queue_scope, command, uow)):
-                            raise _Refused(done)
                         try:
                             result = await handler(command, uow, self.deps)
                         except BillingError as refusal:

@@ -118,7 +118,12 @@ DERIVED_KEYS = frozenset({"pk_transactions", "pk_invoices", "pk_subscriptions"})
 
 
 async def exists(connection: asyncpg.Connection, table: str, row_id: UUID) -> bool:
+    """Whether the row exists, once no other transaction is changing it: the row is
+    locked, so a concurrent copy of the command that is finishing it (its second phase
+    writes the row and the command's record together) has committed when this returns."""
     assert table in {derived.table for derived in DERIVED.values()}  # our own constants
-    return bool(
-        await connection.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)", row_id)  # noqa: S608
+    found = await connection.fetchval(
+        f"SELECT true FROM {table} WHERE id = $1 FOR UPDATE",  # noqa: S608
+        row_id,
     )
+    return bool(found)
