@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services migrate run test lint asyncapi docs demo bench fmt clean
+.PHONY: install services migrate run test lint asyncapi nestjs docs demo bench fmt clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ asyncapi:  ## validate contracts/asyncapi.json with the official AsyncAPI parser
 	cd scripts/asyncapi && npm install --no-audit --no-fund --loglevel=error
 	node scripts/asyncapi/validate.mjs contracts/asyncapi.json
 
+# The NestJS service of tests/nestjs (pinned in its package-lock.json), compiled with tsc;
+# tests/nestjs/test_nestjs.py runs it against a live worker.
+NESTJS := tests/nestjs
+$(NESTJS)/node_modules/.installed: $(NESTJS)/package.json $(NESTJS)/package-lock.json
+	cd $(NESTJS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(NESTJS)/dist/.built: $(NESTJS)/node_modules/.installed $(NESTJS)/tsconfig.json $(wildcard $(NESTJS)/src/*.ts)
+	cd $(NESTJS) && node_modules/.bin/tsc -p .
+	touch $@
+
+nestjs: $(NESTJS)/dist/.built  ## install and build the NestJS test service (npm, tsc)
+
 docs: install  ## regenerate contracts/asyncapi.json, contracts/CATALOGUE.md, the README index
 	$(BIN)/billing-worker docs
 
@@ -44,7 +57,7 @@ demo: migrate  ## a guided end-to-end run against the local services
 bench: install services  ## the benchmark: the worker against the floor (about 10 minutes)
 	$(BIN)/python -m benchmarks.run
 
-test: install services lint asyncapi  ## set up and run the whole test suite (with coverage)
+test: install services lint asyncapi nestjs  ## set up and run the whole test suite (with coverage)
 	$(BIN)/pytest --cov --cov-report=term
 
 fmt: install

@@ -34,6 +34,7 @@ def event_message(event: DomainEvent) -> outbox.OutboxMessage:
     envelope = {
         "event_id": str(event.event_id),
         "type": event.type,
+        "pattern": event.type,  # where NestJS's @EventPattern looks for the type
         "occurred_at": event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "version": 1,
         "data": event.data,

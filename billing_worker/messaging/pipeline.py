@@ -10,6 +10,8 @@
   and quorum queues count differently across RabbitMQ versions); after
   `max_deliveries` attempts it is dead-lettered and the caller gets `internal_error`.
 - Business refusals are ordinary replies produced by the handler.
+- A NestJS packet `{pattern, data, id}` (billing_worker/messaging/nestjs.py) on a queue
+  that accepts one is its `data`, and every reply to it goes back in NestJS's shape.
 The message is acknowledged only after its reply / retry copy / dead letter was
 confirmed by the broker, so a crash at any point means a redelivery, never a loss.
 """
@@ -32,6 +34,7 @@ from billing_contracts import names
 from billing_contracts.envelope import ErrorCode
 from billing_worker.access import DEFAULT_LOGIN, Access
 from billing_worker.domain.errors import TransientError, Unprocessable
+from billing_worker.messaging import nestjs
 from billing_worker.messaging.topology import Topology
 from billing_worker.metrics import Metrics
 from billing_worker.redaction import failure_reason
@@ -65,6 +68,8 @@ class Route:
     model: type[BaseModel] | None = None
     reply: Any = None
     description: str = ""
+    # The NestJS patterns this queue answers to (see nestjs.py); none: no packets here.
+    patterns: frozenset[str] = frozenset()
 
 
 def contract_parser(model: Any) -> Parser:
@@ -127,6 +132,16 @@ def error_reply(code: ErrorCode, message: str, details: Mapping[str, Any]) -> di
     }
 
 
+def parse(route: Route, raw: AbstractIncomingMessage, packet: nestjs.Packet | None) -> Any:
+    """The route's payload of a message: its body, or a NestJS packet's `data`."""
+    if packet is None:
+        return route.parse(raw.body, raw.headers or {})
+    if packet.pattern is not None and packet.pattern not in route.patterns:
+        accepted = " or ".join(sorted(route.patterns))
+        raise InvalidMessage(f"pattern {packet.pattern[:200]!r} is not {accepted}")
+    return route.parse(packet.data, raw.headers or {})
+
+
 def attempt_of(message: AbstractIncomingMessage) -> int:
     raw = (message.headers or {}).get(names.ATTEMPTS_HEADER, 1)
     return max(1, raw) if isinstance(raw, int) else 1
@@ -180,19 +195,22 @@ class Pipeline:
 
     async def _consume(self, route: Route, message: RabbitMessage) -> str:
         raw = message.raw_message
+        packet = nestjs.packet_of(raw.body, MAX_BODY_BYTES) if route.patterns else None
         refusal = self.access.refusal(route.queue, raw.user_id, raw.headers or {})
         if refusal is not None:
             log.warning("forbidden message on %s: %s", route.queue, refusal)
-            await self.reply(raw, error_reply(ErrorCode.FORBIDDEN, refusal, {}))
+            await self.reply(raw, error_reply(ErrorCode.FORBIDDEN, refusal, {}), packet)
             await self.dead_letter(raw, route.queue, f"forbidden: {refusal}")
             await message.ack()
             return "forbidden"
         try:
-            payload = route.parse(raw.body, raw.headers or {})
+            payload = parse(route, raw, packet)
         except InvalidMessage as invalid:
             log.warning("invalid message on %s: %s", route.queue, invalid.reason)
             await self.reply(
-                raw, error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details)
+                raw,
+                error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details),
+                packet,
             )
             await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
             await message.ack()
@@ -201,20 +219,25 @@ class Pipeline:
         try:
             reply = await route.handle(payload)
         except Exception as failure:  # every failure is retried, then dead-lettered
-            return await self.failed(route, message, attempt, failure)
+            return await self.failed(route, message, attempt, failure, packet)
         if reply is not None:
-            await self.reply(raw, reply)
+            await self.reply(raw, reply, packet)
         await message.ack()
         return "ok" if reply is None or reply.get("ok") else "refused"
 
     async def failed(
-        self, route: Route, message: RabbitMessage, attempt: int, failure: Exception
+        self,
+        route: Route,
+        message: RabbitMessage,
+        attempt: int,
+        failure: Exception,
+        packet: nestjs.Packet | None = None,
     ) -> str:
         raw = message.raw_message
         reason = failure_reason(failure)  # never a database error's DETAIL (row values)
         if isinstance(failure, Unprocessable):
             log.error("dead-lettering a message of %s: %s", route.queue, reason)
-            await self.reply(raw, error_reply(ErrorCode.INTERNAL_ERROR, str(failure), {}))
+            await self.reply(raw, error_reply(ErrorCode.INTERNAL_ERROR, str(failure), {}), packet)
             await self.dead_letter(raw, route.queue, f"unprocessable: {reason}", attempt)
             outcome = "dead_lettered"
         elif attempt >= self.max_deliveries:
@@ -228,6 +251,7 @@ class Pipeline:
                     f"the message failed {attempt} times and was dead-lettered",
                     {"attempts": attempt},
                 ),
+                packet,
             )
             await self.dead_letter(raw, route.queue, f"failed {attempt} times: {reason}", attempt)
             outcome = "dead_lettered"
@@ -247,9 +271,16 @@ class Pipeline:
         await message.ack()
         return outcome
 
-    async def reply(self, raw: AbstractIncomingMessage, body: dict[str, Any]) -> None:
+    async def reply(
+        self,
+        raw: AbstractIncomingMessage,
+        body: dict[str, Any],
+        packet: nestjs.Packet | None = None,
+    ) -> None:
         if not raw.reply_to:
             return
+        if packet is not None:  # NestJS routes its replies by correlation_id
+            body = nestjs.reply(body, packet.id or raw.correlation_id)
         await self.broker.publish(
             json.dumps(body, separators=(",", ":")).encode(),
             routing_key=raw.reply_to,
@@ -327,7 +358,10 @@ def _user_id(body: bytes) -> str | None:
     if marker < 0 or len(body) > MAX_BODY_BYTES:
         return None
     try:
-        value = json.loads(body).get("user_id")
+        parsed = json.loads(body)
+        value = parsed.get("user_id")
+        if value is None and isinstance(parsed.get("data"), dict):  # a NestJS packet
+            value = parsed["data"].get("user_id")
     except (ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested
         return None
     return value if isinstance(value, str) else None

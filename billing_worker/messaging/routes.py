@@ -25,7 +25,8 @@ from billing_worker.providers import sandbox, stripe_gateway, yookassa_gateway
 from billing_worker.providers.base import Forged, Gateways, UnknownProvider
 from billing_worker.service import BatchHandler, BillingService, Handler
 
-# Queue -> handler; the models come from the contracts' catalogue.
+# Queue -> handler; the models come from the contracts' catalogue. Each command and query
+# also takes NestJS packets whose pattern is its queue's name (messaging/nestjs.py).
 COMMANDS: Mapping[str, Handler[Any]] = {
     names.WALLET_DEPOSIT: wallet_handlers.deposit,
     names.WALLET_WITHDRAW: wallet_handlers.withdraw,
@@ -71,7 +72,7 @@ def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Ro
         return await service.command(scope, command, handler)
 
     return Route(queue, contract_parser(entry.request), handle, entry.request,
-                 reply_type(entry), entry.purpose)  # fmt: skip
+                 reply_type(entry), entry.purpose, frozenset({queue}))  # fmt: skip
 
 
 def query_route(queue: str, service: BillingService) -> Route:
@@ -81,7 +82,7 @@ def query_route(queue: str, service: BillingService) -> Route:
         return await service.query(query, handler)
 
     return Route(queue, contract_parser(entry.request), handle, entry.request,
-                 reply_type(entry), entry.purpose)  # fmt: skip
+                 reply_type(entry), entry.purpose, frozenset({queue}))  # fmt: skip
 
 
 def order_created_route(service: BillingService) -> Route:
@@ -91,8 +92,10 @@ def order_created_route(service: BillingService) -> Route:
         await service.apply(order, invoice_handlers.create_invoice_for_order)
 
     entry = BY_QUEUE[names.ORDER_CREATED_QUEUE]
+    # NestJS's emit('order.created', order) to the orders exchange, or sent to the queue
+    patterns = frozenset({names.ORDER_CREATED, names.ORDER_CREATED_QUEUE})
     return Route(entry.queue, contract_parser(entry.request), handle, entry.request, None,
-                 entry.purpose)  # fmt: skip
+                 entry.purpose, patterns)  # fmt: skip
 
 
 # The event types the gateways act on, by provider: the `type` label of

@@ -99,6 +99,11 @@ class Topology:
         return RabbitExchange(self.orders_exchange_name, type=ExchangeType.TOPIC, durable=True)
 
     @property
+    def commands_exchange(self) -> RabbitExchange:
+        # No arguments: a NestJS client asserts it as {durable: true, arguments: {}}.
+        return RabbitExchange(names.COMMANDS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
+
+    @property
     def events_exchange(self) -> RabbitExchange:
         return RabbitExchange(names.EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
 
@@ -159,8 +164,10 @@ async def declare(broker: RabbitBroker, topology: Topology, *, url: str | None =
         declared_exchange = await broker.declare_exchange(exchange)
         declared_queue = await broker.declare_queue(queue)
         await declared_queue.bind(declared_exchange, routing_key="#")
+    commands = await broker.declare_exchange(topology.commands_exchange)
     for name in ALL_WORK_QUEUES:
-        await broker.declare_queue(topology.work_queue(name))
+        work_queue = await broker.declare_queue(topology.work_queue(name))
+        await work_queue.bind(commands, routing_key=name)
     callbacks = await broker.declare_exchange(topology.provider_callbacks)
     provider_events = await broker.declare_queue(topology.provider_events)
     await provider_events.bind(callbacks, routing_key=names.PROVIDER_CALLBACK_ROUTING_KEY)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -47,15 +47,31 @@ class ErrorReply(BaseModel):
 
 
 class EventEnvelope(BaseModel, Generic[T]):
-    """Every event on `billing.events`; AMQP `message_id` = `event_id`, `type` = `type`."""
+    """Every event on `billing.events`; AMQP `message_id` = `event_id`, `type` = `type`.
 
-    model_config = ConfigDict(extra="forbid")
+    `pattern` repeats `type` for NestJS's `@EventPattern` (which reads only
+    `body.pattern`); events of workers before it have none. Fields an envelope gains
+    later are ignored, so a consumer need not be upgraded before the worker that adds
+    them (version 1 envelopes only ever gain optional fields)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     event_id: UUID
     type: str = Field(examples=["payment.success"])
+    pattern: str | None = Field(
+        default=None,
+        description="The event type again, for NestJS's @EventPattern",
+        examples=["payment.success"],
+    )
     occurred_at: AwareDatetime
     version: Literal[1] = 1
     data: T
+
+    @model_validator(mode="after")
+    def _pattern_is_type(self) -> Self:
+        if self.pattern is not None and self.pattern != self.type:
+            raise ValueError(f"pattern {self.pattern!r} is not the type {self.type!r}")
+        return self
 
 
 class Command(BaseModel):

@@ -2,7 +2,8 @@
 
 from typing import Final
 
-# Command and query queues on the default exchange (routing key = queue name).
+# Command and query queues on the default exchange (routing key = queue name), each also
+# bound by its own name to COMMANDS_EXCHANGE.
 PLAN_UPSERT: Final = "billing.plan.upsert"
 PLAN_LIST: Final = "billing.plan.list"
 SUBSCRIPTION_CREATE: Final = "billing.subscription.create"
@@ -32,6 +33,11 @@ QUERY_QUEUES: Final = (
     WALLET_TRANSACTIONS,
     INVOICE_GET,
 )
+
+# A durable topic exchange, declared without arguments, with every command and query
+# queue bound by its name: one publisher (e.g. a NestJS client with
+# `{exchange: "billing.commands", wildcards: true}`) reaches them all by routing key.
+COMMANDS_EXCHANGE: Final = "billing.commands"
 
 # Inbound events.
 ORDERS_EXCHANGE: Final = "orders"  # owned by the Orders service; name configurable in the worker

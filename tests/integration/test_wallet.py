@@ -97,7 +97,8 @@ async def test_events_carry_the_envelope_and_amqp_properties_of_the_contract(bus
     import json
 
     envelope = json.loads(message.body)
-    assert set(envelope) == {"event_id", "type", "occurred_at", "version", "data"}
+    assert set(envelope) == {"event_id", "type", "pattern", "occurred_at", "version", "data"}
+    assert envelope["pattern"] == envelope["type"] == "deposit.completed"  # for NestJS
     assert message.message_id == envelope["event_id"]
     assert message.type == "deposit.completed"
     assert message.delivery_mode == 2

@@ -506,14 +506,25 @@ def test_the_roles_have_least_privilege_on_the_exchanges() -> None:
     assert not allows(relay["read"], "x")
     for client in clients:
         assert allows(client["write"], "amq.default")
+        # a NestJS client declares the commands exchange (configure) and publishes there
+        assert allows(client["write"], names.COMMANDS_EXCHANGE)
+        assert allows(client["configure"], names.COMMANDS_EXCHANGE)
+        for exchange in (names.EVENTS_EXCHANGE, names.DEAD_LETTER_EXCHANGE, callbacks):
+            assert not allows(client["configure"], exchange), exchange
+        assert not allows(client["read"], names.COMMANDS_EXCHANGE)  # binds nothing to it
         assert not allows(client["write"], callbacks)
         assert not allows(client["write"], names.EVENTS_EXCHANGE)
         assert not allows(client["write"], names.DEAD_LETTER_EXCHANGE)
     assert allows(by_user["orders-service"]["write"], names.ORDERS_EXCHANGE)
+    assert allows(by_user["orders-service"]["configure"], names.ORDERS_EXCHANGE)
+    assert not allows(by_user["storefront"]["configure"], names.ORDERS_EXCHANGE)
     assert not allows(by_user["storefront"]["write"], names.ORDERS_EXCHANGE)
     assert not allows(worker["write"], callbacks)
+    assert allows(worker["configure"], names.COMMANDS_EXCHANGE)
+    assert allows(worker["read"], names.COMMANDS_EXCHANGE)  # to bind the queues to it
     for name in (
         "amq.default",
+        names.COMMANDS_EXCHANGE,
         names.EVENTS_EXCHANGE,
         names.DEAD_LETTER_EXCHANGE,
         "billing.retry.1000ms",
