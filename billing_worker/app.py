@@ -34,6 +34,7 @@ from billing_worker.providers.yookassa_gateway import YooKassaGateway
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
 from billing_worker.startup import StartupError, check_database, connect_broker
+from billing_worker.watchdog import Part, Watchdog, consumer_part, task_probe
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Worker:
     renewals: Renewals
     settings: Settings
     metrics: Metrics
+    watchdog: Watchdog
 
 
 def build_gateways(settings: Settings) -> Gateways:
@@ -140,9 +142,30 @@ def build_worker(
             description=route.description,
         )(pipeline.consumer(route))
     document_events(broker, topology)
+    watchdog = Watchdog(
+        interval=settings.watchdog_interval_seconds,
+        max_restarts=settings.watchdog_max_restarts,
+        window=settings.watchdog_restart_window_seconds,
+        give_up=lambda _part: app.exit(),  # `billing-worker run` then exits non-zero
+    )
+
+    watchdog.watch(
+        Part("outbox_publisher", task_probe(lambda: publisher.task), restarter(publisher.start))
+    )
+    watchdog.watch(
+        Part("reconciler", task_probe(lambda: reconciler.task), restarter(reconciler.start))
+    )
+    watchdog.watch(Part("renewals", task_probe(lambda: renewals.task), restarter(renewals.start)))
+    for route in routes:
+        if route.coalescer is not None:
+            watchdog.watch(Part(f"coalescer {route.queue}", route.coalescer.stalled,
+                                restarter(route.coalescer.flush)))  # fmt: skip
+    for subscriber in broker.subscribers:
+        watchdog.watch(consumer_part(subscriber, broker, settings.watchdog_consumer_grace_seconds))
     internal = None
     if settings.metrics_port:
         checks = {"broker": lambda: broker.ping(timeout=2.0), "database": database_check(engine)}
+        checks.update({name: watchdog.check(name) for name in watchdog.parts})
         internal = InternalServer(
             internal_app(metrics, checks), settings.metrics_host, settings.metrics_port
         )
@@ -161,6 +184,7 @@ def build_worker(
         publisher.start()
         reconciler.start()
         renewals.start()
+        watchdog.start()
         log.info(
             "billing worker consuming (prefetch %d, providers %s, default %s)",
             settings.prefetch,
@@ -177,6 +201,7 @@ def build_worker(
 
     async def on_shutdown() -> None:
         log.info("billing worker stopping: finishing in-flight messages")
+        await watchdog.stop()  # what stops from here on is meant to
         for subscriber in broker.subscribers:
             await subscriber.stop()  # cancels consuming, waits for in-flight handlers
         await reconciler.stop()
@@ -198,7 +223,15 @@ def build_worker(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics)
+    return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics,
+                  watchdog)  # fmt: skip
+
+
+def restarter(start: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def restart() -> None:
+        start()
+
+    return restart
 
 
 def access_for(settings: Settings, worker_user: str, queues: list[str]) -> Access:

@@ -65,6 +65,7 @@ class Route:
     model: type[BaseModel] | None = None
     reply: Any = None
     description: str = ""
+    coalescer: Any = None  # the Coalescer its commands go through, if any (watched)
 
 
 def contract_parser(model: Any) -> Parser:
