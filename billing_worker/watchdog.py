@@ -10,7 +10,8 @@ to exit non-zero (`give_up`), so that the orchestrator starts a fresh one.
 
 A consumer is only restarted while its broker connection is open and after it stayed
 missing for `consumer_grace` seconds: aio-pika restores consumers itself on reconnect,
-and a broker outage is the broker check's to report, not a reason to exit.
+and a broker outage is the broker check's to report, not a reason to exit. Within that
+grace a missing consumer is a WARNING (and down in `/healthz`); past it, an ERROR.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Part:
     # state
     down_since: float | None = field(default=None, repr=False)
     reason: str | None = field(default=None, repr=False)
+    escalated: bool = field(default=False, repr=False)  # its ERROR line was logged
     restarts: deque[float] = field(default_factory=deque, repr=False)
 
 
@@ -116,11 +118,21 @@ class Watchdog:
             part.down_since = part.reason = None
             return
         if part.reason is None:
-            log.error("%s has stopped: %s", part.name, reason)
+            # A part with a grace period (a consumer, during a reconnect) may be back by
+            # itself: that is a warning; staying stopped past the grace is an error.
+            log.log(logging.WARNING if part.grace_seconds else logging.ERROR,
+                    "%s has stopped: %s", part.name, reason)  # fmt: skip
             part.down_since = now
+            part.escalated = not part.grace_seconds
         part.reason = reason
         assert part.down_since is not None
-        if now - part.down_since < part.grace_seconds or not part.restartable():
+        if now - part.down_since < part.grace_seconds:
+            return
+        if not part.escalated:
+            part.escalated = True
+            log.error("%s has stayed stopped for %.0fs: %s", part.name, now - part.down_since,
+                      reason)  # fmt: skip
+        if not part.restartable():
             return
         while part.restarts and now - part.restarts[0] > self.window:
             part.restarts.popleft()

@@ -50,15 +50,13 @@ async def until(condition: Callable[[], Awaitable[bool] | bool], timeout: float 
 
 
 def watchdog_settings(database_url: str, vhost_url: str, **overrides: Any) -> Any:
-    return make_settings(
-        database_url,
-        vhost_url,
-        metrics_port=free_port(),
-        metrics_host="127.0.0.1",
-        watchdog_interval_seconds=0.1,
-        watchdog_consumer_grace_seconds=0.5,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "metrics_port": free_port(),
+        "metrics_host": "127.0.0.1",
+        "watchdog_interval_seconds": 0.1,
+        "watchdog_consumer_grace_seconds": 0.5,
+    }
+    return make_settings(database_url, vhost_url, **{**values, **overrides})
 
 
 @contextlib.asynccontextmanager
@@ -236,7 +234,10 @@ async def test_a_consumer_the_broker_stopped_delivering_to_is_restarted(
     database_url: str, vhost_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="billing_worker")
-    worker = build_worker(watchdog_settings(database_url, vhost_url))
+    # A grace long enough for /healthz to be seen naming it before the restart.
+    worker = build_worker(
+        watchdog_settings(database_url, vhost_url, watchdog_consumer_grace_seconds=3.0)
+    )
     async with running(worker) as http:
         [subscriber] = [
             s for s in worker.broker.subscribers if s.queue.name == names.WALLET_BALANCE
@@ -245,7 +246,15 @@ async def test_a_consumer_the_broker_stopped_delivering_to_is_restarted(
         await channel.basic_cancel(subscriber._consumer_tag)  # the broker stops delivering
 
         name = f"consumer {names.WALLET_BALANCE}"
-        await until(lambda: any(f"{name} has stopped" in e for e in errors(caplog)))
+
+        async def shown_down() -> bool:  # within its grace already: not ready, naming it
+            health = await http.get("/healthz")
+            return health.status_code == 503 and health.json().get(name) == "down"
+
+        await until(shown_down)
+        await until(lambda: any(f"{name} has stayed stopped" in e for e in errors(caplog)))
+        stopped = next(e for e in errors(caplog) if f"{name} has stayed stopped" in e)
+        assert "the broker no longer delivers to it" in stopped
         await until(lambda: any(f"restarting {name}" in e for e in errors(caplog)))
         await until(lambda: name not in worker.watchdog.down())
         assert (await http.get("/healthz")).status_code == 200
