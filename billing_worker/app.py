@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from billing_worker.providers.yookassa_gateway import YooKassaGateway
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
 from billing_worker.startup import StartupError, check_database, connect_broker
+from billing_worker.watchdog import Part, Watchdog, consumer_part, task_probe
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class Worker:
     settings: Settings
     metrics: Metrics
     retention: Retention
+    watchdog: Watchdog
 
 
 def build_gateways(settings: Settings) -> Gateways:
@@ -150,9 +153,33 @@ def build_worker(
             description=route.description,
         )(pipeline.consumer(route))
     document_events(broker, topology)
+    watchdog = Watchdog(
+        interval=settings.watchdog_interval_seconds,
+        max_restarts=settings.watchdog_max_restarts,
+        window=settings.watchdog_restart_window_seconds,
+        give_up=lambda _part: app.exit(),  # `billing-worker run` then exits non-zero
+    )
+
+    watchdog.watch(
+        Part("outbox_publisher", task_probe(lambda: publisher.task), restarter(publisher.start))
+    )
+    watchdog.watch(
+        Part("reconciler", task_probe(lambda: reconciler.task), restarter(reconciler.start))
+    )
+    watchdog.watch(Part("renewals", task_probe(lambda: renewals.task), restarter(renewals.start)))
+    watchdog.watch(
+        Part("retention", task_probe(lambda: retention.task), restarter(retention.start))
+    )
+    for route in routes:
+        if route.coalescer is not None:
+            watchdog.watch(Part(f"coalescer {route.queue}", route.coalescer.stalled,
+                                restarter(route.coalescer.flush)))  # fmt: skip
+    for subscriber in broker.subscribers:
+        watchdog.watch(consumer_part(subscriber, broker, settings.watchdog_consumer_grace_seconds))
     internal = None
     if settings.metrics_port:
         checks = {"broker": lambda: broker.ping(timeout=2.0), "database": database_check(engine)}
+        checks.update({name: watchdog.check(name) for name in watchdog.parts})
         internal = InternalServer(
             internal_app(metrics, checks), settings.metrics_host, settings.metrics_port
         )
@@ -172,6 +199,7 @@ def build_worker(
         reconciler.start()
         renewals.start()
         retention.start()
+        watchdog.start()
         log.info(
             "billing worker consuming (prefetch %d, providers %s, default %s)",
             settings.prefetch,
@@ -188,8 +216,11 @@ def build_worker(
 
     async def on_shutdown() -> None:
         log.info("billing worker stopping: finishing in-flight messages")
-        for subscriber in broker.subscribers:
-            await subscriber.stop()  # cancels consuming, waits for in-flight handlers
+        await watchdog.stop()  # what stops from here on is meant to
+        # All at once: every queue stops consuming at the same moment, then each waits
+        # for its in-flight handlers (one after the other, a busy queue would keep
+        # taking messages while the ones before it stopped).
+        await asyncio.gather(*(subscriber.stop() for subscriber in broker.subscribers))
         await reconciler.stop()
         await renewals.stop()
         await retention.stop()
@@ -210,9 +241,15 @@ def build_worker(
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    return Worker(
-        app, broker, engine, service, publisher, reconciler, renewals, settings, metrics, retention
-    )
+    return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics,
+                  retention, watchdog)  # fmt: skip
+
+
+def restarter(start: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def restart() -> None:
+        start()
+
+    return restart
 
 
 def access_for(settings: Settings, worker_user: str, queues: list[str]) -> Access:

@@ -62,7 +62,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         pass
-    return 0
+    return exit_code(worker)
+
+
+def exit_code(worker: Any) -> int:
+    """How `billing-worker run` exits once its app stopped: non-zero when the watchdog
+    gave up on a part, so that the orchestrator starts a fresh process."""
+    from billing_worker.watchdog import EXIT_WATCHDOG
+
+    if worker.watchdog.gave_up is None:
+        return 0
+    print(f"billing-worker run: {worker.watchdog.gave_up} kept stopping; exiting",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_WATCHDOG
 
 
 def cmd_relay(args: argparse.Namespace) -> int:

@@ -157,6 +157,18 @@ class Settings(BaseSettings):
         le=300,
         description="How long an idle kept-alive webhook connection stays open",
     )
+    watchdog_interval_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="How often the watchdog probes every part"
+    )
+    watchdog_max_restarts: int = Field(
+        default=5, ge=1, le=100, description="Restarts of one part per window before exiting"
+    )
+    watchdog_restart_window_seconds: float = Field(default=300.0, gt=0)
+    watchdog_consumer_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a consumer may stay missing (aio-pika restores it) before a restart",
+    )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Internal /metrics, /healthz, /livez port"
     )

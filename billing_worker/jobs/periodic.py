@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -25,12 +24,16 @@ class Periodic:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=type(self).__name__.lower())
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The job's loop (the watchdog restarts it should it ever end)."""
+        return self._task
+
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            await asyncio.wait([task])  # a loop that had died was the watchdog's to report
 
     async def _loop(self) -> None:
         while True:

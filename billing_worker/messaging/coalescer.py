@@ -28,9 +28,19 @@ class Coalescer(Generic[T, R]):
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="coalescer")
+        self.flush()
         return await future
+
+    def flush(self) -> None:
+        """Start the flusher if commands wait and none runs (also the watchdog's restart)."""
+        if self._waiting and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._drain(), name="coalescer")
+
+    async def stalled(self) -> str | None:
+        """The watchdog's probe: commands waiting with no flusher to run them."""
+        if self._waiting and (self._task is None or self._task.done()):
+            return f"{len(self._waiting)} commands wait and no flusher runs them"
+        return None
 
     async def _drain(self) -> None:
         try:
@@ -45,6 +55,14 @@ class Coalescer(Generic[T, R]):
                         if not future.done():
                             future.set_exception(error)
                     continue
+                except BaseException:
+                    # Cancelled: its callers must not wait forever (they are retried).
+                    # What still waits is the watchdog's to flush (see `stalled`).
+                    stopped = RuntimeError("the coalescer's flusher was cancelled")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(stopped)
+                    raise
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
@@ -53,4 +71,5 @@ class Coalescer(Generic[T, R]):
                     else:
                         future.set_result(result)
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():
+                self._task = None

@@ -51,14 +51,18 @@ class OutboxPublisher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-publisher")
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The publishing loop (the watchdog restarts it should it ever end)."""
+        return self._task
+
     async def stop(self) -> None:
         """Stop polling after one last drain (graceful shutdown flushes the outbox)."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        task.cancel()
+        await asyncio.wait([task])  # a loop that had died was the watchdog's to report
         with contextlib.suppress(Exception):
             await self.drain()
 

@@ -70,6 +70,7 @@ class Route:
     description: str = ""
     # The NestJS patterns this queue answers to (see nestjs.py); none: no packets here.
     patterns: frozenset[str] = frozenset()
+    coalescer: Any = None  # the Coalescer its commands go through, if any (watched)
 
 
 def contract_parser(model: Any) -> Parser:

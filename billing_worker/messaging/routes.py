@@ -66,13 +66,16 @@ def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Ro
 
     coalescer = Coalescer(run_batch, max_batch)
 
+    coalesced = queue in COALESCED and max_batch > 1
+
     async def handle(command: Any) -> dict[str, Any]:
-        if queue in COALESCED and max_batch > 1:
+        if coalesced:
             return await coalescer.submit(command)
         return await service.command(scope, command, handler)
 
     return Route(queue, contract_parser(entry.request), handle, entry.request,
-                 reply_type(entry), entry.purpose, frozenset({queue}))  # fmt: skip
+                 reply_type(entry), entry.purpose, frozenset({queue}),
+                 coalescer if coalesced else None)  # fmt: skip
 
 
 def query_route(queue: str, service: BillingService) -> Route:
