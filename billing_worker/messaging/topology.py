@@ -15,6 +15,22 @@ if TYPE_CHECKING:
 
 ALL_WORK_QUEUES = (*names.COMMAND_QUEUES, *names.QUERY_QUEUES)
 
+# The broker's redelivery limit on the quorum queues the worker consumes, on top of
+# BILLING_MAX_DELIVERIES. Our attempt header drives retries and dead-lettering: a failed
+# message is acknowledged and a new copy (delivery count 0) goes through a delay queue,
+# and nothing is ever requeued, so the broker's count only grows when a delivery ends
+# without any acknowledgement (a worker killed by the message, connections lost to a
+# failover or a restart). The broker's limit is the backstop for those: a message that
+# crashes every worker that takes it is dead-lettered by RabbitMQ (to billing.dlx, at
+# least once) when it is returned more often than the limit (limit + 1 deliveries). It is
+# larger than ours, so ours always acts first.
+DELIVERY_LIMIT_HEADROOM = 10
+
+
+def delivery_limit(max_deliveries: int) -> int:
+    return max_deliveries + DELIVERY_LIMIT_HEADROOM
+
+
 # The relay's only way in: a durable direct exchange its broker user may write to (and
 # nothing else); billing.provider-events is bound to it by PROVIDER_CALLBACK_ROUTING_KEY.
 PROVIDER_CALLBACKS = RabbitExchange(
@@ -29,20 +45,34 @@ class Topology:
     quorum: bool
     orders_exchange_name: str
     retry_delays_ms: tuple[int, ...]
+    max_deliveries: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
-        return cls(settings.quorum_queues, settings.orders_exchange, settings.retry_delays_ms)
+        return cls(
+            settings.quorum_queues,
+            settings.orders_exchange,
+            settings.retry_delays_ms,
+            settings.max_deliveries,
+        )
 
     def _queue(
-        self, name: str, *, routing_key: str = "", arguments: dict[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        consumed: bool = True,
     ) -> RabbitQueue:
         args: dict[str, Any] = {"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE}
         args.update(arguments or {})
         args = {key: value for key, value in args.items() if value is not None}
         if self.quorum:
-            # Dead-lettering out of a quorum queue is at-most-once unless asked otherwise.
+            # Dead-lettering out of a quorum queue is at-most-once unless asked otherwise;
+            # at-least-once needs reject-publish (a full queue refuses, never drops).
             args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            if consumed:  # delay queues and the DLQ have no worker consuming them
+                args["x-delivery-limit"] = delivery_limit(self.max_deliveries)
             return RabbitQueue(
                 name,
                 queue_type=QueueType.QUORUM,
@@ -96,7 +126,9 @@ class Topology:
     @property
     def dead_letter_queue(self) -> RabbitQueue:
         # The end of the line: no dead-letter exchange of its own.
-        return self._queue(names.DEAD_LETTER_QUEUE, arguments={"x-dead-letter-exchange": None})
+        return self._queue(
+            names.DEAD_LETTER_QUEUE, arguments={"x-dead-letter-exchange": None}, consumed=False
+        )
 
     def retry_name(self, attempt: int) -> str:
         """The delay queue (and its fanout exchange) used before delivery `attempt + 1`."""
@@ -112,7 +144,9 @@ class Topology:
             # Expired copies go back through the default exchange under their original
             # routing key (the work queue's name); the TTL is the back-off.
             queue = self._queue(
-                name, arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""}
+                name,
+                arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""},
+                consumed=False,
             )
             pairs.append((RabbitExchange(name, type=ExchangeType.FANOUT, durable=True), queue))
         return pairs
