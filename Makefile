@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services migrate run test lint asyncapi docs demo bench fmt clean
+.PHONY: install services migrate run test lint asyncapi codegen docs docs-html dist demo bench fmt clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,28 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-asyncapi:  ## validate contracts/asyncapi.json with the official AsyncAPI parser (npm)
-	cd scripts/asyncapi && npm install --no-audit --no-fund --loglevel=error
+# The npm tools are pinned by their lockfiles and installed with `npm ci` when a lockfile
+# changes. html-template's puppeteer (for PDFs, unused) would download a browser: skipped.
+NPM_CI := PUPPETEER_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund --loglevel=error
+
+scripts/%/node_modules/.installed: scripts/%/package-lock.json
+	cd scripts/$* && $(NPM_CI)
+	touch $@
+
+asyncapi: scripts/asyncapi/node_modules/.installed  ## validate contracts/asyncapi.json with the official AsyncAPI parser (npm)
 	node scripts/asyncapi/validate.mjs contracts/asyncapi.json
+
+# TypeScript models generated with Modelina compile under tsc --strict and narrow on `ok`;
+# the HTML docs render with the network cut off (scripts/codegen/codegen.test.mjs).
+codegen: scripts/codegen/node_modules/.installed  ## test the TypeScript codegen and the offline HTML docs (npm)
+	node --test scripts/codegen/
+
+docs-html: scripts/codegen/node_modules/.installed  ## render the HTML docs of the AsyncAPI document into build/asyncapi-html/
+	node scripts/codegen/render-html.mjs contracts/asyncapi.json build/asyncapi-html
+
+dist: install  ## build the billing-contracts wheel and sdist into dist/
+	rm -f dist/billing_contracts-*
+	$(BIN)/python -m build --outdir dist contracts
 
 docs: install  ## regenerate contracts/asyncapi.json, contracts/CATALOGUE.md, the README index
 	$(BIN)/billing-worker docs
@@ -43,7 +62,7 @@ demo: migrate  ## a guided end-to-end run against the local services
 bench: install services  ## the benchmark: the worker against the floor (about 10 minutes)
 	$(BIN)/python -m benchmarks.run
 
-test: install services lint asyncapi  ## set up and run the whole test suite
+test: install services lint asyncapi codegen  ## set up and run the whole test suite
 	$(BIN)/pytest
 
 fmt: install
