@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services migrate run test lint asyncapi nestjs docs demo bench fmt clean
+.PHONY: install services migrate run test lint asyncapi nestjs codegen docs docs-html dist demo bench fmt clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,15 @@ lint: install  ## ruff, ruff format, mypy --strict, and the import rules (no cyc
 	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
 
-asyncapi:  ## validate contracts/asyncapi.json with the official AsyncAPI parser (npm)
-	cd scripts/asyncapi && npm install --no-audit --no-fund --loglevel=error
+# The npm tools are pinned by their lockfiles and installed with `npm ci` when a lockfile
+# changes. html-template's puppeteer (for PDFs, unused) would download a browser: skipped.
+NPM_CI := PUPPETEER_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund --loglevel=error
+
+scripts/%/node_modules/.installed: scripts/%/package-lock.json
+	cd scripts/$* && $(NPM_CI)
+	touch $@
+
+asyncapi: scripts/asyncapi/node_modules/.installed  ## validate contracts/asyncapi.json with the official AsyncAPI parser (npm)
 	node scripts/asyncapi/validate.mjs contracts/asyncapi.json
 
 # The NestJS service of tests/nestjs (pinned in its package-lock.json), compiled with tsc;
@@ -48,6 +55,18 @@ $(NESTJS)/dist/.built: $(NESTJS)/node_modules/.installed $(NESTJS)/tsconfig.json
 
 nestjs: $(NESTJS)/dist/.built  ## install and build the NestJS test service (npm, tsc)
 
+# TypeScript models generated with Modelina compile under tsc --strict and narrow on `ok`;
+# the HTML docs render with the network cut off (scripts/codegen/codegen.test.mjs).
+codegen: scripts/codegen/node_modules/.installed  ## test the TypeScript codegen and the offline HTML docs (npm)
+	node --test scripts/codegen/
+
+docs-html: scripts/codegen/node_modules/.installed  ## render the HTML docs of the AsyncAPI document into build/asyncapi-html/
+	node scripts/codegen/render-html.mjs contracts/asyncapi.json build/asyncapi-html
+
+dist: install  ## build the billing-contracts wheel and sdist into dist/
+	rm -f dist/billing_contracts-*
+	$(BIN)/python -m build --outdir dist contracts
+
 docs: install  ## regenerate contracts/asyncapi.json, contracts/CATALOGUE.md, the README index
 	$(BIN)/billing-worker docs
 
@@ -57,7 +76,7 @@ demo: migrate  ## a guided end-to-end run against the local services
 bench: install services  ## the benchmark: the worker against the floor (about 10 minutes)
 	$(BIN)/python -m benchmarks.run
 
-test: install services lint asyncapi nestjs  ## set up and run the whole test suite (with coverage)
+test: install services lint asyncapi nestjs codegen  ## set up and run the whole test suite (with coverage)
 	$(BIN)/pytest --cov --cov-report=term
 
 fmt: install

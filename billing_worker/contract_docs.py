@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from faststream.specification import AsyncAPI
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from billing_contracts import names
 from billing_contracts.catalog import (
@@ -38,6 +39,27 @@ DESCRIPTION = (
 )
 
 
+# Every operation is tagged with the area of its channel; the worker's publishers (the
+# events on `billing.events`) are `events`.
+AREAS: dict[str, str] = {
+    "wallet": "Deposits, withdrawals, balances, transactions, and the payment providers' "
+    "callbacks that complete deposits",
+    "plans": "The catalogue of subscription plans",
+    "subscriptions": "Subscriptions to plans: create, cancel, look up",
+    "invoices": "Invoices, paid from the balance, and the Orders service's orders",
+    "events": "What the worker publishes on the `billing.events` topic exchange",
+}
+AREA_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("billing.wallet.", "wallet"),
+    (names.PROVIDER_EVENTS_QUEUE, "wallet"),
+    ("billing.plan.", "plans"),
+    ("billing.subscription.", "subscriptions"),
+    ("billing.invoice.", "invoices"),
+    ("billing.orders.", "invoices"),
+)
+SCHEMA_REF = "#/components/schemas/"
+
+
 def asyncapi_document() -> dict[str, Any]:
     from billing_worker.app import build_worker
     from billing_worker.settings import Settings
@@ -50,6 +72,8 @@ def asyncapi_document() -> dict[str, Any]:
     document: dict[str, Any] = spec.to_jsonable()
     _add_replies(document)
     _add_examples(document)
+    _name_envelopes(document)
+    _tag_operations(document)
     return _stable(document)
 
 
@@ -63,11 +87,35 @@ def _stable(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _reply_schema(entry_reply: Any, schemas: dict[str, Any]) -> dict[str, Any]:
-    adapter: TypeAdapter[Any] = TypeAdapter(OkReply[entry_reply] | ErrorReply)
-    schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(schema.pop("$defs", {}))
-    return schema
+def _reply_schemas(request: type[BaseModel], reply: Any, schemas: dict[str, Any]) -> str:
+    """`<Request>Reply`: one of `<Request>OkReply` and `ErrorReply`, told apart by `ok`.
+
+    Pydantic names a generic model `OkReply[WithdrawResult]` and leaves `ok` out of
+    `required` because it has a default; a code generator then makes `ok` optional and
+    cannot tell the two replies apart. Every reply the worker sends carries `ok`, so the
+    published schema requires it (what a reply may contain is unchanged).
+    """
+    base = request.__name__
+    ok_name, reply_name = f"{base}OkReply", f"{base}Reply"
+    adapter: TypeAdapter[Any] = TypeAdapter(OkReply[reply])
+    ok = adapter.json_schema(ref_template=SCHEMA_REF + "{model}")
+    schemas.update(ok.pop("$defs", {}))
+    error = ErrorReply.model_json_schema(ref_template=SCHEMA_REF + "{model}")
+    schemas.update(error.pop("$defs", {}))
+    data = ok["properties"]["data"]
+    if "anyOf" in data:  # a union of results: name it, or generators call it `Data`
+        data["title"] = f"{base}Data"
+    ok["title"] = ok_name
+    ok["description"] = f"A successful reply to `{base}`: `data` is the result."
+    for schema in (ok, error):
+        schema["required"] = ["ok", *(name for name in schema["required"] if name != "ok")]
+    schemas[ok_name], schemas["ErrorReply"] = ok, error
+    schemas[reply_name] = {
+        "title": reply_name,
+        "description": f"The reply to `{base}`: `ok` is true with `data`, or false with `error`.",
+        "oneOf": [{"$ref": SCHEMA_REF + ok_name}, {"$ref": SCHEMA_REF + "ErrorReply"}],
+    }
+    return reply_name
 
 
 def _add_replies(document: dict[str, Any]) -> None:
@@ -85,7 +133,7 @@ def _add_replies(document: dict[str, Any]) -> None:
             "title": f"Reply to {channel_name}",
             "contentType": "application/json",
             "correlationId": {"location": "$message.header#/correlation_id"},
-            "payload": _reply_schema(entry.reply, schemas),
+            "payload": {"$ref": SCHEMA_REF + _reply_schemas(entry.request, entry.reply, schemas)},
         }
         document["channels"][reply_channel] = {
             "address": None,
@@ -98,6 +146,54 @@ def _add_replies(document: dict[str, Any]) -> None:
             "messages": [{"$ref": f"#/channels/{reply_channel}/messages/Reply"}],
         }
         document["operations"][name] = operation
+
+
+def _name_envelopes(document: dict[str, Any]) -> None:
+    """`EventEnvelope[DepositCompleted]` -> `DepositCompletedEnvelope`, a name a code
+    generator can use as is (it would make `EventEnvelopeSquareleftDepositCompleted...`)."""
+    schemas = document["components"]["schemas"]
+    renamed: dict[str, str] = {}
+    for key in list(schemas):
+        if key.startswith("EventEnvelope[") and key.endswith("]"):
+            data = key.removeprefix("EventEnvelope[").removesuffix("]")
+            new = f"{data}Envelope"
+            schemas[new] = {**schemas.pop(key), "title": new}
+            schemas[new]["description"] = (
+                f"An event on `billing.events` whose `data` is a `{data}`; AMQP "
+                "`message_id` = `event_id`, routing key = `type`."
+            )
+            renamed[SCHEMA_REF + quote(key)] = SCHEMA_REF + new
+            renamed[SCHEMA_REF + key] = SCHEMA_REF + new
+    _replace_refs(document, renamed)
+
+
+def _replace_refs(node: Any, renamed: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref in renamed:
+            node["$ref"] = renamed[ref]
+        for value in node.values():
+            _replace_refs(value, renamed)
+    elif isinstance(node, list):
+        for value in node:
+            _replace_refs(value, renamed)
+
+
+def area_of(operation: dict[str, Any]) -> str | None:
+    """The area an operation belongs to: `events` for what the worker publishes, else by
+    the prefix of its channel (None: a channel no prefix names)."""
+    if operation["action"] == "send":
+        return "events"
+    channel = operation["channel"]["$ref"].rsplit("/", 1)[1]
+    return next((area for prefix, area in AREA_PREFIXES if channel.startswith(prefix)), None)
+
+
+def _tag_operations(document: dict[str, Any]) -> None:
+    document["info"]["tags"] = [{"name": n, "description": d} for n, d in AREAS.items()]
+    for operation in document["operations"].values():
+        area = area_of(operation)
+        if area is not None:
+            operation["tags"] = [{"name": area}]
 
 
 def _add_examples(document: dict[str, Any]) -> None:

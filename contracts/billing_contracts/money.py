@@ -31,6 +31,10 @@ MAX_MINOR_UNITS = 2**63 - 1
 
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,18})(?:\.([0-9]{1,4}))?")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+# The same shapes as JSON Schema (ECMA-262) patterns, for the published schema only:
+# validation stays with `parse_minor` / `validate_currency` and their messages.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,18})(\.[0-9]{1,4})?$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
 
 
 class MoneyFormatError(ValueError):
@@ -79,7 +83,9 @@ Currency = Annotated[
     StrictStr,
     AfterValidator(lambda code: validate_currency(code)),
     Field(
-        pattern=r"^[A-Z]{3}$",
+        pattern=CURRENCY_PATTERN,
+        # the constraint runs after the validator, so pydantic leaves it out of the schema
+        json_schema_extra={"pattern": CURRENCY_PATTERN},
         description="ISO 4217 alphabetic code, upper case",
         examples=["USD", "EUR", "JPY", "RUB"],
     ),
@@ -98,6 +104,7 @@ class Money(BaseModel):
         ),
         examples=["12.50", "1000", "0.125"],
         max_length=24,
+        json_schema_extra={"pattern": AMOUNT_PATTERN},
     )
     currency: Currency
 
