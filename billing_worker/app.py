@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -217,10 +216,8 @@ def build_worker(
     async def on_shutdown() -> None:
         log.info("billing worker stopping: finishing in-flight messages")
         await watchdog.stop()  # what stops from here on is meant to
-        # All at once: every queue stops consuming at the same moment, then each waits
-        # for its in-flight handlers (one after the other, a busy queue would keep
-        # taking messages while the ones before it stopped).
-        await asyncio.gather(*(subscriber.stop() for subscriber in broker.subscribers))
+        for subscriber in broker.subscribers:
+            await subscriber.stop()  # cancels consuming, waits for in-flight handlers
         await reconciler.stop()
         await renewals.stop()
         await retention.stop()

@@ -56,8 +56,12 @@ async def stop(process: subprocess.Popen[bytes]) -> int:
 async def test_sigterm_during_a_burst_of_1000_commands_loses_none_and_doubles_none(
     database_url: str, rabbitmq_url: str, tmp_path: Path
 ) -> None:
+    # One withdrawal per transaction and a small prefetch: the burst takes the worker
+    # seconds, not the fraction of one that coalescing needs, so the signal lands mid-burst
+    # however fast the machine is.
     env = {"BILLING_DATABASE_URL": database_url, "BILLING_RABBITMQ_URL": rabbitmq_url,
-           "BILLING_SANDBOX_ENABLED": "true"}  # fmt: skip
+           "BILLING_SANDBOX_ENABLED": "true", "BILLING_COALESCE_MAX": "1",
+           "BILLING_PREFETCH": "4"}  # fmt: skip
     log = tmp_path / "worker.log"
     first = start_worker(log, **env)
     await wait_for_line(log, "billing worker consuming", first)
