@@ -6,7 +6,12 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = ("../shared", "DESIGN §", "DESIGN.md", "PERFORMANCE.md", "LIBRARIES.md")
+# Written in pieces, so that this file does not name them itself.
+FORBIDDEN = tuple(
+    "".join(parts)
+    for parts in (("../", "shared"), ("DESIGN", " §"), ("DESIGN", ".md"),
+                  ("PERFORMANCE", ".md"), ("LIBRARIES", ".md"))
+)  # fmt: skip
 
 
 def test_no_file_refers_to_notes_outside_the_repository() -> None:
@@ -17,7 +22,7 @@ def test_no_file_refers_to_notes_outside_the_repository() -> None:
     offenders = []
     for name in tracked:
         path = ROOT / name
-        if name == "tests/unit/test_self_contained.py" or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text()
