@@ -207,15 +207,11 @@ class Pipeline:
         try:
             payload = parse(route, raw, packet)
         except InvalidMessage as invalid:
-            log.warning("invalid message on %s: %s", route.queue, invalid.reason)
-            await self.reply(
-                raw,
-                error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details),
-                packet,
-            )
-            await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
-            await message.ack()
-            return "invalid"
+            return await self.refuse(route, message, invalid, packet)
+        except Exception as crash:  # a parser bug: the body is still refused, never left unacked
+            log.error("the parser of %s failed: %s", route.queue, failure_reason(crash))
+            unreadable = InvalidMessage(f"unreadable body: {failure_reason(crash)}")
+            return await self.refuse(route, message, unreadable, packet)
         attempt = attempt_of(raw)
         try:
             reply = await route.handle(payload)
@@ -225,6 +221,25 @@ class Pipeline:
             await self.reply(raw, reply, packet)
         await message.ack()
         return "ok" if reply is None or reply.get("ok") else "refused"
+
+    async def refuse(
+        self,
+        route: Route,
+        message: RabbitMessage,
+        invalid: InvalidMessage,
+        packet: nestjs.Packet | None,
+    ) -> str:
+        """Answer `invalid_message`, dead-letter with the reason, acknowledge."""
+        raw = message.raw_message
+        log.warning("invalid message on %s: %s", route.queue, invalid.reason)
+        await self.reply(
+            raw,
+            error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details),
+            packet,
+        )
+        await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
+        await message.ack()
+        return "invalid"
 
     async def failed(
         self,

@@ -95,7 +95,7 @@ class SandboxGateway:
             event_type = str(event["type"])
             data = event["data"]
             outcome = _OUTCOMES.get(event_type)
-            amount, currency = int(data["amount_minor"]), str(data["currency"])
+            amount, currency = _minor_units(data["amount_minor"]), str(data["currency"])
             return ProviderEvent(
                 provider=self.name,
                 event_id=str(event["id"]),
@@ -114,6 +114,19 @@ class SandboxGateway:
             )  # fmt: skip
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"malformed sandbox event: {error}") from error
+
+
+BIGINT_MAX = 2**63 - 1
+
+
+def _minor_units(value: Any) -> int:
+    """A positive whole number of minor units a BIGINT column can hold, or ValueError.
+
+    JSON numbers arrive as whatever `json.loads` makes of them (1.5, Infinity, NaN,
+    true), so the type is checked, not converted."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= BIGINT_MAX:
+        raise ValueError(f"amount_minor must be a positive whole number, not {value!r:.40}")
+    return value
 
 
 def callback(request: PaymentRequest) -> tuple[str, str, bytes]:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from billing_worker.app import Worker, build_worker
+from billing_worker.providers.base import Gateways, ProviderEvent
+from billing_worker.providers.sandbox import SandboxGateway
+from billing_worker.settings import Settings
 from support.rpc import Bus
+from support.sandbox import signed
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +103,75 @@ async def test_a_provider_event_naming_no_configured_provider_is_dead_lettered(b
     )
     dead = await bus.dead_letter(correlation_id)
     assert "paypal" in str(dead.headers["x-billing-reason"])
+
+
+SANDBOX_AMOUNTS = {
+    "infinite": b"Infinity",
+    "not a number": b"NaN",
+    "fractional": b"1.5",
+    "boolean": b"true",
+    "text": b'"100"',
+    "negative": b"-100",
+    "beyond a bigint": b"1" + b"0" * 30,
+}
+
+
+@pytest.mark.parametrize("case", list(SANDBOX_AMOUNTS))
+async def test_a_genuinely_signed_callback_with_a_nonsense_amount_is_dead_lettered_as_invalid(
+    bus: Bus, worker: Worker, case: str
+) -> None:
+    """Signed with the worker's own key, so only the parser stands between it and the books:
+    an amount that is not a whole, positive, storable number of minor units is refused
+    (a parser that crashed instead left the message with nobody, never dead-lettered)."""
+    body = (
+        b'{"id": "sbx_evt_' + uuid.uuid4().hex.encode() + b'", "type": "payment.succeeded", '
+        b'"data": {"payment_id": "sbx_pi_x", "amount_minor": ' + SANDBOX_AMOUNTS[case] + b", "
+        b'"currency": "USD"}}'
+    )
+    sandbox = worker.service.deps.gateways.get("sandbox")
+    assert isinstance(sandbox, SandboxGateway)
+
+    correlation_id = await bus.send("billing.provider-events", body, headers=signed(sandbox, body))
+
+    dead = await bus.dead_letter(correlation_id)
+    assert str(dead.headers["x-billing-reason"]).startswith("invalid_message: "), dead.headers
+    assert "amount_minor" in str(dead.headers["x-billing-reason"])
+
+
+class CrashingSandbox(SandboxGateway):
+    """A sandbox whose callback parser has a bug (raises what no parser is meant to)."""
+
+    def parse_event(self, body: bytes) -> ProviderEvent:
+        raise ZeroDivisionError("a parser bug")
+
+
+@pytest.fixture
+async def crashing_worker(settings: Settings) -> AsyncIterator[Worker]:
+    worker = build_worker(settings, gateways=Gateways({"sandbox": CrashingSandbox()}, "sandbox"))
+    async with worker.app:
+        yield worker
+
+
+async def test_a_parser_that_crashes_refuses_the_message_instead_of_leaving_it_unacknowledged(
+    crashing_worker: Worker, rabbitmq_url: str
+) -> None:
+    """Under manual acknowledgement an exception out of the parser used to leave the message
+    unacknowledged: never answered, never dead-lettered, holding a prefetch slot."""
+    bus = Bus(rabbitmq_url)
+    await bus.start()
+    try:
+        sandbox = crashing_worker.service.deps.gateways.get("sandbox")
+        assert isinstance(sandbox, SandboxGateway)
+        bodies = [b'{"id": "evt_%d"}' % n for n in range(3)]
+        sent = [
+            await bus.send("billing.provider-events", body, headers=signed(sandbox, body))
+            for body in bodies
+        ]
+        for correlation_id in sent:
+            dead = await bus.dead_letter(correlation_id)
+            reason = str(dead.headers["x-billing-reason"])
+            assert reason == "invalid_message: unreadable body: ZeroDivisionError: a parser bug"
+        reply = await bus.call("billing.wallet.balance", {"user_id": "after-the-crash"})
+        assert reply["ok"] is True
+    finally:
+        await bus.close()
