@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aio_pika.exceptions import ChannelPreconditionFailed
 from faststream import AckPolicy, FastStream
 from faststream.rabbit import Channel, RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,7 +35,7 @@ from billing_worker.providers.stripe_gateway import StripeGateway
 from billing_worker.providers.yookassa_gateway import YooKassaGateway
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
-from billing_worker.startup import StartupError, check_database, connect_broker
+from billing_worker.startup import StartupError, check_database, cluster_broker, connect_broker
 from billing_worker.watchdog import Part, Watchdog, consumer_part, task_probe
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ def build_worker(
     middlewares = []
     if settings.metrics_port:  # FastStream's per-queue series, only when they are served
         middlewares.append(faststream_metrics(metrics.registry, topology))
-    broker = RabbitBroker(
-        settings.amqp_url,
+    broker = cluster_broker(
+        settings,
         default_channel=Channel(prefetch_count=settings.prefetch),
         log_level=logging.DEBUG,  # per-message framework logs cost ~20% (measured)
         graceful_timeout=settings.shutdown_grace_seconds,
@@ -189,7 +190,13 @@ def build_worker(
         await check_database(engine, settings)
         await load_service_keys(engine, gateways)
         await connect_broker(broker, settings)
-        await topo.declare(broker, topology, url=settings.amqp_url)
+        try:
+            await topo.declare(broker, topology, urls=settings.amqp_urls)
+        except ChannelPreconditionFailed as refused:  # a queue exists with other arguments
+            raise StartupError(
+                f"RabbitMQ refused the worker's topology: {str(refused).splitlines()[0]} "
+                "(see the README, Running against a cluster)"
+            ) from None
         if internal:
             await internal.start()
 

@@ -6,6 +6,7 @@ import ipaddress
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,6 +21,12 @@ YOOKASSA_NETWORKS = (
     "77.75.156.35/32",
     "2a02:5180::/32",
 )
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """`BILLING_RABBITMQ_URL` may list several nodes: comma-separated, blanks ignored."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
 
 AmqpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["amqp", "amqps"])]
 
@@ -37,7 +44,8 @@ class Settings(BaseSettings):
     )
     rabbitmq_url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
-        description="AMQP URL of RabbitMQ, including the vhost",
+        description="AMQP URL of RabbitMQ, including the vhost; for a cluster, the URLs "
+        "of its nodes, comma-separated (tried in order, failed over on a lost connection)",
     )
     access_policy: Path | None = Field(
         default=None,
@@ -184,6 +192,22 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _broker_urls(cls, value: SecretStr) -> SecretStr:
+        urls = split_urls(value.get_secret_value())
+        if not urls:
+            raise ValueError("needs at least one amqp:// or amqps:// URL")
+        parsed = [urlsplit(url) for url in urls]
+        for position, url in enumerate(parsed, 1):
+            if url.scheme not in ("amqp", "amqps") or not url.hostname:
+                raise ValueError(f"URL {position} is not an amqp:// or amqps:// URL with a host")
+        # One cluster, one identity: the worker publishes with its login as the validated
+        # user_id, and its queues live in one vhost, whichever node it is connected to.
+        if len({(url.username or "guest", url.path.removeprefix("/")) for url in parsed}) > 1:
+            raise ValueError("every URL must name the same user and the same vhost")
+        return value
+
     @field_validator("retry_delays_ms", "dunning_days", mode="before")
     @classmethod
     def _split_delays(cls, value: object) -> object:
@@ -244,8 +268,14 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
     @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """Every broker address, in the order they are tried."""
+        return split_urls(self.rabbitmq_url.get_secret_value())
+
+    @property
     def amqp_url(self) -> str:
-        return self.rabbitmq_url.get_secret_value()
+        """The first broker address (the login and vhost are the same in every one)."""
+        return self.amqp_urls[0]
 
     @property
     def provider_for_deposits(self) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import urlsplit
 
 from faststream.rabbit import RabbitBroker
@@ -11,9 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.migrate import DatabaseUnavailable, ensure_database, head_revision
+from billing_worker.messaging.connection import (
+    BrokersUnreachable,
+    FailoverBroker,
+    FailoverConnection,
+    reason_of,
+)
 from billing_worker.settings import Settings
 
 CONNECT_TIMEOUT = 10.0
+RECONNECT_INTERVAL = 1.0  # between attempts after a lost connection (each on the next address)
 
 
 class StartupError(RuntimeError):
@@ -52,13 +60,36 @@ async def check_database(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
+def cluster_broker(settings: Settings, **options: Any) -> FailoverBroker:
+    """The worker's and the relay's broker: every address of BILLING_RABBITMQ_URL, tried
+    in order at start-up and failed over to when a connection is lost."""
+    return FailoverBroker(
+        settings.amqp_urls,
+        timeout=CONNECT_TIMEOUT,  # per attempt, so a silent node cannot hold up failover
+        reconnect_interval=RECONNECT_INTERVAL,
+        **options,
+    )
+
+
 async def connect_broker(broker: RabbitBroker, settings: Settings) -> None:
-    where = describe_broker(settings.amqp_url)
+    urls = settings.amqp_urls
+    where = ", ".join(describe_broker(url) for url in urls)
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            await broker.connect()
+        # Every address gets its attempt (and the pauses between them) before giving up.
+        async with asyncio.timeout((CONNECT_TIMEOUT + RECONNECT_INTERVAL) * len(urls)):
+            connection = await broker.connect()
     except TimeoutError:
         raise StartupError(f"cannot reach RabbitMQ at {where}: timed out") from None
+    except BrokersUnreachable as error:
+        reasons = "; ".join(
+            f"{describe_broker(url)}: {reason_of(failure)}"
+            for url, (_, failure) in zip(urls, error.failures, strict=False)
+        )
+        raise StartupError(f"cannot reach RabbitMQ at any of its addresses: {reasons}") from None
     except Exception as error:  # aio-pika raises several unrelated types for one cause
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StartupError(f"cannot reach RabbitMQ at {where}: {reason}") from None
+        raise StartupError(f"cannot reach RabbitMQ at {where}: {reason_of(error)}") from None
+    if isinstance(broker, FailoverBroker) and not isinstance(connection, FailoverConnection):
+        # FastStream no longer hands our connection class to aio-pika: no failover.
+        raise StartupError(
+            f"this FastStream made a {type(connection).__name__}, not a FailoverConnection"
+        )

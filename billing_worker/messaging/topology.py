@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
@@ -22,6 +23,22 @@ log = logging.getLogger(__name__)
 
 ALL_WORK_QUEUES = (*names.COMMAND_QUEUES, *names.QUERY_QUEUES)
 
+# The broker's redelivery limit on the quorum queues the worker consumes, on top of
+# BILLING_MAX_DELIVERIES. Our attempt header drives retries and dead-lettering: a failed
+# message is acknowledged and a new copy (delivery count 0) goes through a delay queue,
+# and nothing is ever requeued, so the broker's count only grows when a delivery ends
+# without any acknowledgement (a worker killed by the message, connections lost to a
+# failover or a restart). The broker's limit is the backstop for those: a message that
+# crashes every worker that takes it is dead-lettered by RabbitMQ (to billing.dlx, at
+# least once) when it is returned more often than the limit (limit + 1 deliveries). It is
+# larger than ours, so ours always acts first.
+DELIVERY_LIMIT_HEADROOM = 10
+
+
+def delivery_limit(max_deliveries: int) -> int:
+    return max_deliveries + DELIVERY_LIMIT_HEADROOM
+
+
 # The relay's only way in: a durable direct exchange its broker user may write to (and
 # nothing else); billing.provider-events is bound to it by PROVIDER_CALLBACK_ROUTING_KEY.
 PROVIDER_CALLBACKS = RabbitExchange(
@@ -37,6 +54,7 @@ class Topology:
     orders_exchange_name: str
     retry_delays_ms: tuple[int, ...]
     dead_letter_max: int = 100_000
+    max_deliveries: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -45,17 +63,26 @@ class Topology:
             settings.orders_exchange,
             settings.retry_delays_ms,
             settings.dead_letter_max,
+            settings.max_deliveries,
         )
 
     def _queue(
-        self, name: str, *, routing_key: str = "", arguments: dict[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        consumed: bool = True,
     ) -> RabbitQueue:
         args: dict[str, Any] = {"x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE}
         args.update(arguments or {})
         args = {key: value for key, value in args.items() if value is not None}
         if self.quorum:
-            # Dead-lettering out of a quorum queue is at-most-once unless asked otherwise.
+            # Dead-lettering out of a quorum queue is at-most-once unless asked otherwise;
+            # at-least-once needs reject-publish (a full queue refuses, never drops).
             args |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            if consumed:  # delay queues and the DLQ have no worker consuming them
+                args["x-delivery-limit"] = delivery_limit(self.max_deliveries)
             return RabbitQueue(
                 name,
                 queue_type=QueueType.QUORUM,
@@ -120,6 +147,7 @@ class Topology:
         queue = self._queue(
             names.DEAD_LETTER_QUEUE,
             arguments={"x-dead-letter-exchange": None, "x-max-length": self.dead_letter_max},
+            consumed=False,
         )
         queue.arguments["x-overflow"] = "drop-head"  # over the work queues' quorum default
         return queue
@@ -138,22 +166,26 @@ class Topology:
             # Expired copies go back through the default exchange under their original
             # routing key (the work queue's name); the TTL is the back-off.
             queue = self._queue(
-                name, arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""}
+                name,
+                arguments={"x-message-ttl": delay, "x-dead-letter-exchange": ""},
+                consumed=False,
             )
             pairs.append((RabbitExchange(name, type=ExchangeType.FANOUT, durable=True), queue))
         return pairs
 
 
-async def declare(broker: RabbitBroker, topology: Topology, *, url: str | None = None) -> None:
+async def declare(
+    broker: RabbitBroker, topology: Topology, *, urls: Sequence[str] | None = None
+) -> None:
     """Declare what no subscriber declares for us: exchanges, DLQ, retry and work queues.
 
-    With the broker's `url`, a dead-letter queue that exists with other arguments (an
+    With the broker's `urls`, a dead-letter queue that exists with other arguments (an
     earlier version's, without the bound) is used as it is, with a warning, instead of
     failing start-up (see `declare_dead_letter_queue`)."""
     await broker.declare_exchange(topology.events_exchange)
     await broker.declare_exchange(topology.orders_exchange)
     dlx = await broker.declare_exchange(topology.dead_letter_exchange)
-    bounded = url is None or await declare_dead_letter_queue(url, topology)
+    bounded = urls is None or await declare_dead_letter_queue(urls, topology)
     dlq = await broker.declare_queue(
         topology.dead_letter_queue
         if bounded
@@ -190,15 +222,16 @@ def dead_letter_policy(topology: Topology, vhost: str = "/") -> str:
     )
 
 
-async def declare_dead_letter_queue(url: str, topology: Topology) -> bool:
-    """Declare the bounded DLQ on a connection of its own; False if it exists unbounded.
+async def declare_dead_letter_queue(urls: Sequence[str], topology: Topology) -> bool:
+    """Declare the bounded DLQ on a connection of its own (to the first broker address
+    that answers); False if it exists unbounded.
 
     RabbitMQ refuses to change an existing queue's arguments (406 PRECONDITION_FAILED,
     which closes the channel): a DLQ declared by an earlier version, or with another
     BILLING_DEAD_LETTER_MAX, stays as it is. The worker then uses it as it is and says
     how to bound it without losing its dead letters."""
     queue = topology.dead_letter_queue
-    connection = await aio_pika.connect(url, timeout=10)
+    connection, url = await _first_reachable(urls)
     try:
         channel = await connection.channel()
         try:
@@ -215,3 +248,13 @@ async def declare_dead_letter_queue(url: str, topology: Topology) -> bool:
         return True
     finally:
         await connection.close()
+
+
+async def _first_reachable(urls: Sequence[str]) -> tuple[aio_pika.abc.AbstractConnection, str]:
+    failure: Exception | None = None
+    for url in urls:
+        try:
+            return await aio_pika.connect(url, timeout=10), url
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as error:
+            failure = error
+    raise ConnectionError(f"no RabbitMQ address answered: {failure}")

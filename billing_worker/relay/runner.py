@@ -21,7 +21,7 @@ from billing_worker.relay.app import Publish, RelayConfig, build_relay
 from billing_worker.relay.deadlines import head_deadline_protocol
 from billing_worker.relay.verify import networks
 from billing_worker.settings import Settings
-from billing_worker.startup import connect_broker
+from billing_worker.startup import cluster_broker, connect_broker
 
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 5.0
@@ -40,8 +40,8 @@ def relay_config(settings: Settings) -> RelayConfig:
 
 
 def relay_broker(settings: Settings) -> RabbitBroker:
-    return RabbitBroker(
-        settings.amqp_url,
+    return cluster_broker(
+        settings,
         default_channel=Channel(on_return_raises=True),  # an unroutable callback is an error
         log_level=logging.DEBUG,
     )

@@ -17,12 +17,15 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from billing_contracts import names
+from billing_worker.messaging.connection import FailoverConnection
+from billing_worker.settings import split_urls
 
 Reply = dict[str, Any]
 
@@ -69,6 +72,7 @@ class LoadClient:
     resent: int = 0
     publish_failures: int = 0
     reconnects: int = 0
+    quorum: bool = False
 
     def __post_init__(self) -> None:
         self._connection: AbstractRobustConnection | None = None
@@ -77,7 +81,12 @@ class LoadClient:
     # ------------------------------------------------------------------ plumbing
 
     async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(self.url, reconnect_interval=0.5)
+        urls = split_urls(self.url)  # several: a cluster's nodes, failed over between
+        self._connection = await aio_pika.connect_robust(
+            urls[0],
+            reconnect_interval=0.5,
+            connection_class=partial(FailoverConnection, urls=urls),
+        )
         self._connection.reconnect_callbacks.add(self._reconnected)
         channel = await self._connection.channel(publisher_confirms=True)
         self._channel = channel
@@ -90,12 +99,20 @@ class LoadClient:
         )
         # Durable queues of our own: they survive a broker restart with what was routed to
         # them while we were reconnecting (the vhost is deleted after the test).
-        self._replies = await channel.declare_queue(f"faults.{self.tag}.replies", durable=True)
+        # With `quorum` (a cluster), quorum queues: they outlive the node they were made on.
+        arguments = {"x-queue-type": "quorum"} if self.quorum else None
+        self._replies = await channel.declare_queue(
+            f"faults.{self.tag}.replies", durable=True, arguments=arguments
+        )
         await self._replies.consume(self._on_reply, no_ack=True)
-        event_queue = await channel.declare_queue(f"faults.{self.tag}.events", durable=True)
+        event_queue = await channel.declare_queue(
+            f"faults.{self.tag}.events", durable=True, arguments=arguments
+        )
         await event_queue.bind(events, routing_key="#")
         await event_queue.consume(self._on_event, no_ack=True)
-        dead = await channel.declare_queue(f"faults.{self.tag}.dead-letters", durable=True)
+        dead = await channel.declare_queue(
+            f"faults.{self.tag}.dead-letters", durable=True, arguments=arguments
+        )
         await dead.bind(dlx, routing_key="#")
         await dead.consume(self._on_dead_letter, no_ack=True)
 
@@ -183,6 +200,17 @@ class LoadClient:
         item = Sent(queue, uuid.uuid4().hex, body, exchange=exchange)
         ok = await self._publish(item, reply=False, headers=headers)
         assert ok, "could not publish"
+        return item.key
+
+    async def fire_until_sent(
+        self, queue: str, body: bytes, *, exchange: str = "", timeout: float = 120
+    ) -> str:
+        """`fire`, as a publisher that retries until the broker confirmed (a failover)."""
+        item = Sent(queue, uuid.uuid4().hex, body, exchange=exchange)
+        deadline = time.monotonic() + timeout
+        while not await self._publish(item, reply=False):
+            assert time.monotonic() < deadline, f"could not publish to {queue}"
+            await asyncio.sleep(0.5)
         return item.key
 
     async def call(self, queue: str, payload: dict[str, Any], timeout: float = 30) -> Reply:
