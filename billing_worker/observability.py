@@ -26,7 +26,8 @@ def internal_app(metrics: Metrics, checks: Mapping[str, Check]) -> Starlette:
         results = {}
         for name, check in checks.items():
             try:
-                results[name] = await asyncio.wait_for(check(), CHECK_TIMEOUT)
+                async with asyncio.timeout(CHECK_TIMEOUT):
+                    results[name] = await check()
             except Exception:
                 results[name] = False
         healthy = all(results.values())

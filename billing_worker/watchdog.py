@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aio_pika import RobustConnection
+
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0
@@ -108,7 +110,8 @@ class Watchdog:
 
     async def _check(self, part: Part) -> None:
         try:
-            reason = await asyncio.wait_for(part.probe(), PROBE_TIMEOUT)
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                reason = await part.probe()
         except Exception as error:
             reason = f"its probe failed: {error!r}"
         now = time.monotonic()
@@ -134,6 +137,8 @@ class Watchdog:
                       reason)  # fmt: skip
         if not part.restartable():
             return
+        if part.restarts and now - part.restarts[-1] < part.grace_seconds:
+            return  # the last restart gets the same grace to take effect
         while part.restarts and now - part.restarts[0] > self.window:
             part.restarts.popleft()
         if len(part.restarts) >= self.max_restarts:
@@ -175,7 +180,8 @@ def task_probe(task: Callable[[], asyncio.Task[Any] | None]) -> Probe:
 
 def consumer_part(subscriber: Any, broker: Any, grace_seconds: float) -> Part:
     """A queue's consumer: its subscriber runs and the broker delivers to its consumer
-    tag on an open channel. Restarted by stopping and starting its subscriber."""
+    tag on an open channel. Restarted by aio-pika's own recovery of the connection's
+    channels and consumers (started, if its subscriber never was)."""
     name = f"consumer {subscriber.queue.name}"
 
     async def probe() -> str | None:
@@ -194,10 +200,15 @@ def consumer_part(subscriber: Any, broker: Any, grace_seconds: float) -> Part:
         return connection is not None and connection.connected.is_set()
 
     async def restart() -> None:
-        queue, tag = subscriber._queue_obj, subscriber._consumer_tag
-        await subscriber.stop()
-        if queue is not None and tag is not None:
-            queue._consumers.pop(tag, None)  # aio-pika must not restore the dead one too
-        await subscriber.start()
+        connection = broker._connection
+        if subscriber.running and isinstance(connection, RobustConnection):
+            # aio-pika restores the consumers it knows of (channel, qos, queue, consumer
+            # tag) in its connection's recovery task, one recovery at a time. Asking for a
+            # recovery cannot race one already under way after a reconnect; stopping and
+            # starting the subscriber from here did (its channel reopened under it, the
+            # restore failed, the connection was dropped again, and so on).
+            connection._request_recovery()
+            return
+        await subscriber.start()  # not started at all: nothing for aio-pika to restore
 
     return Part(name, probe, restart, restartable=connected, grace_seconds=grace_seconds)

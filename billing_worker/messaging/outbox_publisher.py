@@ -81,7 +81,8 @@ class OutboxPublisher:
                 await asyncio.sleep(delay)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
 
     async def _measure_lag(self) -> None:
         async with driver_connection(self._engine) as db:

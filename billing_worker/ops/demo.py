@@ -62,7 +62,8 @@ class DemoClient:
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key=queue,
         )  # fmt: skip
-        reply: dict[str, Any] = await asyncio.wait_for(future, 15)
+        async with asyncio.timeout(15):
+            reply: dict[str, Any] = await future
         self.say(f"<- reply: {json.dumps(reply)}")
         return reply
 

@@ -180,7 +180,8 @@ class YooKassaGateway:
 
         try:
             # The HTTP timeout bounds the thread; the outer one bounds the wait regardless.
-            return await asyncio.wait_for(asyncio.to_thread(call), self._timeout + 5)
+            async with asyncio.timeout(self._timeout + 5):
+                return await asyncio.to_thread(call)
         except TimeoutError:
             raise TransientError(f"YooKassa did not answer {method} {path} in time") from None
         except ApiError as error:
