@@ -3,8 +3,9 @@
 - With the access policy on, a message whose validated sender (AMQP `user_id`, see
   billing_worker/access.py) may not send to its queue gets a `forbidden` reply and is
   dead-lettered unread; it is never handled nor retried.
-- A body that is not JSON or fails its contract gets an `invalid_message` reply (when
-  the caller set `reply_to`) and is dead-lettered with the reason; it is never retried.
+- A body that is not JSON or fails its contract (billing_worker/messaging/parsing.py)
+  gets an `invalid_message` reply (when the caller set `reply_to`) and is dead-lettered
+  with the reason; it is never retried.
 - A handler failure (database or provider down, a bug) is retried through a delay queue
   with back-off, counting deliveries in our own header (classic queues count nothing,
   and quorum queues count differently across RabbitMQ versions); after
@@ -28,34 +29,29 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from billing_contracts import names
 from billing_contracts.envelope import ErrorCode
 from billing_worker.access import DEFAULT_LOGIN, Access
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.messaging import nestjs
+from billing_worker.messaging.parsing import (
+    MAX_BODY_BYTES,
+    InvalidMessage,
+    Parser,
+    parse_payload,
+    user_id_of,
+)
 from billing_worker.messaging.topology import Topology
 from billing_worker.metrics import Metrics
 from billing_worker.redaction import failure_reason
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
 # Failures that need no traceback in the log: the reason says it all.
 EXPECTED_FAILURES = (TransientError, OSError, TimeoutError)
 
-
-class InvalidMessage(ValueError):
-    """The message can never be handled: not JSON, not the contract, too large."""
-
-    def __init__(self, reason: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.details = dict(details or {})
-
-
-Parser = Callable[[bytes, Mapping[str, Any]], Any]
 Handle = Callable[[Any], Awaitable[dict[str, Any] | None]]
 
 
@@ -73,74 +69,11 @@ class Route:
     coalescer: Any = None  # the Coalescer its commands go through, if any (watched)
 
 
-def contract_parser(model: Any) -> Parser:
-    """Validate a JSON body against a pydantic contract model, strictly."""
-
-    def parse(body: bytes, headers: Mapping[str, Any]) -> Any:
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidMessage(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
-        try:
-            parsed = model.model_validate_json(body)
-        except ValidationError as invalid:
-            raise InvalidMessage(*describe(invalid)) from None
-        if b"\\u0000" in body:  # JSON carries NUL only escaped; PostgreSQL text cannot store it
-            field = _nul_field(parsed)
-            if field is not None:
-                error = "a string may not contain the NUL character (U+0000)"
-                raise InvalidMessage(
-                    f"{field}: {error}", {"errors": [{"field": field, "error": error}]}
-                )
-        return parsed
-
-    return parse
-
-
-def _nul_field(value: Any, path: tuple[str | int, ...] = ()) -> str | None:
-    """The first field (dotted path) whose string holds a NUL character, if any."""
-    if isinstance(value, str):
-        return (".".join(str(part) for part in path) or "(body)") if "\x00" in value else None
-    items: Any
-    if isinstance(value, BaseModel):
-        items = ((name, getattr(value, name)) for name in type(value).model_fields)
-    elif isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _nul_field(item, (*path, key))
-        if found is not None:
-            return found
-    return None
-
-
-def describe(invalid: ValidationError) -> tuple[str, dict[str, Any]]:
-    """A one-line reason and the per-field errors, without echoing the (hostile) input."""
-    problems = [
-        {"field": ".".join(str(part) for part in error["loc"]) or "(body)", "error": error["msg"]}
-        for error in invalid.errors(include_input=False, include_url=False)[:20]
-    ]
-    first = problems[0]
-    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"{first['field']}: {first['error']}{more}", {"errors": problems}
-
-
 def error_reply(code: ErrorCode, message: str, details: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "ok": False,
         "error": {"code": code.value, "message": message, "details": dict(details)},
     }
-
-
-def parse(route: Route, raw: AbstractIncomingMessage, packet: nestjs.Packet | None) -> Any:
-    """The route's payload of a message: its body, or a NestJS packet's `data`."""
-    if packet is None:
-        return route.parse(raw.body, raw.headers or {})
-    if packet.pattern is not None and packet.pattern not in route.patterns:
-        accepted = " or ".join(sorted(route.patterns))
-        raise InvalidMessage(f"pattern {packet.pattern[:200]!r} is not {accepted}")
-    return route.parse(packet.data, raw.headers or {})
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -205,7 +138,7 @@ class Pipeline:
             await message.ack()
             return "forbidden"
         try:
-            payload = parse(route, raw, packet)
+            payload = parse_payload(route.parse, route.patterns, raw, packet)
         except InvalidMessage as invalid:
             return await self.refuse(route, message, invalid, packet)
         except Exception as crash:  # a parser bug: the body is still refused, never left unacked
@@ -364,20 +297,5 @@ def message_context(
         "duration_ms": round(elapsed * 1000, 2),
         "correlation_id": raw.correlation_id,
         "message_id": raw.message_id,
-        "user_id": _user_id(raw.body),
+        "user_id": user_id_of(raw.body),
     }
-
-
-def _user_id(body: bytes) -> str | None:
-    """The user a message is about, when it says (only for the log line; never trusted)."""
-    marker = body.find(b'"user_id"')
-    if marker < 0 or len(body) > MAX_BODY_BYTES:
-        return None
-    try:
-        parsed = json.loads(body)
-        value = parsed.get("user_id")
-        if value is None and isinstance(parsed.get("data"), dict):  # a NestJS packet
-            value = parsed["data"].get("user_id")
-    except (ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested
-        return None
-    return value if isinstance(value, str) else None

@@ -14,12 +14,8 @@ from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.coalescer import Coalescer
-from billing_worker.messaging.pipeline import (
-    MAX_BODY_BYTES,
-    InvalidMessage,
-    Route,
-    contract_parser,
-)
+from billing_worker.messaging.parsing import MAX_BODY_BYTES, InvalidMessage, contract_parser
+from billing_worker.messaging.pipeline import Route
 from billing_worker.metrics import OTHER, Metrics
 from billing_worker.providers import sandbox, stripe_gateway, yookassa_gateway
 from billing_worker.providers.base import Forged, Gateways, UnknownProvider

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from billing_contracts import invoices, names, orders, plans, subscriptions, wallet
-from billing_worker.messaging.pipeline import InvalidMessage, contract_parser
+from billing_worker.messaging.parsing import InvalidMessage, contract_parser
 from billing_worker.messaging.routes import provider_events_route
 from billing_worker.providers.base import Gateways
 from billing_worker.providers.sandbox import SandboxGateway

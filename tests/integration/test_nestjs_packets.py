@@ -13,7 +13,7 @@ import pytest
 
 from billing_contracts import names
 from billing_worker.app import Worker
-from billing_worker.messaging.pipeline import MAX_BODY_BYTES
+from billing_worker.messaging.parsing import MAX_BODY_BYTES
 from support.rpc import Bus
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,85 @@
+"""The invoice calls of `BillingClient`: create, pay, get and list invoices."""
+
+# `timeout=` (seconds) is the client's per-call deadline, part of its API.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from billing_contracts import names
+from billing_contracts.client.rpc import RpcClient
+from billing_contracts.invoices import (
+    CreateInvoice,
+    GetInvoices,
+    InvoiceLineIn,
+    InvoiceOut,
+    InvoicePage,
+    PayInvoice,
+)
+
+
+class InvoiceCalls(RpcClient):
+    """`billing.invoice.*`."""
+
+    async def create_invoice(
+        self,
+        *,
+        user_id: str,
+        currency: str,
+        lines: Sequence[InvoiceLineIn],
+        idempotency_key: str,
+        due_at: datetime | None = None,
+        order_id: str | None = None,
+        timeout: float | None = None,
+    ) -> InvoiceOut:
+        """`billing.invoice.create`: an `open` invoice with its number. Errors:
+        `CurrencyMismatch`, `InvalidState` (the order has an invoice already)."""
+        command = CreateInvoice(
+            idempotency_key=idempotency_key,
+            user_id=user_id,
+            currency=currency,
+            lines=list(lines),
+            due_at=due_at,
+            order_id=order_id,
+        )
+        return await self.request(names.INVOICE_CREATE, command, InvoiceOut, timeout=timeout)
+
+    async def pay_invoice(
+        self,
+        *,
+        user_id: str,
+        invoice_id: UUID | str,
+        idempotency_key: str,
+        source: Literal["balance"] = "balance",
+        timeout: float | None = None,
+    ) -> InvoiceOut:
+        """`billing.invoice.pay` of one of the user's invoices from the user's balance.
+        Errors: `NotFound` (no such invoice of this user), `InsufficientFunds` (the invoice
+        stays open), `InvalidState` (not open)."""
+        command = PayInvoice(
+            idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id, source=source
+        )
+        return await self.request(names.INVOICE_PAY, command, InvoiceOut, timeout=timeout)
+
+    async def get_invoice(
+        self, *, user_id: str, invoice_id: UUID | str, timeout: float | None = None
+    ) -> InvoiceOut:
+        """`billing.invoice.get` by id. Errors: `NotFound` (also another user's)."""
+        query = GetInvoices(user_id=user_id, invoice_id=invoice_id)
+        return await self.request(names.INVOICE_GET, query, InvoiceOut, timeout=timeout)
+
+    async def list_invoices(
+        self,
+        *,
+        user_id: str,
+        limit: int = 20,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> InvoicePage:
+        """`billing.invoice.get` by user: newest first; pass `next_cursor` for more."""
+        query = GetInvoices(user_id=user_id, limit=limit, cursor=cursor)
+        return await self.request(names.INVOICE_GET, query, InvoicePage, timeout=timeout)

@@ -1,0 +1,50 @@
+"""The plan calls of `BillingClient`: upsert a plan, list the plans."""
+
+# `timeout=` (seconds) is the client's per-call deadline, part of its API.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+from billing_contracts import names
+from billing_contracts.client.rpc import RpcClient
+from billing_contracts.money import Money
+from billing_contracts.plans import Interval, ListPlans, PlanList, PlanOut, UpsertPlan
+
+
+class PlanCalls(RpcClient):
+    """`billing.plan.*`."""
+
+    async def upsert_plan(
+        self,
+        *,
+        code: str,
+        name: str,
+        price: Money,
+        interval: Interval | str,
+        idempotency_key: str,
+        interval_count: int = 1,
+        trial_days: int = 0,
+        stripe_price_id: str | None = None,
+        active: bool = True,
+        timeout: float | None = None,
+    ) -> PlanOut:
+        """`billing.plan.upsert`: create the plan `code` or replace its terms."""
+        command = UpsertPlan(
+            idempotency_key=idempotency_key,
+            code=code,
+            name=name,
+            price=price,
+            interval=interval,
+            interval_count=interval_count,
+            trial_days=trial_days,
+            stripe_price_id=stripe_price_id,
+            active=active,
+        )
+        return await self.request(names.PLAN_UPSERT, command, PlanOut, timeout=timeout)
+
+    async def list_plans(
+        self, *, active_only: bool = True, timeout: float | None = None
+    ) -> PlanList:
+        """`billing.plan.list`."""
+        query = ListPlans(active_only=active_only)
+        return await self.request(names.PLAN_LIST, query, PlanList, timeout=timeout)
