@@ -32,6 +32,18 @@ def unique_violation(constraint: str) -> asyncpg.UniqueViolationError:
     return error
 
 
+def check_violation(table: str, constraint: str, holds: bool) -> None:
+    """What PostgreSQL raises when a row breaks a CHECK constraint of its table."""
+    if not holds:
+        raise asyncpg.CheckViolationError.new(
+            {
+                "C": "23514",
+                "M": f'row for "{table}" violates check constraint "{constraint}"',
+                "n": f"ck_{table}_{constraint}",
+            }
+        )
+
+
 @dataclass
 class UserRow:
     email: str | None = None

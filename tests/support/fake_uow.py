@@ -22,11 +22,12 @@ from uuid import UUID
 
 from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
+from billing_worker.db.tables_core import INTENT_KINDS
 from billing_worker.domain.events import DomainEvent
 from billing_worker.ports import Clock
 from billing_worker.providers.base import Notification
 from support.fake_billing import FakeInvoices, FakePlans, FakeSubscriptions
-from support.fake_state import CUSTOMER_PROVIDERS, FakeState, unique_violation
+from support.fake_state import CUSTOMER_PROVIDERS, FakeState, check_violation, unique_violation
 from support.fake_wallet import FakeUsers, FakeWallet, State
 
 
@@ -59,6 +60,7 @@ class FakeIntents:
     async def insert(self, intent: Intent) -> None:
         state = self._state()
         state.refer_to_user(intent.user_id, "provider_intents")
+        check_violation("provider_intents", "kind", intent.kind in INTENT_KINDS)
         taken = any(
             (i.scope, i.idempotency_key) == (intent.scope, intent.idempotency_key)
             for i in state.intents.values()
@@ -138,6 +140,18 @@ class FakeDatabase:
             raise
         self.events.extend(uow.emitted)
         self.deliveries.extend(uow.deliveries)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction: what it wrote goes if it raises, the rest stays."""
+        saved = self.state.snapshot()
+        try:
+            yield
+        except BaseException:
+            seq = self.state.transaction_seq
+            self.state.restore(saved)
+            self.state.transaction_seq = seq
+            raise
 
     def events_of(self, type_: str) -> list[dict[str, Any]]:
         return [event.data for event in self.events if event.type == type_]

@@ -12,6 +12,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from billing_worker.db.columns import (
+    TRANSACTION_KINDS,
+    TRANSACTION_PROVIDERS,
+    TRANSACTION_STATUSES,
+)
 from billing_worker.db.wallet import BalanceChange, TransactionRow
 from billing_worker.domain.transactions import Transition
 from support.fake_state import (
@@ -19,6 +24,7 @@ from support.fake_state import (
     AccountRow,
     FakeState,
     MethodRow,
+    check_violation,
     unique_violation,
 )
 
@@ -70,6 +76,7 @@ class FakeWallet:
     ) -> None:
         state = self._state()
         state.refer_to_user(row.user_id, "transactions")
+        check_row(row)
         if row.id in state.transactions:
             raise unique_violation("transactions_pkey")
         if row.provider_ref is not None and any(
@@ -161,6 +168,16 @@ class FakeWallet:
         ]
         rows.sort(key=lambda t: (t.created_at, t.id), reverse=True)
         return rows[:limit]
+
+
+def check_row(row: TransactionRow) -> None:
+    """The CHECK constraints of `transactions` (billing_worker/db/tables_core.py)."""
+    check_violation("transactions", "kind", row.kind in TRANSACTION_KINDS)
+    check_violation("transactions", "status", row.status in TRANSACTION_STATUSES)
+    check_violation("transactions", "amount_positive", row.amount_minor > 0)
+    check_violation("transactions", "provider", row.provider in (None, *TRANSACTION_PROVIDERS))
+    completes = row.status in ("completed", "refunded")
+    check_violation("transactions", "completed_at", completes == (row.completed_at is not None))
 
 
 def _coalesce(value: Any, default: Any) -> Any:

@@ -230,7 +230,7 @@ async def test_a_cancel_while_a_provider_call_is_in_flight_is_invalid_state(
         await uow.intents.insert(
             Intent(
                 id=uuid.uuid4(),
-                kind="yookassa.renewal",
+                kind="yookassa_renewal",
                 provider="yookassa",
                 user_id=user,
                 subscription_id=sub.id,
