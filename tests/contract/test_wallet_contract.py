@@ -52,9 +52,11 @@ async def test_a_balance_never_goes_below_zero_and_low_is_flagged_once_per_cross
     assert credit is not None
     assert (credit.account_id, credit.balance_minor, credit.crossed_below) == (account, 2000, False)
     assert await wallet.move_balance(user, "USD", -2001, 1000) is None
-    low = await wallet.move_balance(user, "USD", -1100, 1000)
+    at = await wallet.move_balance(user, "USD", -1000, 1000)  # at the threshold: not low
+    low = await wallet.move_balance(user, "USD", -100, 1000)
     still = await wallet.move_balance(user, "USD", -100, 1000)
-    assert (low and low.crossed_below, still and still.crossed_below) == (True, False)
+    crossed = [change and change.crossed_below for change in (at, low, still)]
+    assert crossed == [False, True, False]
     await wallet.move_balance(user, "USD", 500, 1000)  # 1300: re-armed
     again = await wallet.move_balance(user, "USD", -1300, 1000)
     assert again is not None

@@ -188,10 +188,16 @@ async def test_cancel_now_ends_it_at_once_and_announces_it(db: FakeDatabase, dep
     assert isinstance(out, SubscriptionOut)
     assert out.status == "canceled"
     assert [e["subscription_id"] for e in db.events_of(ev.SUBSCRIPTION_CANCELED)] == [str(sub.id)]
-    with pytest.raises(InvalidState):  # already ended
-        await run(
-            db, subscriptions.cancel_subscription, cancel(user, sub.id, at_period_end=False), deps
-        )
+    for at_period_end in (False, True):  # already ended, whenever it was asked to end
+        with pytest.raises(InvalidState, match="already canceled"):
+            await run(
+                db,
+                subscriptions.cancel_subscription,
+                cancel(user, sub.id, at_period_end=at_period_end),
+                deps,
+            )
+    assert db.state.subscriptions[sub.id].cancel_at_period_end is False
+    assert len(db.events_of(ev.SUBSCRIPTION_CANCELED)) == 1
 
 
 async def test_another_users_subscription_is_not_found_like_an_unknown_one(
