@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from billing_worker.db.intents import Intent
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.handlers import stripe_subscriptions, wallet, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
+from billing_worker.ports import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)

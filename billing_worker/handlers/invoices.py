@@ -24,7 +24,6 @@ from billing_contracts.orders import OrderCreated
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as TxStatus
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import (
     BillingError,
@@ -40,6 +39,7 @@ from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import decode_cursor, derived_id
+from billing_worker.ports import UnitOfWork
 
 
 async def create_invoice(command: CreateInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:

@@ -23,7 +23,6 @@ from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.calendar import period_boundary
 from billing_worker.domain.errors import InvalidState, TransientError
@@ -32,6 +31,7 @@ from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.subscription_views import subscription_event
+from billing_worker.ports import UnitOfWork
 
 _IDS = uuid.UUID("0d9d3f8e-5b7a-4a55-8f43-7d7f4b1c2e90")
 

@@ -17,7 +17,6 @@ from enum import StrEnum
 
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Status
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
@@ -25,6 +24,7 @@ from billing_worker.domain.transactions import can_move, path, transition
 from billing_worker.handlers import stripe_subscriptions, views, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
+from billing_worker.ports import UnitOfWork
 
 log = logging.getLogger(__name__)
 

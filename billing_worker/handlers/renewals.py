@@ -8,10 +8,10 @@ from uuid import UUID
 from billing_contracts.subscriptions import PaymentSource
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.handlers import yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import charge_failed, charge_from_balance, end_subscription
+from billing_worker.ports import UnitOfWork
 
 
 class RenewalFailed(Exception):

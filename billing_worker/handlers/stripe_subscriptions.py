@@ -31,7 +31,7 @@ from billing_contracts.wallet import PaymentAction, TransactionKind
 from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.db.uow import UnitOfWork, utc_now
+from billing_worker.db.uow import utc_now
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import ProviderEvent
@@ -42,6 +42,7 @@ from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import end_subscription, insert
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
 from billing_worker.handlers.wallet import derived_id, ensure_customer
+from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import (
     PaymentGateway,
     ProviderSubscription,

@@ -19,7 +19,6 @@ from billing_contracts.subscriptions import (
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.domain.calendar import trial_end
 from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
 from billing_worker.domain.subscriptions import LIVE
@@ -32,6 +31,7 @@ from billing_worker.handlers.subscription_views import (
     subscription_out,
 )
 from billing_worker.handlers.wallet import derived_id
+from billing_worker.ports import UnitOfWork
 
 
 async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanOut:

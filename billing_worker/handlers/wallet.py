@@ -27,7 +27,6 @@ from billing_contracts.wallet import (
 )
 from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.intents import Intent
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import (
     InsufficientFunds,
@@ -40,6 +39,7 @@ from billing_worker.domain.money import format_minor, to_wire
 from billing_worker.domain.transactions import path, transition
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import (
     PaymentGateway,
     PaymentRequest,

@@ -14,7 +14,6 @@ from billing_contracts.wallet import PaymentAction
 from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.db.uow import UnitOfWork
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError
 from billing_worker.domain.events import ProviderEvent
@@ -30,6 +29,7 @@ from billing_worker.handlers.periods import (
 )
 from billing_worker.handlers.subscription_views import subscription_out
 from billing_worker.handlers.wallet import record_payment, saved_method_of
+from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import (
     PaymentGateway,
     PaymentRequest,

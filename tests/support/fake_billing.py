@@ -1,0 +1,217 @@
+"""The fake plans, subscriptions and invoices (`billing_worker.ports`) on `FakeState`.
+
+Each does what its SQL in `billing_worker/db/subscriptions.py` and `invoices.py` does:
+plans upserted by code (keeping their id), one live subscription per user and plan,
+each period paid once, invoices numbered gap-free per year and one per order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from billing_worker.db.invoices import InvoiceRow, NewInvoice
+from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanRow, SubscriptionRow
+from billing_worker.domain.invoices import invoice_number
+from support.fake_state import LIVE_STATUSES, UserRow, unique_violation
+from support.fake_wallet import State
+
+_FIXED = frozenset({"id", "user_id", "plan_id", "payment_source", "plan"})
+UPDATABLE = frozenset(f.name for f in dataclasses.fields(SubscriptionRow)) - _FIXED
+
+
+class FakePlans:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def upsert(self, plan: PlanRow) -> PlanRow:
+        plans = self._state().plans
+        existing = plans.get(plan.code)
+        stored = plan if existing is None else dataclasses.replace(plan, id=existing.id)
+        plans[plan.code] = stored
+        return stored
+
+    async def by_code(self, code: str) -> PlanRow | None:
+        return self._state().plans.get(code)
+
+    async def listing(self, active_only: bool) -> list[PlanRow]:
+        plans = self._state().plans
+        return [plans[code] for code in sorted(plans) if plans[code].active or not active_only]
+
+
+class FakeSubscriptions:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def ensure_user(self, user_id: str, email: str | None) -> None:
+        user = self._state().users.setdefault(user_id, UserRow())
+        user.email = email if email is not None else user.email
+
+    async def insert(self, row: SubscriptionRow) -> None:
+        state = self._state()
+        state.refer_to_user(row.user_id, "subscriptions")
+        if row.id in state.subscriptions:
+            raise unique_violation("subscriptions_pkey")
+        if row.status in LIVE_STATUSES and any(
+            (s.user_id, s.plan_id) == (row.user_id, row.plan_id) and s.status in LIVE_STATUSES
+            for s in state.subscriptions.values()
+        ):
+            raise unique_violation(LIVE_UNIQUE)
+        state.subscriptions[row.id] = dataclasses.replace(row, plan=state.plan_by_id(row.plan_id))
+        state.subscription_order[row.id] = state.transaction_seq
+
+    def _joined(self, sub: SubscriptionRow | None) -> SubscriptionRow | None:
+        """The row with its plan as it is now (the SQL joins `plans` on every read)."""
+        if sub is None:
+            return None
+        return dataclasses.replace(sub, plan=self._state().plan_by_id(sub.plan_id))
+
+    async def get(self, subscription_id: UUID, *, lock: bool = False) -> SubscriptionRow | None:
+        return self._joined(self._state().subscriptions.get(subscription_id))
+
+    async def by_provider_ref(self, ref: str, *, lock: bool = False) -> SubscriptionRow | None:
+        found = (
+            s for s in self._state().subscriptions.values() if s.provider_subscription_id == ref
+        )
+        return self._joined(next(found, None))
+
+    async def of_user(self, user_id: str) -> list[SubscriptionRow]:
+        state = self._state()
+        subs = [s for s in state.subscriptions.values() if s.user_id == user_id]
+        # created_at DESC, id: created_at is the creating transaction's now()
+        subs.sort(key=lambda s: (-state.subscription_order[s.id], s.id))
+        return [sub for s in subs if (sub := self._joined(s)) is not None]
+
+    async def claim_due(self, now: datetime, skip: Sequence[UUID] = ()) -> SubscriptionRow | None:
+        state = self._state()
+        in_flight = {
+            t.subscription_id
+            for t in state.transactions.values()
+            if t.status in ("created", "processing")
+        }
+
+        def due(s: SubscriptionRow) -> bool:
+            period_over = s.current_period_end is not None and s.current_period_end <= now
+            retry_due = s.next_attempt_at is not None and s.next_attempt_at <= now
+            return (
+                s.payment_source in ("balance", "yookassa")
+                and (
+                    (s.status in ("active", "trialing") and period_over)
+                    or (s.status == "past_due" and retry_due)
+                )
+                and s.id not in skip
+                and s.id not in in_flight
+            )
+
+        candidates = sorted(
+            (s for s in state.subscriptions.values() if due(s)),
+            key=lambda s: (s.current_period_end is None, s.current_period_end),
+        )
+        return self._joined(candidates[0]) if candidates else None
+
+    async def update(self, subscription_id: UUID, **changes: Any) -> None:
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        subs = self._state().subscriptions
+        if subscription_id in subs:
+            subs[subscription_id] = dataclasses.replace(subs[subscription_id], **changes)
+
+    async def discard_incomplete(self, subscription_id: UUID) -> None:
+        state = self._state()
+        sub = state.subscriptions.get(subscription_id)
+        if (
+            sub is not None
+            and sub.status == "incomplete"
+            and sub.provider_subscription_id is None
+            and sub.paid_periods == 0
+        ):
+            del state.subscriptions[subscription_id]
+
+    async def record_charge(
+        self,
+        subscription_id: UUID,
+        period_index: int,
+        start: datetime,
+        end: datetime,
+        transaction_id: UUID | None,
+    ) -> bool:
+        charges = self._state().charges
+        if (subscription_id, period_index) in charges:
+            return False
+        charges[subscription_id, period_index] = transaction_id
+        return True
+
+    async def payment_method_ref(self, method_id: UUID) -> str | None:
+        methods = self._state().methods.items()
+        return next((ref for (_, ref), m in methods if m.id == method_id), None)
+
+    async def payment_method_id(self, provider: str, ref: str) -> UUID | None:
+        method = self._state().methods.get((provider, ref))
+        return None if method is None else method.id
+
+
+class FakeInvoices:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def create(self, new: NewInvoice) -> InvoiceRow | None:
+        state = self._state()
+        state.ensure_user(new.user_id)
+        if new.order_id is not None and any(
+            i.order_id == new.order_id for i in state.invoices.values()
+        ):
+            return None  # the number this attempt would take is not taken
+        if new.id in state.invoices:
+            raise unique_violation("invoices_pkey")
+        year = new.created_at.astimezone(UTC).year
+        state.numbers[year] = state.numbers.get(year, 0) + 1
+        priced = new.priced
+        row = InvoiceRow(
+            id=new.id,
+            number=invoice_number(year, state.numbers[year]),
+            user_id=new.user_id,
+            order_id=new.order_id,
+            status=new.status,
+            currency=priced.currency,
+            subtotal_minor=priced.subtotal_minor,
+            total_minor=priced.total_minor,
+            due_at=new.due_at,
+            paid_at=None,
+            created_at=new.created_at,
+            lines=priced.lines,
+        )
+        state.invoices[row.id] = row
+        return row
+
+    async def by_id(self, invoice_id: UUID) -> InvoiceRow | None:
+        return self._state().invoices.get(invoice_id)
+
+    async def by_order(self, order_id: str) -> InvoiceRow | None:
+        found = (i for i in self._state().invoices.values() if i.order_id == order_id)
+        return next(found, None)
+
+    async def move(
+        self, invoice_id: UUID, source: str, target: str, at: datetime
+    ) -> InvoiceRow | None:
+        invoices = self._state().invoices
+        invoice = invoices.get(invoice_id)
+        if invoice is None or invoice.status != source:
+            return None
+        paid_at = at if target == "paid" else invoice.paid_at
+        invoices[invoice_id] = dataclasses.replace(invoice, status=target, paid_at=paid_at)
+        return invoices[invoice_id]
+
+    async def page(
+        self, user_id: str, limit: int, after: tuple[datetime, UUID] | None
+    ) -> list[InvoiceRow]:
+        rows = [
+            i
+            for i in self._state().invoices.values()
+            if i.user_id == user_id and (after is None or (i.created_at, i.id) < after)
+        ]
+        rows.sort(key=lambda i: (i.created_at, i.id), reverse=True)
+        return rows[:limit]
