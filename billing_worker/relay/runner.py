@@ -17,9 +17,9 @@ from billing_worker.access import broker_login
 from billing_worker.messaging.topology import PROVIDER_CALLBACKS
 from billing_worker.metrics import Metrics
 from billing_worker.observability import InternalServer, internal_app
+from billing_worker.relay.addresses import networks
 from billing_worker.relay.app import Publish, RelayConfig, build_relay
 from billing_worker.relay.deadlines import head_deadline_protocol
-from billing_worker.relay.verify import networks
 from billing_worker.settings import Settings
 from billing_worker.startup import cluster_broker, connect_broker
 
