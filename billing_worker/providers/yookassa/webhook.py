@@ -1,16 +1,29 @@
-"""YooKassa's notifications: the body, and the id the relay publishes it under.
+"""YooKassa's notifications: the body, and the networks they may come from.
 
 A notification carries no signature: it is only a claim. The relay accepts it only
-from YooKassa's published networks, and the worker acts only on the payment or refund
-it names as re-read from YooKassa (see `gateway`).
+from YooKassa's published networks (or those configured instead), and the worker acts
+only on the payment or refund it names as re-read from YooKassa (see `gateway`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.providers.yookassa import NAME
+
+# YooKassa's published notification sources: the default of
+# BILLING_YOOKASSA_ALLOWED_NETWORKS.
+PUBLISHED_NETWORKS = (
+    "185.71.76.0/27",
+    "185.71.77.0/27",
+    "77.75.153.0/25",
+    "77.75.154.128/25",
+    "77.75.156.11/32",
+    "77.75.156.35/32",
+    "2a02:5180::/32",
+)
 
 EVENTS = {
     "payment.succeeded": PaymentOutcome.SUCCEEDED,
@@ -18,6 +31,11 @@ EVENTS = {
     "refund.succeeded": PaymentOutcome.REFUNDED,
 }
 EVENT_TYPES = frozenset(EVENTS)  # the ones billing acts on
+
+
+def sources(configured: Sequence[str] | None) -> tuple[str, ...]:
+    """The CIDRs notifications may come from: those configured, else the published ones."""
+    return PUBLISHED_NETWORKS if configured is None else tuple(configured)
 
 
 def event_id(body: bytes) -> str:
