@@ -34,7 +34,7 @@ from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import utc_now
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
-from billing_worker.domain.events import ProviderEvent
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.subscriptions import ALLOWED, LIVE
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
@@ -254,9 +254,9 @@ def _announcements(sub: SubscriptionRow, old: Sub, new: Sub, period_end: Any) ->
 async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitOfWork) -> None:
     """The provider's charge for a period (Stripe's invoice), in our ledger (it moves no
     wallet money), for the amount of the invoice as re-read from the provider."""
-    if event.event_type not in ("invoice.paid", "invoice.payment_failed") or not event.amount_minor:
+    if event.period_charge is None or not event.amount_minor:
         return
-    paid = event.event_type == "invoice.paid"
+    paid = event.period_charge is PaymentOutcome.SUCCEEDED
     now = uow.clock()
     ref = event.provider_ref if paid else f"{event.provider_ref}:{event.event_id}"
     if await uow.wallet.transaction_by_ref(event.provider, str(ref)) is not None:

@@ -72,14 +72,15 @@ def _subscription_event(event: dict[str, Any], obj: dict[str, Any]) -> ProviderE
     if event_type.startswith("invoice."):
         parent = (obj.get("parent") or {}).get("subscription_details") or {}
         ref = parent.get("subscription") or obj.get("subscription")
-        paid = PERIOD_CHARGES[event_type] is PaymentOutcome.SUCCEEDED
+        charge = PERIOD_CHARGES[event_type]
+        paid = charge is PaymentOutcome.SUCCEEDED
         amount = obj.get("amount_paid") if paid else obj.get("amount_due")
         error = {} if paid else (obj.get("last_finalization_error") or {})
         return ProviderEvent(
             provider=NAME, event_id=str(event["id"]), outcome=None,
             provider_ref=str(obj["id"]), event_type=event_type,
             failure_code=None if paid else (error.get("code") or "payment_failed"),
-            subscription_ref=str(ref) if ref else None,
+            subscription_ref=str(ref) if ref else None, period_charge=charge,
             amount_minor=int(amount) if amount is not None else None,
             currency=str(obj.get("currency", "")).upper() or None,
         )  # fmt: skip
