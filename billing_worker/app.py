@@ -31,8 +31,8 @@ from billing_worker.observability import InternalServer, internal_app
 from billing_worker.providers import sandbox
 from billing_worker.providers.base import Gateways, PaymentGateway
 from billing_worker.providers.sandbox import SandboxGateway
-from billing_worker.providers.stripe_gateway import StripeGateway
-from billing_worker.providers.yookassa_gateway import YooKassaGateway
+from billing_worker.providers.stripe.gateway import StripeGateway
+from billing_worker.providers.yookassa.gateway import YooKassaGateway
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
 from billing_worker.startup import StartupError, check_database, cluster_broker, connect_broker

@@ -11,17 +11,6 @@ from urllib.parse import urlsplit
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# YooKassa's published notification sources.
-YOOKASSA_NETWORKS = (
-    "185.71.76.0/27",
-    "185.71.77.0/27",
-    "77.75.153.0/25",
-    "77.75.154.128/25",
-    "77.75.156.11/32",
-    "77.75.156.35/32",
-    "2a02:5180::/32",
-)
-
 
 def split_urls(value: str) -> tuple[str, ...]:
     """`BILLING_RABBITMQ_URL` may list several nodes: comma-separated, blanks ignored."""
@@ -73,9 +62,10 @@ class Settings(BaseSettings):
     yookassa_api_url: str | None = Field(default=None, description="Override of YooKassa's API URL")
     provider_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
-    yookassa_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=YOOKASSA_NETWORKS,
-        description="Comma-separated CIDRs YooKassa notifications may come from",
+    yookassa_allowed_networks: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated CIDRs YooKassa notifications may come from; unset = "
+        "YooKassa's published networks (billing_worker.providers.yookassa.webhook)",
     )
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -224,8 +214,8 @@ class Settings(BaseSettings):
 
     @field_validator("yookassa_allowed_networks", "trusted_proxies")
     @classmethod
-    def _valid_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for cidr in value:
+    def _valid_networks(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for cidr in value or ():
             ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
         return value
 

@@ -55,6 +55,9 @@ class ProviderEvent:
     object_ref: str | None = None  # the provider object the event is about, when not the payment
     saved_method_ref: str | None = None  # a payment method the provider saved for reuse
     subscription_ref: str | None = None  # a provider-run subscription the event is about
+    # A period of that subscription charged by the provider (Stripe's invoice): paid
+    # (SUCCEEDED) or not (FAILED); None when the event tells of no charge.
+    period_charge: PaymentOutcome | None = None
     amount_minor: int | None = None  # the payment's (or Stripe invoice's) amount
     currency: str | None = None
     transaction_ref: str | None = None  # our transaction id, as the provider's metadata has it

@@ -12,7 +12,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any
 
 from billing_contracts.events import (
     SUBSCRIPTION_CANCELED,
@@ -34,7 +34,7 @@ from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import utc_now
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
-from billing_worker.domain.events import ProviderEvent
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.subscriptions import ALLOWED, LIVE
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
@@ -43,38 +43,24 @@ from billing_worker.handlers.periods import end_subscription, insert
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
 from billing_worker.handlers.wallet import derived_id, ensure_customer
 from billing_worker.ports import UnitOfWork
+from billing_worker.providers import stripe as stripe_provider
 from billing_worker.providers.base import (
-    PaymentGateway,
     ProviderSubscription,
-    SubscriptionGateway,
+    SubscriptionProvider,
     UnknownProvider,
 )
 
 log = logging.getLogger(__name__)
 _IDS = uuid.UUID("2b6f7c1e-8e0a-4d7b-9a53-31e4f0a9c6d2")
 
-STATUS = {
-    "incomplete": Sub.INCOMPLETE,
-    "incomplete_expired": Sub.INCOMPLETE_EXPIRED,
-    "trialing": Sub.TRIALING,
-    "active": Sub.ACTIVE,
-    "past_due": Sub.PAST_DUE,
-    "unpaid": Sub.PAST_DUE,
-    "paused": Sub.PAST_DUE,
-    "canceled": Sub.CANCELED,
-}
+STRIPE = stripe_provider.NAME
 
 
-class StripeBilling(PaymentGateway, SubscriptionGateway, Protocol):
-    """What this module needs of the Stripe gateway."""
-
-
-def stripe(deps: Deps) -> StripeBilling:
+def stripe(deps: Deps) -> SubscriptionProvider:
     try:
-        gateway = deps.gateways.get("stripe")
+        return stripe_provider.billing(deps.gateways)
     except UnknownProvider:
         raise ProviderError("Stripe is not configured on this worker") from None
-    return cast(StripeBilling, gateway)
 
 
 CREATE = "stripe_subscription"  # intent kinds: creating a subscription at Stripe...
@@ -93,10 +79,10 @@ async def create(
     sub = dataclasses.replace(sub, billing_anchor=None)
     await insert(sub, uow)
     return Intent(
-        id=sub.id, kind=CREATE, provider="stripe", user_id=sub.user_id, subscription_id=sub.id,
+        id=sub.id, kind=CREATE, provider=STRIPE, user_id=sub.user_id, subscription_id=sub.id,
         request={"price_ref": plan.stripe_price_id, "trial_days": plan.trial_days,
                  "payment_method_id": command.payment_method_id},
-        customer_ref=await uow.users.customer_ref(sub.user_id, "stripe"),
+        customer_ref=await uow.users.customer_ref(sub.user_id, STRIPE),
     )  # fmt: skip
 
 
@@ -126,10 +112,10 @@ async def finish_create(
     intent: Intent, created: Created, uow: UnitOfWork, deps: Deps
 ) -> SubscriptionCreated:
     if created.new_customer:
-        await uow.users.remember_customer(intent.user_id, "stripe", created.new_customer)
+        await uow.users.remember_customer(intent.user_id, STRIPE, created.new_customer)
     sub = await _locked(intent, uow)
     remote = created.remote
-    status = STATUS.get(remote.status, Sub.INCOMPLETE)
+    status = stripe(deps).subscription_status(remote.status) or Sub.INCOMPLETE
     changes: dict[str, Any] = {
         "status": status.value, "provider_subscription_id": remote.ref,
         "current_period_start": remote.period_start, "current_period_end": remote.period_end,
@@ -158,7 +144,7 @@ def begin_cancel(command: CancelSubscription, sub: SubscriptionRow, deps: Deps) 
     stripe(deps)
     return Intent(
         id=derived_id("subscription.cancel", command.user_id, command.idempotency_key),
-        kind=CANCEL, provider="stripe", user_id=sub.user_id, subscription_id=sub.id,
+        kind=CANCEL, provider=STRIPE, user_id=sub.user_id, subscription_id=sub.id,
         request={"at_period_end": command.at_period_end, "reason": command.reason,
                  "provider_subscription_id": sub.provider_subscription_id},
     )  # fmt: skip
@@ -232,7 +218,8 @@ async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: De
         log.info("a later read of Stripe %s is applied already", event.subscription_ref)
         return
     remote = fetched.remote
-    old, new = Sub(sub.status), STATUS.get(remote.status, Sub(sub.status))
+    old = Sub(sub.status)
+    new = stripe(deps).subscription_status(remote.status) or old
     if new is not old and new not in ALLOWED[old]:
         log.warning("Stripe says %s for a %s subscription %s: keeping ours", new, old, sub.id)
         new = old
@@ -265,20 +252,21 @@ def _announcements(sub: SubscriptionRow, old: Sub, new: Sub, period_end: Any) ->
 
 
 async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitOfWork) -> None:
-    """Stripe's charge for a period, in our ledger (it moves no wallet money), for the
-    amount of the invoice as re-read from Stripe."""
-    if event.event_type not in ("invoice.paid", "invoice.payment_failed") or not event.amount_minor:
+    """The provider's charge for a period (Stripe's invoice), in our ledger (it moves no
+    wallet money), for the amount of the invoice as re-read from the provider."""
+    if event.period_charge is None or not event.amount_minor:
         return
-    paid = event.event_type == "invoice.paid"
+    paid = event.period_charge is PaymentOutcome.SUCCEEDED
     now = uow.clock()
     ref = event.provider_ref if paid else f"{event.provider_ref}:{event.event_id}"
-    if await uow.wallet.transaction_by_ref("stripe", str(ref)) is not None:
+    if await uow.wallet.transaction_by_ref(event.provider, str(ref)) is not None:
         return  # this invoice was recorded from another event that told of it
     row = TransactionRow(
-        id=uuid.uuid5(_IDS, f"stripe:{ref}"), user_id=sub.user_id, account_id=None,
+        id=uuid.uuid5(_IDS, f"{event.provider}:{ref}"), user_id=sub.user_id, account_id=None,
         kind=TransactionKind.SUBSCRIPTION_CHARGE, status=Tx.COMPLETED if paid else Tx.FAILED,
         amount_minor=event.amount_minor, currency=event.currency or sub.plan.currency,
-        provider="stripe", provider_ref=ref, created_at=now, completed_at=now if paid else None,
+        provider=event.provider, provider_ref=ref, created_at=now,
+        completed_at=now if paid else None,
         failure_code=event.failure_code, subscription_id=sub.id,
         provider_confirmation=event.confirmation if paid else None,
     )  # fmt: skip

@@ -30,6 +30,7 @@ from billing_worker.handlers.periods import (
 from billing_worker.handlers.subscription_views import subscription_out
 from billing_worker.handlers.wallet import record_payment, saved_method_of
 from billing_worker.ports import UnitOfWork
+from billing_worker.providers import yookassa as yookassa_provider
 from billing_worker.providers.base import (
     PaymentGateway,
     PaymentRequest,
@@ -38,7 +39,7 @@ from billing_worker.providers.base import (
     UnknownProvider,
 )
 
-NAME = "yookassa"
+NAME = yookassa_provider.NAME
 
 
 def yookassa(deps: Deps) -> PaymentGateway:

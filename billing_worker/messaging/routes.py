@@ -17,8 +17,12 @@ from billing_worker.messaging.coalescer import Coalescer
 from billing_worker.messaging.parsing import MAX_BODY_BYTES, InvalidMessage, contract_parser
 from billing_worker.messaging.pipeline import Route
 from billing_worker.metrics import OTHER, Metrics
-from billing_worker.providers import sandbox, stripe_gateway, yookassa_gateway
+from billing_worker.providers import sandbox
+from billing_worker.providers import stripe as stripe_provider
+from billing_worker.providers import yookassa as yookassa_provider
 from billing_worker.providers.base import Forged, Gateways, UnknownProvider
+from billing_worker.providers.stripe import webhook as stripe_webhooks
+from billing_worker.providers.yookassa import webhook as yookassa_webhooks
 from billing_worker.service import BatchHandler, BillingService, Handler
 
 # Queue -> handler; the models come from the contracts' catalogue. Each command and query
@@ -100,9 +104,9 @@ def order_created_route(service: BillingService) -> Route:
 # The event types the gateways act on, by provider: the `type` label of
 # billing_provider_events_total. A callback names its own type, so any other is `other`.
 EVENT_TYPES: Mapping[str, frozenset[str]] = {
-    "stripe": frozenset({*stripe_gateway._EVENTS, *stripe_gateway.SUBSCRIPTION_EVENTS}),
-    "yookassa": frozenset(yookassa_gateway._EVENTS),
-    "sandbox": frozenset(sandbox._OUTCOMES),
+    stripe_provider.NAME: stripe_webhooks.EVENT_TYPES,
+    yookassa_provider.NAME: yookassa_webhooks.EVENT_TYPES,
+    sandbox.NAME: sandbox.EVENT_TYPES,
 }
 
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
+from billing_contracts.subscriptions import SubscriptionStatus
 from billing_worker.domain.events import ProviderEvent
 
 
@@ -74,7 +75,7 @@ class ProviderSubscription:
     """A subscription the provider bills by itself (Stripe), as it stands there now."""
 
     ref: str
-    status: str  # the provider's status, mapped by the caller
+    status: str  # the provider's own status; its gateway's `subscription_status` reads it
     period_start: datetime | None
     period_end: datetime | None
     cancel_at_period_end: bool
@@ -100,6 +101,10 @@ class SubscriptionGateway(Protocol):
     ) -> ProviderSubscription: ...
 
     async def fetch_subscription(self, ref: str) -> ProviderSubscription: ...
+
+    def subscription_status(self, status: str) -> SubscriptionStatus | None:
+        """What the provider's subscription status means for ours; None when unknown."""
+        ...
 
 
 class PaymentGateway(Protocol):
@@ -134,6 +139,10 @@ class PaymentGateway(Protocol):
         refunds) with its `confirmation`; None when the provider does not confirm it
         (unknown object, other state). Raises TransientError when the provider is away."""
         ...
+
+
+class SubscriptionProvider(PaymentGateway, SubscriptionGateway, Protocol):
+    """A payment provider that also runs subscriptions itself (Stripe)."""
 
 
 class UnknownProvider(LookupError):

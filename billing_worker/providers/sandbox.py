@@ -39,11 +39,13 @@ DECLINING_METHODS = {
     ),
 }
 _OUTCOMES = {"payment.succeeded": PaymentOutcome.SUCCEEDED, "payment.failed": PaymentOutcome.FAILED}
+EVENT_TYPES = frozenset(_OUTCOMES)  # the ones billing acts on
+NAME = "sandbox"
 SECRET_NAME = "sandbox-callbacks"  # noqa: S105 - the name of its row in service_secrets
 
 
 class SandboxGateway:
-    name = "sandbox"
+    name = NAME
     needs_customer = False
 
     def __init__(self, key: bytes | None = None) -> None:

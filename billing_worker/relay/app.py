@@ -9,7 +9,6 @@ database connection and no secret beyond the webhook secret.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from billing_worker.metrics import Metrics
-from billing_worker.relay import verify
+from billing_worker.providers.base import Forged
+from billing_worker.providers.stripe import webhook as stripe_webhooks
+from billing_worker.providers.yookassa import webhook as yookassa_webhooks
+from billing_worker.relay import addresses
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ Healthy = Callable[[], Awaitable[bool]]
 class RelayConfig:
     stripe_secret: str | None
     stripe_tolerance: int
-    yookassa_sources: tuple[verify.IPNetwork, ...]
-    trusted_proxies: tuple[verify.IPNetwork, ...]
+    yookassa_sources: tuple[addresses.IPNetwork, ...]
+    trusted_proxies: tuple[addresses.IPNetwork, ...]
     body_timeout: float = 10.0
 
 
@@ -116,15 +118,17 @@ def build_relay(
             body = await read_body(request, config.body_timeout)
             signatures = request.headers.getlist("stripe-signature")
             if len(signatures) > 1:  # which one would the worker check again?
-                raise verify.Forged("more than one Stripe-Signature header")
+                raise Forged("more than one Stripe-Signature header")
             signature = signatures[0] if signatures else None
-            verify.verify_stripe(body, signature, config.stripe_secret, config.stripe_tolerance)
-            event_id = message_id(json.loads(body)["id"])
+            stripe_webhooks.verify_signature(
+                body, signature, config.stripe_secret, config.stripe_tolerance
+            )
+            event_id = message_id(stripe_webhooks.event_id(body))
         except TooLarge:
             return answer("stripe", 413, "too_large")
         except TooSlow:
             return answer("stripe", 408, "too_slow", "the body did not arrive in time")
-        except verify.Forged as forged:
+        except Forged as forged:
             return answer("stripe", 400, "forged", str(forged))
         except (ValueError, KeyError, TypeError, RecursionError):  # Recursion: too deeply nested
             return answer("stripe", 400, "malformed", "not a Stripe event")
@@ -132,17 +136,14 @@ def build_relay(
 
     async def yookassa_webhook(request: Request) -> Response:
         peer = request.client.host if request.client else None
-        address = verify.client_address(
+        address = addresses.client_address(
             peer, request.headers.getlist("x-forwarded-for"), config.trusted_proxies
         )
-        if not verify.allowed(address, config.yookassa_sources):
+        if not addresses.allowed(address, config.yookassa_sources):
             return answer("yookassa", 403, "forbidden_source", address)
         try:
             body = await read_body(request, config.body_timeout)
-            notification = json.loads(body)
-            if notification.get("type") != "notification":
-                raise ValueError("not a notification")
-            event_id = message_id(f"{notification['event']}:{notification['object']['id']}")
+            event_id = message_id(yookassa_webhooks.event_id(body))
         except TooLarge:
             return answer("yookassa", 413, "too_large")
         except TooSlow:

@@ -17,9 +17,10 @@ from billing_worker.access import broker_login
 from billing_worker.messaging.topology import PROVIDER_CALLBACKS
 from billing_worker.metrics import Metrics
 from billing_worker.observability import InternalServer, internal_app
+from billing_worker.providers.yookassa import webhook as yookassa_webhooks
+from billing_worker.relay.addresses import networks
 from billing_worker.relay.app import Publish, RelayConfig, build_relay
 from billing_worker.relay.deadlines import head_deadline_protocol
-from billing_worker.relay.verify import networks
 from billing_worker.settings import Settings
 from billing_worker.startup import cluster_broker, connect_broker
 
@@ -33,7 +34,7 @@ def relay_config(settings: Settings) -> RelayConfig:
     return RelayConfig(
         stripe_secret=secret.get_secret_value() if secret else None,
         stripe_tolerance=settings.stripe_webhook_tolerance_seconds,
-        yookassa_sources=networks(settings.yookassa_allowed_networks),
+        yookassa_sources=networks(yookassa_webhooks.sources(settings.yookassa_allowed_networks)),
         trusted_proxies=networks(settings.trusted_proxies),
         body_timeout=settings.relay_body_timeout_seconds,
     )

@@ -1,4 +1,4 @@
-"""YooKassa: redirect payments and recurring charges, on the official `yookassa` SDK.
+"""The YooKassa gateway: redirect payments and recurring charges, on the official SDK.
 
 The SDK is synchronous (`requests`) and sets no HTTP timeout, so every call runs in a
 worker thread through `_TimedApiClient`, which gives requests a real timeout and turns
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,17 +31,13 @@ from billing_worker.domain.errors import ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
 from billing_worker.domain.money import format_minor, parse_minor
 from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
+from billing_worker.providers.yookassa import NAME, webhook
 
 _STATUS = {
     "pending": PaymentStatus.PENDING,
     "waiting_for_capture": PaymentStatus.PENDING,
     "succeeded": PaymentStatus.SUCCEEDED,
     "canceled": PaymentStatus.FAILED,
-}
-_EVENTS = {
-    "payment.succeeded": PaymentOutcome.SUCCEEDED,
-    "payment.canceled": PaymentOutcome.FAILED,  # YooKassa's only way a payment fails
-    "refund.succeeded": PaymentOutcome.REFUNDED,
 }
 DEFAULT_API_URL = "https://api.yookassa.ru/v3"
 
@@ -68,7 +63,7 @@ class _TimedApiClient(ApiClient):  # type: ignore[misc]
 
 
 class YooKassaGateway:
-    name = "yookassa"
+    name = NAME
     needs_customer = False  # YooKassa has no customer object; saved methods are per payment
 
     def __init__(
@@ -106,26 +101,7 @@ class YooKassaGateway:
         return _result(await self._call("GET", f"/payments/{provider_ref}"))
 
     def parse_event(self, body: bytes) -> ProviderEvent:
-        try:
-            notification = json.loads(body)
-            event_type = str(notification["event"])
-            obj = notification["object"]
-            object_id = str(obj["id"])
-            refund = event_type.startswith("refund.")
-            cancellation = obj.get("cancellation_details") or {}
-            return ProviderEvent(
-                provider=self.name,
-                # YooKassa notifications have no id; an object reaches each state once.
-                event_id=f"{event_type}:{object_id}",
-                outcome=_EVENTS.get(event_type),
-                provider_ref=str(obj["payment_id"]) if refund else object_id,
-                event_type=event_type,
-                failure_code=cancellation.get("reason"),
-                failure_message=cancellation.get("party"),
-                object_ref=object_id,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"malformed YooKassa notification: {error}") from error
+        return webhook.parse_event(body)
 
     def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
         """YooKassa signs nothing: the relay checks the source address, `confirm` the rest."""

@@ -1,0 +1,184 @@
+"""The Stripe gateway: PaymentIntents for deposits, on the official SDK's async calls.
+
+A webhook is a claim twice checked: its `Stripe-Signature` (forwarded by the relay) is
+verified again here, and every event that moves money or changes a subscription is
+re-read from Stripe's API (PaymentIntent, Charge, Invoice, Subscription); billing acts
+on what the API returns, never on the event body.
+
+Every POST carries an idempotency key derived from ours, so a redelivered command
+finds the intent the first delivery created instead of creating a second one.
+Network trouble, Stripe's 5xx/429, a 409 (a concurrent request with the same
+idempotency key, as two deliveries of one command can make) and an idempotency error
+(the key was used with other parameters: what Stripe made is unknown) are transient
+(retried by the pipeline); any other Stripe error is `provider_error` with Stripe's
+message, a refusal after which nothing exists at Stripe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+
+from billing_contracts.subscriptions import SubscriptionStatus
+from billing_worker.domain.errors import ProviderError, TransientError
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.providers.base import PaymentRequest, PaymentResult, ProviderSubscription
+from billing_worker.providers.stripe import NAME, payments, subscriptions, webhook
+
+
+class StripeGateway:
+    name = NAME
+    needs_customer = True
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        timeout: float = 20.0,
+        webhook_secret: str | None = None,
+    ) -> None:
+        self._webhook_secret = webhook_secret
+        self._http = stripe.HTTPXClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else {},
+            http_client=self._http,
+            max_network_retries=0,  # the pipeline retries, with back-off and a limit
+        )
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
+        params: dict[str, Any] = {"metadata": {"user_id": user_id}}
+        if email:
+            params["email"] = email
+        customer = await _call(
+            self._client.v1.customers.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            )
+        )
+        return str(customer.id)
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentResult:
+        params = payments.intent_params(request)
+        options = {"idempotency_key": f"pi-{request.idempotency_key}"}
+        try:
+            intent = await _call(
+                self._client.v1.payment_intents.create_async(params, options)  # type: ignore[arg-type]
+            )
+        except stripe.CardError as declined:
+            return payments.declined(declined)
+        return payments.result(intent)
+
+    async def fetch_payment(self, provider_ref: str) -> PaymentResult:
+        found = await _call(self._client.v1.payment_intents.retrieve_async(provider_ref))
+        return payments.result(found)
+
+    async def create_subscription(
+        self,
+        *,
+        customer_ref: str,
+        price_ref: str,
+        payment_method_id: str | None,
+        trial_days: int,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> ProviderSubscription:
+        params = subscriptions.subscription_params(
+            customer_ref=customer_ref, price_ref=price_ref, payment_method_id=payment_method_id,
+            trial_days=trial_days, metadata=metadata,
+        )  # fmt: skip
+        created = await _call(
+            self._client.v1.subscriptions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": f"sub-{idempotency_key}"},
+            )
+        )
+        return subscriptions.subscription(created)
+
+    async def cancel_subscription(self, ref: str, *, at_period_end: bool) -> ProviderSubscription:
+        if at_period_end:
+            updated = await _call(
+                self._client.v1.subscriptions.update_async(ref, {"cancel_at_period_end": True})
+            )
+        else:
+            updated = await _call(self._client.v1.subscriptions.cancel_async(ref))
+        return subscriptions.subscription(updated)
+
+    async def fetch_subscription(self, ref: str) -> ProviderSubscription:
+        found = await _call(self._client.v1.subscriptions.retrieve_async(ref))
+        return subscriptions.subscription(found)
+
+    def subscription_status(self, status: str) -> SubscriptionStatus | None:
+        return subscriptions.STATUS.get(status)
+
+    def parse_event(self, body: bytes) -> ProviderEvent:
+        return webhook.parse_event(body)
+
+    def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        """Check the `Stripe-Signature` the relay forwarded (the relay checked it too)."""
+        if not self._webhook_secret:
+            return  # nothing to check against; every event is still re-read from Stripe
+        webhook.check_forwarded(body, headers, self._webhook_secret)
+
+    async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
+        try:
+            if claim.event_type in webhook.SUBSCRIPTION_EVENTS:
+                return await self._confirm_subscription_event(claim)
+            if claim.outcome is PaymentOutcome.REFUNDED:
+                return await self._confirm_refund(claim)
+            if claim.outcome is not None and claim.provider_ref:
+                intent = await self._retrieve(self._client.v1.payment_intents, claim.provider_ref)
+                return payments.confirmed_payment(claim, intent)
+        except ProviderError:  # e.g. 404: Stripe knows no such object
+            return None
+        return claim if claim.outcome is None else None  # an event type billing ignores
+
+    async def _confirm_refund(self, claim: ProviderEvent) -> ProviderEvent | None:
+        if not claim.object_ref or not claim.object_ref.startswith("ch_"):
+            return None
+        charge = await self._retrieve(self._client.v1.charges, claim.object_ref)
+        return payments.confirmed_refund(claim, charge)
+
+    async def _confirm_subscription_event(self, claim: ProviderEvent) -> ProviderEvent | None:
+        if not claim.event_type.startswith("invoice."):
+            # The subscription itself is re-read when the event is applied.
+            await self._retrieve(self._client.v1.subscriptions, str(claim.subscription_ref))
+            return claim
+        invoice = await self._retrieve(self._client.v1.invoices, str(claim.provider_ref))
+        return subscriptions.confirmed_invoice(claim, invoice)
+
+    async def _retrieve(self, service: Any, object_id: str) -> dict[str, Any]:
+        found = await _call(service.retrieve_async(object_id))
+        return found.to_dict()  # type: ignore[no-any-return]
+
+
+async def _call(call: Any) -> Any:
+    """Await an SDK call, sorting Stripe's errors into transient and final ones."""
+    try:
+        return await call
+    except stripe.CardError:
+        raise
+    except (stripe.APIConnectionError, stripe.RateLimitError) as error:
+        raise TransientError(f"Stripe unavailable: {error.user_message or error}") from None
+    except stripe.IdempotencyError as error:
+        # Our key names a request Stripe ran with other parameters: what it made is not
+        # known from here, so this is no refusal to undo the payment on. Left for an
+        # operator (the intent stays; the reconciler keeps reporting it).
+        raise TransientError(f"Stripe idempotency error: {error.user_message or error}") from None
+    except stripe.StripeError as error:
+        if error.http_status == 409:  # the same idempotency key is in use right now
+            raise TransientError(f"Stripe conflict: {error.user_message or error}") from None
+        if error.http_status is not None and error.http_status >= 500:
+            raise TransientError(
+                f"Stripe error {error.http_status}: {error.user_message}"
+            ) from None
+        raise ProviderError(
+            f"Stripe refused the request: {error.user_message or error}",
+            stripe_code=error.code,
+        ) from None

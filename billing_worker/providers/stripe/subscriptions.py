@@ -1,0 +1,88 @@
+"""Stripe-run subscriptions as billing reads them: the Subscription, what its status
+means for ours, and the Invoice that charges one of its periods."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from billing_contracts.subscriptions import SubscriptionStatus as Sub
+from billing_worker.domain.events import ProviderEvent
+from billing_worker.providers.base import ProviderSubscription
+
+# subscription.status -> ours
+STATUS = {
+    "incomplete": Sub.INCOMPLETE,
+    "incomplete_expired": Sub.INCOMPLETE_EXPIRED,
+    "trialing": Sub.TRIALING,
+    "active": Sub.ACTIVE,
+    "past_due": Sub.PAST_DUE,
+    "unpaid": Sub.PAST_DUE,
+    "paused": Sub.PAST_DUE,
+    "canceled": Sub.CANCELED,
+}
+
+
+def subscription_params(
+    *,
+    customer_ref: str,
+    price_ref: str,
+    payment_method_id: str | None,
+    trial_days: int,
+    metadata: Mapping[str, str],
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "customer": customer_ref,
+        "items": [{"price": price_ref}],
+        "metadata": dict(metadata),
+        "expand": ["latest_invoice.confirmation_secret"],
+        # Without a saved method the first invoice waits for the customer (Stripe.js).
+        "payment_behavior": "allow_incomplete" if payment_method_id else "default_incomplete",
+    }
+    if payment_method_id:
+        params["default_payment_method"] = payment_method_id
+    if trial_days:
+        params["trial_period_days"] = trial_days
+    return params
+
+
+def subscription(found: Any) -> ProviderSubscription:
+    sub: dict[str, Any] = found.to_dict()
+    items = (sub.get("items") or {}).get("data") or [{}]
+    start, end = items[0].get("current_period_start"), items[0].get("current_period_end")
+    invoice = sub.get("latest_invoice")
+    secret = None
+    if isinstance(invoice, dict):
+        secret = (invoice.get("confirmation_secret") or {}).get("client_secret")
+    return ProviderSubscription(
+        ref=str(sub["id"]),
+        status=str(sub["status"]),
+        period_start=datetime.fromtimestamp(start, UTC) if start else None,
+        period_end=datetime.fromtimestamp(end, UTC) if end else None,
+        cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+        client_secret=secret if sub["status"] == "incomplete" else None,
+    )
+
+
+def confirmed_invoice(claim: ProviderEvent, invoice: dict[str, Any]) -> ProviderEvent | None:
+    """An `invoice.*` claim as the Invoice re-read from Stripe tells it: paid, or open
+    (or uncollectible) after a failed charge, and of which subscription."""
+    paid = claim.event_type == "invoice.paid"
+    status = str(invoice.get("status"))
+    if (paid and status != "paid") or (not paid and status not in ("open", "uncollectible")):
+        return None
+    parent = (invoice.get("parent") or {}).get("subscription_details") or {}
+    ref = parent.get("subscription") or invoice.get("subscription")
+    if not ref:
+        return None
+    amount = int(invoice["amount_paid"] if paid else invoice["amount_due"])
+    currency = str(invoice["currency"]).upper()
+    return dataclasses.replace(
+        claim, subscription_ref=str(ref), amount_minor=amount, currency=currency,
+        confirmation={
+            "object": "invoice", "id": str(invoice["id"]), "status": status,
+            "amount_minor": amount, "currency": currency,
+        },
+    )  # fmt: skip
