@@ -66,6 +66,9 @@ class UnitOfWork:
 
     The caller opens the database transaction; `flush()` writes the collected events in
     the same transaction, just before commit.
+
+    A `coalesced` unit of work (one transaction for a batch of commands) writes the
+    batch's new transactions in one statement at the flush (`SqlWallet.defer_inserts`).
     """
 
     def __init__(
@@ -75,7 +78,9 @@ class UnitOfWork:
         self.transitions: list[tuple[str, Transition]] = []  # for metrics, after commit
         self.emitted: list[DomainEvent] = []
         self.wallet = SqlWallet(
-            connection, lambda kind, step: self.transitions.append((kind, step))
+            connection,
+            lambda kind, step: self.transitions.append((kind, step)),
+            defer_inserts=coalesced,
         )
         self.users = SqlUsers(connection)
         self.plans = SqlPlans(connection)
@@ -93,17 +98,11 @@ class UnitOfWork:
     def deliver_later(self, provider: str, notification: Notification) -> None:
         self._outbox.append(notification_message(provider, notification))
 
-    @property
-    def pending(self) -> list[outbox.OutboxMessage]:
-        return list(self._outbox)
-
-    def discard(self) -> None:
-        self._outbox.clear()
-
     async def flush_with_record(
         self, scope: str, key: str, request_hash: str, reply: dict[str, Any]
     ) -> int:
         """The outbox rows and the command's idempotency record, in one round trip."""
+        await self.wallet.flush_deferred()
         count = len(self._outbox)
         reply_json = json.dumps(reply, separators=(",", ":"))
         await outbox.insert_with_record(
@@ -125,6 +124,7 @@ class UnitOfWork:
         return count
 
     async def flush(self) -> int:
+        await self.wallet.flush_deferred()
         count = len(self._outbox)
         await outbox.insert(self.connection, self._outbox)
         self._outbox.clear()
