@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-import asyncpg
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,7 +35,7 @@ from billing_worker.commands import BatchHandler, Handler, run_batch, run_once
 from billing_worker.db import retention
 from billing_worker.db.intents import Intent
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
-from billing_worker.domain.errors import BillingError, TransientError
+from billing_worker.domain.errors import BillingError, TransientError, WriteConflict
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.handlers import stripe_subscriptions
 from billing_worker.handlers.deps import Deps
@@ -54,17 +53,6 @@ R = TypeVar("R")
 M = TypeVar("M")
 
 _RETRIES = 5  # concurrent duplicates, deadlocks, serialization failures
-
-
-def _is_retryable(exc: asyncpg.PostgresError) -> bool:
-    """A concurrent duplicate of the same command collides on a unique key — the
-    idempotency record, or a row whose id derives from the key (a transaction, a
-    subscription) — only once the other copy committed: the next attempt finds its
-    stored reply. Deadlocks and serialization failures are worth another go too."""
-    return isinstance(
-        exc,
-        asyncpg.UniqueViolationError | asyncpg.SerializationError | asyncpg.DeadlockDetectedError,
-    )
 
 
 class BillingService:
@@ -92,21 +80,23 @@ class BillingService:
         )
 
     async def command(self, scope: str, command: C, handler: Handler[C]) -> Reply:
-        """Run a command once per idempotency key and return its (first) reply."""
+        """Run a command once per idempotency key and return its (first) reply.
+
+        A concurrent duplicate of the same command collides on a unique key — the
+        idempotency record, or a row whose id derives from the key (a transaction, a
+        subscription) — only once the other copy committed: the next attempt finds its
+        stored reply. Deadlocks and serialization failures are worth another go too.
+        """
         assert isinstance(command, Command)
         digest = request_hash(command)
         look_back = scope in retention.PROVIDER_FIRST
         for _ in range(_RETRIES):
             try:
                 return await self._command_once(scope, command, digest, handler, look_back)
-            except asyncpg.PostgresError as exc:
-                if not _is_retryable(exc):
-                    raise
+            except WriteConflict as exc:
                 # A collision on a row whose id derives from the key: the next attempt
                 # finds the other copy's record, or else the record expired.
-                look_back = look_back or (
-                    getattr(exc, "constraint_name", None) in retention.DERIVED_KEYS
-                )
+                look_back = look_back or exc.constraint in retention.DERIVED_KEYS
                 log.debug("retrying %s %s after %s", scope, command.idempotency_key, exc)
         raise RuntimeError(f"{scope}: gave up after {_RETRIES} conflicting attempts")
 

@@ -6,6 +6,7 @@ database transaction. Its flush writes the outbox rows (and idempotency records)
 before the commit; once committed and its connection back in the pool, a flushed unit
 is announced (`on_commit`: the outbox publisher is woken, the metrics counted). A unit
 left without a flush (a replayed reply, an intent settled elsewhere) announces nothing.
+The database's conflicts come out of a unit as `WriteConflict`s (`db.uow.unit_of_work`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing_worker.db.engine import driver_connection
-from billing_worker.db.uow import Clock, UnitOfWork
+from billing_worker.db.uow import Clock, UnitOfWork, unit_of_work
 from billing_worker.domain.errors import BillingError
 from billing_worker.replies import Reply, refusal_reply
 
@@ -74,8 +74,8 @@ async def open_unit(
     recorded in a second transaction on the same connection, and left in `unit.refusal`
     (the exception ends there).
     """
-    async with driver_connection(engine) as db:
-        unit = Unit(UnitOfWork(db, clock, coalesced=coalesced))
+    async with unit_of_work(engine, clock, coalesced=coalesced) as uow:
+        unit, db = Unit(uow), uow.connection
         if not transaction:
             yield unit
         else:

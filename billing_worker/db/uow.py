@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts import names
 from billing_worker.db import outbox
+from billing_worker.db.engine import driver_connection
+from billing_worker.db.errors import translated
 from billing_worker.db.idempotency import SqlIdempotency
 from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
@@ -129,3 +133,16 @@ class UnitOfWork:
         await outbox.insert(self.connection, self._outbox)
         self._outbox.clear()
         return count
+
+
+@asynccontextmanager
+async def unit_of_work(
+    engine: AsyncEngine, clock: Clock = utc_now, *, coalesced: bool = False
+) -> AsyncIterator[UnitOfWork]:
+    """A unit of work on a pooled connection (the caller opens its transaction on
+    `connection`). The conflicts asyncpg reports in the block, its COMMIT included, come
+    out as `WriteConflict`s (`db/errors.py`); the connection goes back to the pool (or
+    not) just as with asyncpg's own error (`engine.reusable`)."""
+    with translated():
+        async with driver_connection(engine) as db:
+            yield UnitOfWork(db, clock, coalesced=coalesced)
