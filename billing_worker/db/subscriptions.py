@@ -10,6 +10,8 @@ from uuid import UUID
 
 import asyncpg
 
+from billing_worker.db.errors import translated
+
 LIVE_UNIQUE = "uq_subscriptions_one_live_per_user_plan"
 
 
@@ -141,13 +143,14 @@ class SqlSubscriptions:
         )
 
     async def insert(self, row: SubscriptionRow) -> None:
-        """Raises UniqueViolationError (LIVE_UNIQUE) when the user already has this plan."""
+        """Raises DuplicateKey (LIVE_UNIQUE) when the user already has this plan."""
         columns = [c for c in _SUB_COLUMNS]
         placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-        await self._db.execute(
-            f"INSERT INTO subscriptions ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
-            *(getattr(row, c) for c in columns),
-        )
+        with translated():
+            await self._db.execute(
+                f"INSERT INTO subscriptions ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
+                *(getattr(row, c) for c in columns),
+            )
 
     async def get(self, subscription_id: UUID, *, lock: bool = False) -> SubscriptionRow | None:
         sql = f"{_SELECT_SUBSCRIPTION} WHERE s.id = $1" + (" FOR UPDATE OF s" if lock else "")

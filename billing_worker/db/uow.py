@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts import names
 from billing_worker.db import outbox
+from billing_worker.db.engine import driver_connection
+from billing_worker.db.errors import translated
 from billing_worker.db.idempotency import SqlIdempotency
 from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
@@ -66,6 +70,9 @@ class UnitOfWork:
 
     The caller opens the database transaction; `flush()` writes the collected events in
     the same transaction, just before commit.
+
+    A `coalesced` unit of work (one transaction for a batch of commands) writes the
+    batch's new transactions in one statement at the flush (`SqlWallet.defer_inserts`).
     """
 
     def __init__(
@@ -75,7 +82,9 @@ class UnitOfWork:
         self.transitions: list[tuple[str, Transition]] = []  # for metrics, after commit
         self.emitted: list[DomainEvent] = []
         self.wallet = SqlWallet(
-            connection, lambda kind, step: self.transitions.append((kind, step))
+            connection,
+            lambda kind, step: self.transitions.append((kind, step)),
+            defer_inserts=coalesced,
         )
         self.users = SqlUsers(connection)
         self.plans = SqlPlans(connection)
@@ -93,17 +102,11 @@ class UnitOfWork:
     def deliver_later(self, provider: str, notification: Notification) -> None:
         self._outbox.append(notification_message(provider, notification))
 
-    @property
-    def pending(self) -> list[outbox.OutboxMessage]:
-        return list(self._outbox)
-
-    def discard(self) -> None:
-        self._outbox.clear()
-
     async def flush_with_record(
         self, scope: str, key: str, request_hash: str, reply: dict[str, Any]
     ) -> int:
         """The outbox rows and the command's idempotency record, in one round trip."""
+        await self.wallet.flush_deferred()
         count = len(self._outbox)
         reply_json = json.dumps(reply, separators=(",", ":"))
         await outbox.insert_with_record(
@@ -125,7 +128,21 @@ class UnitOfWork:
         return count
 
     async def flush(self) -> int:
+        await self.wallet.flush_deferred()
         count = len(self._outbox)
         await outbox.insert(self.connection, self._outbox)
         self._outbox.clear()
         return count
+
+
+@asynccontextmanager
+async def unit_of_work(
+    engine: AsyncEngine, clock: Clock = utc_now, *, coalesced: bool = False
+) -> AsyncIterator[UnitOfWork]:
+    """A unit of work on a pooled connection (the caller opens its transaction on
+    `connection`). The conflicts asyncpg reports in the block, its COMMIT included, come
+    out as `WriteConflict`s (`db/errors.py`); the connection goes back to the pool (or
+    not) just as with asyncpg's own error (`engine.reusable`)."""
+    with translated():
+        async with driver_connection(engine) as db:
+            yield UnitOfWork(db, clock, coalesced=coalesced)

@@ -54,3 +54,21 @@ class TransientError(Exception):
 
 class Unprocessable(Exception):
     """Retrying cannot help and nothing was changed: dead-letter it for an operator."""
+
+
+class WriteConflict(Exception):
+    """A concurrent transaction got in the way (the database reported a deadlock, a
+    serialization failure or a unique key taken): the transaction rolled back, and
+    another attempt sees what the other one committed. The repositories raise it for
+    what asyncpg reports (`db/errors.py`); `constraint` names the unique key, if any.
+
+    Not a refusal (`BillingError`) and not a `TransientError`: the service retries the
+    command at once, and anything else treats it like any other failure, as before."""
+
+    def __init__(self, message: str, *, constraint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
+class DuplicateKey(WriteConflict):
+    """A unique key another transaction already holds (`constraint`)."""

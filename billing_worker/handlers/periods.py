@@ -11,8 +11,6 @@ import dataclasses
 import uuid
 from datetime import datetime
 
-import asyncpg
-
 from billing_contracts.events import (
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
@@ -25,7 +23,7 @@ from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.calendar import period_boundary
-from billing_worker.domain.errors import InvalidState, TransientError
+from billing_worker.domain.errors import DuplicateKey, InvalidState, TransientError
 from billing_worker.domain.subscriptions import check_move, ending_status, next_attempt
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
@@ -178,8 +176,8 @@ async def insert(sub: SubscriptionRow, uow: UnitOfWork) -> None:
     """Insert a new subscription; a second live one for the same plan is `invalid_state`."""
     try:
         await uow.subscriptions.insert(sub)
-    except asyncpg.UniqueViolationError as duplicate:
-        if duplicate.constraint_name == LIVE_UNIQUE:
+    except DuplicateKey as duplicate:
+        if duplicate.constraint == LIVE_UNIQUE:
             raise InvalidState(
                 f"{sub.user_id} already has a live {sub.plan.code} subscription",
                 plan_code=sub.plan.code,

@@ -28,25 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.intents import SqlIntents
+from billing_worker.db.reconciliation import StuckPayment, claim_processing
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.jobs.periodic import Periodic
-from billing_worker.providers.base import Gateways, PaymentStatus
+from billing_worker.providers.base import Gateways, PaymentResult, PaymentStatus
 from billing_worker.service import BillingService
 
 log = logging.getLogger(__name__)
 
-_CLAIM = """
-UPDATE transactions SET updated_at = now()
-WHERE id IN (
-    SELECT id FROM transactions
-    WHERE status = 'processing' AND provider = ANY($1::text[]) AND provider_ref IS NOT NULL
-      AND updated_at < now() - make_interval(secs => $2)
-    ORDER BY updated_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, provider, provider_ref
-"""
 _OUTCOMES = {
     PaymentStatus.SUCCEEDED: PaymentOutcome.SUCCEEDED,
     PaymentStatus.FAILED: PaymentOutcome.FAILED,
@@ -85,35 +74,43 @@ class Reconciler(Periodic):
     async def _processing(self) -> int:
         providers = [name for name in self.gateways.names if name != "sandbox"]
         async with driver_connection(self.engine) as db:
-            claimed = await db.fetch(_CLAIM, providers, self.after_seconds, self.batch)
+            claimed = await claim_processing(db, providers, self.after_seconds, self.batch)
         settled = 0
-        for row in claimed:
+        for payment in claimed:
             try:
-                result = await self.gateways.get(row["provider"]).fetch_payment(row["provider_ref"])
+                result = await self.gateways.get(payment.provider).fetch_payment(
+                    payment.provider_ref
+                )
             except Exception as error:  # one provider outage must not stop the others
-                log.warning("reconciling %s failed: %s", row["id"], error)
+                log.warning("reconciling %s failed: %s", payment.id, error)
                 continue
             outcome = _OUTCOMES.get(result.status)
             if outcome is None:
                 continue
-            event = ProviderEvent(
-                provider=row["provider"],
-                event_id=f"{row['id']}:{outcome.value}",
-                outcome=outcome,
-                provider_ref=row["provider_ref"],
-                event_type=f"reconciliation.{outcome.value}",
-                failure_code=result.failure_code,
-                failure_message=result.failure_message,
-                saved_method_ref=result.saved_method_ref,
-                amount_minor=result.amount_minor,
-                currency=result.currency,
-                transaction_ref=result.transaction_ref,
-                confirmation=dict(result.confirmation or {}),
-            )
             # Its own inbox: no callback on the queue can claim a reconciliation's id.
-            await self.service.apply_confirmed(event, f"reconcile:{row['provider']}")
+            await self.service.apply_confirmed(
+                _event(payment, outcome, result), f"reconcile:{payment.provider}"
+            )
             settled += 1
             log.info(
-                "reconciled transaction %s: %s at %s", row["id"], outcome.value, row["provider"]
+                "reconciled transaction %s: %s at %s", payment.id, outcome.value, payment.provider
             )
         return settled
+
+
+def _event(payment: StuckPayment, outcome: PaymentOutcome, result: PaymentResult) -> ProviderEvent:
+    """What the provider's API answered, as a confirmed event of the payment."""
+    return ProviderEvent(
+        provider=payment.provider,
+        event_id=f"{payment.id}:{outcome.value}",
+        outcome=outcome,
+        provider_ref=payment.provider_ref,
+        event_type=f"reconciliation.{outcome.value}",
+        failure_code=result.failure_code,
+        failure_message=result.failure_message,
+        saved_method_ref=result.saved_method_ref,
+        amount_minor=result.amount_minor,
+        currency=result.currency,
+        transaction_ref=result.transaction_ref,
+        confirmation=dict(result.confirmation or {}),
+    )

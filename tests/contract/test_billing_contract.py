@@ -15,6 +15,7 @@ from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import NewInvoice
 from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.errors import DuplicateKey
 from billing_worker.domain.invoices import Line, Priced
 from support.contract import Repo
 
@@ -84,10 +85,10 @@ async def test_one_live_subscription_per_user_and_plan(repo: Repo) -> None:
     user, plan = await subscriber(repo)
     first = a_subscription(user, plan)
     await subs.insert(first)
-    with pytest.raises(asyncpg.UniqueViolationError) as caught:
+    with pytest.raises(DuplicateKey) as caught:  # asyncpg's error, translated (db/errors.py)
         async with repo.savepoint():
             await subs.insert(a_subscription(user, plan, status="trialing"))
-    assert caught.value.constraint_name == LIVE_UNIQUE
+    assert caught.value.constraint == LIVE_UNIQUE
     await subs.update(first.id, status="canceled", canceled_at=T0)
     second = a_subscription(user, plan, status="incomplete")
     await subs.insert(second)

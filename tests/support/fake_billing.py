@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from billing_worker.db.errors import translated
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanRow, SubscriptionRow
 from billing_worker.domain.invoices import invoice_number
@@ -53,13 +54,14 @@ class FakeSubscriptions:
     async def insert(self, row: SubscriptionRow) -> None:
         state = self._state()
         state.refer_to_user(row.user_id, "subscriptions")
-        if row.id in state.subscriptions:
-            raise unique_violation("subscriptions_pkey")
-        if row.status in LIVE_STATUSES and any(
-            (s.user_id, s.plan_id) == (row.user_id, row.plan_id) and s.status in LIVE_STATUSES
-            for s in state.subscriptions.values()
-        ):
-            raise unique_violation(LIVE_UNIQUE)
+        with translated():  # a duplicate comes out as the SQL's does: DuplicateKey
+            if row.id in state.subscriptions:
+                raise unique_violation("subscriptions_pkey")
+            if row.status in LIVE_STATUSES and any(
+                (s.user_id, s.plan_id) == (row.user_id, row.plan_id) and s.status in LIVE_STATUSES
+                for s in state.subscriptions.values()
+            ):
+                raise unique_violation(LIVE_UNIQUE)
         state.subscriptions[row.id] = dataclasses.replace(row, plan=state.plan_by_id(row.plan_id))
         state.subscription_order[row.id] = state.transaction_seq
 
