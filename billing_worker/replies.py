@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
-from billing_contracts.envelope import Command, ErrorCode
+from billing_contracts.envelope import Command, ErrorBody, ErrorCode, ErrorReply, OkReply
 from billing_worker.db.idempotency import user_scope
 from billing_worker.domain.errors import BillingError, IdempotencyConflict
 
 Reply = dict[str, Any]
 
 
-def ok(data: BaseModel) -> Reply:
-    return {"ok": True, "data": data.model_dump(mode="json")}
+_Ok = OkReply[Any]  # the data's own model serialises it
 
 
-def error(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Reply:
-    return {
-        "ok": False,
-        "error": {"code": code.value, "message": message, "details": details or {}},
-    }
+def ok(data: BaseModel | None) -> Reply:
+    """`{"ok": true, "data": ...}`, built by the contract's `OkReply`."""
+    return _Ok(data=data).model_dump(mode="json")
+
+
+def error(code: ErrorCode, message: str, details: Mapping[str, Any] | None = None) -> Reply:
+    """`{"ok": false, "error": {...}}`, built by the contract's `ErrorReply`."""
+    body = ErrorBody(code=code, message=message, details=dict(details or {}))
+    return ErrorReply(error=body).model_dump(mode="json")
 
 
 def refusal_reply(refusal: BillingError) -> Reply:

@@ -148,7 +148,7 @@ class BillingService:
                 reply = refusal_reply(outcome)
             else:
                 answer = await flow.finish(intent, outcome, uow, self.deps)
-                reply = ok(answer) if answer is not None else {"ok": True, "data": None}
+                reply = ok(answer)
             if intent.scope is not None and intent.idempotency_key is not None:
                 await unit.flush_with_record(
                     intent.scope, intent.idempotency_key, intent.request_hash or "", reply

@@ -13,6 +13,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts import names
+from billing_contracts.envelope import EventEnvelope
 from billing_worker.db import outbox
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.errors import translated
@@ -35,20 +36,19 @@ def utc_now() -> datetime:
 
 def event_message(event: DomainEvent) -> outbox.OutboxMessage:
     """The outbox row of a domain event: the event envelope of `billing_contracts.envelope`."""
-    envelope = {
-        "event_id": str(event.event_id),
-        "type": event.type,
-        "pattern": event.type,  # where NestJS's @EventPattern looks for the type
-        "occurred_at": event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "version": 1,
-        "data": event.data,
-    }
+    envelope = EventEnvelope[Any](
+        event_id=event.event_id,
+        type=event.type,
+        pattern=event.type,  # where NestJS's @EventPattern looks for the type
+        occurred_at=event.occurred_at.astimezone(UTC),
+        data=event.data,
+    )
     return outbox.OutboxMessage(
         event_id=event.event_id,
         exchange=names.EVENTS_EXCHANGE,
         routing_key=event.type,
         type=event.type,
-        body=json.dumps(envelope, separators=(",", ":")),
+        body=envelope.model_dump_json(),
         headers={},
     )
 

@@ -46,6 +46,7 @@ from billing_worker.messaging.parsing import (
 from billing_worker.messaging.topology import Topology
 from billing_worker.metrics import Metrics
 from billing_worker.redaction import failure_reason
+from billing_worker.replies import error
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,6 @@ class Route:
     # The NestJS patterns this queue answers to (see nestjs.py); none: no packets here.
     patterns: frozenset[str] = frozenset()
     coalescer: Any = None  # the Coalescer its commands go through, if any (watched)
-
-
-def error_reply(code: ErrorCode, message: str, details: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "ok": False,
-        "error": {"code": code.value, "message": message, "details": dict(details)},
-    }
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -133,7 +127,7 @@ class Pipeline:
         refusal = self.access.refusal(route.queue, raw.user_id, raw.headers or {})
         if refusal is not None:
             log.warning("forbidden message on %s: %s", route.queue, refusal)
-            await self.reply(raw, error_reply(ErrorCode.FORBIDDEN, refusal, {}), packet)
+            await self.reply(raw, error(ErrorCode.FORBIDDEN, refusal, {}), packet)
             await self.dead_letter(raw, route.queue, f"forbidden: {refusal}")
             await message.ack()
             return "forbidden"
@@ -167,7 +161,7 @@ class Pipeline:
         log.warning("invalid message on %s: %s", route.queue, invalid.reason)
         await self.reply(
             raw,
-            error_reply(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details),
+            error(ErrorCode.INVALID_MESSAGE, invalid.reason, invalid.details),
             packet,
         )
         await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
@@ -186,7 +180,7 @@ class Pipeline:
         reason = failure_reason(failure)  # never a database error's DETAIL (row values)
         if isinstance(failure, Unprocessable):
             log.error("dead-lettering a message of %s: %s", route.queue, reason)
-            await self.reply(raw, error_reply(ErrorCode.INTERNAL_ERROR, str(failure), {}), packet)
+            await self.reply(raw, error(ErrorCode.INTERNAL_ERROR, str(failure), {}), packet)
             await self.dead_letter(raw, route.queue, f"unprocessable: {reason}", attempt)
             outcome = "dead_lettered"
         elif attempt >= self.max_deliveries:
@@ -195,7 +189,7 @@ class Pipeline:
             )
             await self.reply(
                 raw,
-                error_reply(
+                error(
                     ErrorCode.INTERNAL_ERROR,
                     f"the message failed {attempt} times and was dead-lettered",
                     {"attempts": attempt},
