@@ -185,6 +185,14 @@ def build_worker(
         )
 
     async def on_startup() -> None:
+        try:
+            await start_up()
+        except BaseException:  # a refused start-up leaves nothing open behind it
+            await broker.stop()  # else its connection would reconnect for ever
+            await engine.dispose()
+            raise
+
+    async def start_up() -> None:
         # Before any subscriber starts: a bad policy file stops start-up (StartupError).
         pipeline.access = access_for(settings, worker_user, [route.queue for route in routes])
         await check_database(engine, settings)

@@ -117,5 +117,9 @@ async def test_a_quorum_queue_with_another_delivery_limit_stops_start_up_with_on
         assert "\n" not in message
         assert "inequivalent arg 'x-delivery-limit'" in message
         assert message.startswith("RabbitMQ refused the worker's topology")
+        # ...and leaves nothing running: a broker connection left open would reconnect
+        # for ever once the vhost is gone (and its task ignores being cancelled then).
+        assert second.broker._connection is None
+        assert second.engine.pool.checkedout() == 0
     finally:
         services.delete_vhost(name)
