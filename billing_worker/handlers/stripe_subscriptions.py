@@ -35,7 +35,7 @@ from billing_worker.db.uow import utc_now
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.domain.subscriptions import ALLOWED, LIVE
+from billing_worker.domain.subscriptions import LIVE, can_move
 from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
@@ -220,7 +220,7 @@ async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: De
     remote = fetched.remote
     old = Sub(sub.status)
     new = stripe(deps).subscription_status(remote.status) or old
-    if new is not old and new not in ALLOWED[old]:
+    if new is not old and not can_move(old, new):
         log.warning("Stripe says %s for a %s subscription %s: keeping ours", new, old, sub.id)
         new = old
     changes: dict[str, Any] = {
