@@ -60,22 +60,14 @@ def derived_id(scope: str, user_id: str, idempotency_key: str) -> uuid.UUID:
     return uuid.uuid5(_IDS, json.dumps([scope, user_id, idempotency_key]))
 
 
-# Providers that charge a saved method id as given, whoever names it: the worker accepts
-# one only if it saved it for this user. (Stripe refuses a PaymentMethod attached to
-# another customer, and the worker always passes this user's; the sandbox takes test
-# values such as `pm_card_chargeDeclined` as outcome selectors.)
-TRUSTS_METHOD_IDS = frozenset({"yookassa"})
-
-
 async def saved_method_of(
     uow: UnitOfWork, user_id: str, provider: str, method_ref: str
-) -> uuid.UUID | None:
-    """The user's own saved method, checked before the provider is asked to charge it.
+) -> uuid.UUID:
+    """The user's own saved method, checked before a provider that charges a saved method
+    id as given (`PaymentGateway.trusts_method_ids`) is asked to charge it.
 
     Another user's method is refused exactly like one never saved (`not_found`), so the
     reply does not tell whether the id exists."""
-    if provider not in TRUSTS_METHOD_IDS:
-        return None
     method = await uow.users.payment_method_of(user_id, provider, method_ref)
     if method is None:
         raise NotFound(
@@ -98,7 +90,7 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
         gateway = deps.gateways.get(command.provider)
     except UnknownProvider as missing:
         raise ProviderError(f"provider {missing} is not configured on this worker") from None
-    if command.payment_method_id:
+    if command.payment_method_id and gateway.trusts_method_ids:
         await saved_method_of(uow, command.user_id, gateway.name, command.payment_method_id)
     currency, amount = command.amount.currency, command.amount.minor
     transaction_id = derived_id("deposit", command.user_id, command.idempotency_key)
