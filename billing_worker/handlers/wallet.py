@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from billing_contracts.wallet import (
     AccountBalance,
@@ -20,7 +19,6 @@ from billing_contracts.wallet import (
     GetBalance,
     ListTransactions,
     PaymentAction,
-    TransactionKind,
     TransactionPage,
     Withdraw,
     WithdrawResult,
@@ -35,8 +33,9 @@ from billing_worker.domain.errors import (
     NotFound,
     ProviderError,
 )
-from billing_worker.domain.money import format_minor, to_wire
-from billing_worker.domain.transactions import path, transition
+from billing_worker.domain.ledger import PAYMENT_STEPS, Transaction, insufficient_funds
+from billing_worker.domain.money import to_wire
+from billing_worker.domain.transactions import transition
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
 from billing_worker.ports import UnitOfWork
@@ -95,20 +94,11 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
     currency, amount = command.amount.currency, command.amount.minor
     transaction_id = derived_id("deposit", command.user_id, command.idempotency_key)
     await uow.users.ensure(command.user_id)
-    row = TransactionRow(
-        id=transaction_id,
-        user_id=command.user_id,
-        account_id=None,  # opened with the provider's answer (a refusal opens nothing)
-        kind=TransactionKind.DEPOSIT,
-        status=Status.CREATED,
-        amount_minor=amount,
-        currency=currency,
-        provider=gateway.name,
-        provider_ref=None,
-        created_at=uow.clock(),
-        completed_at=None,
+    await uow.wallet.record(
+        Transaction.deposit(
+            transaction_id, command.user_id, amount, currency, gateway.name, uow.clock()
+        )
     )
-    await uow.wallet.add_transaction(row, path(Status.CREATED, reason=f"{gateway.name} payment"))
     customer = (
         await uow.users.customer_ref(command.user_id, gateway.name)
         if gateway.needs_customer
@@ -205,15 +195,10 @@ async def record_payment(
     if row is None:  # the intent was ours (taken under its lock): a broken invariant
         raise InvalidState("the payment is no longer waiting for the provider",
                            transaction_id=str(transaction_id))  # fmt: skip
-    steps: list[tuple[Status, dict[str, Any] | None]]
-    if result.status is PaymentStatus.FAILED:
-        steps = [(Status.FAILED, None)]
-    else:
-        steps = [(Status.PROCESSING, None)]
-        if result.status is PaymentStatus.SUCCEEDED:
-            steps.append((Status.COMPLETED, dict(result.confirmation or {})))
-    for target, confirmation in steps:
+    for target in PAYMENT_STEPS[result.status]:
         step = transition(Status(row.status), target, reason=reason)
+        # The provider's answer is kept with the payment it confirms.
+        confirmation = dict(result.confirmation or {}) if target is Status.COMPLETED else None
         moved = await uow.wallet.move_transaction(
             row.id, step, now, failure_code=result.failure_code,
             failure_message=result.failure_message, confirmation=confirmation,
@@ -285,23 +270,13 @@ async def withdraw_many(
             outcomes.append(await _insufficient(command, uow))
             continue
         currency = command.amount.currency
-        row = TransactionRow(
-            id=derived_id("withdraw", command.user_id, command.idempotency_key),
-            user_id=command.user_id,
-            account_id=change.account_id,
-            kind=TransactionKind.WITHDRAWAL,
-            status=Status.COMPLETED,
-            amount_minor=command.amount.minor,
-            currency=currency,
-            provider="balance",
-            provider_ref=None,
-            created_at=now,
-            completed_at=now,
-            description=command.description,
-            reference=command.reference,
-        )
-        trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason="withdrawal")
-        await uow.wallet.add_transaction(row, trail)
+        row = await uow.wallet.record(
+            Transaction.withdrawal(
+                derived_id("withdraw", command.user_id, command.idempotency_key),
+                command.user_id, change.account_id, command.amount.minor, currency, now,
+                description=command.description, reference=command.reference,
+            )
+        )  # fmt: skip
         uow.emit(views.withdrawal_completed(row, change))
         if change.crossed_below:
             uow.emit(views.balance_low(command.user_id, currency, change))
@@ -311,13 +286,15 @@ async def withdraw_many(
 
 
 async def _insufficient(command: Withdraw, uow: UnitOfWork) -> InsufficientFunds:
-    currency = command.amount.currency
-    balances = dict(await uow.wallet.balances(command.user_id, currency))
-    balance = format_minor(balances.get(currency, 0), currency)
-    return InsufficientFunds(
-        f"the {currency} balance {balance} is less than {command.amount.amount}",
-        balance={"amount": balance, "currency": currency},
-    )
+    return await refusal(uow, command.user_id, command.amount.currency, str(command.amount.amount))
+
+
+async def refusal(
+    uow: UnitOfWork, user_id: str, currency: str, wanted: str, **details: object
+) -> InsufficientFunds:
+    """`insufficient_funds` for a debit of `wanted` the user's balance does not cover."""
+    balances = dict(await uow.wallet.balances(user_id, currency))
+    return insufficient_funds(currency, balances.get(currency, 0), wanted, **details)
 
 
 async def get_balance(query: GetBalance, uow: UnitOfWork, deps: Deps) -> BalanceResult:
