@@ -9,18 +9,31 @@ to its status (`domain/transactions.py`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from billing_contracts.wallet import TransactionKind as Kind
 from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.domain.errors import InsufficientFunds
 from billing_worker.domain.money import format_minor
 from billing_worker.domain.transactions import Transition, path
+
+_IDS = UUID("6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11")  # namespace of derived ids
+
+
+def derived_id(scope: str, user_id: str, idempotency_key: str) -> UUID:
+    """The same command always names the same transaction (and provider idempotency key).
+
+    The user is part of it, as of the command's idempotency scope: two users' equal keys
+    name two different rows (and two different payments at the provider).
+    """
+    return uuid5(_IDS, json.dumps([scope, user_id, idempotency_key]))
+
 
 BALANCE = "balance"  # the `provider` of money moved on the virtual account itself
 

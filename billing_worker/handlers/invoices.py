@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import uuid
@@ -30,11 +29,12 @@ from billing_worker.domain.errors import (
 )
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.invoices import PricedItem, issue, price, transition
-from billing_worker.domain.ledger import Transaction
+from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.money import format_minor, to_wire
+from billing_worker.domain.paging import decode_cursor, encode_cursor
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
-from billing_worker.handlers.wallet import decode_cursor, derived_id, refusal
+from billing_worker.handlers.wallet import refusal
 from billing_worker.ports import UnitOfWork
 
 
@@ -166,9 +166,7 @@ async def _find(uow: UnitOfWork, invoice_id: uuid.UUID, user_id: str) -> Invoice
 
 
 def _cursor(row: InvoiceRow) -> str:
-    """The format `handlers.wallet.decode_cursor` reads: (created_at, id) of the last row."""
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(row.created_at, row.id)
 
 
 def _lines(row: InvoiceRow) -> list[InvoiceLineOut]:

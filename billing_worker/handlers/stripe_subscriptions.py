@@ -33,13 +33,13 @@ from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import utc_now
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.domain.ledger import Transaction
+from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.subscriptions import LIVE, can_move
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.payments import ensure_customer
 from billing_worker.handlers.periods import end_subscription, insert
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
-from billing_worker.handlers.wallet import derived_id, ensure_customer
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers import stripe as stripe_provider
 from billing_worker.providers.base import (

@@ -20,6 +20,7 @@ from billing_worker.domain.events import ProviderEvent
 from billing_worker.domain.ledger import Transaction
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.payments import record_payment, saved_method_of
 from billing_worker.handlers.periods import (
     charge_failed,
     end_subscription,
@@ -28,7 +29,6 @@ from billing_worker.handlers.periods import (
     period_charge,
 )
 from billing_worker.handlers.subscription_views import subscription_out
-from billing_worker.handlers.wallet import record_payment, saved_method_of
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers import yookassa as yookassa_provider
 from billing_worker.providers.base import (

@@ -113,7 +113,7 @@ class PaymentGateway(Protocol):
     name: str
     needs_customer: bool  # create_customer must run once per user before payments
     # The provider charges a saved method id as given, whoever names it: the worker takes
-    # one only if it saved it for this user (handlers/wallet.py, `saved_method_of`).
+    # one only if it saved it for this user (handlers/payments.py, `saved_method_of`).
     trusts_method_ids: bool
     # `fetch_payment` tells a payment's outcome: the reconciler re-reads stuck ones.
     rereadable: bool
