@@ -18,16 +18,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from billing_worker.db import wallet_sql as sql
-from billing_worker.domain.ledger import Transaction
+from billing_worker.domain.ledger import BalanceChange, Transaction
 from billing_worker.domain.transactions import Transition
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceChange:
-    account_id: UUID
-    balance_minor: int
-    crossed_below: bool  # the balance just fell under the low-balance threshold
-    threshold_minor: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,16 @@ PAYMENT_STEPS: Mapping[str, tuple[Status, ...]] = MappingProxyType(
 
 
 @dataclass(frozen=True, slots=True)
+class BalanceChange:
+    """An account's balance after a credit or debit moved it (`Wallet.move_balance`)."""
+
+    account_id: UUID
+    balance_minor: int
+    crossed_below: bool  # the balance just fell under the low-balance threshold
+    threshold_minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class Transaction:
     """A new transaction and the trail of its status; the fields are the row's columns."""
 

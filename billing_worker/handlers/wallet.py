@@ -19,12 +19,13 @@ from billing_contracts.wallet import (
     WithdrawResult,
 )
 from billing_worker.db.intents import Intent
-from billing_worker.db.wallet import BalanceChange, TransactionRow
+from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import (
     InsufficientFunds,
     InvalidState,
 )
 from billing_worker.domain.ledger import (
+    BalanceChange,
     Transaction,
     derived_id,
     insufficient_funds,

@@ -17,8 +17,8 @@ from billing_worker.db.columns import (
     TRANSACTION_PROVIDERS,
     TRANSACTION_STATUSES,
 )
-from billing_worker.db.wallet import BalanceChange, TransactionRow, transaction_row
-from billing_worker.domain.ledger import Transaction
+from billing_worker.db.wallet import TransactionRow, transaction_row
+from billing_worker.domain.ledger import BalanceChange, Transaction
 from billing_worker.domain.transactions import Transition
 from support.fake_state import (
     CUSTOMER_PROVIDERS,
