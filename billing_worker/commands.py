@@ -15,8 +15,8 @@ from billing_worker.db import retention
 from billing_worker.db.intents import Intent
 from billing_worker.db.uow import UnitOfWork
 from billing_worker.domain.errors import BillingError, IdempotencyConflict
+from billing_worker.domain.ledger import derived_id
 from billing_worker.handlers.deps import Deps
-from billing_worker.handlers.wallet import derived_id
 from billing_worker.replies import (
     Reply,
     command_scope,

@@ -17,8 +17,9 @@ from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
-from billing_worker.db.wallet import BalanceChange, TransactionRow
+from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.events import DomainEvent
+from billing_worker.domain.ledger import BalanceChange, Transaction
 from billing_worker.domain.transactions import Transition
 from billing_worker.providers.base import Notification
 
@@ -41,6 +42,7 @@ class Wallet(Protocol):
     async def add_transaction(
         self, row: TransactionRow, trail: list[Transition], meta: str = "{}"
     ) -> None: ...
+    async def record(self, transaction: Transaction, meta: str = "{}") -> TransactionRow: ...
     async def move_transaction(
         self,
         transaction_id: UUID,

@@ -93,7 +93,7 @@ class Derived:
     """Where a command's first run left a row whose id derives from its key."""
 
     table: str
-    id_scope: str  # the first argument of handlers.wallet.derived_id
+    id_scope: str  # the first argument of domain.ledger.derived_id
     detail: str  # the name of the id in the refusal's details
 
 

@@ -18,15 +18,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from billing_worker.db import wallet_sql as sql
+from billing_worker.domain.ledger import BalanceChange, Transaction
 from billing_worker.domain.transactions import Transition
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceChange:
-    account_id: UUID
-    balance_minor: int
-    crossed_below: bool  # the balance just fell under the low-balance threshold
-    threshold_minor: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +50,11 @@ def _row(record: Any) -> TransactionRow:
     if isinstance(values["provider_confirmation"], str):  # jsonb arrives as text
         values["provider_confirmation"] = json.loads(values["provider_confirmation"])
     return TransactionRow(**values)
+
+
+def transaction_row(transaction: Transaction) -> TransactionRow:
+    """The row of a new transaction: its columns are the entity's fields, but the trail."""
+    return TransactionRow(**{name: getattr(transaction, name) for name in TransactionRow.__slots__})
 
 
 def _change(record: Any, account_id: UUID, threshold_minor: int) -> BalanceChange:
@@ -152,6 +150,12 @@ class SqlWallet:
             )  # fmt: skip
         for step in trail:
             self._observe(row.kind, step)
+
+    async def record(self, transaction: Transaction, meta: str = "{}") -> TransactionRow:
+        """Insert a new transaction with its trail (`add_transaction`); its row."""
+        row = transaction_row(transaction)
+        await self.add_transaction(row, list(transaction.trail), meta)
+        return row
 
     async def flush_deferred(self) -> None:
         """Insert every deferred transaction and its audit trail in one statement."""

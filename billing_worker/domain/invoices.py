@@ -9,41 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Protocol
 
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_contracts.money import MAX_MINOR_UNITS, Money
-from billing_worker.domain.errors import CurrencyMismatch, InvalidInput, InvalidState
+from billing_worker.domain.errors import CurrencyMismatch, InvalidInput
+from billing_worker.domain.states import StateMachine
 
-ALLOWED: Mapping[Status, frozenset[Status]] = MappingProxyType(
+MACHINE = StateMachine[Status](
+    "invoice",
     {
         Status.DRAFT: frozenset({Status.OPEN}),
         Status.OPEN: frozenset({Status.PAID, Status.VOID, Status.UNCOLLECTIBLE}),
         Status.PAID: frozenset(),
         Status.VOID: frozenset(),
         Status.UNCOLLECTIBLE: frozenset(),
-    }
+    },
 )
-
-TERMINAL = frozenset(status for status, targets in ALLOWED.items() if not targets)
+ALLOWED: Mapping[Status, frozenset[Status]] = MACHINE.allowed
+TERMINAL = MACHINE.terminal
 
 NUMBER_SEQUENCE = "invoice"  # the `number_sequences.name` of invoice numbers
 
 
-def can_move(source: Status, target: Status) -> bool:
-    return target in ALLOWED[source]
+can_move = MACHINE.can_move
 
 
 def transition(source: Status, target: Status) -> Status:
     """Check one move and return the new status; raise `InvalidState` when refused."""
-    if not can_move(source, target):
-        raise InvalidState(
-            f"a {source.value} invoice cannot become {target.value}",
-            status=source.value,
-            requested=target.value,
-        )
-    return target
+    return MACHINE.check(source, target)
 
 
 def issue() -> Status:

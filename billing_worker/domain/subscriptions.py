@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from types import MappingProxyType
 
 from billing_contracts.subscriptions import SubscriptionStatus as S
-from billing_worker.domain.errors import InvalidState
+from billing_worker.domain.states import StateMachine
 
-ALLOWED: Mapping[S, frozenset[S]] = MappingProxyType(
+MACHINE = StateMachine[S](
+    "subscription",
     {
         S.INCOMPLETE: frozenset({S.ACTIVE, S.TRIALING, S.INCOMPLETE_EXPIRED}),
         S.TRIALING: frozenset({S.ACTIVE, S.PAST_DUE, S.CANCELED}),
@@ -17,19 +17,19 @@ ALLOWED: Mapping[S, frozenset[S]] = MappingProxyType(
         S.PAST_DUE: frozenset({S.ACTIVE, S.CANCELED}),
         S.INCOMPLETE_EXPIRED: frozenset(),
         S.CANCELED: frozenset(),
-    }
+    },
 )
+ALLOWED: Mapping[S, frozenset[S]] = MACHINE.allowed
+TERMINAL = MACHINE.terminal
 LIVE = frozenset({S.INCOMPLETE, S.TRIALING, S.ACTIVE, S.PAST_DUE})
+
+
+can_move = MACHINE.can_move
 
 
 def check_move(source: S, target: S) -> None:
     """Raise `InvalidState` unless the machine allows `source -> target`."""
-    if target not in ALLOWED[source]:
-        raise InvalidState(
-            f"a {source.value} subscription cannot become {target.value}",
-            status=source.value,
-            requested=target.value,
-        )
+    MACHINE.check(source, target)
 
 
 def ending_status(source: S) -> S:

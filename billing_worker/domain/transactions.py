@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.domain.errors import InvalidState
+from billing_worker.domain.states import StateMachine
 
-ALLOWED: Mapping[Status, frozenset[Status]] = MappingProxyType(
+MACHINE = StateMachine[Status](
+    "transaction",
     {
         Status.CREATED: frozenset({Status.PROCESSING, Status.FAILED}),
         Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED}),
@@ -21,10 +22,10 @@ ALLOWED: Mapping[Status, frozenset[Status]] = MappingProxyType(
         Status.FAILED: frozenset(),
         Status.CANCELED: frozenset(),
         Status.REFUNDED: frozenset(),
-    }
+    },
 )
-
-TERMINAL = frozenset(status for status, targets in ALLOWED.items() if not targets)
+ALLOWED: Mapping[Status, frozenset[Status]] = MACHINE.allowed
+TERMINAL = MACHINE.terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +37,12 @@ class Transition:
     reason: str | None = None
 
 
-def can_move(source: Status, target: Status) -> bool:
-    return target in ALLOWED[source]
+can_move = MACHINE.can_move
 
 
 def transition(source: Status, target: Status, reason: str | None = None) -> Transition:
     """Check one move; raise `InvalidState` when the state machine refuses it."""
-    if not can_move(source, target):
-        raise InvalidState(
-            f"a {source.value} transaction cannot become {target.value}",
-            status=source.value,
-            requested=target.value,
-        )
-    return Transition(source, target, reason)
+    return Transition(source, MACHINE.check(source, target), reason)
 
 
 def path(*statuses: Status, reason: str | None = None) -> list[Transition]:

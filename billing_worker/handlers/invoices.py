@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import uuid
@@ -21,24 +20,21 @@ from billing_contracts.invoices import (
 )
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_contracts.orders import OrderCreated
-from billing_contracts.wallet import TransactionKind
-from billing_contracts.wallet import TransactionStatus as TxStatus
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
-from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import (
     BillingError,
-    InsufficientFunds,
     InvalidState,
     NotFound,
     Unprocessable,
 )
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.invoices import PricedItem, issue, price, transition
+from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.money import format_minor, to_wire
-from billing_worker.domain.transactions import path
+from billing_worker.domain.paging import decode_cursor, encode_cursor
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
-from billing_worker.handlers.wallet import decode_cursor, derived_id
+from billing_worker.handlers.wallet import refusal
 from billing_worker.ports import UnitOfWork
 
 
@@ -132,36 +128,15 @@ async def _charge(invoice: InvoiceRow, idempotency_key: str, uow: UnitOfWork, de
         invoice.user_id, currency, -amount, deps.low_balance_minor(currency)
     )
     if change is None:  # raising rolls the whole transaction back: the invoice stays open
-        balances = dict(await uow.wallet.balances(invoice.user_id, currency))
-        balance = format_minor(balances.get(currency, 0), currency)
-        raise InsufficientFunds(
-            f"the {currency} balance {balance} is less than the invoice total "
-            f"{format_minor(amount, currency)}",
-            balance={"amount": balance, "currency": currency},
-            invoice_id=str(invoice.id),
-        )
-    now = uow.clock()
-    row = TransactionRow(
-        id=derived_id("invoice.pay", invoice.user_id, idempotency_key),
-        user_id=invoice.user_id,
-        account_id=change.account_id,
-        kind=TransactionKind.INVOICE_PAYMENT,
-        status=TxStatus.COMPLETED,
-        amount_minor=amount,
-        currency=currency,
-        provider="balance",
-        provider_ref=None,
-        created_at=now,
-        completed_at=now,
-        description=f"invoice {invoice.number}",
-        reference=invoice.number,
-        invoice_id=invoice.id,
-    )
-    trail = path(
-        TxStatus.CREATED, TxStatus.PROCESSING, TxStatus.COMPLETED, reason="invoice payment"
-    )
+        total = f"the invoice total {format_minor(amount, currency)}"
+        raise await refusal(uow, invoice.user_id, currency, total, invoice_id=str(invoice.id))
+    payment = Transaction.invoice_payment(
+        derived_id("invoice.pay", invoice.user_id, idempotency_key), invoice.user_id,
+        change.account_id, amount, currency, uow.clock(), invoice_id=invoice.id,
+        number=invoice.number,
+    )  # fmt: skip
     meta = json.dumps({"invoice_id": str(invoice.id), "invoice_number": invoice.number})
-    await uow.wallet.add_transaction(row, trail, meta)
+    row = await uow.wallet.record(payment, meta)
     uow.emit(views.payment_succeeded(row))
     if change.crossed_below:
         uow.emit(views.balance_low(invoice.user_id, currency, change))
@@ -191,9 +166,7 @@ async def _find(uow: UnitOfWork, invoice_id: uuid.UUID, user_id: str) -> Invoice
 
 
 def _cursor(row: InvoiceRow) -> str:
-    """The format `handlers.wallet.decode_cursor` reads: (created_at, id) of the last row."""
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(row.created_at, row.id)
 
 
 def _lines(row: InvoiceRow) -> list[InvoiceLineOut]:

@@ -18,14 +18,11 @@ from billing_contracts.events import (
     SUBSCRIPTION_RENEWED,
 )
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
-from billing_contracts.wallet import TransactionKind
-from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
-from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.calendar import period_boundary
 from billing_worker.domain.errors import DuplicateKey, InvalidState, TransientError
+from billing_worker.domain.ledger import PeriodCharge, Transaction
 from billing_worker.domain.subscriptions import check_move, ending_status, next_attempt
-from billing_worker.domain.transactions import path
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.subscription_views import subscription_event
@@ -49,23 +46,16 @@ def charge_id(sub: SubscriptionRow, index: int, attempt: int = 0) -> uuid.UUID:
     return uuid.uuid5(_IDS, f"{sub.id}:{index}:{attempt}")
 
 
-def charge_row(sub: SubscriptionRow, now: datetime, **fields: object) -> TransactionRow:
-    base = TransactionRow(
+def period_charge(sub: SubscriptionRow) -> PeriodCharge:
+    """The charge of the subscription's next period, this attempt."""
+    return PeriodCharge(
         id=charge_id(sub, sub.paid_periods, sub.dunning_attempts),
         user_id=sub.user_id,
-        account_id=None,
-        kind=TransactionKind.SUBSCRIPTION_CHARGE,
-        status=Tx.COMPLETED,
+        subscription_id=sub.id,
         amount_minor=sub.plan.price_minor,
         currency=sub.plan.currency,
-        provider="balance",
-        provider_ref=None,
-        created_at=now,
-        completed_at=now,
         description=f"{sub.plan.name}: period {sub.paid_periods + 1}",
-        subscription_id=sub.id,
     )
-    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
 
 
 async def charge_from_balance(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> bool:
@@ -78,8 +68,9 @@ async def charge_from_balance(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps)
         )
         if change is None:
             return False
-        row = charge_row(sub, now, account_id=change.account_id)
-        await uow.wallet.add_transaction(row, path(Tx.CREATED, Tx.PROCESSING, Tx.COMPLETED))
+        row = await uow.wallet.record(
+            Transaction.period_paid(period_charge(sub), now, change.account_id)
+        )
         uow.emit(views.payment_succeeded(row))
         if change.crossed_below:
             uow.emit(views.balance_low(sub.user_id, currency, change))
@@ -131,11 +122,8 @@ async def charge_failed(
     """A renewal charge failed: dunning (past_due, retry later) or, at the end, cancel."""
     now = uow.clock()
     if record:  # the provider path already holds its own failed transaction
-        row = charge_row(
-            sub, now, status=Tx.FAILED, completed_at=None, failure_code=code,
-            failure_message=message,
-        )  # fmt: skip
-        await uow.wallet.add_transaction(row, path(Tx.CREATED, Tx.FAILED, reason=code))
+        declined = Transaction.period_declined(period_charge(sub), now, code=code, message=message)
+        row = await uow.wallet.record(declined)
         uow.emit(views.payment_failed(row))
     failures = sub.dunning_attempts + 1
     assert sub.current_period_end is not None

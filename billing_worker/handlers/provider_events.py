@@ -10,7 +10,6 @@ together they never exceed it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from enum import StrEnum
@@ -20,7 +19,8 @@ from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
-from billing_worker.domain.transactions import can_move, path, transition
+from billing_worker.domain.ledger import Transaction
+from billing_worker.domain.transactions import can_move, transition
 from billing_worker.handlers import stripe_subscriptions, views, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
@@ -152,19 +152,14 @@ async def _record_refund(
             f"past its amount ({refunded} of {payment.amount_minor} refunded already)"
         )
     now = uow.clock()
-    refund = dataclasses.replace(
-        payment, id=uuid.uuid5(_REFUND_IDS, f"{payment.provider}:{ref}"),
-        kind=TransactionKind.REFUND, status=Status.COMPLETED, amount_minor=amount,
-        provider_ref=ref, created_at=now, completed_at=now, failure_code=None,
-        failure_message=None, description=f"refund of {payment.id}", reference=None,
-        account_id=payment.account_id if payment.kind == TransactionKind.DEPOSIT else None,
-        refund_of=payment.id,
+    refund = Transaction.refund(
+        payment, uuid.uuid5(_REFUND_IDS, f"{payment.provider}:{ref}"), amount, ref, now,
+        reason=event.event_type,
         # What the provider says this refund is: its own amount, or the part of the
         # provider's running total that it records.
-        provider_confirmation={**(event.confirmation or {}), "amount_minor": amount},
+        confirmation={**(event.confirmation or {}), "amount_minor": amount},
     )  # fmt: skip
-    trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason=event.event_type)
-    await uow.wallet.add_transaction(refund, trail)
+    await uow.wallet.record(refund)
     if payment.kind == TransactionKind.DEPOSIT:
         await _take_back(payment, amount, uow, deps)
     if refunded + amount == payment.amount_minor:

@@ -27,21 +27,19 @@ from billing_contracts.subscriptions import (
     SubscriptionOut,
 )
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
-from billing_contracts.wallet import PaymentAction, TransactionKind
-from billing_contracts.wallet import TransactionStatus as Tx
+from billing_contracts.wallet import PaymentAction
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import utc_now
-from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.domain.subscriptions import ALLOWED, LIVE
-from billing_worker.domain.transactions import path
+from billing_worker.domain.ledger import Transaction, derived_id
+from billing_worker.domain.subscriptions import LIVE, can_move
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.payments import ensure_customer
 from billing_worker.handlers.periods import end_subscription, insert
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
-from billing_worker.handlers.wallet import derived_id, ensure_customer
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers import stripe as stripe_provider
 from billing_worker.providers.base import (
@@ -220,7 +218,7 @@ async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: De
     remote = fetched.remote
     old = Sub(sub.status)
     new = stripe(deps).subscription_status(remote.status) or old
-    if new is not old and new not in ALLOWED[old]:
+    if new is not old and not can_move(old, new):
         log.warning("Stripe says %s for a %s subscription %s: keeping ours", new, old, sub.id)
         new = old
     changes: dict[str, Any] = {
@@ -261,15 +259,10 @@ async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitO
     ref = event.provider_ref if paid else f"{event.provider_ref}:{event.event_id}"
     if await uow.wallet.transaction_by_ref(event.provider, str(ref)) is not None:
         return  # this invoice was recorded from another event that told of it
-    row = TransactionRow(
-        id=uuid.uuid5(_IDS, f"{event.provider}:{ref}"), user_id=sub.user_id, account_id=None,
-        kind=TransactionKind.SUBSCRIPTION_CHARGE, status=Tx.COMPLETED if paid else Tx.FAILED,
-        amount_minor=event.amount_minor, currency=event.currency or sub.plan.currency,
-        provider=event.provider, provider_ref=ref, created_at=now,
-        completed_at=now if paid else None,
-        failure_code=event.failure_code, subscription_id=sub.id,
-        provider_confirmation=event.confirmation if paid else None,
+    charge = Transaction.provider_invoice(
+        uuid.uuid5(_IDS, f"{event.provider}:{ref}"), sub.user_id, event.amount_minor,
+        event.currency or sub.plan.currency, event.provider, ref, now, paid=paid,
+        failure_code=event.failure_code, subscription_id=sub.id, confirmation=event.confirmation,
     )  # fmt: skip
-    trail = path(Tx.CREATED, Tx.PROCESSING, Tx.COMPLETED) if paid else path(Tx.CREATED, Tx.FAILED)
-    await uow.wallet.add_transaction(row, trail)
+    row = await uow.wallet.record(charge)
     uow.emit(views.payment_succeeded(row) if paid else views.payment_failed(row))

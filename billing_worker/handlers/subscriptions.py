@@ -21,6 +21,7 @@ from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.domain.calendar import trial_end
 from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
+from billing_worker.domain.ledger import derived_id
 from billing_worker.domain.subscriptions import LIVE
 from billing_worker.handlers import stripe_subscriptions, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
@@ -30,7 +31,6 @@ from billing_worker.handlers.subscription_views import (
     subscription_event,
     subscription_out,
 )
-from billing_worker.handlers.wallet import derived_id
 from billing_worker.ports import UnitOfWork
 
 

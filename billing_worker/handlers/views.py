@@ -6,8 +6,9 @@ from typing import Any
 
 from billing_contracts import events as ev
 from billing_contracts.wallet import TransactionOut
-from billing_worker.db.wallet import BalanceChange, TransactionRow
+from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.events import DomainEvent
+from billing_worker.domain.ledger import BalanceChange
 from billing_worker.domain.money import to_wire
 
 

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from billing_contracts.wallet import (
     AccountBalance,
@@ -20,69 +14,38 @@ from billing_contracts.wallet import (
     GetBalance,
     ListTransactions,
     PaymentAction,
-    TransactionKind,
     TransactionPage,
     Withdraw,
     WithdrawResult,
 )
-from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.intents import Intent
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import (
     InsufficientFunds,
-    InvalidInput,
     InvalidState,
-    NotFound,
-    ProviderError,
 )
-from billing_worker.domain.money import format_minor, to_wire
-from billing_worker.domain.transactions import path, transition
+from billing_worker.domain.ledger import (
+    BalanceChange,
+    Transaction,
+    derived_id,
+    insufficient_funds,
+)
+from billing_worker.domain.money import to_wire
+from billing_worker.domain.paging import decode_cursor, encode_cursor
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.payments import (
+    configured,
+    ensure_customer,
+    record_payment,
+    saved_method_of,
+)
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import (
-    PaymentGateway,
     PaymentRequest,
     PaymentResult,
     PaymentStatus,
-    UnknownProvider,
 )
-
-_IDS = uuid.UUID("6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11")  # namespace of derived ids
-
-
-def derived_id(scope: str, user_id: str, idempotency_key: str) -> uuid.UUID:
-    """The same command always names the same transaction (and provider idempotency key).
-
-    The user is part of it, as of the command's idempotency scope: two users' equal keys
-    name two different rows (and two different payments at the provider).
-    """
-    return uuid.uuid5(_IDS, json.dumps([scope, user_id, idempotency_key]))
-
-
-# Providers that charge a saved method id as given, whoever names it: the worker accepts
-# one only if it saved it for this user. (Stripe refuses a PaymentMethod attached to
-# another customer, and the worker always passes this user's; the sandbox takes test
-# values such as `pm_card_chargeDeclined` as outcome selectors.)
-TRUSTS_METHOD_IDS = frozenset({"yookassa"})
-
-
-async def saved_method_of(
-    uow: UnitOfWork, user_id: str, provider: str, method_ref: str
-) -> uuid.UUID | None:
-    """The user's own saved method, checked before the provider is asked to charge it.
-
-    Another user's method is refused exactly like one never saved (`not_found`), so the
-    reply does not tell whether the id exists."""
-    if provider not in TRUSTS_METHOD_IDS:
-        return None
-    method = await uow.users.payment_method_of(user_id, provider, method_ref)
-    if method is None:
-        raise NotFound(
-            f"no saved {provider} payment method {method_ref}", payment_method_id=method_ref
-        )
-    return method
-
 
 DEPOSIT = "deposit"  # the intent kind of a deposit
 
@@ -94,47 +57,30 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
     transaction; `finish_deposit` records its answer. A redelivered command finds the
     intent and calls again with the same idempotency key: one payment at the provider.
     """
-    try:
-        gateway = deps.gateways.get(command.provider)
-    except UnknownProvider as missing:
-        raise ProviderError(f"provider {missing} is not configured on this worker") from None
-    if command.payment_method_id:
+    gateway = configured(deps, command.provider)
+    if command.payment_method_id and gateway.trusts_method_ids:
         await saved_method_of(uow, command.user_id, gateway.name, command.payment_method_id)
     currency, amount = command.amount.currency, command.amount.minor
     transaction_id = derived_id("deposit", command.user_id, command.idempotency_key)
     await uow.users.ensure(command.user_id)
-    row = TransactionRow(
-        id=transaction_id,
-        user_id=command.user_id,
-        account_id=None,  # opened with the provider's answer (a refusal opens nothing)
-        kind=TransactionKind.DEPOSIT,
-        status=Status.CREATED,
-        amount_minor=amount,
-        currency=currency,
-        provider=gateway.name,
-        provider_ref=None,
-        created_at=uow.clock(),
-        completed_at=None,
+    await uow.wallet.record(
+        Transaction.deposit(
+            transaction_id, command.user_id, amount, currency, gateway.name, uow.clock()
+        )
     )
-    await uow.wallet.add_transaction(row, path(Status.CREATED, reason=f"{gateway.name} payment"))
     customer = (
         await uow.users.customer_ref(command.user_id, gateway.name)
         if gateway.needs_customer
         else None
     )
-    return Intent(
-        id=transaction_id,
-        kind=DEPOSIT,
-        provider=gateway.name,
-        user_id=command.user_id,
-        request={
-            "amount_minor": amount,
-            "currency": currency,
-            "payment_method_id": command.payment_method_id,
-            "return_url": command.return_url,
-        },
-        customer_ref=customer,
-    )
+    request = {
+        "amount_minor": amount,
+        "currency": currency,
+        "payment_method_id": command.payment_method_id,
+        "return_url": command.return_url,
+    }
+    return Intent(id=transaction_id, kind=DEPOSIT, provider=gateway.name,
+                  user_id=command.user_id, request=request, customer_ref=customer)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +91,9 @@ class Charged:
     new_customer: str | None = None
 
 
-def gateway_of(intent: Intent, deps: Deps) -> PaymentGateway:
-    try:
-        return deps.gateways.get(intent.provider)
-    except UnknownProvider as missing:
-        raise ProviderError(f"provider {missing} is not configured on this worker") from None
-
-
 async def call_deposit(intent: Intent, deps: Deps) -> Charged:
     """Phase two: the provider call, holding no database connection."""
-    gateway = gateway_of(intent, deps)
+    gateway = configured(deps, intent.provider)
     customer, created = await ensure_customer(gateway, intent)
     request = intent.request
     result = await gateway.create_payment(
@@ -198,56 +137,6 @@ async def undo_deposit(intent: Intent, uow: UnitOfWork) -> None:
     await uow.wallet.discard_created(intent.id)
 
 
-async def record_payment(
-    transaction_id: uuid.UUID,
-    result: PaymentResult,
-    uow: UnitOfWork,
-    *,
-    account_id: uuid.UUID | None = None,
-    reason: str,
-) -> TransactionRow:
-    """Move a `created` payment as the provider answered: to processing (pending), on to
-    completed with the provider's confirmation (succeeded), or to failed."""
-    now = uow.clock()
-    row = await uow.wallet.start_payment(transaction_id, result.provider_ref, account_id, now)
-    if row is None:  # the intent was ours (taken under its lock): a broken invariant
-        raise InvalidState("the payment is no longer waiting for the provider",
-                           transaction_id=str(transaction_id))  # fmt: skip
-    steps: list[tuple[Status, dict[str, Any] | None]]
-    if result.status is PaymentStatus.FAILED:
-        steps = [(Status.FAILED, None)]
-    else:
-        steps = [(Status.PROCESSING, None)]
-        if result.status is PaymentStatus.SUCCEEDED:
-            steps.append((Status.COMPLETED, dict(result.confirmation or {})))
-    for target, confirmation in steps:
-        step = transition(Status(row.status), target, reason=reason)
-        moved = await uow.wallet.move_transaction(
-            row.id, step, now, failure_code=result.failure_code,
-            failure_message=result.failure_message, confirmation=confirmation,
-        )  # fmt: skip
-        if moved is None:
-            raise InvalidState("the payment changed under its lock", transaction_id=str(row.id))
-        row = moved
-    return row
-
-
-def customer_key(user_id: str) -> str:
-    # The key makes concurrent first payments of one user share one provider customer.
-    return "customer-" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
-
-
-async def ensure_customer(gateway: PaymentGateway, intent: Intent) -> tuple[str | None, str | None]:
-    """(the customer to pay for, the one created now) — created once per user, with an
-    idempotency key of the user's, when the gateway needs one and none is stored yet."""
-    if not gateway.needs_customer:
-        return None, None
-    if intent.customer_ref:
-        return intent.customer_ref, None
-    created = await gateway.create_customer(intent.user_id, None, customer_key(intent.user_id))
-    return created, created
-
-
 async def credit_deposit(row: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:
     """Put a completed deposit on the balance and announce it."""
     change = await uow.wallet.move_balance(
@@ -275,57 +164,45 @@ async def withdraw_many(
     """
     if not commands:
         return []
-    changes = await uow.wallet.debit_many(
-        [
-            (
-                c.user_id,
-                c.amount.currency,
-                c.amount.minor,
-                deps.low_balance_minor(c.amount.currency),
-            )
-            for c in commands
-        ]
-    )
+    debits = [(c.user_id, c.amount.currency, c.amount.minor,
+               deps.low_balance_minor(c.amount.currency)) for c in commands]  # fmt: skip
+    changes = await uow.wallet.debit_many(debits)
     now = uow.clock()
     outcomes: list[WithdrawResult | InsufficientFunds] = []
     for command, change in zip(commands, changes, strict=True):
         if change is None:
-            outcomes.append(await _insufficient(command, uow))
-            continue
-        currency = command.amount.currency
-        row = TransactionRow(
-            id=derived_id("withdraw", command.user_id, command.idempotency_key),
-            user_id=command.user_id,
-            account_id=change.account_id,
-            kind=TransactionKind.WITHDRAWAL,
-            status=Status.COMPLETED,
-            amount_minor=command.amount.minor,
-            currency=currency,
-            provider="balance",
-            provider_ref=None,
-            created_at=now,
-            completed_at=now,
-            description=command.description,
-            reference=command.reference,
-        )
-        trail = path(Status.CREATED, Status.PROCESSING, Status.COMPLETED, reason="withdrawal")
-        await uow.wallet.add_transaction(row, trail)
-        uow.emit(views.withdrawal_completed(row, change))
-        if change.crossed_below:
-            uow.emit(views.balance_low(command.user_id, currency, change))
-        balance = to_wire(change.balance_minor, currency)
-        outcomes.append(WithdrawResult(transaction=views.transaction_out(row), balance=balance))
+            currency, wanted = command.amount.currency, command.amount.amount
+            outcomes.append(await refusal(uow, command.user_id, currency, wanted))
+        else:
+            outcomes.append(await _withdrawn(command, change, now, uow))
     return outcomes
 
 
-async def _insufficient(command: Withdraw, uow: UnitOfWork) -> InsufficientFunds:
+async def _withdrawn(
+    command: Withdraw, change: BalanceChange, now: datetime, uow: UnitOfWork
+) -> WithdrawResult:
+    """A debited withdrawal: its transaction, its events, the reply."""
     currency = command.amount.currency
-    balances = dict(await uow.wallet.balances(command.user_id, currency))
-    balance = format_minor(balances.get(currency, 0), currency)
-    return InsufficientFunds(
-        f"the {currency} balance {balance} is less than {command.amount.amount}",
-        balance={"amount": balance, "currency": currency},
-    )
+    row = await uow.wallet.record(
+        Transaction.withdrawal(
+            derived_id("withdraw", command.user_id, command.idempotency_key),
+            command.user_id, change.account_id, command.amount.minor, currency, now,
+            description=command.description, reference=command.reference,
+        )
+    )  # fmt: skip
+    uow.emit(views.withdrawal_completed(row, change))
+    if change.crossed_below:
+        uow.emit(views.balance_low(command.user_id, currency, change))
+    balance = to_wire(change.balance_minor, currency)
+    return WithdrawResult(transaction=views.transaction_out(row), balance=balance)
+
+
+async def refusal(
+    uow: UnitOfWork, user_id: str, currency: str, wanted: str, **details: object
+) -> InsufficientFunds:
+    """`insufficient_funds` for a debit of `wanted` the user's balance does not cover."""
+    balances = dict(await uow.wallet.balances(user_id, currency))
+    return insufficient_funds(currency, balances.get(currency, 0), wanted, **details)
 
 
 async def get_balance(query: GetBalance, uow: UnitOfWork, deps: Deps) -> BalanceResult:
@@ -347,22 +224,5 @@ async def list_transactions(
     page, more = rows[: query.limit], len(rows) > query.limit
     return TransactionPage(
         items=[views.transaction_out(row) for row in page],
-        next_cursor=encode_cursor(page[-1]) if more else None,
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
     )
-
-
-def encode_cursor(row: TransactionRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, _, ident = raw.partition("|")
-        at = datetime.fromisoformat(moment)
-        if at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return at, uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this service returned", cursor=cursor) from None

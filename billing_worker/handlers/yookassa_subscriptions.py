@@ -17,18 +17,18 @@ from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidState, ProviderError
 from billing_worker.domain.events import ProviderEvent
-from billing_worker.domain.transactions import path
+from billing_worker.domain.ledger import Transaction
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.payments import record_payment, saved_method_of
 from billing_worker.handlers.periods import (
     charge_failed,
-    charge_row,
     end_subscription,
     insert,
     mark_period_paid,
+    period_charge,
 )
 from billing_worker.handlers.subscription_views import subscription_out
-from billing_worker.handlers.wallet import record_payment, saved_method_of
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers import yookassa as yookassa_provider
 from billing_worker.providers.base import (
@@ -98,8 +98,7 @@ async def _begin_charge(
     """The period's charge, `created`: while it exists the scheduler leaves the
     subscription alone, and its id (per subscription, period and attempt) is the
     provider's idempotency key, so the period is charged at most once."""
-    row = charge_row(sub, uow.clock(), provider=NAME, status=Tx.CREATED, completed_at=None)
-    await uow.wallet.add_transaction(row, path(Tx.CREATED, reason="yookassa payment"))
+    row = await uow.wallet.record(Transaction.period_payment(period_charge(sub), uow.clock(), NAME))
     return Intent(
         id=row.id, kind=kind, provider=NAME, user_id=sub.user_id, subscription_id=sub.id,
         request={

@@ -72,7 +72,7 @@ class Reconciler(Periodic):
         return settled
 
     async def _processing(self) -> int:
-        providers = [name for name in self.gateways.names if name != "sandbox"]
+        providers = [name for name in self.gateways.names if self.gateways.get(name).rereadable]
         async with driver_connection(self.engine) as db:
             claimed = await claim_processing(db, providers, self.after_seconds, self.batch)
         settled = 0

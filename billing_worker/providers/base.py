@@ -112,6 +112,11 @@ class PaymentGateway(Protocol):
 
     name: str
     needs_customer: bool  # create_customer must run once per user before payments
+    # The provider charges a saved method id as given, whoever names it: the worker takes
+    # one only if it saved it for this user (handlers/payments.py, `saved_method_of`).
+    trusts_method_ids: bool
+    # `fetch_payment` tells a payment's outcome: the reconciler re-reads stuck ones.
+    rereadable: bool
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         """Create (idempotently) the provider's customer for one billing user; its id."""

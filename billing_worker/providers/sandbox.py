@@ -47,6 +47,8 @@ SECRET_NAME = "sandbox-callbacks"  # noqa: S105 - the name of its row in service
 class SandboxGateway:
     name = NAME
     needs_customer = False
+    trusts_method_ids = False  # test values such as `pm_card_chargeDeclined` select outcomes
+    rereadable = False  # it keeps no state: the outcome always arrives as its event
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key  # set at start-up from the database (see use_key)

@@ -10,6 +10,7 @@ import asyncpg
 
 from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.ledger import Transaction
 from billing_worker.domain.transactions import Transition
 from support.contract import Repo, as_json
 
@@ -104,6 +105,22 @@ async def test_a_transaction_id_and_a_provider_reference_are_taken_once(repo: Re
     async with repo.refused(asyncpg.CheckViolationError):  # no empty transactions
         await wallet.add_transaction(a_row(user, None, amount_minor=0), CREATED)
     assert await wallet.transactions_page(user, None, 10, None) == [row]
+
+
+async def test_a_recorded_transaction_is_its_row_and_is_stored_as_it(repo: Repo) -> None:
+    wallet, user = repo.uow.wallet, new_user()
+    account = await wallet.open_account(user, "USD")
+    withdrawal = Transaction.withdrawal(
+        uuid.uuid4(), user, account, 300, "USD", T0, description="d", reference="r"
+    )
+    row = await wallet.record(withdrawal)
+    assert row == a_row(
+        user, account, id=withdrawal.id, kind="withdrawal", status="completed",
+        amount_minor=300, provider="balance", completed_at=T0, description="d", reference="r",
+    )  # fmt: skip
+    assert await wallet.transactions_page(user, None, 10, None) == [row]
+    async with repo.refused(asyncpg.UniqueViolationError):
+        await wallet.record(withdrawal)
 
 
 async def test_a_payment_starts_once_and_moves_only_from_its_current_status(repo: Repo) -> None:

@@ -17,7 +17,8 @@ from billing_worker.db.columns import (
     TRANSACTION_PROVIDERS,
     TRANSACTION_STATUSES,
 )
-from billing_worker.db.wallet import BalanceChange, TransactionRow
+from billing_worker.db.wallet import TransactionRow, transaction_row
+from billing_worker.domain.ledger import BalanceChange, Transaction
 from billing_worker.domain.transactions import Transition
 from support.fake_state import (
     CUSTOMER_PROVIDERS,
@@ -87,6 +88,11 @@ class FakeWallet:
         state.transactions[row.id] = row
         state.trails[row.id] = list(trail)
         state.metadata[row.id] = meta
+
+    async def record(self, transaction: Transaction, meta: str = "{}") -> TransactionRow:
+        row = transaction_row(transaction)  # the SQL repository's own mapping
+        await self.add_transaction(row, list(transaction.trail), meta)
+        return row
 
     async def move_transaction(
         self,

@@ -31,9 +31,11 @@ class ScriptedGateway:
     run without it); phase two's answer is given to `finish_*` by the test itself."""
 
     needs_customer = False
+    rereadable = False
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, trusts_method_ids: bool = False) -> None:
         self.name = name
+        self.trusts_method_ids = trusts_method_ids
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         raise AssertionError("handlers do not call the provider")
@@ -55,7 +57,10 @@ class ScriptedGateway:
 
 
 def make_deps(threshold: str = "10") -> Deps:
-    gateways = {name: ScriptedGateway(name) for name in ("sandbox", "yookassa")}
+    gateways = {
+        "sandbox": ScriptedGateway("sandbox"),
+        "yookassa": ScriptedGateway("yookassa", trusts_method_ids=True),
+    }
     return Deps(
         gateways=Gateways(gateways, default="sandbox"), low_balance_threshold=Decimal(threshold)
     )

@@ -28,7 +28,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from billing_worker.db.idempotency import user_scope
-from billing_worker.handlers.wallet import derived_id
+from billing_worker.domain.ledger import derived_id
 from billing_worker.ops.audit import audit
 from support.load import LoadClient, is_final
 

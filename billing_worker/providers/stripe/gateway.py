@@ -31,6 +31,10 @@ from billing_worker.providers.stripe import NAME, payments, subscriptions, webho
 class StripeGateway:
     name = NAME
     needs_customer = True
+    # Stripe refuses a PaymentMethod attached to another customer, and the worker always
+    # passes this user's customer.
+    trusts_method_ids = False
+    rereadable = True
 
     def __init__(
         self,

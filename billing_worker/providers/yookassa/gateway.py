@@ -65,6 +65,8 @@ class _TimedApiClient(ApiClient):  # type: ignore[misc]
 class YooKassaGateway:
     name = NAME
     needs_customer = False  # YooKassa has no customer object; saved methods are per payment
+    trusts_method_ids = True  # it charges any saved method id of the shop
+    rereadable = True
 
     def __init__(
         self, account_id: str, secret_key: str, *, api_url: str | None = None, timeout: float = 20.0
