@@ -85,7 +85,12 @@ def payment_event(
         **extra,
     }
     return ProviderEvent(
-        "sandbox", event_id or key(), outcome, row.provider_ref, f"payment.{outcome}", **fields
+        row.provider or "sandbox",
+        event_id or key(),
+        outcome,
+        row.provider_ref,
+        f"payment.{outcome}",
+        **fields,
     )
 
 
