@@ -98,6 +98,8 @@ async def apply_provider_event(
         await uow.users.save_payment_method(moved.user_id, event.provider, event.saved_method_ref)
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
         await credit_deposit(moved, uow, deps)
+    elif target is Status.COMPLETED:  # a subscription charge paid through its redirect
+        uow.emit(views.payment_succeeded(moved))
     elif target in (Status.FAILED, Status.CANCELED):
         uow.emit(views.payment_failed(moved))
     if moved.kind == TransactionKind.SUBSCRIPTION_CHARGE:

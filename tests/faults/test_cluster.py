@@ -459,7 +459,13 @@ async def test_quorum_queues_dead_letter_what_is_never_acknowledged(
         while deliveries <= limit + 2:  # a worker that dies on it, again and again
             channel = await connection.channel()
             queue = await channel.get_queue(work, ensure=False)
-            message = await queue.get(fail=False, no_ack=False)
+            # The return of the last delivery (its channel closed) reaches the queue's
+            # leader a moment later: an empty get right away is not yet the dead-lettering.
+            message, patience = None, time.monotonic() + 5
+            while message is None and time.monotonic() < patience:
+                message = await queue.get(fail=False, no_ack=False)
+                if message is None:
+                    await asyncio.sleep(0.1)
             if message is None:
                 break
             assert message.body == body

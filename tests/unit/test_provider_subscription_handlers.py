@@ -192,9 +192,11 @@ async def test_a_redirected_first_payment_is_settled_by_its_callback(
     sub = sub_of(db, intent)
     announced = [e.type for e in db.events if e.type.startswith("subscription.")]
     assert (sub.status, announced) == (status, events)
-    # A declined charge is announced; whether a settled one is, is not asserted here: the
-    # callback path emits no payment.success for a subscription charge today.
-    assert len(db.events_of(ev.PAYMENT_FAILED)) == (outcome is PaymentOutcome.FAILED)
+    # Settled by its callback, the charge is announced as a charge paid directly is:
+    # payment.success (or payment.failed) before anything said of the subscription.
+    payment = ev.PAYMENT_FAILED if outcome is PaymentOutcome.FAILED else ev.PAYMENT_SUCCESS
+    assert [e.type for e in db.events if e.type.startswith("payment.")] == [payment]
+    assert db.events[0].type == payment
     assert sub.paid_periods == (1 if status == "active" else 0)
     if status == "active":
         async with db.transaction() as uow:
