@@ -96,6 +96,9 @@ class SandboxGateway:
     def parse_event(self, body: bytes) -> ProviderEvent:
         try:
             event = json.loads(body)
+            # A lone surrogate ("\ud800") is no text PostgreSQL can store: refused here, as
+            # the contract models' JSON parser refuses it (UnicodeEncodeError: a ValueError).
+            json.dumps(event, ensure_ascii=False).encode()
             event_type = str(event["type"])
             data = event["data"]
             outcome = _OUTCOMES.get(event_type)

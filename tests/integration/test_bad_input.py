@@ -175,3 +175,21 @@ async def test_a_parser_that_crashes_refuses_the_message_instead_of_leaving_it_u
         assert reply["ok"] is True
     finally:
         await bus.close()
+
+
+async def test_a_signed_callback_naming_a_lone_surrogate_is_dead_lettered_as_invalid(
+    bus: Bus, worker: Worker
+) -> None:
+    """JSON may spell a lone surrogate ("\\ud800"); no PostgreSQL text holds one, so the
+    sandbox's parser refuses it as the contract models' parser does (found by fuzzing)."""
+    body = (
+        b'{"id": "\\ud800", "type": "payment.succeeded", "data": {"payment_id": "sbx_pi_x", '
+        b'"amount_minor": 100, "currency": "USD"}}'
+    )
+    sandbox = worker.service.deps.gateways.get("sandbox")
+    assert isinstance(sandbox, SandboxGateway)
+
+    correlation_id = await bus.send("billing.provider-events", body, headers=signed(sandbox, body))
+
+    dead = await bus.dead_letter(correlation_id)
+    assert str(dead.headers["x-billing-reason"]).startswith("invalid_message: "), dead.headers
