@@ -34,7 +34,14 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 PROVIDERS = ("stripe", "yookassa", "sandbox")
-TRANSACTION_KINDS = ("deposit", "withdrawal", "subscription_charge", "invoice_payment", "refund")
+TRANSACTION_KINDS = (
+    "deposit",
+    "withdrawal",
+    "subscription_charge",
+    "invoice_payment",
+    "refund",
+    "credit",
+)
 TRANSACTION_STATUSES = ("created", "processing", "completed", "failed", "canceled", "refunded")
 TRANSACTION_PROVIDERS = (*PROVIDERS, "balance")
 
