@@ -77,6 +77,12 @@ class SandboxGateway:
         # The sandbox keeps no state: the outcome always arrives as its event.
         return PaymentResult(provider_ref, PaymentStatus.PENDING)
 
+    async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
+        # No state to consult: a pending sandbox payment is canceled (its callback, if it
+        # comes after, finds the deposit canceled and is stale).
+        confirmation = {"object": "sandbox_payment", "id": provider_ref, "status": "canceled"}
+        return PaymentResult(provider_ref, PaymentStatus.CANCELED, confirmation=confirmation)
+
     def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
         given = signature_header(
             headers,
