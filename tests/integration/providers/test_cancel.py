@@ -1,0 +1,259 @@
+"""Canceling pending deposits (`billing.wallet.deposit.cancel`) and their expiry by the
+reconciler, through the real SDKs against the HTTP fakes of Stripe and YooKassa, the
+sandbox, PostgreSQL and RabbitMQ.
+
+A deposit the customer never finished is canceled at the provider and `canceled`
+(`payment.failed`, `failure_code` "canceled", or "expired" when the reconciler expires
+it); one the customer paid just before is `completed` and credited once, whichever of
+the cancel and the provider's webhook comes first. Another user's deposit is not found.
+YooKassa cannot cancel a `pending` payment: it stays processing until YooKassa expires it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from billing_worker.app import Worker
+from billing_worker.db.engine import driver_connection
+from fakes.stripe_api import FakeStripe
+from fakes.yookassa_api import FakeYooKassa
+from support.relay import Relay
+from support.rpc import Bus
+from support.snapshot import assert_ledger_sound
+
+pytestmark = pytest.mark.integration
+
+DEPOSIT = "billing.wallet.deposit"
+CANCEL = "billing.wallet.deposit.cancel"
+
+
+@pytest.fixture
+def database_url(fresh_database_url: str) -> str:
+    """Each test its own database: the reconciler's expiry sees every row."""
+    return fresh_database_url
+
+
+def new_user() -> str:
+    return f"cancel-{uuid.uuid4().hex[:8]}"
+
+
+def deposit_of(user: str, provider: str, **extra: Any) -> dict[str, Any]:
+    currency = "RUB" if provider == "yookassa" else "USD"
+    return {"idempotency_key": uuid.uuid4().hex, "user_id": user, "provider": provider,
+            "amount": {"amount": "20.00", "currency": currency}, **extra}  # fmt: skip
+
+
+def cancel_of(user: str, transaction_id: str) -> dict[str, Any]:
+    return {"idempotency_key": uuid.uuid4().hex, "user_id": user, "transaction_id": transaction_id}
+
+
+async def pending(bus: Bus, user: str, provider: str, **extra: Any) -> str:
+    reply = await bus.call(DEPOSIT, deposit_of(user, provider, **extra))
+    assert reply["ok"], reply
+    assert reply["data"]["transaction"]["status"] == "processing"
+    return str(reply["data"]["transaction"]["id"])
+
+
+def stripe_intent(fake: FakeStripe, transaction_id: str) -> dict[str, Any]:
+    [intent] = [pi for pi in fake.payment_intents.values()
+                if pi["metadata"]["transaction_id"] == transaction_id]  # fmt: skip
+    return intent
+
+
+def yookassa_payment(fake: FakeYooKassa, transaction_id: str) -> dict[str, Any]:
+    [payment] = [p for p in fake.payments.values()
+                 if p["metadata"]["transaction_id"] == transaction_id]  # fmt: skip
+    return payment
+
+
+async def balance(bus: Bus, user: str, currency: str = "USD") -> str:
+    reply = await bus.call("billing.wallet.balance", {"user_id": user, "currency": currency})
+    accounts = reply["data"]["accounts"]
+    return str(accounts[0]["balance"]["amount"]) if accounts else "none"
+
+
+async def trail(worker: Worker, transaction_id: str) -> list[tuple[str, str | None]]:
+    async with driver_connection(worker.engine) as db:
+        rows = await db.fetch(
+            "SELECT to_status, reason FROM transaction_transitions WHERE transaction_id = $1 "
+            "ORDER BY id",
+            uuid.UUID(transaction_id),
+        )
+    return [(row["to_status"], row["reason"]) for row in rows]
+
+
+async def audit_clean(worker: Worker, *users: str) -> None:
+    async with driver_connection(worker.engine) as db:
+        await assert_ledger_sound(db, users)
+        intents = await db.fetchval("SELECT count(*) FROM provider_intents")
+    assert intents == 0
+
+
+async def test_a_pending_stripe_deposit_is_canceled_at_stripe_once_whatever_the_redeliveries(
+    bus: Bus, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    user = new_user()
+    transaction_id = await pending(bus, user, "stripe")  # the client_secret never confirmed
+    command = cancel_of(user, transaction_id)
+
+    reply = await bus.call(CANCEL, command)
+    again = await bus.call(CANCEL, command)  # a redelivery
+
+    assert reply["ok"], reply
+    assert reply["data"]["transaction"]["status"] == "canceled"
+    assert again == reply
+    intent = stripe_intent(fake, transaction_id)
+    assert intent["status"] == "canceled"
+    assert len(fake.calls("POST", f"/v1/payment_intents/{intent['id']}/cancel")) == 1
+    failed = await bus.event("payment.failed", lambda d: d["user_id"] == user)
+    assert (failed["data"]["status"], failed["data"]["failure_code"]) == ("canceled", "canceled")
+    assert await balance(bus, user) == "0.00"
+    await audit_clean(worker, user)
+
+
+async def test_the_customer_paying_just_before_the_cancel_wins_and_is_credited_once(
+    bus: Bus, relay: Relay, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    user = new_user()
+    transaction_id = await pending(bus, user, "stripe")
+    paid = fake.succeed(stripe_intent(fake, transaction_id)["id"])  # its webhook still on the way
+
+    reply = await bus.call(CANCEL, cancel_of(user, transaction_id))
+    assert (await relay.stripe(fake.event("payment_intent.succeeded", paid))).status_code == 200
+
+    assert reply["ok"], reply
+    assert reply["data"]["transaction"]["status"] == "completed"
+    await bus.event("deposit.completed", lambda d: d["user_id"] == user)
+    late = await bus.call(CANCEL, cancel_of(user, transaction_id))
+    assert late["error"]["code"] == "invalid_state", late
+    assert await balance(bus, user) == "20.00"
+    assert len(bus.events_of("deposit.completed", lambda d: d["user_id"] == user)) == 1
+    assert not bus.events_of("payment.failed", lambda d: d["user_id"] == user)
+    await audit_clean(worker, user)
+
+
+async def test_another_users_deposit_is_not_found_and_stripe_is_not_asked(
+    bus: Bus, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    owner, thief = new_user(), new_user()
+    transaction_id = await pending(bus, owner, "stripe")
+
+    stolen = await bus.call(CANCEL, cancel_of(thief, transaction_id))
+    unknown = await bus.call(CANCEL, cancel_of(thief, str(uuid.uuid4())))
+
+    assert stolen["error"]["code"] == unknown["error"]["code"] == "not_found", stolen
+    assert stolen["error"]["message"] == unknown["error"]["message"]
+    intent = stripe_intent(fake, transaction_id)
+    assert intent["status"] == "requires_payment_method"
+    assert fake.calls("POST", f"/v1/payment_intents/{intent['id']}/cancel") == []
+    await audit_clean(worker, owner, thief)
+
+
+async def test_a_completed_deposit_cannot_be_canceled(bus: Bus, worker: Worker) -> None:
+    user = new_user()
+    reply = await bus.call(DEPOSIT, deposit_of(user, "sandbox"))
+    transaction_id = str(reply["data"]["transaction"]["id"])
+    await bus.event("deposit.completed", lambda d: d["user_id"] == user)
+
+    refused = await bus.call(CANCEL, cancel_of(user, transaction_id))
+
+    assert refused["error"]["code"] == "invalid_state", refused
+    assert refused["error"]["details"]["status"] == "completed"
+    assert await balance(bus, user) == "20.00"
+    await audit_clean(worker, user)
+
+
+async def test_a_pending_sandbox_deposit_is_canceled(bus: Bus, worker: Worker) -> None:
+    user = new_user()
+    transaction_id = await pending(bus, user, "sandbox", payment_method_id="pm_card_pending")
+
+    reply = await bus.call(CANCEL, cancel_of(user, transaction_id))
+
+    assert reply["data"]["transaction"]["status"] == "canceled", reply
+    await bus.event("payment.failed", lambda d: d["user_id"] == user)
+    await audit_clean(worker, user)
+
+
+async def test_yookassa_cannot_cancel_a_pending_payment_it_stays_until_yookassa_expires_it(
+    bus: Bus, worker: Worker, yookassa_fake: tuple[FakeYooKassa, str]
+) -> None:
+    fake, _ = yookassa_fake
+    user = new_user()
+    transaction_id = await pending(bus, user, "yookassa", return_url="https://shop.example/r")
+    payment = yookassa_payment(fake, transaction_id)  # the redirect is never followed
+
+    reply = await bus.call(CANCEL, cancel_of(user, transaction_id))
+
+    assert reply["data"]["transaction"]["status"] == "processing", reply
+    assert fake.requests_to("POST", f"/v3/payments/{payment['id']}/cancel") == []
+    fake.cancel(payment["id"], reason="expired_on_confirmation")  # YooKassa's own expiry
+    worker.reconciler.after_seconds = 0
+    await worker.reconciler.run_once()
+    failed = await bus.event("payment.failed", lambda d: d["user_id"] == user)
+    assert failed["data"]["status"] == "failed"
+    await audit_clean(worker, user)
+
+
+async def test_a_yookassa_payment_waiting_for_capture_is_canceled_and_one_paid_first_completes(
+    bus: Bus, worker: Worker, yookassa_fake: tuple[FakeYooKassa, str]
+) -> None:
+    fake, _ = yookassa_fake
+    user = new_user()
+    held = await pending(bus, user, "yookassa", return_url="https://shop.example/r")
+    paid = await pending(bus, user, "yookassa", return_url="https://shop.example/r")
+    yookassa_payment(fake, held)["status"] = "waiting_for_capture"  # authorized, not captured
+    fake.pay(yookassa_payment(fake, paid)["id"])  # the customer paid; no notification yet
+
+    canceled = await bus.call(CANCEL, cancel_of(user, held))
+    completed = await bus.call(CANCEL, cancel_of(user, paid))
+
+    assert canceled["data"]["transaction"]["status"] == "canceled", canceled
+    assert yookassa_payment(fake, held)["status"] == "canceled"
+    assert completed["data"]["transaction"]["status"] == "completed", completed
+    assert await balance(bus, user, "RUB") == "20.00"
+    await audit_clean(worker, user)
+
+
+async def test_the_reconciler_expires_a_deposit_nobody_paid_and_a_paid_one_completes(
+    bus: Bus, relay: Relay, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    user = new_user()
+    abandoned = await pending(bus, user, "stripe")
+    raced = await pending(bus, user, "stripe")
+    paid = fake.succeed(stripe_intent(fake, raced)["id"])  # paid as the expiry comes
+    worker.reconciler.expire_after_seconds = 0
+    worker.reconciler.after_seconds = 0
+
+    assert await worker.reconciler.run_once() >= 2
+    assert (await relay.stripe(fake.event("payment_intent.succeeded", paid))).status_code == 200
+
+    assert stripe_intent(fake, abandoned)["status"] == "canceled"
+    failed = await bus.event("payment.failed", lambda d: d["transaction_id"] == abandoned)
+    assert (failed["data"]["status"], failed["data"]["failure_code"]) == ("canceled", "expired")
+    assert (await trail(worker, abandoned))[-1] == ("canceled", "stripe:expiry.canceled")
+    assert (await trail(worker, raced))[-1] == ("completed", "stripe:expiry.succeeded")
+    await bus.event("deposit.completed", lambda d: d["transaction_id"] == raced)
+    assert await balance(bus, user) == "20.00"
+    assert len(bus.events_of("deposit.completed", lambda d: d["user_id"] == user)) == 1
+    await audit_clean(worker, user)
+
+
+async def test_a_young_payment_is_not_expired(
+    bus: Bus, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    user = new_user()
+    transaction_id = await pending(bus, user, "stripe")
+    worker.reconciler.after_seconds = 0  # the default expiry (a day) is far away
+
+    await worker.reconciler.run_once()
+
+    assert stripe_intent(fake, transaction_id)["status"] == "requires_payment_method"
+    assert (await trail(worker, transaction_id))[-1][0] == "processing"
