@@ -16,6 +16,9 @@ call is issued again with the same idempotency key — the provider returns the 
 recorded with the command's reply, which a redelivery of the command then replays.
 `after` must exceed the provider timeout, or a slow call still in flight is repeated
 (harmless: the same key, and only one of the two records the answer).
+
+Each round first cancels at their providers the payments processing for longer than
+`expire_after_seconds` (`jobs/expiry.py`).
 """
 
 from __future__ import annotations
