@@ -257,3 +257,23 @@ async def test_a_young_payment_is_not_expired(
 
     assert stripe_intent(fake, transaction_id)["status"] == "requires_payment_method"
     assert (await trail(worker, transaction_id))[-1][0] == "processing"
+
+
+async def test_a_cancel_whose_every_delivery_failed_at_stripe_is_finished_by_the_reconciler(
+    bus: Bus, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    user = new_user()
+    transaction_id = await pending(bus, user, "stripe")
+    command = cancel_of(user, transaction_id)
+    fake.fail_next(500, n=worker.settings.max_deliveries)
+
+    gave_up = await bus.call(CANCEL, command)
+
+    assert gave_up["error"]["code"] == "internal_error", gave_up
+    worker.reconciler.after_seconds = 0
+    await worker.reconciler.run_once()
+    assert stripe_intent(fake, transaction_id)["status"] == "canceled"
+    answer = await bus.call(CANCEL, command)  # the same key: the reconciler's reply
+    assert answer["data"]["transaction"]["status"] == "canceled", answer
+    await audit_clean(worker, user)
