@@ -228,3 +228,19 @@ async def test_a_cancel_whose_every_delivery_failed_at_stripe_is_finished_by_the
     answer = await bus.call(CANCEL, command)  # the same key: the reconciler's reply
     assert answer["data"]["transaction"]["status"] == "canceled", answer
     await audit_clean(worker, user)
+
+
+async def test_a_yookassa_payment_that_failed_before_the_cancel_fails_with_its_reason(
+    bus: Bus, worker: Worker, yookassa_fake: tuple[FakeYooKassa, str]
+) -> None:
+    fake, _ = yookassa_fake
+    user = new_user()
+    transaction_id = await pending(bus, user, "yookassa", return_url="https://shop.example/r")
+    fake.cancel(yookassa_payment(fake, transaction_id)["id"], reason="insufficient_funds")
+
+    reply = await bus.call(CANCEL, cancel_of(user, transaction_id))
+
+    assert reply["data"]["transaction"]["status"] == "failed", reply
+    failed = await bus.event("payment.failed", lambda d: d["user_id"] == user)
+    assert failed["data"]["failure_code"] == "insufficient_funds"
+    await audit_clean(worker, user)
