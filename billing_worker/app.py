@@ -129,6 +129,7 @@ def build_worker(
         gateways,
         after_seconds=settings.reconcile_after_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
+        expire_after_seconds=settings.payment_expire_after_seconds,
     )
     renewals = Renewals(
         service, interval_seconds=settings.renewal_interval_seconds, metrics=metrics

@@ -64,6 +64,7 @@ class Wallet(Protocol):
     async def transactions_page(
         self, user_id: str, currency: str | None, limit: int, after: tuple[datetime, UUID] | None
     ) -> list[TransactionRow]: ...
+    async def get(self, transaction_id: UUID) -> TransactionRow | None: ...
 
 
 class Users(Protocol):

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     renewal_interval_seconds: float = Field(default=60.0, gt=0)
     reconcile_after_seconds: int = Field(default=900, ge=1)
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    payment_expire_after_seconds: int = Field(
+        default=86400,
+        ge=1,
+        description="Seconds after which a payment still processing is canceled at its "
+        "provider by the reconciler (payment.failed, failure_code expired)",
+    )
 
     idempotency_retention_days: int = Field(
         default=30,

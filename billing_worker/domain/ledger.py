@@ -48,6 +48,7 @@ PAYMENT_STEPS: Mapping[str, tuple[Status, ...]] = MappingProxyType(
         "pending": (Status.PROCESSING,),
         "succeeded": (Status.PROCESSING, Status.COMPLETED),
         "failed": (Status.FAILED,),
+        "canceled": (Status.PROCESSING, Status.CANCELED),
     }
 )
 

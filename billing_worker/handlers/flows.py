@@ -17,7 +17,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from billing_worker.db.intents import Intent
-from billing_worker.handlers import stripe_subscriptions, wallet, yookassa_subscriptions
+from billing_worker.handlers import (
+    deposit_cancel,
+    stripe_subscriptions,
+    wallet,
+    yookassa_subscriptions,
+)
 from billing_worker.handlers.deps import Deps
 from billing_worker.ports import UnitOfWork
 
@@ -50,5 +55,8 @@ FLOWS: Mapping[str, Flow] = {
         stripe_subscriptions.call_cancel,
         stripe_subscriptions.finish_cancel,
         stripe_subscriptions.undo_cancel,
+    ),
+    deposit_cancel.DEPOSIT_CANCEL: Flow(
+        deposit_cancel.call_cancel, deposit_cancel.finish_cancel, deposit_cancel.undo_cancel
     ),
 }

@@ -16,6 +16,9 @@ call is issued again with the same idempotency key — the provider returns the 
 recorded with the command's reply, which a redelivery of the command then replays.
 `after` must exceed the provider timeout, or a slow call still in flight is repeated
 (harmless: the same key, and only one of the two records the answer).
+
+Each round first cancels at their providers the payments processing for longer than
+`expire_after_seconds` (`jobs/expiry.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from billing_worker.db.engine import driver_connection
 from billing_worker.db.intents import SqlIntents
 from billing_worker.db.reconciliation import StuckPayment, claim_processing
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
+from billing_worker.jobs.expiry import expire_payments
 from billing_worker.jobs.periodic import Periodic
 from billing_worker.providers.base import Gateways, PaymentResult, PaymentStatus
 from billing_worker.service import BillingService
@@ -50,12 +54,17 @@ class Reconciler(Periodic):
     after_seconds: float
     interval_seconds: float
     batch: int = 50
+    expire_after_seconds: float = 86400.0  # then a processing payment is canceled
     _task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
         """Reconcile one batch; returns how many transactions (and half-done provider
-        calls) were settled."""
-        return await self._processing() + await self._intents()
+        calls, expired payments) were settled."""
+        expired = await expire_payments(
+            self.engine, self.service, self.gateways, batch=self.batch,
+            expire_after_seconds=self.expire_after_seconds, lease_seconds=self.after_seconds,
+        )  # fmt: skip
+        return expired + await self._processing() + await self._intents()
 
     async def _intents(self) -> int:
         async with driver_connection(self.engine) as db:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from billing_contracts import names
 from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
+from billing_worker.handlers import deposit_cancel
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
@@ -35,6 +36,7 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.PLAN_UPSERT: subscription_handlers.upsert_plan,
     names.SUBSCRIPTION_CREATE: subscription_handlers.create_subscription,
     names.SUBSCRIPTION_CANCEL: subscription_handlers.cancel_subscription,
+    names.WALLET_DEPOSIT_CANCEL: deposit_cancel.cancel_deposit,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,

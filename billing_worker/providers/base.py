@@ -17,6 +17,7 @@ class PaymentStatus(StrEnum):
     PENDING = "pending"  # the provider will tell us the outcome through an event
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"  # canceled at our request (`cancel_payment`); nothing was paid
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,12 @@ class PaymentGateway(Protocol):
         provider tells it (status, amount, currency, our transaction id, saved method,
         refunds) with its `confirmation`; None when the provider does not confirm it
         (unknown object, other state). Raises TransientError when the provider is away."""
+        ...
+
+    async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
+        """Cancel a payment nobody paid yet; what the provider says it now is: CANCELED,
+        SUCCEEDED (the customer paid first: the payment stands), FAILED, or PENDING when
+        the provider cannot cancel it yet. Idempotent on `idempotency_key`."""
         ...
 
 

@@ -8,7 +8,8 @@ is sent only after the deposit is committed). The callback carries an HMAC of it
 under a key only the worker holds (kept in its database), so a callback published by
 anyone else on the queue is refused as forged. Like Stripe's test cards,
 `payment_method_id` picks the outcome: absent or `pm_card_visa` succeeds,
-`pm_card_chargeDeclined` fails.
+`pm_card_chargeDeclined` fails, and `pm_card_pending` stays pending (no callback: a
+customer who never pays, to try `billing.wallet.deposit.cancel` and the expiry on).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DECLINING_METHODS = {
         "Your card has insufficient funds.",
     ),
 }
+PENDING_METHOD = "pm_card_pending"  # the customer never pays: no callback is sent
 _OUTCOMES = {"payment.succeeded": PaymentOutcome.SUCCEEDED, "payment.failed": PaymentOutcome.FAILED}
 EVENT_TYPES = frozenset(_OUTCOMES)  # the ones billing acts on
 NAME = "sandbox"
@@ -69,6 +71,8 @@ class SandboxGateway:
 
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         payment_id, event_id, body = callback(request)
+        if request.payment_method_id == PENDING_METHOD:
+            return PaymentResult(payment_id, PaymentStatus.PENDING)
         signed = {names.SANDBOX_SIGNATURE_HEADER: self.signature(body)}
         notification = Notification(event_id, body, signed)
         return PaymentResult(payment_id, PaymentStatus.PENDING, notifications=(notification,))
@@ -76,6 +80,12 @@ class SandboxGateway:
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         # The sandbox keeps no state: the outcome always arrives as its event.
         return PaymentResult(provider_ref, PaymentStatus.PENDING)
+
+    async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
+        # No state to consult: a pending sandbox payment is canceled (its callback, if it
+        # comes after, finds the deposit canceled and is stale).
+        confirmation = {"object": "sandbox_payment", "id": provider_ref, "status": "canceled"}
+        return PaymentResult(provider_ref, PaymentStatus.CANCELED, confirmation=confirmation)
 
     def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
         given = signature_header(

@@ -9,6 +9,7 @@ worker.
 
 from billing_contracts import events, names
 from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent
+from billing_contracts.deposit_cancel import CancelDeposit, CancelDepositResult
 from billing_contracts.envelope import (
     Command,
     ErrorBody,
@@ -79,6 +80,8 @@ __all__ = [
     "AccountBalance",
     "BalanceLow",
     "BalanceResult",
+    "CancelDeposit",
+    "CancelDepositResult",
     "CancelSubscription",
     "Command",
     "CreateInvoice",

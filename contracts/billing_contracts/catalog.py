@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from billing_contracts import names
 from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent
+from billing_contracts.deposit_cancel import CancelDeposit, CancelDepositResult
 from billing_contracts.envelope import ErrorCode
 from billing_contracts.events import (
     BALANCE_LOW,
@@ -238,6 +239,20 @@ ENTRIES: tuple[Entry, ...] = (
                     "unit_price": {"amount": "1.50", "currency": "USD"},
                 }
             ],
+        },
+    ),
+    Entry(
+        names.WALLET_DEPOSIT_CANCEL,
+        "command",
+        CancelDeposit,
+        CancelDepositResult,
+        "Cancel one of the user's processing deposits at its provider (a payment the "
+        "customer made first stands: the deposit completes)",
+        (E.NOT_FOUND, E.INVALID_STATE, E.PROVIDER_ERROR),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "transaction_id": "5fbc63ee-4fee-5e26-859c-dbaa2c0b9a34",
         },
     ),
 )

@@ -10,6 +10,7 @@ SUBSCRIPTION_CREATE: Final = "billing.subscription.create"
 SUBSCRIPTION_CANCEL: Final = "billing.subscription.cancel"
 SUBSCRIPTION_GET: Final = "billing.subscription.get"
 WALLET_DEPOSIT: Final = "billing.wallet.deposit"
+WALLET_DEPOSIT_CANCEL: Final = "billing.wallet.deposit.cancel"
 WALLET_WITHDRAW: Final = "billing.wallet.withdraw"
 WALLET_BALANCE: Final = "billing.wallet.balance"
 WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
@@ -25,6 +26,7 @@ COMMAND_QUEUES: Final = (
     WALLET_WITHDRAW,
     INVOICE_CREATE,
     INVOICE_PAY,
+    WALLET_DEPOSIT_CANCEL,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

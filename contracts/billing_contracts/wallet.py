@@ -62,7 +62,8 @@ class Deposit(Command):
         description="A saved payment method of this user: with Stripe one attached to the "
         "user's Stripe customer (Stripe refuses another's), with YooKassa one saved by an "
         "earlier payment of this user (else `not_found`, before anything is charged); with "
-        "the sandbox, `pm_card_chargeDeclined` makes the payment fail",
+        "the sandbox, `pm_card_chargeDeclined` makes the payment fail and `pm_card_pending` "
+        "keeps it pending (never paid)",
     )
     return_url: str | None = Field(default=None, max_length=2048)
 

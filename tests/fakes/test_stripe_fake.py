@@ -542,3 +542,14 @@ async def test_an_unconfirmed_intent_cannot_be_confirmed_with_another_customers_
 
     assert fake.payment_intents[pending.id]["status"] == "requires_payment_method"
     assert fake.payment_intents[pending.id]["payment_method"] is None
+
+
+async def test_a_payment_intent_that_succeeded_cannot_be_canceled(
+    client: stripe.StripeClient, fake: FakeStripe
+) -> None:
+    pi = await client.v1.payment_intents.create_async(intent())
+    fake.succeed(pi.id)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        await client.v1.payment_intents.cancel_async(pi.id)
+    assert caught.value.code == "payment_intent_unexpected_state"
+    assert fake.payment_intents[pi.id]["status"] == "succeeded"

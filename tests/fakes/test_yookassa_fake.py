@@ -330,3 +330,17 @@ def test_a_connection_failure_surfaces_from_the_sdk_as_attribute_error(base_url:
         Payment.find_one("any")
 
     assert isinstance(error.value.__context__, requests.ConnectionError)
+
+
+def test_a_pending_or_succeeded_payment_cannot_be_canceled(
+    fake: FakeYooKassa, base_url: str
+) -> None:
+    waiting = Payment.create(redirect_payment())
+    paid = Payment.create(redirect_payment())
+    fake.pay(paid.id)
+
+    for payment_id in (waiting.id, paid.id):
+        with pytest.raises(BadRequestError):
+            Payment.cancel(payment_id)
+
+    assert [fake.payments[p]["status"] for p in (waiting.id, paid.id)] == ["pending", "succeeded"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from billing_contracts import invoices, names, orders, plans, subscriptions, wallet
+from billing_contracts import deposit_cancel, invoices, names, orders, plans, subscriptions, wallet
 from billing_worker.messaging.parsing import InvalidMessage, contract_parser
 from billing_worker.messaging.routes import provider_events_route
 from billing_worker.providers.base import Gateways
@@ -59,6 +59,7 @@ MODELS: dict[str, Any] = {
     names.SUBSCRIPTION_CANCEL: subscriptions.CancelSubscription,
     names.SUBSCRIPTION_GET: subscriptions.GetSubscriptions,
     names.ORDER_CREATED_QUEUE: orders.OrderCreated,
+    names.WALLET_DEPOSIT_CANCEL: deposit_cancel.CancelDeposit,
 }
 
 

@@ -99,6 +99,11 @@ BASE: dict[str, dict[str, Any]] = {
         "currency": "USD",
         "items": [{"sku": "SKU-1", "description": "mug", "quantity": 1, "unit_price": MONEY}],
     },
+    names.WALLET_DEPOSIT_CANCEL: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "transaction_id": UUID_A,
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -122,6 +127,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.SUBSCRIPTION_GET: set(),
     names.ORDER_CREATED_QUEUE: {"items.*.sku"},
     names.PROVIDER_EVENTS_QUEUE: {"data.amount_minor", "data.currency"},
+    names.WALLET_DEPOSIT_CANCEL: set(),
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.

@@ -83,6 +83,18 @@ class StripeGateway:
         found = await _call(self._client.v1.payment_intents.retrieve_async(provider_ref))
         return payments.result(found)
 
+    async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
+        """Cancel the PaymentIntent; one Stripe no longer lets cancel (it succeeded, or was
+        canceled before) is re-read and reported as it is."""
+        options = {"idempotency_key": f"pi-cancel-{idempotency_key}"}
+        try:
+            canceled = await _call(
+                self._client.v1.payment_intents.cancel_async(provider_ref, {}, options)  # type: ignore[arg-type]
+            )
+        except ProviderError:  # e.g. payment_intent_unexpected_state: re-read what it is
+            canceled = await _call(self._client.v1.payment_intents.retrieve_async(provider_ref))
+        return payments.cancel_result(canceled.to_dict())
+
     async def create_subscription(
         self,
         *,

@@ -84,6 +84,14 @@ def result_of(intent: dict[str, Any]) -> PaymentResult:
     )  # fmt: skip
 
 
+def cancel_result(intent: dict[str, Any]) -> PaymentResult:
+    """A PaymentIntent as read after a cancel: `canceled` is CANCELED here, not FAILED."""
+    read = result_of(intent)
+    if intent["status"] == "canceled":
+        return dataclasses.replace(read, status=PaymentStatus.CANCELED, action=None)
+    return read
+
+
 def declined(error: stripe.CardError) -> PaymentResult:
     """A card Stripe declined while creating the intent: a failed payment, not an error."""
     body: dict[str, Any] = error.json_body if isinstance(error.json_body, dict) else {}

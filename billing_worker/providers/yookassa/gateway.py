@@ -102,6 +102,22 @@ class YooKassaGateway:
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         return _result(await self._call("GET", f"/payments/{provider_ref}"))
 
+    async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
+        """YooKassa's API cancels only a payment `waiting_for_capture`; a `pending` one (the
+        customer has not paid) cannot be canceled: YooKassa cancels it by itself when its
+        confirmation expires, and the reconciler's re-read then fails the transaction."""
+        payment = await self._call("GET", f"/payments/{provider_ref}")
+        if payment.get("status") == "waiting_for_capture":
+            headers = {"Idempotence-Key": f"cancel-{idempotency_key}"}
+            payment = await self._call(
+                "POST", f"/payments/{provider_ref}/cancel", headers=headers, body={}
+            )
+        read = _result(payment)
+        party = (payment.get("cancellation_details") or {}).get("party")
+        if payment.get("status") == "canceled" and party == "merchant":  # else it failed
+            return dataclasses.replace(read, status=PaymentStatus.CANCELED, action=None)
+        return read
+
     def parse_event(self, body: bytes) -> ProviderEvent:
         return webhook.parse_event(body)
 

@@ -52,6 +52,7 @@ from billing_contracts.catalog import EVENT_MODELS
 from billing_contracts.client.connection import DEFAULT_PREFETCH as DEFAULT_PREFETCH
 from billing_contracts.client.connection import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from billing_contracts.client.connection import DIRECT_REPLY_TO
+from billing_contracts.client.deposit_cancel import DepositCancelCalls
 from billing_contracts.client.events import Event, EventData, parse_event
 from billing_contracts.client.invoices import InvoiceCalls
 from billing_contracts.client.plans import PlanCalls
@@ -105,7 +106,9 @@ __all__ = [
 ]
 
 
-class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls):
+class BillingClient(
+    WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls, DepositCancelCalls
+):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
     Use it as `async with BillingClient(url) as billing:` or
@@ -118,5 +121,6 @@ class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, Eve
     `PlanCalls` (`upsert_plan`, `list_plans`), `SubscriptionCalls` (`create_subscription`,
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
     (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`) and `EventCalls`
-    (`events`), all over `request()` (`RpcClient`) on one `Connection`.
+    (`events`) and `DepositCancelCalls` (`cancel_deposit`), all over `request()`
+    (`RpcClient`) on one `Connection`.
     """
