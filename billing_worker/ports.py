@@ -76,6 +76,7 @@ class Users(Protocol):
     async def payment_method_of(
         self, user_id: str, provider: str, method_ref: str
     ) -> UUID | None: ...
+    async def email(self, user_id: str) -> str | None: ...
 
 
 class Plans(Protocol):

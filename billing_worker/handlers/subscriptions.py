@@ -46,6 +46,7 @@ async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanO
         trial_days=command.trial_days,
         stripe_price_id=command.stripe_price_id,
         active=command.active,
+        vat_code=command.vat_code,
     )
     return plan_out(await uow.plans.upsert(plan))
 
