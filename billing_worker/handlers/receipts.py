@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from billing_worker.db.subscriptions import PlanRow
+from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidInput
 from billing_worker.handlers.deps import Deps
 from billing_worker.ports import UnitOfWork
@@ -66,6 +67,23 @@ async def for_period(
     return receipts.subscription_receipt(
         to, plan.name, amount_minor, currency, plan.vat_code, policy
     )
+
+
+async def for_refund(
+    payment: TransactionRow, refund_minor: int, uow: UnitOfWork, deps: Deps
+) -> dict[str, Any] | None:
+    """The receipt of a refund of `refund_minor` of a YooKassa payment: the refunded part
+    of the receipt the payment carried. None when receipts are off, the payment is not
+    YooKassa's, or it was paid without a receipt (before receipts were turned on).
+
+    To be sent as the `receipt` of `POST /v3/refunds`, built before the refund's intent
+    commits (like a payment's, the same body on every attempt)."""
+    if deps.receipts is None or payment.provider != YOOKASSA:
+        return None
+    paid_with = (await uow.wallet.metadata(payment.id)).get("receipt")
+    if not paid_with:
+        return None
+    return receipts.refund_receipt(paid_with, refund_minor, payment.currency)
 
 
 def meta(receipt: dict[str, Any] | None) -> str:

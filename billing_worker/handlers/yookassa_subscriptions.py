@@ -71,10 +71,7 @@ async def create(
     """Phase one: the subscription (incomplete) and its first charge, `created`."""
     yookassa(deps)
     sub = await attach_saved_method(command, sub, uow)
-    charge = period_charge(sub)
-    receipt = await receipts.for_period(
-        sub.plan, sub.user_id, charge.amount_minor, charge.currency, uow, deps
-    )
+    receipt = await receipt_of(sub, uow, deps)
     await insert(sub, uow)
     return await _begin_charge(
         sub, CREATE, command.payment_method_id, command.return_url, uow, receipt
@@ -95,16 +92,22 @@ async def renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> Intent | N
         return None
     yookassa(deps)
     try:
-        charge = period_charge(sub)
-        receipt = await receipts.for_period(
-            sub.plan, sub.user_id, charge.amount_minor, charge.currency, uow, deps
-        )
+        receipt = await receipt_of(sub, uow, deps)
     except InvalidInput as missing:  # receipts on, nowhere to send one: YooKassa would refuse
         await charge_failed(sub, uow, deps, code=receipts.NO_CONTACT, message=missing.message)
         return None
     intent = await _begin_charge(sub, RENEWAL, method, None, uow, receipt)
     await uow.intents.insert(intent)  # no command to answer: the scheduler's own intent
     return intent
+
+
+async def receipt_of(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> dict[str, Any] | None:
+    """The receipt of the next period's charge (None with receipts off); `invalid_message`
+    when the user has no e-mail to send it to."""
+    charge = period_charge(sub)
+    return await receipts.for_period(
+        sub.plan, sub.user_id, charge.amount_minor, charge.currency, uow, deps
+    )
 
 
 async def _begin_charge(

@@ -7,6 +7,7 @@ for guard (tests/contract/test_repository_contract.py runs both on the same case
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -127,6 +128,9 @@ class FakeWallet:
             for t in self._state().transactions.values()
             if t.refund_of == payment_id and t.status == "completed"
         )
+
+    async def metadata(self, transaction_id: UUID) -> dict[str, Any]:
+        return dict(json.loads(self._state().metadata.get(transaction_id, "{}")))
 
     async def start_payment(
         self, transaction_id: UUID, provider_ref: str | None, account_id: UUID | None, at: datetime

@@ -14,7 +14,13 @@ from billing_contracts.subscriptions import CreateSubscription
 from billing_contracts.wallet import Deposit
 from billing_worker.db.intents import Intent
 from billing_worker.domain.errors import InvalidInput
-from billing_worker.handlers import renewals, subscriptions, wallet, yookassa_subscriptions
+from billing_worker.handlers import (
+    receipts,
+    renewals,
+    subscriptions,
+    wallet,
+    yookassa_subscriptions,
+)
 from billing_worker.handlers.deps import Deps
 from billing_worker.providers.base import Gateways, PaymentRequest, PaymentResult, PaymentStatus
 from billing_worker.providers.yookassa.receipts import ReceiptPolicy
@@ -198,3 +204,45 @@ async def test_a_renewal_with_nowhere_to_send_the_receipt_fails_without_asking_y
     assert sub.status == "past_due"
     [failed] = [e for e in db.events if e.type == "subscription.past_due"]
     assert failed.data["reason"] == "no_receipt_contact"
+
+
+async def test_a_yookassa_trial_without_any_email_is_refused_too(
+    db: FakeDatabase, yookassa: AskedYooKassa
+) -> None:
+    """Its first charge comes when the trial ends: a receipt must be possible then."""
+    deps = deps_of(yookassa)
+    command = UpsertPlan.model_validate(
+        {"idempotency_key": key(), "code": "pro", "name": "Pro", "interval": "month",
+         "price": money("499.00", "RUB"), "trial_days": 7}
+    )  # fmt: skip
+    await run(db, subscriptions.upsert_plan, command, deps)
+    with pytest.raises(InvalidInput):
+        await run(db, subscriptions.create_subscription, CreateSubscription(
+            idempotency_key=key(), user_id=new_user(), plan_code="pro",
+            payment_source="yookassa"), deps)  # fmt: skip
+    assert db.state.subscriptions == {}
+    made = await run(db, subscriptions.create_subscription, CreateSubscription(
+        idempotency_key=key(), user_id=new_user(), email="t@b.example", plan_code="pro",
+        payment_source="yookassa"), deps)  # fmt: skip
+    assert not isinstance(made, Intent)
+    assert made.subscription.status == "trialing"
+
+
+async def test_a_refund_gets_the_refunded_part_of_the_receipt_its_payment_carried(
+    db: FakeDatabase, yookassa: AskedYooKassa
+) -> None:
+    deps = deps_of(yookassa)
+    intent = await run(db, wallet.deposit, a_deposit(new_user(), customer_email="a@b.example"),
+                       deps)  # fmt: skip
+    payment = db.state.transactions[intent.id]
+    async with db.transaction() as uow:
+        part = await receipts.for_refund(payment, 50025, uow, deps)
+        whole = await receipts.for_refund(payment, 150050, uow, deps)
+        off = await receipts.for_refund(payment, 50025, uow, deps_of(yookassa, None))
+    assert part is not None
+    assert whole == intent.request["receipt"]
+    assert part["customer"] == {"email": "a@b.example"}
+    assert [(i["description"], i["amount"]["value"]) for i in part["items"]] == [
+        ("Top-up", "500.25")
+    ]
+    assert off is None
