@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from billing_contracts.client import BillingClient, InvalidMessage
+from billing_contracts.money import Money
 from billing_worker.app import Worker, build_worker
 from billing_worker.db.wallet import SqlWallet
 from billing_worker.settings import Settings
@@ -199,3 +201,25 @@ async def test_a_shop_requiring_receipts_refuses_a_payment_without_one(
     assert reply["error"]["code"] == "provider_error"
     assert "Receipt is missing" in reply["error"]["message"]
     assert payments_of(fake, user) == []
+
+
+async def test_the_typed_client_passes_the_contact_and_refusal_is_invalid_message(
+    worker: Worker, rabbitmq_url: str, yookassa_fake: tuple[FakeYooKassa, str]
+) -> None:
+    fake, _ = yookassa_fake
+    user = new_user()
+    async with BillingClient(rabbitmq_url, timeout=30) as billing:
+        done = await billing.deposit(
+            user_id=user, amount=Money(amount="10.00", currency="RUB"), provider="yookassa",
+            idempotency_key=uuid.uuid4().hex, return_url="https://shop.example/return",
+            customer_phone="79001234567",
+        )  # fmt: skip
+        with pytest.raises(InvalidMessage):
+            await billing.deposit(
+                user_id=new_user(), amount=Money(amount="10.00", currency="RUB"),
+                provider="yookassa", idempotency_key=uuid.uuid4().hex,
+                return_url="https://shop.example/return",
+            )  # fmt: skip
+    [payment] = payments_of(fake, user)
+    assert done.transaction.id == uuid.UUID(payment["metadata"]["transaction_id"])
+    assert fake.receipts[payment["id"]]["customer"] == {"phone": "79001234567"}
