@@ -3,12 +3,17 @@ to the payment, the codes of the policy, the plan or the line."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import get_args
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from billing_contracts.plans import UpsertPlan
+from billing_contracts.wallet import Deposit
 from billing_worker.providers.yookassa.receipts import (
     PAYMENT_MODES,
     PAYMENT_SUBJECTS,
@@ -22,6 +27,7 @@ from billing_worker.providers.yookassa.receipts import (
     subscription_receipt,
     total_minor,
 )
+from billing_worker.replies import request_hash
 from billing_worker.settings import PaymentMode, PaymentSubject
 from support.settings import make_settings
 
@@ -142,3 +148,44 @@ def test_bad_receipt_settings_are_refused(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=name):
         make_settings("postgresql+asyncpg://x@127.0.0.1/x", "amqp://g:g@127.0.0.1:5672/",
                       **{name: value})  # fmt: skip
+
+
+DEPOSIT = {"idempotency_key": "k", "user_id": "u", "amount": {"amount": "1.00", "currency": "RUB"}}
+PLAN = {"idempotency_key": "k", "code": "c", "name": "n", "interval": "month",
+        "price": {"amount": "1.00", "currency": "RUB"}}  # fmt: skip
+
+
+def test_commands_without_the_receipt_fields_hash_as_before_they_existed() -> None:
+    """Absent, they are left out of the request hash: a command stored before this release
+    and retried after it still matches its idempotency record."""
+    assert request_hash(Deposit.model_validate(DEPOSIT)) == _hash_of(DEPOSIT, Deposit)
+    assert request_hash(UpsertPlan.model_validate(PLAN)) == _hash_of(PLAN, UpsertPlan)
+    with_email = Deposit.model_validate({**DEPOSIT, "customer_email": "a@b.example"})
+    assert "customer_email" in with_email.model_dump_json()
+
+
+def _hash_of(body: dict[str, object], model: type[Deposit] | type[UpsertPlan]) -> str:
+    """The hash as the models without the receipt fields made it."""
+    new = {"customer_email", "customer_phone", "vat_code"}
+    dumped = model.model_validate(body).model_dump(mode="json", exclude={"idempotency_key"})
+    assert not new & set(dumped)
+    fields = [name for name in model.model_fields if name not in new | {"idempotency_key"}]
+    as_before = json.dumps({name: dumped[name] for name in fields}, separators=(",", ":"))
+    return hashlib.sha256(as_before.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"customer_email": "not-an-email"}, {"customer_phone": "+79001234567"},
+     {"customer_phone": "123"}, {"customer_phone": 79001234567}],
+)  # fmt: skip
+def test_a_bad_contact_is_refused_by_the_schema(extra: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Deposit.model_validate({**DEPOSIT, **extra})
+
+
+@pytest.mark.parametrize("vat_code", [0, 13, "1", 1.0, True])
+def test_a_plans_vat_code_is_a_whole_number_from_1_to_12(vat_code: object) -> None:
+    with pytest.raises(ValidationError):
+        UpsertPlan.model_validate({**PLAN, "vat_code": vat_code})
+    assert UpsertPlan.model_validate({**PLAN, "vat_code": 12}).vat_code == 12
