@@ -33,6 +33,7 @@ from billing_worker.providers.base import Gateways, PaymentGateway
 from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.providers.stripe.gateway import StripeGateway
 from billing_worker.providers.yookassa.gateway import YooKassaGateway
+from billing_worker.providers.yookassa.receipts import receipt_policy
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
 from billing_worker.startup import StartupError, check_database, cluster_broker, connect_broker
@@ -116,6 +117,7 @@ def build_worker(
         gateways=gateways,
         low_balance_threshold=settings.low_balance_threshold,
         dunning_days=settings.dunning_days,
+        receipts=receipt_policy(settings),
     )
 
     def committed(uow: UnitOfWork, rows: int) -> None:

@@ -18,6 +18,16 @@ def split_urls(value: str) -> tuple[str, ...]:
 
 
 AmqpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["amqp", "amqps"])]
+# YooKassa's receipt values (providers/yookassa/receipts.py lists the same; a test checks).
+PaymentSubject = Literal[
+    "commodity", "excise", "job", "service", "gambling_bet", "gambling_prize", "lottery",
+    "lottery_prize", "intellectual_activity", "payment", "agent_commission", "composite",
+    "another",
+]  # fmt: skip
+PaymentMode = Literal[
+    "full_prepayment", "partial_prepayment", "advance", "full_payment", "partial_payment",
+    "credit", "credit_payment",
+]  # fmt: skip
 
 
 class Settings(BaseSettings):
@@ -60,6 +70,25 @@ class Settings(BaseSettings):
     yookassa_account_id: str | None = None
     yookassa_secret_key: SecretStr | None = None
     yookassa_api_url: str | None = Field(default=None, description="Override of YooKassa's API URL")
+    yookassa_receipts: bool = Field(
+        default=False,
+        description="Send a 54-FZ receipt with every YooKassa payment (shops with fiscalization)",
+    )
+    yookassa_vat_code: int = Field(
+        default=1, ge=1, le=12, description="Receipt items' vat_code unless the plan sets one"
+    )
+    yookassa_payment_subject: PaymentSubject = Field(
+        default="service", description="Receipt items' payment_subject"
+    )
+    yookassa_payment_mode: PaymentMode = Field(
+        default="full_payment", description="Receipt items' payment_mode"
+    )
+    yookassa_deposit_description: str = Field(
+        default="Balance top-up",
+        min_length=1,
+        max_length=128,
+        description="The receipt item of a deposit",
+    )
     provider_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     yookassa_allowed_networks: Annotated[tuple[str, ...] | None, NoDecode] = Field(

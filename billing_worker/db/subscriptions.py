@@ -27,6 +27,7 @@ class PlanRow:
     trial_days: int
     stripe_price_id: str | None
     active: bool
+    vat_code: int | None = None  # YooKassa receipts: the vat_code of the plan's charges
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +100,14 @@ class SqlPlans:
         record = await self._db.fetchrow(
             f"""
             INSERT INTO plans (id, code, name, price_minor, currency, interval, interval_count,
-                               trial_days, stripe_price_id, active)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                               trial_days, stripe_price_id, active, vat_code)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             ON CONFLICT (code) DO UPDATE SET
                 name = excluded.name, price_minor = excluded.price_minor,
                 currency = excluded.currency, interval = excluded.interval,
                 interval_count = excluded.interval_count, trial_days = excluded.trial_days,
                 stripe_price_id = excluded.stripe_price_id, active = excluded.active,
-                updated_at = now()
+                vat_code = excluded.vat_code, updated_at = now()
             RETURNING {", ".join(_PLAN_COLUMNS)}
             """,  # noqa: S608
             *(getattr(plan, c) for c in _PLAN_COLUMNS),

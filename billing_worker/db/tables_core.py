@@ -65,6 +65,7 @@ class Plan(SQLModel, table=True):
     active: bool = flag_field(True)
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
+    vat_code: int | None = Field(default=None, nullable=True)  # YooKassa receipts (0012)
 
 
 class PaymentMethod(SQLModel, table=True):

@@ -64,3 +64,10 @@ class SqlUsers:
             method_ref,
         )
         return value  # type: ignore[no-any-return]
+
+    async def email(self, user_id: str) -> str | None:
+        """The e-mail stored for the user (by `billing.subscription.create`), if any."""
+        value = await self._db.fetchval(
+            "SELECT email FROM billing_users WHERE user_id = $1", user_id
+        )
+        return None if value is None else str(value)

@@ -202,6 +202,13 @@ class SqlWallet:
         total = await self._db.fetchval(sql.REFUNDED_MINOR, payment_id)
         return int(total)
 
+    async def metadata(self, transaction_id: UUID) -> dict[str, Any]:
+        """A transaction's metadata (e.g. the YooKassa receipt it was paid with); {} if none."""
+        value = await self._db.fetchval(
+            "SELECT metadata FROM transactions WHERE id = $1", transaction_id
+        )
+        return dict(json.loads(value) if isinstance(value, str) else value or {})
+
     async def start_payment(
         self, transaction_id: UUID, provider_ref: str | None, account_id: UUID | None, at: datetime
     ) -> TransactionRow | None:

@@ -33,6 +33,7 @@ def plan_out(plan: PlanRow) -> PlanOut:
             "trial_days": plan.trial_days,
             "stripe_price_id": plan.stripe_price_id,
             "active": plan.active,
+            "vat_code": plan.vat_code,
         }
     )
 

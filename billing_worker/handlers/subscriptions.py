@@ -46,6 +46,7 @@ async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanO
         trial_days=command.trial_days,
         stripe_price_id=command.stripe_price_id,
         active=command.active,
+        vat_code=command.vat_code,
     )
     return plan_out(await uow.plans.upsert(plan))
 
@@ -82,6 +83,7 @@ async def create_subscription(
         )  # fmt: skip
         if command.payment_source is PaymentSource.YOOKASSA:
             sub = await yookassa_subscriptions.attach_saved_method(command, sub, uow)
+            await yookassa_subscriptions.receipt_of(sub, uow, deps)  # a contact, with receipts on
         await insert(sub, uow)
         uow.emit(subscription_event(SUBSCRIPTION_CREATED, sub))
         return SubscriptionCreated(subscription=subscription_out(sub), payment_action=None)

@@ -32,7 +32,7 @@ from billing_worker.domain.ledger import (
 )
 from billing_worker.domain.money import to_wire
 from billing_worker.domain.paging import decode_cursor, encode_cursor
-from billing_worker.handlers import views
+from billing_worker.handlers import receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import (
     configured,
@@ -61,12 +61,17 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
     if command.payment_method_id and gateway.trusts_method_ids:
         await saved_method_of(uow, command.user_id, gateway.name, command.payment_method_id)
     currency, amount = command.amount.currency, command.amount.minor
+    receipt = await receipts.for_deposit(
+        gateway.name, command.user_id, amount, currency, uow, deps,
+        email=command.customer_email, phone=command.customer_phone,
+    )  # fmt: skip
     transaction_id = derived_id("deposit", command.user_id, command.idempotency_key)
     await uow.users.ensure(command.user_id)
     await uow.wallet.record(
         Transaction.deposit(
             transaction_id, command.user_id, amount, currency, gateway.name, uow.clock()
-        )
+        ),
+        receipts.meta(receipt),
     )
     customer = (
         await uow.users.customer_ref(command.user_id, gateway.name)
@@ -79,6 +84,8 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
         "payment_method_id": command.payment_method_id,
         "return_url": command.return_url,
     }
+    if receipt is not None:
+        request["receipt"] = receipt
     return Intent(id=transaction_id, kind=DEPOSIT, provider=gateway.name,
                   user_id=command.user_id, request=request, customer_ref=customer)  # fmt: skip
 
@@ -106,6 +113,7 @@ async def call_deposit(intent: Intent, deps: Deps) -> Charged:
             payment_method_id=request.get("payment_method_id"),
             return_url=request.get("return_url"),
             customer_ref=customer,
+            receipt=request.get("receipt"),
         )
     )
     return Charged(result, created)

@@ -7,6 +7,7 @@ once); later periods are charged by the renewal scheduler with the saved method.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from billing_contracts.subscriptions import CreateSubscription, SubscriptionCreated
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
@@ -15,10 +16,10 @@ from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
-from billing_worker.domain.errors import InvalidState, ProviderError
+from billing_worker.domain.errors import InvalidInput, InvalidState, ProviderError
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.domain.ledger import Transaction
-from billing_worker.handlers import views
+from billing_worker.handlers import receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import record_payment, saved_method_of
 from billing_worker.handlers.periods import (
@@ -70,8 +71,11 @@ async def create(
     """Phase one: the subscription (incomplete) and its first charge, `created`."""
     yookassa(deps)
     sub = await attach_saved_method(command, sub, uow)
+    receipt = await receipt_of(sub, uow, deps)
     await insert(sub, uow)
-    return await _begin_charge(sub, CREATE, command.payment_method_id, command.return_url, uow)
+    return await _begin_charge(
+        sub, CREATE, command.payment_method_id, command.return_url, uow, receipt
+    )
 
 
 async def renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> Intent | None:
@@ -87,25 +91,49 @@ async def renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> Intent | N
         await charge_failed(sub, uow, deps, code="no_saved_payment_method", message=reason)
         return None
     yookassa(deps)
-    intent = await _begin_charge(sub, RENEWAL, method, None, uow)
+    try:
+        receipt = await receipt_of(sub, uow, deps)
+    except InvalidInput as missing:  # receipts on, nowhere to send one: YooKassa would refuse
+        await charge_failed(sub, uow, deps, code=receipts.NO_CONTACT, message=missing.message)
+        return None
+    intent = await _begin_charge(sub, RENEWAL, method, None, uow, receipt)
     await uow.intents.insert(intent)  # no command to answer: the scheduler's own intent
     return intent
 
 
+async def receipt_of(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> dict[str, Any] | None:
+    """The receipt of the next period's charge (None with receipts off); `invalid_message`
+    when the user has no e-mail to send it to."""
+    charge = period_charge(sub)
+    return await receipts.for_period(
+        sub.plan, sub.user_id, charge.amount_minor, charge.currency, uow, deps
+    )
+
+
 async def _begin_charge(
-    sub: SubscriptionRow, kind: str, method: str | None, return_url: str | None, uow: UnitOfWork
+    sub: SubscriptionRow,
+    kind: str,
+    method: str | None,
+    return_url: str | None,
+    uow: UnitOfWork,
+    receipt: dict[str, Any] | None = None,
 ) -> Intent:
     """The period's charge, `created`: while it exists the scheduler leaves the
     subscription alone, and its id (per subscription, period and attempt) is the
     provider's idempotency key, so the period is charged at most once."""
-    row = await uow.wallet.record(Transaction.period_payment(period_charge(sub), uow.clock(), NAME))
+    row = await uow.wallet.record(
+        Transaction.period_payment(period_charge(sub), uow.clock(), NAME), receipts.meta(receipt)
+    )
+    request = {
+        "amount_minor": row.amount_minor, "currency": row.currency,
+        "payment_method_id": method, "return_url": return_url,
+        "description": row.description,
+    }  # fmt: skip
+    if receipt is not None:
+        request["receipt"] = receipt
     return Intent(
         id=row.id, kind=kind, provider=NAME, user_id=sub.user_id, subscription_id=sub.id,
-        request={
-            "amount_minor": row.amount_minor, "currency": row.currency,
-            "payment_method_id": method, "return_url": return_url,
-            "description": row.description,
-        },
+        request=request,
     )  # fmt: skip
 
 
@@ -118,6 +146,7 @@ async def call_charge(intent: Intent, deps: Deps) -> PaymentResult:
             amount_minor=int(request["amount_minor"]), currency=str(request["currency"]),
             idempotency_key=str(intent.id), payment_method_id=request.get("payment_method_id"),
             return_url=request.get("return_url"), description=request.get("description"),
+            receipt=request.get("receipt"),
         )
     )  # fmt: skip
 

@@ -31,6 +31,7 @@ class PaymentRequest:
     return_url: str | None = None
     description: str | None = None
     customer_ref: str | None = None  # the provider's customer, for gateways that need one
+    receipt: Mapping[str, Any] | None = None  # YooKassa's 54-FZ receipt, built in phase one
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,7 @@ ENTRIES: tuple[Entry, ...] = (
         Deposit,
         DepositResult,
         "Put money on the user's account through a payment provider",
-        (E.PROVIDER_ERROR,),
+        (E.PROVIDER_ERROR, E.INVALID_MESSAGE),
         example={"idempotency_key": _KEY, "user_id": "u-42", "amount": _USD, "provider": "sandbox"},
     ),
     Entry(
@@ -147,7 +147,7 @@ ENTRIES: tuple[Entry, ...] = (
         CreateSubscription,
         SubscriptionCreated,
         "Subscribe a user to a plan, paid from the balance, by Stripe or by YooKassa",
-        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.PROVIDER_ERROR),
+        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.PROVIDER_ERROR, E.INVALID_MESSAGE),
         example={
             "idempotency_key": _KEY,
             "user_id": "u-42",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Money
+from billing_contracts.receipts import VatCode, vat_code_field
 
 PlanCode = Annotated[
     str,
@@ -57,6 +58,7 @@ class UpsertPlan(Command):
     active: bool = Field(
         default=True, strict=True, description="Inactive plans take no new subscriptions"
     )
+    vat_code: VatCode | None = vat_code_field("the plan's charges")
 
 
 class ListPlans(Query):
@@ -74,6 +76,7 @@ class PlanOut(BaseModel):
     trial_days: int
     stripe_price_id: str | None
     active: bool
+    vat_code: int | None = None
 
 
 class PlanList(BaseModel):

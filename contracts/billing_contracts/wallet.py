@@ -10,6 +10,12 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Currency, Money
+from billing_contracts.receipts import (
+    ReceiptEmail,
+    ReceiptPhone,
+    customer_email_field,
+    customer_phone_field,
+)
 
 UserId = Annotated[
     str,
@@ -66,6 +72,8 @@ class Deposit(Command):
         "keeps it pending (never paid)",
     )
     return_url: str | None = Field(default=None, max_length=2048)
+    customer_email: ReceiptEmail | None = customer_email_field()
+    customer_phone: ReceiptPhone | None = customer_phone_field()
 
     @model_validator(mode="after")
     def _amount_positive(self) -> Self:

@@ -30,6 +30,10 @@ Behaviour worth knowing:
   that times out still leaves the payment behind, as a hung provider would, and a retry with the
   same Idempotence-Key then returns it. Setting ``delay_seconds`` back to 0 releases requests
   that are still waiting.
+* Receipts (54-FZ): with ``requires_receipts = True`` a payment or refund without a valid
+  ``receipt`` is a 400 with ``parameter: "receipt"``; a receipt is checked whenever one is
+  sent (``fakes/yookassa_receipts.py``), and each accepted one is kept in ``receipts`` by
+  payment or refund id.
 * ``notification()`` does not check that the event matches the stored status. Tests can use that
   to send a forged or stale notification.
 
@@ -96,6 +100,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from fakes.yookassa_receipts import InvalidReceipt, check_receipt
 
 Json = dict[str, Any]
 Action = Callable[..., Json]
@@ -208,6 +214,10 @@ class FakeYooKassa:
         self.saved_methods: set[str] = set()
         self.declining_methods: set[str] = set()
         self.delay_seconds: float = 0.0
+        # 54-FZ: a shop with fiscalization on refuses payments and refunds without a valid
+        # receipt (400, parameter "receipt"); every receipt accepted is kept by object id.
+        self.requires_receipts = False
+        self.receipts: dict[str, Json] = {}
         self._capture: dict[str, bool] = {}  # payment id -> the "capture" flag it was created with
         self._idempotent: dict[str, tuple[str, Any, Json]] = {}  # key -> (path, body, response)
         self._failures: list[int] = []
@@ -408,6 +418,7 @@ class FakeYooKassa:
             )
         if "metadata" in body:
             _check_metadata(body["metadata"])
+        receipt = self._receipt(body, amount)
 
         payment_id = new_id()
         payment: Json = {"id": payment_id, "status": "pending", "paid": False, "amount": amount}
@@ -448,11 +459,20 @@ class FakeYooKassa:
 
         self.payments[payment_id] = payment
         self._capture[payment_id] = capture
+        if receipt is not None:
+            payment["receipt_registration"] = "pending"
+            self.receipts[payment_id] = receipt
         if method_id in self.declining_methods:
             self._mark_canceled(payment, "yoo_money", "card_expired")
         elif method_id is not None:
             self._mark_paid(payment)
         return copy.deepcopy(payment)
+
+    def _receipt(self, body: Json, amount: Json) -> Json | None:
+        try:
+            return check_receipt(body.get("receipt"), amount, self.requires_receipts)
+        except InvalidReceipt as invalid:
+            raise ApiFailure(400, invalid.description, invalid.parameter) from None
 
     def _get_payment(self, body: Any, payment_id: str) -> Json:
         return copy.deepcopy(self._find(self.payments, payment_id, "Payment"))
@@ -495,6 +515,7 @@ class FakeYooKassa:
         remaining = Decimal(payment["amount"]["value"]) - refunded
         if Decimal(amount["value"]) > remaining:
             raise ApiFailure(400, "Refund amount exceeds the refundable amount", "amount.value")
+        receipt = self._receipt(body, amount)
 
         refund: Json = {
             "id": new_id(),
@@ -506,6 +527,9 @@ class FakeYooKassa:
         if isinstance(body.get("description"), str):
             refund["description"] = body["description"]
         self.refunds[refund["id"]] = refund
+        if receipt is not None:
+            refund["receipt_registration"] = "pending"
+            self.receipts[refund["id"]] = receipt
         refunded += Decimal(amount["value"])
         payment["refunded_amount"] = _money(refunded, amount["currency"])
         payment["refundable"] = refunded < Decimal(payment["amount"]["value"])

@@ -7,6 +7,7 @@ for guard (tests/contract/test_repository_contract.py runs both on the same case
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -128,6 +129,9 @@ class FakeWallet:
             if t.refund_of == payment_id and t.status == "completed"
         )
 
+    async def metadata(self, transaction_id: UUID) -> dict[str, Any]:
+        return dict(json.loads(self._state().metadata.get(transaction_id, "{}")))
+
     async def start_payment(
         self, transaction_id: UUID, provider_ref: str | None, account_id: UUID | None, at: datetime
     ) -> TransactionRow | None:
@@ -213,3 +217,7 @@ class FakeUsers:
     async def payment_method_of(self, user_id: str, provider: str, method_ref: str) -> UUID | None:
         method = self._state().methods.get((provider, method_ref))
         return method.id if method is not None and method.user_id == user_id else None
+
+    async def email(self, user_id: str) -> str | None:
+        user = self._state().users.get(user_id)
+        return None if user is None else user.email

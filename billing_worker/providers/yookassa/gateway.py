@@ -95,6 +95,8 @@ class YooKassaGateway:
                 raise ProviderError("a YooKassa payment needs return_url for the redirect")
             body["confirmation"] = {"type": "redirect", "return_url": request.return_url}
             body["save_payment_method"] = True
+        if request.receipt is not None:  # 54-FZ: built in phase one, sent on every retry
+            body["receipt"] = dict(request.receipt)
         headers = {"Idempotence-Key": f"pay-{request.idempotency_key}"}
         payment = await self._call("POST", "/payments", headers=headers, body=body)
         return _result(payment)

@@ -27,6 +27,7 @@ class PlanCalls(RpcClient):
         stripe_price_id: str | None = None,
         active: bool = True,
         timeout: float | None = None,
+        vat_code: int | None = None,
     ) -> PlanOut:
         """`billing.plan.upsert`: create the plan `code` or replace its terms."""
         command = UpsertPlan(
@@ -39,6 +40,7 @@ class PlanCalls(RpcClient):
             trial_days=trial_days,
             stripe_price_id=stripe_price_id,
             active=active,
+            vat_code=vat_code,
         )
         return await self.request(names.PLAN_UPSERT, command, PlanOut, timeout=timeout)
 

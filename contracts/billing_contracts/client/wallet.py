@@ -34,9 +34,12 @@ class WalletCalls(RpcClient):
         payment_method_id: str | None = None,
         return_url: str | None = None,
         timeout: float | None = None,
+        customer_email: str | None = None,
+        customer_phone: str | None = None,
     ) -> DepositResult:
         """`billing.wallet.deposit`: the transaction is `processing` until the provider
-        confirms; `deposit.completed` follows. Errors: `ProviderError`."""
+        confirms; `deposit.completed` follows. Errors: `ProviderError`; `InvalidMessage`
+        with YooKassa receipts on and no `customer_email` / `customer_phone` to send one to."""
         command = Deposit(
             idempotency_key=idempotency_key,
             user_id=user_id,
@@ -44,6 +47,8 @@ class WalletCalls(RpcClient):
             provider=provider,
             payment_method_id=payment_method_id,
             return_url=return_url,
+            customer_email=customer_email,
+            customer_phone=customer_phone,
         )
         return await self.request(names.WALLET_DEPOSIT, command, DepositResult, timeout=timeout)
 
