@@ -16,6 +16,10 @@ WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
 INVOICE_CREATE: Final = "billing.invoice.create"
 INVOICE_PAY: Final = "billing.invoice.pay"
 INVOICE_GET: Final = "billing.invoice.get"
+WALLET_HOLD: Final = "billing.wallet.hold"
+WALLET_HOLD_CAPTURE: Final = "billing.wallet.hold.capture"
+WALLET_HOLD_RELEASE: Final = "billing.wallet.hold.release"
+WALLET_CREDIT: Final = "billing.wallet.credit"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -25,6 +29,10 @@ COMMAND_QUEUES: Final = (
     WALLET_WITHDRAW,
     INVOICE_CREATE,
     INVOICE_PAY,
+    WALLET_HOLD,
+    WALLET_HOLD_CAPTURE,
+    WALLET_HOLD_RELEASE,
+    WALLET_CREDIT,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

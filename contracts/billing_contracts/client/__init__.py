@@ -53,6 +53,7 @@ from billing_contracts.client.connection import DEFAULT_PREFETCH as DEFAULT_PREF
 from billing_contracts.client.connection import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from billing_contracts.client.connection import DIRECT_REPLY_TO
 from billing_contracts.client.events import Event, EventData, parse_event
+from billing_contracts.client.holds import HoldCalls
 from billing_contracts.client.invoices import InvoiceCalls
 from billing_contracts.client.plans import PlanCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
@@ -105,7 +106,7 @@ __all__ = [
 ]
 
 
-class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls):
+class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls, HoldCalls):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
     Use it as `async with BillingClient(url) as billing:` or
@@ -117,6 +118,7 @@ class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, Eve
     The calls by area: `WalletCalls` (`deposit`, `withdraw`, `balance`, `transactions`),
     `PlanCalls` (`upsert_plan`, `list_plans`), `SubscriptionCalls` (`create_subscription`,
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
-    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`) and `EventCalls`
+    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`), `HoldCalls`
+    (`hold`, `capture_hold`, `release_hold`, `credit`) and `EventCalls`
     (`events`), all over `request()` (`RpcClient`) on one `Connection`.
     """
