@@ -108,7 +108,6 @@ DERIVED: dict[str, Derived] = {
     _scope(names.INVOICE_CREATE): Derived("invoices", "invoice", "invoice_id"),
     _scope(names.SUBSCRIPTION_CREATE): Derived("subscriptions", "subscription", "subscription_id"),
     _scope(names.WALLET_HOLD): Derived("holds", "hold", "hold_id"),
-    _scope(names.WALLET_HOLD_CAPTURE): Derived("transactions", "hold.capture", "transaction_id"),
     _scope(names.WALLET_CREDIT): Derived("transactions", "credit", "transaction_id"),
 }
 # Of those, the commands that call a payment provider before they write anything: they

@@ -238,3 +238,24 @@ async def test_a_capture_racing_the_expiry_job_exactly_one_wins(unstarted: Worke
     assert statuses == Counter({"captured": len(won), "expired": len(lost)}) - Counter()
     assert await account(unstarted, user) == (10_000 - 40 * len(won), 0)
     assert await findings(unstarted) == []
+
+
+async def test_a_hold_or_credit_retried_after_its_record_expired_is_not_run_again(
+    unstarted: Worker,
+) -> None:
+    service, user = unstarted.service, new_user()
+    credit = GrantCredit.model_validate(
+        {"idempotency_key": key(), "user_id": user, "amount": usd("5.00"), "reason": "r"}
+    )
+    placing = PlaceHold.model_validate(hold(user, "2.00"))
+    assert (await service.command("wallet.credit", credit, credits.grant_by("a")))["ok"]
+    placed = await service.command("wallet.hold", placing, holds.place_hold)
+    async with driver_connection(unstarted.engine) as db:  # retention deleted the records
+        await db.execute("DELETE FROM idempotency_records WHERE scope LIKE $1", f"%{user}%")
+
+    again = await service.command("wallet.hold", placing, holds.place_hold)
+    assert again["error"]["code"] == "idempotency_conflict", again
+    assert again["error"]["details"]["hold_id"] == placed["data"]["hold"]["id"]
+    granted = await service.command("wallet.credit", credit, credits.grant_by("a"))
+    assert granted["error"]["details"]["expired"] is True, granted
+    assert await account(unstarted, user) == (500, 200)

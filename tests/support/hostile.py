@@ -93,6 +93,20 @@ BASE: dict[str, dict[str, Any]] = {
         "reason": "fuzz",
     },
     names.SUBSCRIPTION_GET: {"user_id": "@user"},
+    names.WALLET_HOLD: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "amount": MONEY,
+        "expires_in_seconds": 60,
+        "reference": "saga-1",
+    },
+    names.WALLET_HOLD_CAPTURE: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "hold_id": UUID_A,
+        "amount": MONEY,
+    },
+    names.WALLET_HOLD_RELEASE: {"idempotency_key": "@key", "user_id": "@user", "hold_id": UUID_A},
     names.ORDER_CREATED_QUEUE: {
         "order_id": "@id",
         "user_id": "@user",
@@ -120,6 +134,9 @@ OPTIONAL: dict[str, set[str]] = {
     names.SUBSCRIPTION_CREATE: {"email"},
     names.SUBSCRIPTION_CANCEL: {"at_period_end", "reason"},
     names.SUBSCRIPTION_GET: set(),
+    names.WALLET_HOLD: {"reference"},
+    names.WALLET_HOLD_CAPTURE: {"amount"},
+    names.WALLET_HOLD_RELEASE: set(),
     names.ORDER_CREATED_QUEUE: {"items.*.sku"},
     names.PROVIDER_EVENTS_QUEUE: {"data.amount_minor", "data.currency"},
 }
