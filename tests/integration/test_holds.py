@@ -259,3 +259,48 @@ async def test_a_hold_or_credit_retried_after_its_record_expired_is_not_run_agai
     granted = await service.command("wallet.credit", credit, credits.grant_by("a"))
     assert granted["error"]["details"]["expired"] is True, granted
     assert await account(unstarted, user) == (500, 200)
+
+
+async def test_the_audit_finds_holds_that_disagree_with_their_account(unstarted: Worker) -> None:
+    service, user = unstarted.service, new_user()
+    credit = GrantCredit.model_validate(
+        {"idempotency_key": key(), "user_id": user, "amount": usd("5.00"), "reason": "r"}
+    )
+    assert (await service.command("wallet.credit", credit, credits.grant_by("a")))["ok"]
+    placed = await service.command(
+        "wallet.hold", PlaceHold.model_validate(hold(user, "2.00")), holds.place_hold
+    )
+    hold_id = uuid.UUID(placed["data"]["hold"]["id"])
+
+    def mine(found: list[Any]) -> set[str]:
+        return {f.check for f in found if any(user in str(row) or str(hold_id) in str(row)
+                                              for row in f.rows)}  # fmt: skip
+
+    assert mine(await findings(unstarted)) == set()
+    async with driver_connection(unstarted.engine) as db:
+        try:  # a lost reservation, and a capture that took more than its withdrawal
+            await db.execute("UPDATE virtual_accounts SET held_minor = 0 WHERE user_id = $1", user)
+            await db.execute("UPDATE holds SET status = 'released', closed_at = now() "
+                             "WHERE id = $1", hold_id)  # fmt: skip
+            broken = mine(await findings(unstarted))
+        finally:
+            await db.execute("UPDATE holds SET status = 'open', closed_at = NULL WHERE id = $1",
+                             hold_id)  # fmt: skip
+            await db.execute(
+                "UPDATE virtual_accounts SET held_minor = 200 WHERE user_id = $1", user
+            )
+    assert broken == {"hold whose audit trail does not end in its status"}
+    async with driver_connection(unstarted.engine) as db:
+        try:
+            await db.execute(
+                "UPDATE virtual_accounts SET held_minor = 100 WHERE user_id = $1", user
+            )
+            broken = mine(await findings(unstarted))
+        finally:
+            await db.execute(
+                "UPDATE virtual_accounts SET held_minor = 200 WHERE user_id = $1", user
+            )
+    assert broken == {
+        "account whose held amount is not the sum of its open holds, or exceeds its balance"
+    }
+    assert mine(await findings(unstarted)) == set()
