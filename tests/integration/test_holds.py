@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from billing_contracts import names
+from billing_contracts.client import BillingClient, InsufficientFunds, InvalidState, NotFound
 from billing_contracts.holds import CaptureHold, GrantCredit, PlaceHold
+from billing_contracts.money import Money
 from billing_worker.app import Worker, build_worker
 from billing_worker.db.engine import driver_connection
 from billing_worker.handlers import credits, holds
@@ -304,3 +306,29 @@ async def test_the_audit_finds_holds_that_disagree_with_their_account(unstarted:
         "account whose held amount is not the sum of its open holds, or exceeds its balance"
     }
     assert mine(await findings(unstarted)) == set()
+
+
+async def test_the_typed_client_places_captures_and_releases_holds(
+    worker: Worker, bus: Bus, rabbitmq_url: str
+) -> None:
+    user = new_user()
+    await fund(bus, user, "50.00")
+    async with BillingClient(rabbitmq_url, timeout=30) as billing:
+        placed = await billing.hold(
+            user_id=user, amount=Money(amount="20.00", currency="USD"), expires_in_seconds=600,
+            idempotency_key=key(), reference="saga-9",
+        )  # fmt: skip
+        assert placed.available == Money(amount="30.00", currency="USD")
+        with pytest.raises(InsufficientFunds):
+            await billing.hold(user_id=user, amount=Money(amount="30.01", currency="USD"),
+                               expires_in_seconds=600, idempotency_key=key())  # fmt: skip
+        with pytest.raises(NotFound):
+            await billing.capture_hold(user_id=new_user(), hold_id=placed.hold.id,
+                                       idempotency_key=key())  # fmt: skip
+        captured = await billing.capture_hold(user_id=user, hold_id=placed.hold.id,
+                                              idempotency_key=key())  # fmt: skip
+        assert captured.transaction.amount == Money(amount="20.00", currency="USD")
+        with pytest.raises(InvalidState):
+            await billing.release_hold(user_id=user, hold_id=placed.hold.id,
+                                       idempotency_key=key())  # fmt: skip
+    assert await account(worker, user) == (3000, 0)
