@@ -281,7 +281,10 @@ def access_for(settings: Settings, worker_user: str, queues: list[str]) -> Acces
     if settings.access_policy is None:
         log.warning(
             "BILLING_ACCESS_POLICY is unset: any broker user may send any command, "
-            "provider callback or order to this worker (see the README's Trust model)"
+            "provider callback or order to this worker (see the README's Trust model); %s",
+            "credits too (BILLING_CREDIT_WITHOUT_POLICY)"
+            if settings.credit_without_policy
+            else "credits are refused",
         )
         return Access(worker_user, privileged_without_policy=settings.credit_without_policy)
     policy = load_policy(settings.access_policy, queues)
