@@ -32,6 +32,13 @@ from billing_worker.startup import StartupError
 
 DEFAULT_LOGIN = "guest"  # what aio-pika logs in as when the URL names no user
 
+# Queues that make money out of nothing (admin credits). A user may send to one only if
+# the policy names it exactly — a wildcard written before it existed (`billing.wallet.*`,
+# `*`) grants nothing — and, with the policy off, nobody may unless the worker was started
+# with `BILLING_CREDIT_WITHOUT_POLICY=true` (local development). The worker's own user is
+# no exception: it never sends one itself.
+PRIVILEGED = frozenset({names.WALLET_CREDIT})
+
 
 class AccessPolicyError(StartupError):
     """The policy file is missing or malformed; the message is the one-line reason."""
@@ -51,6 +58,8 @@ class AccessPolicy:
     source: str = ""
 
     def allows(self, user: str, queue: str) -> bool:
+        if queue in PRIVILEGED:  # only by its exact name
+            return queue in self.users.get(user, ())
         return any(fnmatchcase(queue, pattern) for pattern in self.users.get(user, ()))
 
 
@@ -108,6 +117,7 @@ class Access:
 
     worker_user: str
     policy: AccessPolicy | None = None  # None: the policy is off, anyone may send anything
+    privileged_without_policy: bool = False  # BILLING_CREDIT_WITHOUT_POLICY (development)
 
     def sender(self, user_id: str | None, headers: Mapping[str, Any]) -> str | None:
         """The validated original sender; None when the message does not say who sent it.
@@ -124,12 +134,20 @@ class Access:
 
     def refusal(self, queue: str, user_id: str | None, headers: Mapping[str, Any]) -> str | None:
         """None when the message may be handled, else why not (one line)."""
-        if self.policy is None:
+        privileged = queue in PRIVILEGED
+        if self.policy is None and not privileged:
             return None
         sender = self.sender(user_id, headers)
         if sender is None:
             return f"a message to {queue} must carry its sender's AMQP user_id"
-        if sender == self.worker_user or self.policy.allows(sender, queue):
+        if self.policy is None:
+            if self.privileged_without_policy:
+                return None
+            return (
+                f"{queue} is refused while BILLING_ACCESS_POLICY is unset "
+                "(BILLING_CREDIT_WITHOUT_POLICY=true opens it for local development)"
+            )
+        if (sender == self.worker_user and not privileged) or self.policy.allows(sender, queue):
             return None
         return f"broker user {sender!r} may not send to {queue}"
 

@@ -19,6 +19,7 @@ from billing_worker.db import outbox
 from billing_worker.db.engine import create_engine, driver_connection
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
 from billing_worker.handlers.deps import Deps
+from billing_worker.jobs.hold_expiry import HoldExpiry
 from billing_worker.jobs.reconcile import Reconciler
 from billing_worker.jobs.renewals import Renewals
 from billing_worker.jobs.retention import Retention
@@ -57,6 +58,7 @@ class Worker:
     metrics: Metrics
     retention: Retention
     watchdog: Watchdog
+    hold_expiry: HoldExpiry
 
 
 def build_gateways(settings: Settings) -> Gateways:
@@ -144,6 +146,11 @@ def build_worker(
         batch=settings.retention_batch_size,
         pause_seconds=settings.retention_pause_ms / 1000,
     )
+    hold_expiry = HoldExpiry(
+        service,
+        interval_seconds=settings.hold_expiry_interval_seconds,
+        batch=settings.hold_expiry_batch_size,
+    )
     pipeline = Pipeline(broker, topology, settings.max_deliveries, metrics, Access(worker_user))
     routes = all_routes(service, gateways, metrics, settings.coalesce_max)
     for route in routes:
@@ -172,6 +179,9 @@ def build_worker(
     watchdog.watch(Part("renewals", task_probe(lambda: renewals.task), restarter(renewals.start)))
     watchdog.watch(
         Part("retention", task_probe(lambda: retention.task), restarter(retention.start))
+    )
+    watchdog.watch(
+        Part("hold_expiry", task_probe(lambda: hold_expiry.task), restarter(hold_expiry.start))
     )
     for route in routes:
         if route.coalescer is not None:
@@ -216,6 +226,7 @@ def build_worker(
         reconciler.start()
         renewals.start()
         retention.start()
+        hold_expiry.start()
         watchdog.start()
         log.info(
             "billing worker consuming (prefetch %d, providers %s, default %s)",
@@ -239,6 +250,7 @@ def build_worker(
         await reconciler.stop()
         await renewals.stop()
         await retention.stop()
+        await hold_expiry.stop()
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:
@@ -257,7 +269,7 @@ def build_worker(
         after_shutdown=[after_shutdown],
     )
     return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics,
-                  retention, watchdog)  # fmt: skip
+                  retention, watchdog, hold_expiry)  # fmt: skip
 
 
 def restarter(start: Callable[[], None]) -> Callable[[], Awaitable[None]]:
@@ -272,9 +284,12 @@ def access_for(settings: Settings, worker_user: str, queues: list[str]) -> Acces
     if settings.access_policy is None:
         log.warning(
             "BILLING_ACCESS_POLICY is unset: any broker user may send any command, "
-            "provider callback or order to this worker (see the README's Trust model)"
+            "provider callback or order to this worker (see the README's Trust model); %s",
+            "credits too (BILLING_CREDIT_WITHOUT_POLICY)"
+            if settings.credit_without_policy
+            else "credits are refused",
         )
-        return Access(worker_user)
+        return Access(worker_user, privileged_without_policy=settings.credit_without_policy)
     policy = load_policy(settings.access_policy, queues)
     log.info(
         "access policy %s: %d broker users besides the worker's own (%s)",

@@ -13,12 +13,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
+from billing_worker.db.holds import Holding
 from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.events import DomainEvent
+from billing_worker.domain.holds import Close, HoldRow
 from billing_worker.domain.ledger import BalanceChange, Transaction
 from billing_worker.domain.transactions import Transition
 from billing_worker.providers.base import Notification
@@ -137,6 +139,22 @@ class Intents(Protocol):
     async def of_subscription(self, subscription_id: UUID) -> list[Intent]: ...
 
 
+class Holds(Protocol):
+    """Holds and the reservations they make on accounts (`virtual_accounts.held_minor`)."""
+
+    async def reserve(self, user_id: str, currency: str, amount_minor: int) -> Holding | None: ...
+    async def unreserve(
+        self, account_id: UUID, held_minor: int, debit_minor: int, threshold_minor: int
+    ) -> Holding: ...
+    async def insert(self, hold: HoldRow, reason: str | None = None) -> None: ...
+    async def get(self, hold_id: UUID, *, lock: bool = False) -> HoldRow | None: ...
+    async def close(self, hold_id: UUID, close: Close, at: datetime) -> HoldRow | None: ...
+    async def due(self, now: datetime, limit: int) -> list[HoldRow]: ...
+    async def balances(
+        self, user_id: str, currency: str | None = None
+    ) -> list[tuple[str, int, int]]: ...
+
+
 class UnitOfWork(Protocol):
     """What a handler may touch: the repositories of one transaction, the clock, and the
     outbox (`emit` an event, `deliver_later` a provider callback to the worker itself)."""
@@ -155,6 +173,8 @@ class UnitOfWork(Protocol):
     def idempotency(self) -> Idempotency: ...
     @property
     def intents(self) -> Intents: ...
+    @property
+    def holds(self) -> Holds: ...
     @property
     def clock(self) -> Clock: ...
 

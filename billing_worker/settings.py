@@ -137,6 +137,17 @@ class Settings(BaseSettings):
     retention_pause_ms: int = Field(
         default=100, ge=0, le=60000, description="Pause between two retention batches"
     )
+    hold_expiry_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="How often each worker releases expired holds"
+    )
+    hold_expiry_batch_size: int = Field(
+        default=100, ge=1, le=10000, description="Expired holds released per transaction"
+    )
+    credit_without_policy: bool = Field(
+        default=False,
+        description="Let any broker user send billing.wallet.credit while BILLING_ACCESS_POLICY "
+        "is unset (local development only; refused together with a policy)",
+    )
     dead_letter_max: int = Field(
         default=100_000,
         ge=1,
@@ -283,6 +294,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BILLING_SANDBOX_ENABLED=true is refused with live provider keys "
                 f"({'; '.join(live)})"
+            )
+        if self.credit_without_policy and self.access_policy is not None:
+            raise ValueError(
+                "BILLING_CREDIT_WITHOUT_POLICY=true is for development without "
+                "BILLING_ACCESS_POLICY; with a policy, name billing.wallet.credit in it"
             )
         if self.default_provider == "sandbox" and not self.sandbox_enabled:
             raise ValueError("BILLING_DEFAULT_PROVIDER=sandbox needs BILLING_SANDBOX_ENABLED=true")

@@ -107,6 +107,8 @@ DERIVED: dict[str, Derived] = {
     _scope(names.INVOICE_PAY): Derived("transactions", "invoice.pay", "transaction_id"),
     _scope(names.INVOICE_CREATE): Derived("invoices", "invoice", "invoice_id"),
     _scope(names.SUBSCRIPTION_CREATE): Derived("subscriptions", "subscription", "subscription_id"),
+    _scope(names.WALLET_HOLD): Derived("holds", "hold", "hold_id"),
+    _scope(names.WALLET_CREDIT): Derived("transactions", "credit", "transaction_id"),
 }
 # Of those, the commands that call a payment provider before they write anything: they
 # look for their earlier row before every first run (a collision on insert would come
@@ -114,7 +116,7 @@ DERIVED: dict[str, Derived] = {
 # been asked again). The others learn of it from the collision on their row's id.
 PROVIDER_FIRST = frozenset({_scope(names.WALLET_DEPOSIT), _scope(names.SUBSCRIPTION_CREATE)})
 # The primary keys such a collision is reported on.
-DERIVED_KEYS = frozenset({"pk_transactions", "pk_invoices", "pk_subscriptions"})
+DERIVED_KEYS = frozenset({"pk_transactions", "pk_invoices", "pk_subscriptions", "pk_holds"})
 
 
 async def exists(connection: asyncpg.Connection, table: str, row_id: UUID) -> bool:

@@ -45,9 +45,12 @@ from billing_worker.db.tables_core import (
     TransactionTransition,
     VirtualAccount,
 )
+from billing_worker.db.tables_holds import Hold, HoldTransition
 
 __all__ = [
     "BillingUser",
+    "Hold",
+    "HoldTransition",
     "IdempotencyRecord",
     "Invoice",
     "InvoiceLine",

@@ -65,7 +65,7 @@ class Plan(SQLModel, table=True):
     active: bool = flag_field(True)
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
-    vat_code: int | None = Field(default=None, nullable=True)  # YooKassa receipts (0012)
+    vat_code: int | None = Field(default=None, nullable=True)  # YooKassa receipts (migration 0010)
 
 
 class PaymentMethod(SQLModel, table=True):
@@ -86,13 +86,16 @@ class PaymentMethod(SQLModel, table=True):
 
 
 class VirtualAccount(SQLModel, table=True):
-    """A prepaid balance: one per user and currency, never below zero."""
+    """A prepaid balance: one per user and currency, never below zero nor below its holds."""
 
     __tablename__ = "virtual_accounts"
     __table_args__ = (
         currency_check(),
         CheckConstraint("balance_minor >= 0", name="balance_non_negative"),
         UniqueConstraint("user_id", "currency"),
+        # Open holds (migration 0008) never exceed the balance: available >= 0.
+        CheckConstraint("held_minor >= 0", name="held_non_negative"),
+        CheckConstraint("balance_minor - held_minor >= 0", name="held_within_balance"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -102,6 +105,7 @@ class VirtualAccount(SQLModel, table=True):
     low_balance_alerted: bool = flag_field(False)
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
+    held_minor: int = zero_field(big=True)  # the open holds' sum
 
 
 class Transaction(SQLModel, table=True):

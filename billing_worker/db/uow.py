@@ -17,6 +17,7 @@ from billing_contracts.envelope import EventEnvelope
 from billing_worker.db import outbox
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.errors import translated
+from billing_worker.db.holds import SqlHolds
 from billing_worker.db.idempotency import SqlIdempotency
 from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
@@ -92,6 +93,7 @@ class UnitOfWork:
         self.invoices = SqlInvoices(connection)
         self.idempotency = SqlIdempotency(connection)
         self.intents = SqlIntents(connection)
+        self.holds = SqlHolds(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
 

@@ -26,9 +26,10 @@ LIMIT 1
 # the lock is ours), not from the UPDATE's own scan: that scan sees the statement's
 # snapshot, and a stale balance failing the guard is never re-checked, so a withdrawal
 # waiting on a deposit's lock would be refused on the balance from before the deposit.
+# A debit may take only what is available: the balance less the open holds.
 MOVE_BALANCE = """
 WITH previous AS (
-    SELECT id, balance_minor, low_balance_alerted FROM virtual_accounts
+    SELECT id, balance_minor, held_minor, low_balance_alerted FROM virtual_accounts
     WHERE user_id = $1 AND currency = $2 FOR UPDATE
 )
 UPDATE virtual_accounts AS a
@@ -36,7 +37,7 @@ SET balance_minor = a.balance_minor + $3,
     low_balance_alerted = a.balance_minor + $3 < $4,
     updated_at = now()
 FROM previous
-WHERE a.id = previous.id AND previous.balance_minor + $3 >= 0
+WHERE a.id = previous.id AND previous.balance_minor - previous.held_minor + $3 >= 0
 RETURNING a.id, a.balance_minor,
           previous.low_balance_alerted AS was_low, a.low_balance_alerted AS is_low
 """

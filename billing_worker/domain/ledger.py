@@ -180,6 +180,18 @@ class Transaction:
             provider_confirmation=confirmation,
         )  # fmt: skip
 
+    @classmethod
+    def credit(
+        cls, id: UUID, user_id: str, account_id: UUID, amount_minor: int, currency: str,
+        at: datetime, *, reason: str,
+    ) -> Transaction:  # fmt: skip
+        """Money an admin grants onto the balance (no payment behind it), completed at once."""
+        return cls(
+            id, user_id, account_id, Kind.CREDIT, Status.COMPLETED, amount_minor, currency,
+            BALANCE, None, at, at, trail=tuple(path(*INSTANT, reason="credit")),
+            description=reason,
+        )  # fmt: skip
+
 
 class Refundable(Protocol):
     """The payment a refund gives back (a recorded transaction)."""
@@ -229,11 +241,21 @@ class PeriodCharge:
 
 
 def insufficient_funds(
-    currency: str, balance_minor: int, wanted: str, **details: object
+    currency: str, balance_minor: int, wanted: str, *, held_minor: int = 0, **details: object
 ) -> InsufficientFunds:
     """The refusal of a debit the balance does not cover; `wanted` names what it is
-    ("100.00", "the invoice total 100.00")."""
+    ("100.00", "the invoice total 100.00"). With open holds (`held_minor`) what counts is
+    what is available, also given in the details."""
     balance = format_minor(balance_minor, currency)
+    if held_minor:
+        available = format_minor(balance_minor - held_minor, currency)
+        return InsufficientFunds(
+            f"the available {currency} balance {available} (balance {balance}, less open "
+            f"holds) is less than {wanted}",
+            balance={"amount": balance, "currency": currency},
+            available={"amount": available, "currency": currency},
+            **details,
+        )
     return InsufficientFunds(
         f"the {currency} balance {balance} is less than {wanted}",
         balance={"amount": balance, "currency": currency},

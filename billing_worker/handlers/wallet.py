@@ -208,20 +208,24 @@ async def _withdrawn(
 async def refusal(
     uow: UnitOfWork, user_id: str, currency: str, wanted: str, **details: object
 ) -> InsufficientFunds:
-    """`insufficient_funds` for a debit of `wanted` the user's balance does not cover."""
-    balances = dict(await uow.wallet.balances(user_id, currency))
-    return insufficient_funds(currency, balances.get(currency, 0), wanted, **details)
+    """`insufficient_funds` for a debit of `wanted` what the user's account has available
+    (its balance less its open holds) does not cover."""
+    accounts = {c: (b, h) for c, b, h in await uow.holds.balances(user_id, currency)}
+    balance, held = accounts.get(currency, (0, 0))
+    return insufficient_funds(currency, balance, wanted, held_minor=held, **details)
 
 
 async def get_balance(query: GetBalance, uow: UnitOfWork, deps: Deps) -> BalanceResult:
-    balances = await uow.wallet.balances(query.user_id, query.currency)
+    """Each account's balance and what is available of it (the balance less open holds)."""
+    accounts = await uow.holds.balances(query.user_id, query.currency)
     return BalanceResult(
         user_id=query.user_id,
         accounts=[
-            AccountBalance(currency=currency, balance=to_wire(minor, currency))
-            for currency, minor in balances
+            AccountBalance(currency=currency, balance=to_wire(minor, currency),
+                           available=to_wire(minor - held, currency))
+            for currency, minor, held in accounts
         ],
-    )
+    )  # fmt: skip
 
 
 async def list_transactions(

@@ -68,6 +68,15 @@ class Route:
     # The NestJS patterns this queue answers to (see nestjs.py); none: no packets here.
     patterns: frozenset[str] = frozenset()
     coalescer: Any = None  # the Coalescer its commands go through, if any (watched)
+    with_sender: bool = False  # `handle` gets a `Sent`: the payload and who sent it
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A payload and its sender: the broker-validated AMQP user id (`Access.sender`)."""
+
+    payload: Any
+    sender: str | None
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -140,6 +149,8 @@ class Pipeline:
             unreadable = InvalidMessage(f"unreadable body: {failure_reason(crash)}")
             return await self.refuse(route, message, unreadable, packet)
         attempt = attempt_of(raw)
+        if route.with_sender:
+            payload = Sent(payload, self.access.sender(raw.user_id, raw.headers or {}))
         try:
             reply = await route.handle(payload)
         except Exception as failure:  # every failure is retried, then dead-lettered

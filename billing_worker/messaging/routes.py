@@ -10,13 +10,16 @@ from pydantic import BaseModel, ConfigDict
 from billing_contracts import names
 from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
+from billing_worker.domain.errors import Unprocessable
+from billing_worker.handlers import credits as credit_handlers
 from billing_worker.handlers import deposit_cancel
+from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.coalescer import Coalescer
 from billing_worker.messaging.parsing import MAX_BODY_BYTES, InvalidMessage, contract_parser
-from billing_worker.messaging.pipeline import Route
+from billing_worker.messaging.pipeline import Route, Sent
 from billing_worker.metrics import OTHER, Metrics
 from billing_worker.providers import sandbox
 from billing_worker.providers import stripe as stripe_provider
@@ -37,6 +40,9 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.SUBSCRIPTION_CREATE: subscription_handlers.create_subscription,
     names.SUBSCRIPTION_CANCEL: subscription_handlers.cancel_subscription,
     names.WALLET_DEPOSIT_CANCEL: deposit_cancel.cancel_deposit,
+    names.WALLET_HOLD: hold_handlers.place_hold,
+    names.WALLET_HOLD_CAPTURE: hold_handlers.capture_hold,
+    names.WALLET_HOLD_RELEASE: hold_handlers.release_hold,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,
@@ -78,6 +84,22 @@ def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Ro
     return Route(queue, contract_parser(entry.request), handle, entry.request,
                  reply_type(entry), entry.purpose, frozenset({queue}),
                  coalescer if coalesced else None)  # fmt: skip
+
+
+def credit_route(service: BillingService) -> Route:
+    """`billing.wallet.credit`: the handler records who sent it (the validated AMQP user
+    id; `access.py` lets only admins, and no one without a policy, get this far)."""
+    entry = BY_QUEUE[names.WALLET_CREDIT]
+    scope = entry.queue.removeprefix("billing.")
+
+    async def handle(sent: Sent) -> dict[str, Any]:
+        if not sent.sender:  # access.py refuses a credit without a sender before this
+            raise Unprocessable("a credit must carry its sender's AMQP user_id")
+        return await service.command(scope, sent.payload, credit_handlers.grant_by(sent.sender))
+
+    return Route(entry.queue, contract_parser(entry.request), handle, entry.request,
+                 reply_type(entry), entry.purpose, frozenset({entry.queue}),
+                 with_sender=True)  # fmt: skip
 
 
 def query_route(queue: str, service: BillingService) -> Route:
@@ -176,6 +198,7 @@ def all_routes(
 ) -> list[Route]:
     return [
         *(command_route(queue, service, max_batch) for queue in COMMANDS),
+        credit_route(service),
         *(query_route(queue, service) for queue in QUERIES),
         order_created_route(service),
         provider_events_route(service, gateways, metrics),

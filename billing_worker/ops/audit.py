@@ -11,7 +11,10 @@ from typing import Any
 
 import asyncpg
 
-# Money that moved through the wallet: completed (or since refunded) deposits in;
+from billing_worker.ops.audit_holds import HOLD_CHECKS
+
+# Money that moved through the wallet: completed (or since refunded) deposits and admin
+# credits in;
 # completed balance-paid withdrawals, subscription charges and invoice payments out, and
 # the refunds of deposits (a refund row carries its deposit's account).
 _BALANCES = """
@@ -25,6 +28,7 @@ LEFT JOIN (
                     WHEN kind IN ('withdrawal', 'subscription_charge', 'invoice_payment')
                          AND provider = 'balance' AND status = 'completed' THEN -amount_minor
                     WHEN kind = 'refund' AND status = 'completed' THEN -amount_minor
+                    WHEN kind = 'credit' AND status = 'completed' THEN amount_minor
                     ELSE 0 END) AS expected
     FROM transactions WHERE account_id IS NOT NULL GROUP BY account_id
 ) m ON m.account_id = a.id
@@ -110,6 +114,7 @@ _CHECKS: dict[str, str] = {
             OR (p.status = 'refunded') <> (coalesce(sum(r.amount_minor), 0) = p.amount_minor)
             OR bool_or(r.currency <> p.currency)
     """,
+    **HOLD_CHECKS,
     "command recorded without its reply": """
         SELECT scope, key, created_at FROM idempotency_records
         WHERE reply IS NULL AND scope NOT LIKE 'provider:%' AND scope NOT LIKE 'reconcile:%'

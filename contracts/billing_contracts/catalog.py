@@ -19,7 +19,12 @@ from billing_contracts.deposit_cancel import CancelDeposit, CancelDepositResult
 from billing_contracts.envelope import ErrorCode
 from billing_contracts.events import (
     BALANCE_LOW,
+    CREDIT_GRANTED,
     DEPOSIT_COMPLETED,
+    HOLD_CAPTURED,
+    HOLD_CREATED,
+    HOLD_EXPIRED,
+    HOLD_RELEASED,
     INVOICE_CREATED,
     INVOICE_PAID,
     PAYMENT_FAILED,
@@ -34,6 +39,17 @@ from billing_contracts.events import (
     PaymentFailed,
     PaymentSucceeded,
     WithdrawalCompleted,
+)
+from billing_contracts.holds import (
+    CaptureHold,
+    CaptureResult,
+    CreditGranted,
+    CreditResult,
+    GrantCredit,
+    HoldEvent,
+    HoldResult,
+    PlaceHold,
+    ReleaseHold,
 )
 from billing_contracts.invoices import (
     CreateInvoice,
@@ -255,6 +271,62 @@ ENTRIES: tuple[Entry, ...] = (
             "transaction_id": "5fbc63ee-4fee-5e26-859c-dbaa2c0b9a34",
         },
     ),
+    Entry(
+        names.WALLET_HOLD,
+        "command",
+        PlaceHold,
+        HoldResult,
+        "Reserve money of the user's account for a while (a saga's hold)",
+        (E.INSUFFICIENT_FUNDS,),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "amount": _USD,
+            "expires_in_seconds": 900,
+            "reference": "saga-42",
+        },
+    ),
+    Entry(
+        names.WALLET_HOLD_CAPTURE,
+        "command",
+        CaptureHold,
+        CaptureResult,
+        "Turn (part of) one of the user's open holds into a withdrawal, releasing the rest",
+        (E.NOT_FOUND, E.INVALID_STATE, E.CURRENCY_MISMATCH, E.INVALID_MESSAGE),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "hold_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+            "amount": {"amount": "20.00", "currency": "USD"},
+        },
+    ),
+    Entry(
+        names.WALLET_HOLD_RELEASE,
+        "command",
+        ReleaseHold,
+        HoldResult,
+        "Free one of the user's open holds",
+        (E.NOT_FOUND, E.INVALID_STATE),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "hold_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+        },
+    ),
+    Entry(
+        names.WALLET_CREDIT,
+        "command",
+        GrantCredit,
+        CreditResult,
+        "Give the user goodwill or promotional money (admins only)",
+        (E.FORBIDDEN,),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "amount": _USD,
+            "reason": "sorry for the outage",
+        },
+    ),
 )
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
@@ -272,6 +344,11 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: SubscriptionEvent,
         INVOICE_CREATED: InvoiceEvent,
         INVOICE_PAID: InvoiceEvent,
+        HOLD_CREATED: HoldEvent,
+        HOLD_CAPTURED: HoldEvent,
+        HOLD_RELEASED: HoldEvent,
+        HOLD_EXPIRED: HoldEvent,
+        CREDIT_GRANTED: CreditGranted,
     }
 )
 EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
@@ -287,6 +364,11 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         SUBSCRIPTION_CANCELED: "A subscription ended",
         INVOICE_CREATED: "An invoice was issued",
         INVOICE_PAID: "An invoice was paid",
+        HOLD_CREATED: "Money was reserved by a hold",
+        HOLD_CAPTURED: "A hold was captured (its withdrawal made, the rest released)",
+        HOLD_RELEASED: "A hold was released on request",
+        HOLD_EXPIRED: "A hold expired and was released by the worker",
+        CREDIT_GRANTED: "An admin credited the account (goodwill, promotion)",
     }
 )
 
@@ -332,6 +414,17 @@ _PAYMENT = {
     "provider_ref": "pi_3PqRsT2eZvKYlo2C",
     "status": "completed",
 }
+_HOLD = {
+    "hold_id": "0c6a52d4-3f0e-5b8e-9d37-2f1f4c8a9e10",
+    "user_id": "u-42",
+    "status": "open",
+    "amount": _USD,
+    "captured": None,
+    "reference": "saga-42",
+    "expires_at": "2026-11-26T10:15:00Z",
+    "balance": {"amount": "100.00", "currency": "USD"},
+    "available": {"amount": "75.00", "currency": "USD"},
+}
 # An example of each event's `data` (documentation; validated by the tests).
 EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
@@ -352,5 +445,17 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: {**_SUB, "status": "canceled", "reason": "canceled_by_request"},
         INVOICE_CREATED: _INVOICE,
         INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
+        HOLD_CREATED: _HOLD,
+        HOLD_CAPTURED: {**_HOLD, "status": "captured",
+                        "captured": {"amount": "20.00", "currency": "USD"},
+                        "balance": {"amount": "80.00", "currency": "USD"},
+                        "available": {"amount": "80.00", "currency": "USD"}},
+        HOLD_RELEASED: {**_HOLD, "status": "released",
+                        "available": {"amount": "100.00", "currency": "USD"}},
+        HOLD_EXPIRED: {**_HOLD, "status": "expired",
+                       "available": {"amount": "100.00", "currency": "USD"}},
+        CREDIT_GRANTED: {"transaction_id": _TX, "user_id": "u-42", "amount": _USD,
+                         "balance": _USD, "reason": "sorry for the outage",
+                         "granted_by": "billing-admin"},
     }
 )  # fmt: skip

@@ -20,6 +20,11 @@ WITHDRAWAL_COMPLETED: Final = "withdrawal.completed"
 INVOICE_CREATED: Final = "invoice.created"
 INVOICE_PAID: Final = "invoice.paid"
 BALANCE_LOW: Final = "balance.low"
+HOLD_CREATED: Final = "hold.created"
+HOLD_CAPTURED: Final = "hold.captured"
+HOLD_RELEASED: Final = "hold.released"
+HOLD_EXPIRED: Final = "hold.expired"
+CREDIT_GRANTED: Final = "credit.granted"
 
 
 class PaymentSucceeded(BaseModel):

@@ -17,6 +17,10 @@ WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
 INVOICE_CREATE: Final = "billing.invoice.create"
 INVOICE_PAY: Final = "billing.invoice.pay"
 INVOICE_GET: Final = "billing.invoice.get"
+WALLET_HOLD: Final = "billing.wallet.hold"
+WALLET_HOLD_CAPTURE: Final = "billing.wallet.hold.capture"
+WALLET_HOLD_RELEASE: Final = "billing.wallet.hold.release"
+WALLET_CREDIT: Final = "billing.wallet.credit"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -27,6 +31,10 @@ COMMAND_QUEUES: Final = (
     INVOICE_CREATE,
     INVOICE_PAY,
     WALLET_DEPOSIT_CANCEL,
+    WALLET_HOLD,
+    WALLET_HOLD_CAPTURE,
+    WALLET_HOLD_RELEASE,
+    WALLET_CREDIT,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

@@ -37,6 +37,7 @@ class TransactionKind(StrEnum):
     SUBSCRIPTION_CHARGE = "subscription_charge"
     INVOICE_PAYMENT = "invoice_payment"
     REFUND = "refund"
+    CREDIT = "credit"
 
 
 class TransactionStatus(StrEnum):
@@ -148,6 +149,11 @@ class WithdrawResult(BaseModel):
 class AccountBalance(BaseModel):
     currency: str
     balance: Money
+    available: Money | None = Field(
+        default=None,
+        description="What withdrawals, charges and holds may use: the balance less open "
+        "holds (absent from workers before holds)",
+    )
 
 
 class BalanceResult(BaseModel):

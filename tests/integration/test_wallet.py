@@ -286,7 +286,15 @@ async def test_balances_are_kept_per_currency(bus: Bus) -> None:
     assert reply["data"] == {
         "user_id": user,
         "accounts": [
-            {"currency": "JPY", "balance": {"amount": "700", "currency": "JPY"}},
-            {"currency": "USD", "balance": {"amount": "5.00", "currency": "USD"}},
+            {
+                "currency": "JPY",
+                "balance": {"amount": "700", "currency": "JPY"},
+                "available": {"amount": "700", "currency": "JPY"},
+            },
+            {
+                "currency": "USD",
+                "balance": {"amount": "5.00", "currency": "USD"},
+                "available": {"amount": "5.00", "currency": "USD"},
+            },
         ],
     }

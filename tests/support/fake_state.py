@@ -14,6 +14,7 @@ from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.holds import HoldRow
 from billing_worker.domain.transactions import Transition
 
 CUSTOMER_PROVIDERS = ("stripe", "yookassa")  # the providers billing_users has a column for
@@ -55,6 +56,7 @@ class AccountRow:
     id: UUID
     balance_minor: int = 0
     low_alerted: bool = False
+    held_minor: int = 0  # the open holds' sum (CHECK 0 <= held_minor <= balance_minor)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class FakeState:
     numbers: dict[int, int] = field(default_factory=dict)  # year -> last invoice number
     records: dict[tuple[str, str], StoredReply] = field(default_factory=dict)
     intents: dict[UUID, Intent] = field(default_factory=dict)
+    holds: dict[UUID, HoldRow] = field(default_factory=dict)
+    hold_trails: dict[UUID, list[tuple[str | None, str, str | None]]] = field(default_factory=dict)
     transaction_seq: int = 0  # which transaction is running (PostgreSQL's now() in it)
 
     def ensure_user(self, user_id: str) -> UserRow:
@@ -121,7 +125,7 @@ def _copy(value: Any) -> Any:
     if isinstance(value, UserRow):
         return UserRow(value.email, dict(value.customers))
     if isinstance(value, AccountRow):
-        return AccountRow(value.id, value.balance_minor, value.low_alerted)
+        return AccountRow(value.id, value.balance_minor, value.low_alerted, value.held_minor)
     if isinstance(value, list):
         return list(value)
     return value

@@ -46,7 +46,7 @@ class FakeWallet:
         self, user_id: str, currency: str, delta_minor: int, threshold_minor: int
     ) -> BalanceChange | None:
         account = self._state().accounts.get((user_id, currency))
-        if account is None or account.balance_minor + delta_minor < 0:
+        if account is None or account.balance_minor - account.held_minor + delta_minor < 0:
             return None
         was_low = account.low_alerted
         account.balance_minor += delta_minor

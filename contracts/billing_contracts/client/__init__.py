@@ -54,6 +54,7 @@ from billing_contracts.client.connection import DEFAULT_TIMEOUT as DEFAULT_TIMEO
 from billing_contracts.client.connection import DIRECT_REPLY_TO
 from billing_contracts.client.deposit_cancel import DepositCancelCalls
 from billing_contracts.client.events import Event, EventData, parse_event
+from billing_contracts.client.holds import HoldCalls
 from billing_contracts.client.invoices import InvoiceCalls
 from billing_contracts.client.plans import PlanCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
@@ -107,7 +108,13 @@ __all__ = [
 
 
 class BillingClient(
-    WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls, DepositCancelCalls
+    WalletCalls,
+    PlanCalls,
+    SubscriptionCalls,
+    InvoiceCalls,
+    EventCalls,
+    DepositCancelCalls,
+    HoldCalls,
 ):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
@@ -120,7 +127,8 @@ class BillingClient(
     The calls by area: `WalletCalls` (`deposit`, `withdraw`, `balance`, `transactions`),
     `PlanCalls` (`upsert_plan`, `list_plans`), `SubscriptionCalls` (`create_subscription`,
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
-    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`) and `EventCalls`
-    (`events`) and `DepositCancelCalls` (`cancel_deposit`), all over `request()`
+    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`),
+    `DepositCancelCalls` (`cancel_deposit`), `HoldCalls` (`hold`, `capture_hold`,
+    `release_hold`, `credit`) and `EventCalls` (`events`), all over `request()`
     (`RpcClient`) on one `Connection`.
     """

@@ -1,7 +1,7 @@
 """YooKassa receipts (54-FZ): the vat_code of a plan
 
-Revision ID: 0012
-Revises: 0007
+Revision ID: 0010
+Revises: 0008
 Create Date: 2026-12-01
 
 - `plans.vat_code`: the vat_code (1-12) of the receipt item of the plan's YooKassa
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = '0012'
-down_revision: str | Sequence[str] | None = '0007'
+revision: str = '0010'
+down_revision: str | Sequence[str] | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
