@@ -216,6 +216,7 @@ INTENT_KINDS = (
     "yookassa_renewal",
     "stripe_subscription",
     "stripe_cancel",
+    "refund",
 )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from billing_worker.db.intents import Intent
-from billing_worker.handlers import stripe_subscriptions, wallet, yookassa_subscriptions
+from billing_worker.handlers import refunds, stripe_subscriptions, wallet, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.ports import UnitOfWork
 
@@ -51,4 +51,5 @@ FLOWS: Mapping[str, Flow] = {
         stripe_subscriptions.finish_cancel,
         stripe_subscriptions.undo_cancel,
     ),
+    refunds.REFUND: Flow(refunds.call_refund, refunds.finish_refund, refunds.undo_refund),
 }

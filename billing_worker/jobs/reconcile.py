@@ -31,6 +31,7 @@ from billing_worker.db.intents import SqlIntents
 from billing_worker.db.reconciliation import StuckPayment, claim_processing
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.jobs.periodic import Periodic
+from billing_worker.jobs.reconcile_refunds import reconcile_refunds
 from billing_worker.providers.base import Gateways, PaymentResult, PaymentStatus
 from billing_worker.service import BillingService
 
@@ -55,7 +56,10 @@ class Reconciler(Periodic):
     async def run_once(self) -> int:
         """Reconcile one batch; returns how many transactions (and half-done provider
         calls) were settled."""
-        return await self._processing() + await self._intents()
+        refunds = await reconcile_refunds(
+            self.engine, self.service, self.gateways, self.after_seconds, self.batch
+        )
+        return await self._processing() + refunds + await self._intents()
 
     async def _intents(self) -> int:
         async with driver_connection(self.engine) as db:

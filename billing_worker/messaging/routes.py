@@ -11,6 +11,7 @@ from billing_contracts import names
 from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.handlers import invoices as invoice_handlers
+from billing_worker.handlers import refunds as refund_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.coalescer import Coalescer
@@ -35,6 +36,7 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.PLAN_UPSERT: subscription_handlers.upsert_plan,
     names.SUBSCRIPTION_CREATE: subscription_handlers.create_subscription,
     names.SUBSCRIPTION_CANCEL: subscription_handlers.cancel_subscription,
+    names.PAYMENT_REFUND: refund_handlers.refund_payment,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,

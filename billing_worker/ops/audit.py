@@ -13,7 +13,8 @@ import asyncpg
 
 # Money that moved through the wallet: completed (or since refunded) deposits in;
 # completed balance-paid withdrawals, subscription charges and invoice payments out, and
-# the refunds of deposits (a refund row carries its deposit's account).
+# the refunds of deposits (a refund row carries its deposit's account; its amount leaves
+# the balance when the refund is asked); refunds to the balance (provider `balance`) in.
 _BALANCES = """
 SELECT a.id AS account_id, a.user_id, a.currency, a.balance_minor,
        coalesce(m.expected, 0) AS expected_minor
@@ -24,7 +25,10 @@ LEFT JOIN (
                     THEN amount_minor
                     WHEN kind IN ('withdrawal', 'subscription_charge', 'invoice_payment')
                          AND provider = 'balance' AND status = 'completed' THEN -amount_minor
-                    WHEN kind = 'refund' AND status = 'completed' THEN -amount_minor
+                    WHEN kind = 'refund' AND provider = 'balance' AND status = 'completed'
+                         THEN amount_minor
+                    WHEN kind = 'refund' AND status IN ('created', 'processing', 'completed')
+                         THEN -amount_minor
                     ELSE 0 END) AS expected
     FROM transactions WHERE account_id IS NOT NULL GROUP BY account_id
 ) m ON m.account_id = a.id
@@ -45,7 +49,7 @@ _CHECKS: dict[str, str] = {
     "provider intent whose payment is gone or already answered": """
         SELECT i.id, i.kind, i.user_id, i.provider, i.created_at, t.status, t.provider_ref
         FROM provider_intents i LEFT JOIN transactions t ON t.id = i.id
-        WHERE i.kind IN ('deposit', 'yookassa_subscription', 'yookassa_renewal')
+        WHERE i.kind IN ('deposit', 'yookassa_subscription', 'yookassa_renewal', 'refund')
           AND (t.id IS NULL OR t.status <> 'created' OR t.provider_ref IS NOT NULL)
     """,
     "transaction whose audit trail does not end in its status": """
@@ -109,6 +113,19 @@ _CHECKS: dict[str, str] = {
         HAVING coalesce(sum(r.amount_minor), 0) > p.amount_minor
             OR (p.status = 'refunded') <> (coalesce(sum(r.amount_minor), 0) = p.amount_minor)
             OR bool_or(r.currency <> p.currency)
+    """,
+    "refunds in flight and done exceeding their payment": """
+        SELECT p.id, p.kind, p.amount_minor, sum(r.amount_minor) AS held_minor
+        FROM transactions p JOIN transactions r ON r.refund_of = p.id
+        WHERE r.status IN ('created', 'processing', 'completed')
+        GROUP BY p.id HAVING sum(r.amount_minor) > p.amount_minor
+    """,
+    "completed refund at a provider without the provider's matching confirmation": """
+        SELECT id, provider, amount_minor, currency, provider_confirmation FROM transactions
+        WHERE kind = 'refund' AND status = 'completed' AND provider <> 'balance'
+          AND (provider_ref IS NULL OR provider_confirmation IS NULL
+               OR provider_confirmation->>'amount_minor' IS DISTINCT FROM amount_minor::text
+               OR provider_confirmation->>'currency' IS DISTINCT FROM currency)
     """,
     "command recorded without its reply": """
         SELECT scope, key, created_at FROM idempotency_records

@@ -22,6 +22,7 @@ from billing_contracts.events import (
     INVOICE_CREATED,
     INVOICE_PAID,
     PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
     PAYMENT_SUCCESS,
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
@@ -43,6 +44,7 @@ from billing_contracts.invoices import (
 )
 from billing_contracts.orders import OrderCreated
 from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
+from billing_contracts.refunds import PaymentRefunded, RefundPayment, RefundResult
 from billing_contracts.subscriptions import (
     CancelSubscription,
     CreateSubscription,
@@ -240,6 +242,23 @@ ENTRIES: tuple[Entry, ...] = (
             ],
         },
     ),
+    Entry(
+        names.PAYMENT_REFUND,
+        "command",
+        RefundPayment,
+        RefundResult,
+        "Refund one of a user's completed payments, in full or in part, to where it came "
+        "from or to the balance",
+        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.CURRENCY_MISMATCH, E.PROVIDER_ERROR),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "transaction_id": "5fbc63ee-4fee-5e26-859c-dbaa2c0b9a34",
+            "amount": {"amount": "10.00", "currency": "USD"},
+            "reason": "requested_by_customer",
+            "destination": "original",
+        },
+    ),
 )
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
@@ -257,6 +276,7 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: SubscriptionEvent,
         INVOICE_CREATED: InvoiceEvent,
         INVOICE_PAID: InvoiceEvent,
+        PAYMENT_REFUNDED: PaymentRefunded,
     }
 )
 EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
@@ -272,6 +292,7 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         SUBSCRIPTION_CANCELED: "A subscription ended",
         INVOICE_CREATED: "An invoice was issued",
         INVOICE_PAID: "An invoice was paid",
+        PAYMENT_REFUNDED: "A refund of a payment completed (by command or at the provider)",
     }
 )
 
@@ -337,5 +358,10 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: {**_SUB, "status": "canceled", "reason": "canceled_by_request"},
         INVOICE_CREATED: _INVOICE,
         INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
+        PAYMENT_REFUNDED: {"transaction_id": _TX, "user_id": "u-42",
+                           "refund_id": "0c4f5a2e-9d1b-5e8f-a6c3-7b2d1e0f9a84",
+                           "amount": {"amount": "10.00", "currency": "USD"},
+                           "refunded_total": {"amount": "10.00", "currency": "USD"},
+                           "destination": "original", "provider": "stripe"},
     }
 )  # fmt: skip

@@ -20,6 +20,7 @@ WITHDRAWAL_COMPLETED: Final = "withdrawal.completed"
 INVOICE_CREATED: Final = "invoice.created"
 INVOICE_PAID: Final = "invoice.paid"
 BALANCE_LOW: Final = "balance.low"
+PAYMENT_REFUNDED: Final = "payment.refunded"
 
 
 class PaymentSucceeded(BaseModel):

@@ -16,6 +16,7 @@ WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
 INVOICE_CREATE: Final = "billing.invoice.create"
 INVOICE_PAY: Final = "billing.invoice.pay"
 INVOICE_GET: Final = "billing.invoice.get"
+PAYMENT_REFUND: Final = "billing.payment.refund"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -25,6 +26,7 @@ COMMAND_QUEUES: Final = (
     WALLET_WITHDRAW,
     INVOICE_CREATE,
     INVOICE_PAY,
+    PAYMENT_REFUND,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

@@ -55,6 +55,7 @@ from billing_contracts.client.connection import DIRECT_REPLY_TO
 from billing_contracts.client.events import Event, EventData, parse_event
 from billing_contracts.client.invoices import InvoiceCalls
 from billing_contracts.client.plans import PlanCalls
+from billing_contracts.client.refunds import RefundCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
 from billing_contracts.client.stream import EventCalls, EventStream
 from billing_contracts.client.subscriptions import SubscriptionCalls
@@ -105,7 +106,9 @@ __all__ = [
 ]
 
 
-class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls):
+class BillingClient(
+    WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, RefundCalls, EventCalls
+):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
     Use it as `async with BillingClient(url) as billing:` or
@@ -117,6 +120,7 @@ class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, Eve
     The calls by area: `WalletCalls` (`deposit`, `withdraw`, `balance`, `transactions`),
     `PlanCalls` (`upsert_plan`, `list_plans`), `SubscriptionCalls` (`create_subscription`,
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
-    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`) and `EventCalls`
+    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`), `RefundCalls`
+    (`refund_payment`) and `EventCalls`
     (`events`), all over `request()` (`RpcClient`) on one `Connection`.
     """
