@@ -24,7 +24,8 @@ LEFT JOIN (
            sum(CASE WHEN kind = 'deposit' AND status IN ('completed', 'refunded')
                     THEN amount_minor
                     WHEN kind IN ('withdrawal', 'subscription_charge', 'invoice_payment')
-                         AND provider = 'balance' AND status = 'completed' THEN -amount_minor
+                         AND provider = 'balance' AND status IN ('completed', 'refunded')
+                         THEN -amount_minor
                     WHEN kind = 'refund' AND provider = 'balance' AND status = 'completed'
                          THEN amount_minor
                     WHEN kind = 'refund' AND status IN ('created', 'processing', 'completed')
@@ -84,7 +85,8 @@ _CHECKS: dict[str, str] = {
     "paid invoice without exactly one completed payment": """
         SELECT i.id, i.number, i.total_minor, count(t.id) AS payments
         FROM invoices i LEFT JOIN transactions t
-          ON t.invoice_id = i.id AND t.kind = 'invoice_payment' AND t.status = 'completed'
+          ON t.invoice_id = i.id AND t.kind = 'invoice_payment'
+         AND t.status IN ('completed', 'refunded')
         WHERE i.status = 'paid' AND i.total_minor > 0
         GROUP BY i.id HAVING count(t.id) <> 1
     """,
