@@ -7,24 +7,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
 
-from billing_worker.app import Worker
-from billing_worker.jobs.reconcile_refunds import reconcile_refunds
-from billing_worker.ops.audit import audit
 from fakes.stripe_api import FakeStripe
 from fakes.yookassa_api import FakeYooKassa
-from support.attacker import stripe_refund, yookassa_refund
+from support.refund_shop import CURRENCY, Shop, assert_audit_clean, count, new_user, wait_for
 from support.relay import Relay
 from support.rpc import Bus
 
 pytestmark = pytest.mark.integration
 
-REFUND = "billing.payment.refund"
-CURRENCY = {"stripe": "USD", "yookassa": "RUB", "sandbox": "USD"}
 PROVIDERS = ["stripe", "yookassa", "sandbox"]
 
 
@@ -41,96 +35,12 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
-class Shop:
-    """Payments and refunds of one test, through the bus, the relay and the fakes."""
-
-    def __init__(self, bus: Bus, relay: Relay, stripe: tuple[FakeStripe, str],
-                 yookassa: tuple[FakeYooKassa, str]) -> None:  # fmt: skip
-        self.bus, self.relay = bus, relay
-        (self.stripe, self.stripe_base), (self.yookassa, self.yookassa_base) = stripe, yookassa
-
-    async def deposit(self, provider: str, user: str, amount: str) -> str:
-        """A completed deposit; its transaction id."""
-        body = {"idempotency_key": uuid.uuid4().hex, "user_id": user, "provider": provider,
-                "amount": {"amount": amount, "currency": CURRENCY[provider]},
-                "return_url": "https://shop.example/return"}  # fmt: skip
-        reply = await self.bus.call("billing.wallet.deposit", body)
-        assert reply["ok"], reply
-        transaction_id = str(reply["data"]["transaction"]["id"])
-        if provider == "stripe":
-            [pi] = [p for p in self.stripe.payment_intents.values()
-                    if p["metadata"]["transaction_id"] == transaction_id]  # fmt: skip
-            done = self.stripe.succeed(pi["id"])
-            await self.relay.stripe(self.stripe.event("payment_intent.succeeded", done))
-        elif provider == "yookassa":
-            [payment_id] = [pid for pid, p in self.yookassa.payments.items()
-                            if p["metadata"]["transaction_id"] == transaction_id]  # fmt: skip
-            self.yookassa.pay(payment_id)
-            await self.relay.yookassa(self.yookassa.notification("payment.succeeded", payment_id))
-        await self.bus.event("deposit.completed", lambda d: d["transaction_id"] == transaction_id)
-        return transaction_id
-
-    async def refund(
-        self, user: str, transaction_id: str, amount: str | None = None,
-        destination: str = "original", currency: str = "USD",
-    ) -> dict[str, Any]:  # fmt: skip
-        body: dict[str, Any] = {
-            "idempotency_key": uuid.uuid4().hex,
-            "user_id": user,
-            "transaction_id": transaction_id,
-            "destination": destination,
-        }
-        if amount is not None:
-            body["amount"] = {"amount": amount, "currency": currency}
-        return await self.bus.call(REFUND, body, timeout=30)
-
-    async def balance(self, user: str, currency: str) -> str:
-        reply = await self.bus.call(
-            "billing.wallet.balance", {"user_id": user, "currency": currency}
-        )
-        accounts = reply["data"]["accounts"]
-        return str(accounts[0]["balance"]["amount"]) if accounts else "none"
-
-    def refund_calls(self, provider: str) -> int:
-        if provider == "stripe":
-            return len(self.stripe.calls("POST", "/v1/refunds"))
-        if provider == "yookassa":
-            return len(self.yookassa.requests_to("POST", "/v3/refunds"))
-        return 0
-
-    def provider_refunded(self, provider: str, transaction_id: str) -> int | str:
-        """What the provider itself says is refunded of the payment."""
-        if provider == "stripe":
-            [pi] = [p for p in self.stripe.payment_intents.values()
-                    if p["metadata"]["transaction_id"] == transaction_id]  # fmt: skip
-            return int(self.stripe.charges[pi["latest_charge"]]["amount_refunded"])
-        [payment] = [p for p in self.yookassa.payments.values()
-                     if p["metadata"]["transaction_id"] == transaction_id]  # fmt: skip
-        return str(payment.get("refunded_amount", {}).get("value", "0"))
-
-
 @pytest.fixture
 def shop(
     bus: Bus, relay: Relay, stripe_fake: tuple[FakeStripe, str],
     yookassa_fake: tuple[FakeYooKassa, str],
 ) -> Shop:  # fmt: skip
     return Shop(bus, relay, stripe_fake, yookassa_fake)
-
-
-def new_user() -> str:
-    return f"refund-user-{uuid.uuid4().hex[:8]}"
-
-
-async def assert_audit_clean(db: asyncpg.Connection) -> None:
-    findings = await audit(db)
-    assert not findings, "\n".join(f"{f.check}: {f.rows[:5]}" for f in findings)
-
-
-async def wait_for(check: Any, timeout: float = 15.0) -> None:
-    """Until `check()` (a coroutine function) is true, with a deadline."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -154,14 +64,8 @@ async def test_three_partial_refunds_to_the_card_add_up_and_more_is_refused(
     assert await shop.balance(user, currency) == "0.00"
     if provider != "sandbox":
         assert shop.provider_refunded(provider, payment) in (3000, "30.00")
-    events = shop.bus.events_of("payment.refunded", lambda d: d["transaction_id"] == payment)
-    await wait_for(lambda: _count(shop, "payment.refunded", payment, 3))
+    await wait_for(lambda: count(shop, "payment.refunded", payment, 3))
     await assert_audit_clean(db)
-    assert len(events) <= 3
-
-
-async def _count(shop: Shop, type_: str, payment: str, n: int) -> bool:
-    return len(shop.bus.events_of(type_, lambda d: d["transaction_id"] == payment)) == n
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -224,96 +128,6 @@ async def test_fifty_concurrent_refunds_of_one_payment_never_exceed_it(
     await assert_audit_clean(db)
 
 
-async def test_a_stripe_refund_webhook_after_a_command_refund_and_a_dashboard_refund(
-    shop: Shop, db: asyncpg.Connection
-) -> None:
-    """Stripe's `charge.refunded` tells the running total: the command's refund is in it
-    and not recorded again; a dashboard refund after it is recorded once."""
-    user = new_user()
-    payment = await shop.deposit("stripe", user, "25.00")
-    assert (await shop.refund(user, payment, "10.00"))["ok"]
-    [pi] = [p for p in shop.stripe.payment_intents.values()
-            if p["metadata"]["transaction_id"] == payment]  # fmt: skip
-    charge = shop.stripe.charges[pi["latest_charge"]]
-    assert (
-        await shop.relay.stripe(shop.stripe.event("charge.refunded", charge))
-    ).status_code == 200
-    await stripe_refund(shop.stripe_base, pi["id"], 500)  # in the dashboard
-    charge = shop.stripe.charges[pi["latest_charge"]]
-    for _ in range(2):  # the same total told twice
-        told = shop.stripe.event("charge.refunded", charge)
-        assert (await shop.relay.stripe(told)).status_code == 200
-    await wait_for(lambda: _count(shop, "payment.refunded", payment, 2))
-    rows = await db.fetch(
-        "SELECT amount_minor, provider_ref FROM transactions WHERE refund_of = $1 "
-        "ORDER BY amount_minor",
-        uuid.UUID(payment),
-    )
-    assert [r["amount_minor"] for r in rows] == [500, 1000]
-    assert await shop.balance(user, "USD") == "10.00"
-    await assert_audit_clean(db)
-
-
-async def test_a_yookassa_refund_notification_of_a_command_refund_and_a_dashboard_refund(
-    shop: Shop, db: asyncpg.Connection
-) -> None:
-    user = new_user()
-    payment = await shop.deposit("yookassa", user, "100.00")
-    reply = await shop.refund(user, payment, "40.00", currency="RUB")
-    assert reply["ok"], reply
-    [ours] = list(shop.yookassa.refunds)
-    assert (await shop.relay.yookassa(shop.yookassa.refund_notification(ours))).status_code == 200
-    [payment_id] = [pid for pid, p in shop.yookassa.payments.items()
-                    if p["metadata"]["transaction_id"] == payment]  # fmt: skip
-    dashboard = await yookassa_refund(shop.yookassa_base, payment_id, "25.00")
-    for _ in range(2):
-        told = shop.yookassa.refund_notification(dashboard["id"])
-        assert (await shop.relay.yookassa(told)).status_code == 200
-    await wait_for(lambda: _count(shop, "payment.refunded", payment, 2))
-    refs = await db.fetch(
-        "SELECT amount_minor, provider_ref FROM transactions WHERE refund_of = $1 "
-        "ORDER BY amount_minor",
-        uuid.UUID(payment),
-    )
-    assert [(r["amount_minor"], r["provider_ref"]) for r in refs] == [
-        (2500, dashboard["id"]), (4000, ours),
-    ]  # fmt: skip
-    assert await shop.balance(user, "RUB") == "35.00"
-    await assert_audit_clean(db)
-
-
-@pytest.mark.parametrize("how", ["notification", "reconciler", "canceled"])
-async def test_a_pending_yookassa_refund_completes_later_once(
-    shop: Shop, db: asyncpg.Connection, worker: Worker, how: str
-) -> None:
-    user = new_user()
-    payment = await shop.deposit("yookassa", user, "100.00")
-    shop.yookassa.refund_status = "pending"
-    reply = await shop.refund(user, payment, "30.00", currency="RUB")
-    assert reply["data"]["refund"]["status"] == "processing", reply
-    assert await shop.balance(user, "RUB") == "70.00"  # held while the refund is pending
-    [ref] = list(shop.yookassa.refunds)
-    shop.yookassa.settle_refund(ref, "canceled" if how == "canceled" else "succeeded")
-    if how == "notification":
-        assert (
-            await shop.relay.yookassa(shop.yookassa.refund_notification(ref))
-        ).status_code == 200
-    else:
-        r = worker.reconciler
-        assert await reconcile_refunds(r.engine, r.service, r.gateways, 0, 10) == 1
-    expected = ("failed", "100.00") if how == "canceled" else ("completed", "70.00")
-
-    async def settled() -> bool:
-        status = await db.fetchval("SELECT status FROM transactions WHERE refund_of = $1",
-                                   uuid.UUID(payment))  # fmt: skip
-        return (status, await shop.balance(user, "RUB")) == expected
-
-    await wait_for(settled)
-    if how != "canceled":
-        await wait_for(lambda: _count(shop, "payment.refunded", payment, 1))
-    await assert_audit_clean(db)
-
-
 async def test_another_users_payment_is_not_found_and_unfinished_payments_are_refused(
     shop: Shop, db: asyncpg.Connection
 ) -> None:
@@ -370,4 +184,63 @@ async def test_an_invoice_paid_from_the_balance_is_refunded_to_the_balance(
     rest = await shop.refund(user, str(charge_id["id"]), destination="balance")
     assert rest["data"]["payment"]["status"] == "refunded"
     assert await shop.balance(user, "USD") == "20.00"
+    await assert_audit_clean(db)
+
+
+async def test_a_yookassa_subscription_charge_refunded_to_the_balance_and_to_the_card(
+    shop: Shop, db: asyncpg.Connection
+) -> None:
+    user, code = new_user(), f"plan-{uuid.uuid4().hex[:8]}"
+    upsert = await shop.bus.call("billing.plan.upsert", {
+        "idempotency_key": uuid.uuid4().hex, "code": code, "name": "Pro", "interval": "month",
+        "price": {"amount": "499.00", "currency": "RUB"}})  # fmt: skip
+    assert upsert["ok"], upsert
+    created = await shop.bus.call("billing.subscription.create", {
+        "idempotency_key": uuid.uuid4().hex, "user_id": user, "plan_code": code,
+        "payment_source": "yookassa", "return_url": "https://shop.example/back"})  # fmt: skip
+    assert created["ok"], created
+    [first] = [p for p in shop.yookassa.payments.values() if p["metadata"]["user_id"] == user]
+    shop.yookassa.pay(first["id"])
+    await shop.relay.yookassa(shop.yookassa.notification("payment.succeeded", first["id"]))
+    sub_id = created["data"]["subscription"]["id"]
+    await shop.bus.event("subscription.created", lambda d: d["subscription_id"] == sub_id)
+    charge = str(await db.fetchval(
+        "SELECT id FROM transactions WHERE kind = 'subscription_charge' AND user_id = $1", user
+    ))  # fmt: skip
+
+    to_balance = await shop.refund(user, charge, "100.00", destination="balance", currency="RUB")
+    assert (to_balance["data"]["destination"], to_balance["data"]["refund"]["provider"]) == (
+        "balance", "balance",
+    )  # fmt: skip
+    assert shop.refund_calls("yookassa") == 0
+    assert await shop.balance(user, "RUB") == "100.00"
+    to_card = await shop.refund(user, charge)  # the rest, to the card
+    assert to_card["data"]["refund"]["amount"] == {"amount": "399.00", "currency": "RUB"}
+    assert to_card["data"]["payment"]["status"] == "refunded"
+    assert shop.provider_refunded("yookassa", first["id"]) == "399.00"
+    assert await shop.balance(user, "RUB") == "100.00"
+    await assert_audit_clean(db)
+
+
+async def test_a_refund_call_that_timed_out_at_stripe_is_retried_into_one_refund(
+    shop: Shop, db: asyncpg.Connection
+) -> None:
+    user = new_user()
+    payment = await shop.deposit("stripe", user, "20.00")
+    shop.stripe.delay_seconds = 1.5  # made at Stripe, its answer too late for the worker
+
+    async def made() -> bool:  # the retry, with the same idempotency key, is on its way
+        return shop.refund_calls("stripe") >= 2
+
+    async def heal() -> None:
+        await wait_for(made)
+        shop.stripe.delay_seconds = 0
+
+    healing = asyncio.create_task(heal())
+    reply = await shop.refund(user, payment, "7.00")
+    await healing
+    assert reply["data"]["refund"]["status"] == "completed", reply
+    assert len(shop.stripe.refunds) == 1
+    assert shop.provider_refunded("stripe", payment) == 700
+    assert await shop.balance(user, "USD") == "13.00"
     await assert_audit_clean(db)

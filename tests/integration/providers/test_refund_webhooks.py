@@ -1,0 +1,133 @@
+"""Refund webhooks meeting refunds by command, end to end: Stripe's running total and
+YooKassa's refund notifications after a command refund, dashboard refunds recorded once,
+pending refunds completed (or canceled) by notification or by the reconciler; the audit
+is clean at the end of each test (each test has a database of its own)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from billing_worker.app import Worker
+from billing_worker.jobs.reconcile_refunds import reconcile_refunds
+from fakes.stripe_api import FakeStripe
+from fakes.yookassa_api import FakeYooKassa
+from support.attacker import stripe_refund, yookassa_refund
+from support.refund_shop import Shop, assert_audit_clean, count, new_user, wait_for
+from support.relay import Relay
+from support.rpc import Bus
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def database_url(fresh_database_url: str) -> str:
+    return fresh_database_url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def shop(
+    bus: Bus, relay: Relay, stripe_fake: tuple[FakeStripe, str],
+    yookassa_fake: tuple[FakeYooKassa, str],
+) -> Shop:  # fmt: skip
+    return Shop(bus, relay, stripe_fake, yookassa_fake)
+
+
+async def test_a_stripe_refund_webhook_after_a_command_refund_and_a_dashboard_refund(
+    shop: Shop, db: asyncpg.Connection
+) -> None:
+    """Stripe's `charge.refunded` tells the running total: the command's refund is in it
+    and not recorded again; a dashboard refund after it is recorded once."""
+    user = new_user()
+    payment = await shop.deposit("stripe", user, "25.00")
+    assert (await shop.refund(user, payment, "10.00"))["ok"]
+    [pi] = [p for p in shop.stripe.payment_intents.values()
+            if p["metadata"]["transaction_id"] == payment]  # fmt: skip
+    charge = shop.stripe.charges[pi["latest_charge"]]
+    assert (
+        await shop.relay.stripe(shop.stripe.event("charge.refunded", charge))
+    ).status_code == 200
+    await stripe_refund(shop.stripe_base, pi["id"], 500)  # in the dashboard
+    charge = shop.stripe.charges[pi["latest_charge"]]
+    for _ in range(2):  # the same total told twice
+        told = shop.stripe.event("charge.refunded", charge)
+        assert (await shop.relay.stripe(told)).status_code == 200
+    await wait_for(lambda: count(shop, "payment.refunded", payment, 2))
+    rows = await db.fetch(
+        "SELECT amount_minor, provider_ref FROM transactions WHERE refund_of = $1 "
+        "ORDER BY amount_minor",
+        uuid.UUID(payment),
+    )
+    assert [r["amount_minor"] for r in rows] == [500, 1000]
+    assert await shop.balance(user, "USD") == "10.00"
+    await assert_audit_clean(db)
+
+
+async def test_a_yookassa_refund_notification_of_a_command_refund_and_a_dashboard_refund(
+    shop: Shop, db: asyncpg.Connection
+) -> None:
+    user = new_user()
+    payment = await shop.deposit("yookassa", user, "100.00")
+    reply = await shop.refund(user, payment, "40.00", currency="RUB")
+    assert reply["ok"], reply
+    [ours] = list(shop.yookassa.refunds)
+    assert (await shop.relay.yookassa(shop.yookassa.refund_notification(ours))).status_code == 200
+    [payment_id] = [pid for pid, p in shop.yookassa.payments.items()
+                    if p["metadata"]["transaction_id"] == payment]  # fmt: skip
+    dashboard = await yookassa_refund(shop.yookassa_base, payment_id, "25.00")
+    for _ in range(2):
+        told = shop.yookassa.refund_notification(dashboard["id"])
+        assert (await shop.relay.yookassa(told)).status_code == 200
+    await wait_for(lambda: count(shop, "payment.refunded", payment, 2))
+    refs = await db.fetch(
+        "SELECT amount_minor, provider_ref FROM transactions WHERE refund_of = $1 "
+        "ORDER BY amount_minor",
+        uuid.UUID(payment),
+    )
+    assert [(r["amount_minor"], r["provider_ref"]) for r in refs] == [
+        (2500, dashboard["id"]), (4000, ours),
+    ]  # fmt: skip
+    assert await shop.balance(user, "RUB") == "35.00"
+    await assert_audit_clean(db)
+
+
+@pytest.mark.parametrize("how", ["notification", "reconciler", "canceled"])
+async def test_a_pending_yookassa_refund_completes_later_once(
+    shop: Shop, db: asyncpg.Connection, worker: Worker, how: str
+) -> None:
+    user = new_user()
+    payment = await shop.deposit("yookassa", user, "100.00")
+    shop.yookassa.refund_status = "pending"
+    reply = await shop.refund(user, payment, "30.00", currency="RUB")
+    assert reply["data"]["refund"]["status"] == "processing", reply
+    assert await shop.balance(user, "RUB") == "70.00"  # held while the refund is pending
+    [ref] = list(shop.yookassa.refunds)
+    shop.yookassa.settle_refund(ref, "canceled" if how == "canceled" else "succeeded")
+    if how == "notification":
+        assert (
+            await shop.relay.yookassa(shop.yookassa.refund_notification(ref))
+        ).status_code == 200
+    else:
+        r = worker.reconciler
+        assert await reconcile_refunds(r.engine, r.service, r.gateways, 0, 10) == 1
+    expected = ("failed", "100.00") if how == "canceled" else ("completed", "70.00")
+
+    async def settled() -> bool:
+        status = await db.fetchval("SELECT status FROM transactions WHERE refund_of = $1",
+                                   uuid.UUID(payment))  # fmt: skip
+        return (status, await shop.balance(user, "RUB")) == expected
+
+    await wait_for(settled)
+    if how != "canceled":
+        await wait_for(lambda: count(shop, "payment.refunded", payment, 1))
+    await assert_audit_clean(db)
