@@ -5,6 +5,7 @@ is clean at the end of each test (each test has a database of its own)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -130,4 +131,41 @@ async def test_a_pending_yookassa_refund_completes_later_once(
     await wait_for(settled)
     if how != "canceled":
         await wait_for(lambda: count(shop, "payment.refunded", payment, 1))
+    await assert_audit_clean(db)
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+async def test_a_pending_stripe_refund_is_settled_by_the_reconciler_once(
+    shop: Shop, db: asyncpg.Connection, worker: Worker, outcome: str
+) -> None:
+    """Stripe counts a pending refund in the charge's total: its `charge.refunded` records
+    nothing; the reconciler's read of the refund completes (or fails) it."""
+    user = new_user()
+    payment = await shop.deposit("stripe", user, "20.00")
+    shop.stripe.refund_status = "pending"
+    reply = await shop.refund(user, payment, "8.00")
+    assert reply["data"]["refund"]["status"] == "processing", reply
+    [pi] = [p for p in shop.stripe.payment_intents.values()
+            if p["metadata"]["transaction_id"] == payment]  # fmt: skip
+    told = shop.stripe.event("charge.refunded", shop.stripe.charges[pi["latest_charge"]])
+    assert (await shop.relay.stripe(told)).status_code == 200
+
+    async def handled() -> bool:  # confirmed at Stripe and applied (as stale: nothing new)
+        return bool(await db.fetchval(
+            "SELECT count(*) FROM idempotency_records WHERE scope = 'provider:stripe' AND key = $1",
+            json.loads(told)["id"],
+        ))  # fmt: skip
+
+    await wait_for(handled)
+    [ref] = list(shop.stripe.refunds)
+    shop.stripe.settle_refund(ref, outcome)
+    r = worker.reconciler
+    assert await reconcile_refunds(r.engine, r.service, r.gateways, 0, 10) == 1
+    assert await reconcile_refunds(r.engine, r.service, r.gateways, 0, 10) == 0
+    expected = ("completed", "12.00") if outcome == "succeeded" else ("failed", "20.00")
+    rows = await db.fetch("SELECT status FROM transactions WHERE refund_of = $1",
+                          uuid.UUID(payment))  # fmt: skip
+    assert ([row["status"] for row in rows], await shop.balance(user, "USD")) == (
+        [expected[0]], expected[1],
+    )  # fmt: skip
     await assert_audit_clean(db)
