@@ -152,7 +152,8 @@ async def test_a_pending_stripe_refund_is_settled_by_the_reconciler_once(
 
     async def handled() -> bool:  # confirmed at Stripe and applied (as stale: nothing new)
         return bool(await db.fetchval(
-            "SELECT count(*) FROM idempotency_records WHERE scope = 'provider:stripe' AND key = $1",
+            "SELECT count(*) FROM idempotency_records "
+            "WHERE scope = 'provider:stripe' AND key = $1",
             json.loads(told)["id"],
         ))  # fmt: skip
 
@@ -168,4 +169,37 @@ async def test_a_pending_stripe_refund_is_settled_by_the_reconciler_once(
     assert ([row["status"] for row in rows], await shop.balance(user, "USD")) == (
         [expected[0]], expected[1],
     )  # fmt: skip
+    await assert_audit_clean(db)
+
+
+async def test_a_stripe_subscription_charge_is_refunded_to_the_balance_not_by_billing_at_stripe(
+    shop: Shop, db: asyncpg.Connection
+) -> None:
+    """A charge of a subscription Stripe runs is its invoice: billing credits the balance,
+    and refunds at Stripe are the dashboard's (their webhook records them)."""
+    user, code = new_user(), f"plan-{uuid.uuid4().hex[:8]}"
+    await shop.bus.call("billing.plan.upsert", {
+        "idempotency_key": uuid.uuid4().hex, "code": code, "name": "Pro", "interval": "month",
+        "price": {"amount": "10.00", "currency": "USD"},
+        "stripe_price_id": "price_pro"})  # fmt: skip
+    created = await shop.bus.call("billing.subscription.create", {
+        "idempotency_key": uuid.uuid4().hex, "user_id": user, "plan_code": code,
+        "payment_source": "stripe"})  # fmt: skip
+    assert created["ok"], created
+    [sub] = [s for s in shop.stripe.subscriptions.values() if s["metadata"].get("user_id") == user]
+    invoice = shop.stripe.invoices[sub["latest_invoice"]]
+    shop.stripe.succeed(shop.stripe._invoice_payment_intent[invoice["id"]])
+    paid = shop.stripe.event("invoice.paid", shop.stripe.invoices[invoice["id"]])
+    assert (await shop.relay.stripe(paid)).status_code == 200
+    await shop.bus.event("payment.success", lambda d: d["user_id"] == user)
+    charge = str(await db.fetchval(
+        "SELECT id FROM transactions WHERE kind = 'subscription_charge' AND user_id = $1", user
+    ))  # fmt: skip
+
+    at_stripe = await shop.refund(user, charge)
+    assert at_stripe["error"]["code"] == "provider_error", at_stripe
+    assert shop.refund_calls("stripe") == 0
+    to_balance = await shop.refund(user, charge, "4.00", destination="balance")
+    assert to_balance["data"]["refund"]["provider"] == "balance", to_balance
+    assert await shop.balance(user, "USD") == "4.00"
     await assert_audit_clean(db)
