@@ -203,3 +203,28 @@ async def test_a_stripe_subscription_charge_is_refunded_to_the_balance_not_by_bi
     assert to_balance["data"]["refund"]["provider"] == "balance", to_balance
     assert await shop.balance(user, "USD") == "4.00"
     await assert_audit_clean(db)
+
+
+async def test_a_refund_whose_deliveries_all_failed_is_finished_by_the_reconciler(
+    shop: Shop, db: asyncpg.Connection, worker: Worker
+) -> None:
+    """Stripe down for every delivery: the refund stays asked (its amount held), the
+    reconciler asks again with the same key, and the command's retry gets its reply."""
+    user = new_user()
+    payment = await shop.deposit("stripe", user, "20.00")
+    command = {
+        "idempotency_key": uuid.uuid4().hex, "user_id": user, "transaction_id": payment,
+        "destination": "original", "amount": {"amount": "6.00", "currency": "USD"},
+    }  # fmt: skip
+    shop.stripe.fail_next(500, n=worker.settings.max_deliveries)
+    gave_up = await shop.bus.call("billing.payment.refund", command, timeout=30)
+    assert gave_up["error"]["code"] == "internal_error", gave_up
+    assert await shop.balance(user, "USD") == "14.00"  # held for the refund asked
+    worker.reconciler.after_seconds = 0
+    assert await worker.reconciler.run_once() == 1
+    again = await shop.bus.call("billing.payment.refund", command)
+    assert again["data"]["refund"]["status"] == "completed", again
+    assert (len(shop.stripe.refunds), shop.provider_refunded("stripe", payment)) == (1, 600)
+    assert await worker.reconciler.run_once() == 0
+    await wait_for(lambda: count(shop, "payment.refunded", payment, 1))
+    await assert_audit_clean(db)
