@@ -47,6 +47,7 @@ AREAS: dict[str, str] = {
     "plans": "The catalogue of subscription plans",
     "subscriptions": "Subscriptions to plans: create, cancel, look up",
     "invoices": "Invoices, paid from the balance, and the Orders service's orders",
+    "payments": "Refunds of completed payments, to where they came from or to the balance",
     "events": "What the worker publishes on the `billing.events` topic exchange",
 }
 AREA_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -56,6 +57,7 @@ AREA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("billing.subscription.", "subscriptions"),
     ("billing.invoice.", "invoices"),
     ("billing.orders.", "invoices"),
+    ("billing.payment.", "payments"),
 )
 SCHEMA_REF = "#/components/schemas/"
 

@@ -18,6 +18,7 @@ UPDATE transactions SET updated_at = now()
 WHERE id IN (
     SELECT id FROM transactions
     WHERE status = 'processing' AND provider = ANY($1::text[]) AND provider_ref IS NOT NULL
+      AND kind <> 'refund'  -- refunds are re-read as refunds (jobs/reconcile_refunds.py)
       AND updated_at < now() - make_interval(secs => $2)
     ORDER BY updated_at
     LIMIT $3

@@ -222,6 +222,7 @@ INTENT_KINDS = (
     "stripe_subscription",
     "stripe_cancel",
     "deposit_cancel",
+    "refund",
 )
 
 

@@ -221,9 +221,13 @@ class SqlWallet:
     async def discard_created(self, transaction_id: UUID) -> None:
         await self._db.execute(sql.DISCARD_CREATED, transaction_id)
 
-    async def get(self, transaction_id: UUID) -> TransactionRow | None:
-        record = await self._db.fetchrow(sql.GET, transaction_id)
+    async def get(self, transaction_id: UUID, *, lock: bool = False) -> TransactionRow | None:
+        record = await self._db.fetchrow(sql.GET + (" FOR UPDATE" if lock else ""), transaction_id)
         return None if record is None else _row(record)
+
+    async def refunds_of(self, payment_id: UUID) -> list[TransactionRow]:
+        """Every refund of a payment, oldest first, in any status."""
+        return [_row(record) for record in await self._db.fetch(sql.REFUNDS_OF, payment_id)]
 
     async def set_provider_ref(self, transaction_id: UUID, provider_ref: str) -> None:
         await self._db.execute(sql.SET_PROVIDER_REF, transaction_id, provider_ref)

@@ -162,3 +162,6 @@ WHERE user_id = $1 AND ($2::text IS NULL OR currency = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
 ORDER BY created_at DESC, id DESC LIMIT $5
 """  # noqa: S608 - only constant column names are formatted in
+
+# Every refund of a payment, whatever its status (the ones in flight hold their amount).
+REFUNDS_OF = f"SELECT {COLUMNS} FROM transactions WHERE refund_of = $1 ORDER BY created_at, id"  # noqa: S608

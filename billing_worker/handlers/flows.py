@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from billing_worker.db.intents import Intent
 from billing_worker.handlers import (
     deposit_cancel,
+    refunds,
     stripe_subscriptions,
     wallet,
     yookassa_subscriptions,
@@ -59,4 +60,5 @@ FLOWS: Mapping[str, Flow] = {
     deposit_cancel.DEPOSIT_CANCEL: Flow(
         deposit_cancel.call_cancel, deposit_cancel.finish_cancel, deposit_cancel.undo_cancel
     ),
+    refunds.REFUND: Flow(refunds.call_refund, refunds.finish_refund, refunds.undo_refund),
 }

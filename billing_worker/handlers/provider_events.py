@@ -11,17 +11,20 @@ together they never exceed it.
 from __future__ import annotations
 
 import logging
-import uuid
 from enum import StrEnum
 
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Status
 from billing_worker.db.wallet import TransactionRow
-from billing_worker.domain.errors import TransientError, Unprocessable
-from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
-from billing_worker.domain.ledger import Transaction
+from billing_worker.domain.errors import TransientError
+from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.transactions import can_move, transition
-from billing_worker.handlers import stripe_subscriptions, views, yookassa_subscriptions
+from billing_worker.handlers import (
+    refund_events,
+    stripe_subscriptions,
+    views,
+    yookassa_subscriptions,
+)
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
 from billing_worker.ports import UnitOfWork
@@ -33,7 +36,6 @@ _TARGET = {
     PaymentOutcome.FAILED: Status.FAILED,
     PaymentOutcome.CANCELED: Status.CANCELED,
 }
-_REFUND_IDS = uuid.UUID("9a3c51d2-7f0e-4b8a-b6d4-2e1f0c7a5b93")  # namespace of refund ids
 
 
 class Applied(StrEnum):
@@ -135,59 +137,6 @@ def _describes(event: ProviderEvent, row: TransactionRow) -> bool:
 async def _record_refund(
     payment: TransactionRow, event: ProviderEvent, uow: UnitOfWork, deps: Deps
 ) -> Applied:
-    """One refund transaction for what the provider refunded and we have not recorded."""
-    facts = event.refund
-    assert facts is not None, "a confirmed refund event carries the provider's refund"
-    if Status(payment.status) not in (Status.COMPLETED, Status.REFUNDED):
-        raise Unprocessable(f"a refund of transaction {payment.id}, which is {payment.status}")
-    refunded = await uow.wallet.refunded_minor(payment.id)
-    amount, ref = _refund_amount(facts, refunded)
-    if amount <= 0 or await uow.wallet.transaction_by_ref(payment.provider or "", ref):
-        return Applied.STALE  # recorded before (a redelivery, or the running total again)
-    if facts.currency != payment.currency:
-        log.warning("refund %s is in %s, payment %s in %s", ref, facts.currency, payment.id,
-                    payment.currency)  # fmt: skip
-        return Applied.UNTRUSTED
-    if refunded + amount > payment.amount_minor:
-        raise Unprocessable(
-            f"refund {ref} of {amount} would take the refunds of transaction {payment.id} "
-            f"past its amount ({refunded} of {payment.amount_minor} refunded already)"
-        )
-    now = uow.clock()
-    refund = Transaction.refund(
-        payment, uuid.uuid5(_REFUND_IDS, f"{payment.provider}:{ref}"), amount, ref, now,
-        reason=event.event_type,
-        # What the provider says this refund is: its own amount, or the part of the
-        # provider's running total that it records.
-        confirmation={**(event.confirmation or {}), "amount_minor": amount},
-    )  # fmt: skip
-    await uow.wallet.record(refund)
-    if payment.kind == TransactionKind.DEPOSIT:
-        await _take_back(payment, amount, uow, deps)
-    if refunded + amount == payment.amount_minor:
-        step = transition(Status(payment.status), Status.REFUNDED, reason=event.event_type)
-        await uow.wallet.move_transaction(payment.id, step, now)
-    return Applied.APPLIED
-
-
-def _refund_amount(facts: RefundFacts, refunded: int) -> tuple[int, str]:
-    """(amount, provider ref) of the refund to record: one refund object, or the part of
-    the provider's running total that is not recorded yet."""
-    if facts.amount_minor is not None:
-        return facts.amount_minor, facts.ref
-    assert facts.total_minor is not None
-    return facts.total_minor - refunded, f"{facts.ref}:refunded:{facts.total_minor}"
-
-
-async def _take_back(payment: TransactionRow, amount: int, uow: UnitOfWork, deps: Deps) -> None:
-    """The provider returned (part of) a deposit to the card: the wallet gives it back."""
-    change = await uow.wallet.move_balance(
-        payment.user_id, payment.currency, -amount, deps.low_balance_minor(payment.currency)
-    )
-    if change is None:  # already spent: the balance may not go negative, a human decides
-        raise Unprocessable(
-            f"refund of deposit {payment.id} exceeds the {payment.currency} balance of "
-            f"{payment.user_id}"
-        )
-    if change.crossed_below:
-        uow.emit(views.balance_low(payment.user_id, payment.currency, change))
+    """One refund transaction for what the provider refunded and we have not recorded;
+    a refund our command made is recognised by its provider id (`refund_events`)."""
+    return Applied(await refund_events.record(payment, event, uow, deps))

@@ -35,6 +35,7 @@ from billing_worker.db.reconciliation import StuckPayment, claim_processing
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.jobs.expiry import expire_payments
 from billing_worker.jobs.periodic import Periodic
+from billing_worker.jobs.reconcile_refunds import reconcile_refunds
 from billing_worker.providers.base import Gateways, PaymentResult, PaymentStatus
 from billing_worker.service import BillingService
 
@@ -59,12 +60,15 @@ class Reconciler(Periodic):
 
     async def run_once(self) -> int:
         """Reconcile one batch; returns how many transactions (and half-done provider
-        calls, expired payments) were settled."""
+        calls, expired payments and refunds) were settled."""
         expired = await expire_payments(
             self.engine, self.service, self.gateways, batch=self.batch,
             expire_after_seconds=self.expire_after_seconds, lease_seconds=self.after_seconds,
         )  # fmt: skip
-        return expired + await self._processing() + await self._intents()
+        refunds = await reconcile_refunds(
+            self.engine, self.service, self.gateways, self.after_seconds, self.batch
+        )
+        return expired + await self._processing() + refunds + await self._intents()
 
     async def _intents(self) -> int:
         async with driver_connection(self.engine) as db:

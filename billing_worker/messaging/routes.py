@@ -15,6 +15,7 @@ from billing_worker.handlers import credits as credit_handlers
 from billing_worker.handlers import deposit_cancel
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
+from billing_worker.handlers import refunds as refund_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.coalescer import Coalescer
@@ -43,6 +44,7 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.WALLET_HOLD: hold_handlers.place_hold,
     names.WALLET_HOLD_CAPTURE: hold_handlers.capture_hold,
     names.WALLET_HOLD_RELEASE: hold_handlers.release_hold,
+    names.PAYMENT_REFUND: refund_handlers.refund_payment,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,

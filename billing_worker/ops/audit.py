@@ -16,7 +16,8 @@ from billing_worker.ops.audit_holds import HOLD_CHECKS
 # Money that moved through the wallet: completed (or since refunded) deposits and admin
 # credits in;
 # completed balance-paid withdrawals, subscription charges and invoice payments out, and
-# the refunds of deposits (a refund row carries its deposit's account).
+# the refunds of deposits (a refund row carries its deposit's account; its amount leaves
+# the balance when the refund is asked); refunds to the balance (provider `balance`) in.
 _BALANCES = """
 SELECT a.id AS account_id, a.user_id, a.currency, a.balance_minor,
        coalesce(m.expected, 0) AS expected_minor
@@ -26,8 +27,12 @@ LEFT JOIN (
            sum(CASE WHEN kind = 'deposit' AND status IN ('completed', 'refunded')
                     THEN amount_minor
                     WHEN kind IN ('withdrawal', 'subscription_charge', 'invoice_payment')
-                         AND provider = 'balance' AND status = 'completed' THEN -amount_minor
-                    WHEN kind = 'refund' AND status = 'completed' THEN -amount_minor
+                         AND provider = 'balance' AND status IN ('completed', 'refunded')
+                         THEN -amount_minor
+                    WHEN kind = 'refund' AND provider = 'balance' AND status = 'completed'
+                         THEN amount_minor
+                    WHEN kind = 'refund' AND status IN ('created', 'processing', 'completed')
+                         THEN -amount_minor
                     WHEN kind = 'credit' AND status = 'completed' THEN amount_minor
                     ELSE 0 END) AS expected
     FROM transactions WHERE account_id IS NOT NULL GROUP BY account_id
@@ -49,7 +54,7 @@ _CHECKS: dict[str, str] = {
     "provider intent whose payment is gone or already answered": """
         SELECT i.id, i.kind, i.user_id, i.provider, i.created_at, t.status, t.provider_ref
         FROM provider_intents i LEFT JOIN transactions t ON t.id = i.id
-        WHERE i.kind IN ('deposit', 'yookassa_subscription', 'yookassa_renewal')
+        WHERE i.kind IN ('deposit', 'yookassa_subscription', 'yookassa_renewal', 'refund')
           AND (t.id IS NULL OR t.status <> 'created' OR t.provider_ref IS NOT NULL)
     """,
     "transaction whose audit trail does not end in its status": """
@@ -84,7 +89,8 @@ _CHECKS: dict[str, str] = {
     "paid invoice without exactly one completed payment": """
         SELECT i.id, i.number, i.total_minor, count(t.id) AS payments
         FROM invoices i LEFT JOIN transactions t
-          ON t.invoice_id = i.id AND t.kind = 'invoice_payment' AND t.status = 'completed'
+          ON t.invoice_id = i.id AND t.kind = 'invoice_payment'
+         AND t.status IN ('completed', 'refunded')
         WHERE i.status = 'paid' AND i.total_minor > 0
         GROUP BY i.id HAVING count(t.id) <> 1
     """,
@@ -115,6 +121,19 @@ _CHECKS: dict[str, str] = {
             OR bool_or(r.currency <> p.currency)
     """,
     **HOLD_CHECKS,
+    "refunds in flight and done exceeding their payment": """
+        SELECT p.id, p.kind, p.amount_minor, sum(r.amount_minor) AS held_minor
+        FROM transactions p JOIN transactions r ON r.refund_of = p.id
+        WHERE r.status IN ('created', 'processing', 'completed')
+        GROUP BY p.id HAVING sum(r.amount_minor) > p.amount_minor
+    """,
+    "completed refund at a provider without the provider's matching confirmation": """
+        SELECT id, provider, amount_minor, currency, provider_confirmation FROM transactions
+        WHERE kind = 'refund' AND status = 'completed' AND provider <> 'balance'
+          AND (provider_ref IS NULL OR provider_confirmation IS NULL
+               OR provider_confirmation->>'amount_minor' IS DISTINCT FROM amount_minor::text
+               OR provider_confirmation->>'currency' IS DISTINCT FROM currency)
+    """,
     "command recorded without its reply": """
         SELECT scope, key, created_at FROM idempotency_records
         WHERE reply IS NULL AND scope NOT LIKE 'provider:%' AND scope NOT LIKE 'reconcile:%'

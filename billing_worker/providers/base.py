@@ -73,6 +73,33 @@ class PaymentResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """A refund of (part of) a payment at the provider that took it."""
+
+    refund_id: UUID  # our refund transaction
+    payment_ref: str  # the provider's payment (Stripe: the PaymentIntent)
+    amount_minor: int
+    currency: str
+    idempotency_key: str  # derived from `refund_id`: a second call makes no second refund
+    reason: str | None = None
+    # Extra fields of the provider's refund body (e.g. a YooKassa `receipt`), by name.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """A refund as the provider answered it; `confirmation` is kept with our refund."""
+
+    ref: str  # the provider's refund id
+    status: PaymentStatus  # succeeded, pending (told later) or failed
+    amount_minor: int
+    currency: str
+    payment_ref: str | None = None
+    failure_message: str | None = None
+    confirmation: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderSubscription:
     """A subscription the provider bills by itself (Stripe), as it stands there now."""
 
@@ -151,6 +178,15 @@ class PaymentGateway(Protocol):
         """Cancel a payment nobody paid yet; what the provider says it now is: CANCELED,
         SUCCEEDED (the customer paid first: the payment stands), FAILED, or PENDING when
         the provider cannot cancel it yet. Idempotent on `idempotency_key`."""
+        ...
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        """Refund (part of) a payment; idempotent on `request.idempotency_key`. A refusal
+        after which no refund exists is `ProviderError`."""
+        ...
+
+    async def fetch_refund(self, ref: str) -> RefundResult:
+        """Re-read a refund from the provider (the reconciler, for pending refunds)."""
         ...
 
 

@@ -29,6 +29,8 @@ from billing_worker.providers.base import (
     PaymentRequest,
     PaymentResult,
     PaymentStatus,
+    RefundRequest,
+    RefundResult,
     signature_header,
 )
 
@@ -86,6 +88,21 @@ class SandboxGateway:
         # comes after, finds the deposit canceled and is stale).
         confirmation = {"object": "sandbox_payment", "id": provider_ref, "status": "canceled"}
         return PaymentResult(provider_ref, PaymentStatus.CANCELED, confirmation=confirmation)
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        """Refunds succeed at once (no callback): the id is derived from the key, so a
+        second call answers the same refund."""
+        seed = uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-refund:{request.idempotency_key}")
+        ref = f"sbx_re_{seed.hex}"
+        return RefundResult(
+            ref, PaymentStatus.SUCCEEDED, request.amount_minor, request.currency,
+            payment_ref=request.payment_ref,
+            confirmation={"object": "sandbox_refund", "id": ref, "status": "succeeded",
+                          "amount_minor": request.amount_minor, "currency": request.currency},
+        )  # fmt: skip
+
+    async def fetch_refund(self, ref: str) -> RefundResult:
+        raise NotImplementedError("sandbox refunds complete at once: nothing to re-read")
 
     def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
         given = signature_header(

@@ -28,6 +28,7 @@ from billing_contracts.events import (
     INVOICE_CREATED,
     INVOICE_PAID,
     PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
     PAYMENT_SUCCESS,
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
@@ -60,6 +61,7 @@ from billing_contracts.invoices import (
 )
 from billing_contracts.orders import OrderCreated
 from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
+from billing_contracts.refunds import PaymentRefunded, RefundPayment, RefundResult
 from billing_contracts.subscriptions import (
     CancelSubscription,
     CreateSubscription,
@@ -327,6 +329,23 @@ ENTRIES: tuple[Entry, ...] = (
             "reason": "sorry for the outage",
         },
     ),
+    Entry(
+        names.PAYMENT_REFUND,
+        "command",
+        RefundPayment,
+        RefundResult,
+        "Refund one of a user's completed payments, in full or in part, to where it came "
+        "from or to the balance",
+        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.CURRENCY_MISMATCH, E.PROVIDER_ERROR),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "transaction_id": "5fbc63ee-4fee-5e26-859c-dbaa2c0b9a34",
+            "amount": {"amount": "10.00", "currency": "USD"},
+            "reason": "requested_by_customer",
+            "destination": "original",
+        },
+    ),
 )
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
@@ -349,6 +368,7 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         HOLD_RELEASED: HoldEvent,
         HOLD_EXPIRED: HoldEvent,
         CREDIT_GRANTED: CreditGranted,
+        PAYMENT_REFUNDED: PaymentRefunded,
     }
 )
 EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
@@ -369,6 +389,7 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         HOLD_RELEASED: "A hold was released on request",
         HOLD_EXPIRED: "A hold expired and was released by the worker",
         CREDIT_GRANTED: "An admin credited the account (goodwill, promotion)",
+        PAYMENT_REFUNDED: "A refund of a payment completed (by command or at the provider)",
     }
 )
 
@@ -457,5 +478,10 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         CREDIT_GRANTED: {"transaction_id": _TX, "user_id": "u-42", "amount": _USD,
                          "balance": _USD, "reason": "sorry for the outage",
                          "granted_by": "billing-admin"},
+        PAYMENT_REFUNDED: {"transaction_id": _TX, "user_id": "u-42",
+                           "refund_id": "0c4f5a2e-9d1b-5e8f-a6c3-7b2d1e0f9a84",
+                           "amount": {"amount": "10.00", "currency": "USD"},
+                           "refunded_total": {"amount": "10.00", "currency": "USD"},
+                           "destination": "original", "provider": "stripe"},
     }
 )  # fmt: skip

@@ -25,6 +25,7 @@ HOLD_CAPTURED: Final = "hold.captured"
 HOLD_RELEASED: Final = "hold.released"
 HOLD_EXPIRED: Final = "hold.expired"
 CREDIT_GRANTED: Final = "credit.granted"
+PAYMENT_REFUNDED: Final = "payment.refunded"
 
 
 class PaymentSucceeded(BaseModel):

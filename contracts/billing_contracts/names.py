@@ -21,6 +21,7 @@ WALLET_HOLD: Final = "billing.wallet.hold"
 WALLET_HOLD_CAPTURE: Final = "billing.wallet.hold.capture"
 WALLET_HOLD_RELEASE: Final = "billing.wallet.hold.release"
 WALLET_CREDIT: Final = "billing.wallet.credit"
+PAYMENT_REFUND: Final = "billing.payment.refund"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -35,6 +36,7 @@ COMMAND_QUEUES: Final = (
     WALLET_HOLD_CAPTURE,
     WALLET_HOLD_RELEASE,
     WALLET_CREDIT,
+    PAYMENT_REFUND,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

@@ -321,6 +321,7 @@ class FakeStripe:
         self.payment_intents: dict[str, JSON] = {}
         self.charges: dict[str, JSON] = {}
         self.refunds: dict[str, JSON] = {}
+        self.refund_status = "succeeded"  # "pending": a new refund waits for `settle_refund`
         self.prices: dict[str, JSON] = {}
         self.subscriptions: dict[str, JSON] = {}
         self.invoices: dict[str, JSON] = {}
@@ -991,10 +992,22 @@ class FakeStripe:
                 "reason": params.get("reason"),
                 "receipt_number": None,
                 "source_transfer_reversal": None,
-                "status": "succeeded",
+                "status": self.refund_status,
                 "transfer_reversal": None,
             },
         )
+
+    def settle_refund(self, refund_id: str, status: str = "succeeded") -> JSON:
+        """A pending refund ends; a `failed` one gives its amount back to the charge."""
+        with self._lock:
+            refund = self.refunds[refund_id]
+            if refund["status"] == "pending" and status in ("failed", "canceled"):
+                charge = self.charges[refund["charge"]]
+                charge["amount_refunded"] -= refund["amount"]
+                charge["refunded"] = False
+                refund["failure_reason"] = "declined" if status == "failed" else None
+            refund["status"] = status
+            return refund
 
     def _refundable_charge(self, params: JSON) -> JSON:
         if pi_id := params.get("payment_intent"):

@@ -218,6 +218,8 @@ class FakeYooKassa:
         # receipt (400, parameter "receipt"); every receipt accepted is kept by object id.
         self.requires_receipts = False
         self.receipts: dict[str, Json] = {}
+        # What a new refund's status is: "pending" ones wait for `settle_refund`.
+        self.refund_status = "succeeded"
         self._capture: dict[str, bool] = {}  # payment id -> the "capture" flag it was created with
         self._idempotent: dict[str, tuple[str, Any, Json]] = {}  # key -> (path, body, response)
         self._failures: list[int] = []
@@ -520,7 +522,7 @@ class FakeYooKassa:
         refund: Json = {
             "id": new_id(),
             "payment_id": payment_id,
-            "status": "succeeded",
+            "status": self.refund_status,
             "amount": amount,
             "created_at": now_iso(),
         }
@@ -534,6 +536,21 @@ class FakeYooKassa:
         payment["refunded_amount"] = _money(refunded, amount["currency"])
         payment["refundable"] = refunded < Decimal(payment["amount"]["value"])
         return copy.deepcopy(refund)
+
+    def settle_refund(self, refund_id: str, status: str = "succeeded") -> Json:
+        """A pending refund ends (`succeeded` or `canceled`: its amount is refundable again)."""
+        with self._lock:
+            refund = self.refunds[refund_id]
+            if refund["status"] == "pending" and status == "canceled":
+                payment = self.payments[refund["payment_id"]]
+                left = Decimal(payment["refunded_amount"]["value"]) - Decimal(
+                    refund["amount"]["value"]
+                )
+                payment["refunded_amount"] = _money(left, refund["amount"]["currency"])
+                payment["refundable"] = True
+                refund["cancellation_details"] = {"party": "yoo_money", "reason": "rejected"}
+            refund["status"] = status
+            return copy.deepcopy(refund)
 
     def _get_refund(self, body: Any, refund_id: str) -> Json:
         return copy.deepcopy(self._find(self.refunds, refund_id, "Refund"))

@@ -151,8 +151,12 @@ class FakeWallet:
         if row is not None and row.status == "created" and row.provider_ref is None:
             del state.transactions[transaction_id], state.trails[transaction_id]
 
-    async def get(self, transaction_id: UUID) -> TransactionRow | None:
+    async def get(self, transaction_id: UUID, *, lock: bool = False) -> TransactionRow | None:
         return self._state().transactions.get(transaction_id)
+
+    async def refunds_of(self, payment_id: UUID) -> list[TransactionRow]:
+        rows = [t for t in self._state().transactions.values() if t.refund_of == payment_id]
+        return sorted(rows, key=lambda t: (t.created_at, t.id))
 
     async def transaction_by_ref(
         self, provider: str, provider_ref: str, *, lock: bool = False

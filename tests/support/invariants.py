@@ -68,6 +68,8 @@ def fact_of(type_: str, data: Mapping[str, Any]) -> str | None:
         return f"{data['subscription_id']}@{data['current_period_start']}"
     if type_ == "subscription.past_due":
         return f"{data['subscription_id']}@{data['current_period_end']}"
+    if type_ == "payment.refunded":
+        return f"refund:{data['refund_id']}"
     return None  # balance.low may rightly repeat (once per crossing)
 
 

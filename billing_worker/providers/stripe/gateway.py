@@ -24,8 +24,14 @@ import stripe
 from billing_contracts.subscriptions import SubscriptionStatus
 from billing_worker.domain.errors import ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.providers.base import PaymentRequest, PaymentResult, ProviderSubscription
-from billing_worker.providers.stripe import NAME, payments, subscriptions, webhook
+from billing_worker.providers.base import (
+    PaymentRequest,
+    PaymentResult,
+    ProviderSubscription,
+    RefundRequest,
+    RefundResult,
+)
+from billing_worker.providers.stripe import NAME, payments, refunds, subscriptions, webhook
 
 
 class StripeGateway:
@@ -168,6 +174,15 @@ class StripeGateway:
             return claim
         invoice = await self._retrieve(self._client.v1.invoices, str(claim.provider_ref))
         return subscriptions.confirmed_invoice(claim, invoice)
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        params = refunds.refund_params(request)
+        options = {"idempotency_key": f"re-{request.idempotency_key}"}
+        made = await _call(self._client.v1.refunds.create_async(params, options))  # type: ignore[arg-type]
+        return refunds.refund_result(made.to_dict())
+
+    async def fetch_refund(self, ref: str) -> RefundResult:
+        return refunds.refund_result(await self._retrieve(self._client.v1.refunds, ref))
 
     async def _retrieve(self, service: Any, object_id: str) -> dict[str, Any]:
         found = await _call(service.retrieve_async(object_id))

@@ -30,8 +30,15 @@ from billing_contracts.money import MoneyFormatError
 from billing_worker.domain.errors import ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
 from billing_worker.domain.money import format_minor, parse_minor
-from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
+from billing_worker.providers.base import (
+    PaymentRequest,
+    PaymentResult,
+    PaymentStatus,
+    RefundRequest,
+    RefundResult,
+)
 from billing_worker.providers.yookassa import NAME, webhook
+from billing_worker.providers.yookassa.refunds import refund_result
 
 _STATUS = {
     "pending": PaymentStatus.PENDING,
@@ -167,6 +174,25 @@ class YooKassaGateway:
                 "amount_minor": amount, "currency": currency, "payment_id": payment_id,
             },
         )  # fmt: skip
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        """`POST /v3/refunds` (through the SDK's client, like payments: an exact amount).
+        `request.extra` adds fields such as the refund's 54-FZ `receipt`."""
+        body: dict[str, Any] = {
+            "payment_id": request.payment_ref,
+            "amount": {
+                "value": _value(request.amount_minor, request.currency),
+                "currency": request.currency,
+            },
+            **request.extra,
+        }
+        if request.reason:
+            body["description"] = request.reason[:250]
+        headers = {"Idempotence-Key": f"refund-{request.idempotency_key}"}
+        return refund_result(await self._call("POST", "/refunds", headers=headers, body=body))
+
+    async def fetch_refund(self, ref: str) -> RefundResult:
+        return refund_result(await self._call("GET", f"/refunds/{ref}"))
 
     async def _call(
         self, method: str, path: str, *, headers: dict[str, str] | None = None, body: Any = None

@@ -57,6 +57,7 @@ from billing_contracts.client.events import Event, EventData, parse_event
 from billing_contracts.client.holds import HoldCalls
 from billing_contracts.client.invoices import InvoiceCalls
 from billing_contracts.client.plans import PlanCalls
+from billing_contracts.client.refunds import RefundCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
 from billing_contracts.client.stream import EventCalls, EventStream
 from billing_contracts.client.subscriptions import SubscriptionCalls
@@ -115,6 +116,7 @@ class BillingClient(
     EventCalls,
     DepositCancelCalls,
     HoldCalls,
+    RefundCalls,
 ):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
@@ -129,6 +131,6 @@ class BillingClient(
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
     (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`),
     `DepositCancelCalls` (`cancel_deposit`), `HoldCalls` (`hold`, `capture_hold`,
-    `release_hold`, `credit`) and `EventCalls` (`events`), all over `request()`
-    (`RpcClient`) on one `Connection`.
+    `release_hold`, `credit`), `RefundCalls` (`refund_payment`) and `EventCalls`
+    (`events`), all over `request()` (`RpcClient`) on one `Connection`.
     """
