@@ -34,7 +34,7 @@ from billing_worker.domain.errors import (
 from billing_worker.domain.ledger import BALANCE, INSTANT, PAYMENT_STEPS, Transaction, derived_id
 from billing_worker.domain.money import format_minor, to_wire
 from billing_worker.domain.transactions import path, transition
-from billing_worker.handlers import refund_events, views, wallet
+from billing_worker.handlers import receipts, refund_events, views, wallet
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import configured
 from billing_worker.ports import UnitOfWork
@@ -83,6 +83,11 @@ async def refund_payment(
     request = {"payment_id": str(payment.id), "payment_ref": payment.provider_ref,
                "amount_minor": amount, "currency": payment.currency, "reason": command.reason,
                "threshold_minor": threshold}  # fmt: skip
+    # 54-FZ: the refunded part of the payment's receipt, built once (the same body on
+    # every attempt under the same idempotency key).
+    receipt = await receipts.for_refund(payment, amount, uow, deps)
+    if receipt is not None:
+        request["receipt"] = receipt
     return Intent(id=refund_id, kind=REFUND, provider=str(payment.provider),
                   user_id=payment.user_id, request=request)  # fmt: skip
 
@@ -147,9 +152,10 @@ async def _reply(
 
 
 def receipt_fields(intent: Intent) -> dict[str, Any]:
-    """Extra fields of the provider's refund body: the hook for a YooKassa refund's
-    54-FZ `receipt` (none yet)."""
-    return {}
+    """Extra fields of the provider's refund body: a YooKassa refund's 54-FZ `receipt`
+    (`handlers/receipts.py`), when the payment was paid with one and receipts are on."""
+    receipt = intent.request.get("receipt")
+    return {"receipt": receipt} if receipt else {}
 
 
 async def call_refund(intent: Intent, deps: Deps) -> Answer:

@@ -223,3 +223,34 @@ async def test_the_typed_client_passes_the_contact_and_refusal_is_invalid_messag
     [payment] = payments_of(fake, user)
     assert done.transaction.id == uuid.UUID(payment["metadata"]["transaction_id"])
     assert fake.receipts[payment["id"]]["customer"] == {"phone": "79001234567"}
+
+
+async def test_a_refund_by_command_carries_the_refunded_part_of_the_payments_receipt(
+    bus: Bus, relay: Relay, yookassa_fake: tuple[FakeYooKassa, str]
+) -> None:
+    fake, _ = yookassa_fake
+    user = new_user()
+    paid = await bus.call(
+        DEPOSIT, deposit(user, amount="1000.00", customer_email="ada@example.com")
+    )
+    assert paid["ok"], paid
+    [payment] = payments_of(fake, user)
+    fake.pay(payment["id"])
+    assert (
+        await relay.yookassa(fake.notification("payment.succeeded", payment["id"]))
+    ).status_code == 200
+    await bus.event("deposit.completed", lambda d: d["user_id"] == user)
+
+    refunded = await bus.call("billing.payment.refund", {
+        "idempotency_key": uuid.uuid4().hex, "user_id": user,
+        "transaction_id": paid["data"]["transaction"]["id"],
+        "amount": {"amount": "250.00", "currency": "RUB"}, "destination": "original",
+    })  # fmt: skip
+
+    assert refunded["ok"], refunded
+    [refund] = [r for r in fake.refunds.values() if r["payment_id"] == payment["id"]]
+    # the shop requires receipts: the fake refused a refund without one, and kept this one
+    assert fake.receipts[refund["id"]] == {
+        "customer": {"email": "ada@example.com"},
+        "items": [item("Пополнение баланса", "250.00", 1)],
+    }
