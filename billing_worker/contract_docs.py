@@ -47,6 +47,7 @@ AREAS: dict[str, str] = {
     "plans": "The catalogue of subscription plans",
     "subscriptions": "Subscriptions to plans: create, cancel, look up",
     "invoices": "Invoices, paid from the balance, and the Orders service's orders",
+    "payment-methods": "Saved payment methods: set up, list, detach, the default",
     "events": "What the worker publishes on the `billing.events` topic exchange",
 }
 AREA_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -56,6 +57,7 @@ AREA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("billing.subscription.", "subscriptions"),
     ("billing.invoice.", "invoices"),
     ("billing.orders.", "invoices"),
+    ("billing.payment-method.", "payment-methods"),
 )
 SCHEMA_REF = "#/components/schemas/"
 

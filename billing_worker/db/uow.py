@@ -20,6 +20,7 @@ from billing_worker.db.errors import translated
 from billing_worker.db.idempotency import SqlIdempotency
 from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
+from billing_worker.db.payment_methods import SqlMethods
 from billing_worker.db.subscriptions import SqlPlans, SqlSubscriptions
 from billing_worker.db.users import SqlUsers
 from billing_worker.db.wallet import SqlWallet
@@ -92,6 +93,7 @@ class UnitOfWork:
         self.invoices = SqlInvoices(connection)
         self.idempotency = SqlIdempotency(connection)
         self.intents = SqlIntents(connection)
+        self.methods = SqlMethods(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
 

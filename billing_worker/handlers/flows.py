@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from billing_worker.db.intents import Intent
-from billing_worker.handlers import stripe_subscriptions, wallet, yookassa_subscriptions
+from billing_worker.handlers import (
+    method_setup,
+    payment_methods,
+    stripe_subscriptions,
+    wallet,
+    yookassa_subscriptions,
+)
 from billing_worker.handlers.deps import Deps
 from billing_worker.ports import UnitOfWork
 
@@ -51,4 +57,5 @@ FLOWS: Mapping[str, Flow] = {
         stripe_subscriptions.finish_cancel,
         stripe_subscriptions.undo_cancel,
     ),
+    payment_methods.SETUP: Flow(method_setup.call, method_setup.finish, method_setup.undo),
 }

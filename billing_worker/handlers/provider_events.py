@@ -21,10 +21,16 @@ from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
 from billing_worker.domain.ledger import Transaction
 from billing_worker.domain.transactions import can_move, transition
-from billing_worker.handlers import stripe_subscriptions, views, yookassa_subscriptions
+from billing_worker.handlers import (
+    method_setup,
+    stripe_subscriptions,
+    views,
+    yookassa_subscriptions,
+)
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
 from billing_worker.ports import UnitOfWork
+from billing_worker.providers.stripe.webhook import SETUP_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,9 @@ async def apply_provider_event(
             raise TransientError(f"{event.event_type} came without its subscription's state")
         await stripe_subscriptions.sync(event, subscription, uow, deps)
         return Applied.APPLIED
+    if event.provider == "stripe" and event.event_type in SETUP_EVENTS:  # a saved method
+        saved = await method_setup.saved_by_provider(event, uow)
+        return Applied.APPLIED if saved else Applied.UNTRUSTED
     if event.outcome is None or event.provider_ref is None:
         return Applied.IGNORED
     row = await uow.wallet.transaction_by_ref(event.provider, event.provider_ref, lock=True)

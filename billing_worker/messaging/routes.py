@@ -11,6 +11,8 @@ from billing_contracts import names
 from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.handlers import invoices as invoice_handlers
+from billing_worker.handlers import method_setup
+from billing_worker.handlers import payment_methods as method_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
 from billing_worker.messaging.coalescer import Coalescer
@@ -35,6 +37,10 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.PLAN_UPSERT: subscription_handlers.upsert_plan,
     names.SUBSCRIPTION_CREATE: subscription_handlers.create_subscription,
     names.SUBSCRIPTION_CANCEL: subscription_handlers.cancel_subscription,
+    names.PAYMENT_METHOD_SETUP: method_setup.setup,
+    names.PAYMENT_METHOD_DETACH: method_handlers.detach,
+    names.PAYMENT_METHOD_SET_DEFAULT: method_handlers.set_default,
+    names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: method_handlers.update_subscription_method,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,
@@ -42,6 +48,7 @@ QUERIES: Mapping[str, Handler[Any]] = {
     names.INVOICE_GET: invoice_handlers.get_invoices,
     names.PLAN_LIST: subscription_handlers.list_plans,
     names.SUBSCRIPTION_GET: subscription_handlers.get_subscriptions,
+    names.PAYMENT_METHOD_LIST: method_handlers.list_methods,
 }
 
 

@@ -22,6 +22,8 @@ from billing_contracts.events import (
     INVOICE_CREATED,
     INVOICE_PAID,
     PAYMENT_FAILED,
+    PAYMENT_METHOD_REMOVED,
+    PAYMENT_METHOD_SAVED,
     PAYMENT_SUCCESS,
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
@@ -42,6 +44,17 @@ from billing_contracts.invoices import (
     PayInvoice,
 )
 from billing_contracts.orders import OrderCreated
+from billing_contracts.payment_methods import (
+    DetachPaymentMethod,
+    ListPaymentMethods,
+    PaymentMethodEvent,
+    PaymentMethodList,
+    PaymentMethodOut,
+    SetDefaultPaymentMethod,
+    SetupPaymentMethod,
+    SetupResult,
+    UpdateSubscriptionPaymentMethod,
+)
 from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
 from billing_contracts.subscriptions import (
     CancelSubscription,
@@ -241,6 +254,58 @@ ENTRIES: tuple[Entry, ...] = (
         },
     ),
 )
+_PM = "pm_1QxYz2eZvKYlo2C"
+ENTRIES += (
+    Entry(
+        names.PAYMENT_METHOD_SETUP,
+        "command",
+        SetupPaymentMethod,
+        SetupResult,
+        "Start saving a payment method (Stripe: a SetupIntent's client_secret; the sandbox "
+        "saves a test card); saved when the provider confirms it",
+        (E.PROVIDER_ERROR,),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe"},
+    ),
+    Entry(
+        names.PAYMENT_METHOD_LIST,
+        "query",
+        ListPaymentMethods,
+        PaymentMethodList,
+        "The user's saved payment methods (detached ones left out)",
+        example={"user_id": "u-42"},
+    ),
+    Entry(
+        names.PAYMENT_METHOD_DETACH,
+        "command",
+        DetachPaymentMethod,
+        PaymentMethodOut,
+        "Remove one of the user's saved methods, at the provider too; never charged again",
+        (E.NOT_FOUND, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe",
+                 "payment_method_id": _PM},
+    ),
+    Entry(
+        names.PAYMENT_METHOD_SET_DEFAULT,
+        "command",
+        SetDefaultPaymentMethod,
+        PaymentMethodOut,
+        "Make one of the user's saved methods the default at its provider",
+        (E.NOT_FOUND, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe",
+                 "payment_method_id": _PM},
+    ),
+    Entry(
+        names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD,
+        "command",
+        UpdateSubscriptionPaymentMethod,
+        SubscriptionOut,
+        "The saved method a YooKassa subscription's renewals charge from now on",
+        (E.NOT_FOUND, E.INVALID_STATE),
+        example={"idempotency_key": _KEY, "user_id": "u-42",
+                 "subscription_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+                 "payment_method_id": "2f1c7a3e-000f-5000-9000-1b2c3d4e5f60"},
+    ),
+)  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
 # Every event on billing.events (routing key = type) and the model of its `data`.
@@ -257,6 +322,8 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: SubscriptionEvent,
         INVOICE_CREATED: InvoiceEvent,
         INVOICE_PAID: InvoiceEvent,
+        PAYMENT_METHOD_SAVED: PaymentMethodEvent,
+        PAYMENT_METHOD_REMOVED: PaymentMethodEvent,
     }
 )
 EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
@@ -272,6 +339,8 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         SUBSCRIPTION_CANCELED: "A subscription ended",
         INVOICE_CREATED: "An invoice was issued",
         INVOICE_PAID: "An invoice was paid",
+        PAYMENT_METHOD_SAVED: "A payment method was saved, as the provider confirmed it",
+        PAYMENT_METHOD_REMOVED: "A saved payment method was detached",
     }
 )
 
@@ -317,6 +386,19 @@ _PAYMENT = {
     "provider_ref": "pi_3PqRsT2eZvKYlo2C",
     "status": "completed",
 }
+_METHOD_EVENT = {
+    "user_id": "u-42",
+    "payment_method": {
+        "payment_method_id": "pm_1QxYz2eZvKYlo2C",
+        "provider": "stripe",
+        "brand": "visa",
+        "last4": "4242",
+        "exp_month": 12,
+        "exp_year": 2034,
+        "is_default": True,
+        "created_at": "2026-11-25T09:30:00Z",
+    },
+}
 # An example of each event's `data` (documentation; validated by the tests).
 EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
@@ -337,5 +419,7 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: {**_SUB, "status": "canceled", "reason": "canceled_by_request"},
         INVOICE_CREATED: _INVOICE,
         INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
+        PAYMENT_METHOD_SAVED: _METHOD_EVENT,
+        PAYMENT_METHOD_REMOVED: _METHOD_EVENT,
     }
 )  # fmt: skip

@@ -20,6 +20,8 @@ WITHDRAWAL_COMPLETED: Final = "withdrawal.completed"
 INVOICE_CREATED: Final = "invoice.created"
 INVOICE_PAID: Final = "invoice.paid"
 BALANCE_LOW: Final = "balance.low"
+PAYMENT_METHOD_SAVED: Final = "payment_method.saved"
+PAYMENT_METHOD_REMOVED: Final = "payment_method.removed"
 
 
 class PaymentSucceeded(BaseModel):

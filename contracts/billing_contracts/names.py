@@ -16,6 +16,11 @@ WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
 INVOICE_CREATE: Final = "billing.invoice.create"
 INVOICE_PAY: Final = "billing.invoice.pay"
 INVOICE_GET: Final = "billing.invoice.get"
+PAYMENT_METHOD_SETUP: Final = "billing.payment-method.setup"
+PAYMENT_METHOD_LIST: Final = "billing.payment-method.list"
+PAYMENT_METHOD_DETACH: Final = "billing.payment-method.detach"
+PAYMENT_METHOD_SET_DEFAULT: Final = "billing.payment-method.set-default"
+SUBSCRIPTION_UPDATE_PAYMENT_METHOD: Final = "billing.subscription.update-payment-method"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -25,6 +30,10 @@ COMMAND_QUEUES: Final = (
     WALLET_WITHDRAW,
     INVOICE_CREATE,
     INVOICE_PAY,
+    PAYMENT_METHOD_SETUP,
+    PAYMENT_METHOD_DETACH,
+    PAYMENT_METHOD_SET_DEFAULT,
+    SUBSCRIPTION_UPDATE_PAYMENT_METHOD,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,
@@ -32,6 +41,7 @@ QUERY_QUEUES: Final = (
     WALLET_BALANCE,
     WALLET_TRANSACTIONS,
     INVOICE_GET,
+    PAYMENT_METHOD_LIST,
 )
 
 # A durable topic exchange, declared without arguments, with every command and query

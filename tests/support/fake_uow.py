@@ -27,6 +27,7 @@ from billing_worker.domain.events import DomainEvent
 from billing_worker.ports import Clock
 from billing_worker.providers.base import Notification
 from support.fake_billing import FakeInvoices, FakePlans, FakeSubscriptions
+from support.fake_methods import FakeMethods
 from support.fake_state import CUSTOMER_PROVIDERS, FakeState, check_violation, unique_violation
 from support.fake_wallet import FakeUsers, FakeWallet, State
 
@@ -102,6 +103,7 @@ class FakeUnitOfWork:
         self.invoices = FakeInvoices(state)
         self.idempotency = FakeIdempotency(state)
         self.intents = FakeIntents(state, clock)
+        self.methods = FakeMethods(state, clock)
         self.clock = clock
         self.emitted: list[DomainEvent] = []
         self.deliveries: list[tuple[str, Notification]] = []

@@ -54,6 +54,7 @@ from billing_contracts.client.connection import DEFAULT_TIMEOUT as DEFAULT_TIMEO
 from billing_contracts.client.connection import DIRECT_REPLY_TO
 from billing_contracts.client.events import Event, EventData, parse_event
 from billing_contracts.client.invoices import InvoiceCalls
+from billing_contracts.client.payment_methods import PaymentMethodCalls
 from billing_contracts.client.plans import PlanCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
 from billing_contracts.client.stream import EventCalls, EventStream
@@ -105,7 +106,9 @@ __all__ = [
 ]
 
 
-class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, EventCalls):
+class BillingClient(
+    WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, PaymentMethodCalls, EventCalls
+):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
     Use it as `async with BillingClient(url) as billing:` or
@@ -117,6 +120,8 @@ class BillingClient(WalletCalls, PlanCalls, SubscriptionCalls, InvoiceCalls, Eve
     The calls by area: `WalletCalls` (`deposit`, `withdraw`, `balance`, `transactions`),
     `PlanCalls` (`upsert_plan`, `list_plans`), `SubscriptionCalls` (`create_subscription`,
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
-    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`) and `EventCalls`
+    (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`), `PaymentMethodCalls`
+    (`setup_payment_method`, `list_payment_methods`, `detach_payment_method`,
+    `set_default_payment_method`, `update_subscription_payment_method`) and `EventCalls`
     (`events`), all over `request()` (`RpcClient`) on one `Connection`.
     """
