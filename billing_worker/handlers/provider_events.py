@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Status
+from billing_worker.db.payment_methods import Card
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent, RefundFacts
@@ -23,6 +24,7 @@ from billing_worker.domain.ledger import Transaction
 from billing_worker.domain.transactions import can_move, transition
 from billing_worker.handlers import (
     method_setup,
+    payment_methods,
     stripe_subscriptions,
     views,
     yookassa_subscriptions,
@@ -104,7 +106,10 @@ async def apply_provider_event(
         and moved.kind == TransactionKind.DEPOSIT
     ):
         # The method the provider says it saved for this payment (never the callback's).
-        await uow.users.save_payment_method(moved.user_id, event.provider, event.saved_method_ref)
+        card = Card(**(event.saved_method_card or {}))
+        await payment_methods.remember(
+            uow, moved.user_id, event.provider, event.saved_method_ref, card
+        )
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
         await credit_deposit(moved, uow, deps)
     elif target is Status.COMPLETED:  # a subscription charge paid through its redirect
