@@ -61,11 +61,17 @@ class SetupIntents:
 
     def confirm_setup(self, seti_id: str, test_card: str = "pm_card_visa") -> str:
         """The customer confirms the SetupIntent with `test_card`: the card is saved for
-        the SetupIntent's customer and the SetupIntent succeeds. The new method's id."""
+        the SetupIntent's customer and the SetupIntent succeeds; the new method's id. A
+        card that needs 3-D Secure leaves it `requires_action` with that (unsaved) card."""
         with self._lock:
             seti = self.setup_intents[seti_id]
             if seti["status"] == "succeeded":
                 return str(seti["payment_method"])
+            if api.card_for(test_card).outcome == "authenticate":
+                action = {"type": "use_stripe_sdk", "use_stripe_sdk": {}}
+                seti.update(status="requires_action", payment_method=test_card, next_action=action)
+                return test_card
+            seti["next_action"] = None
             method = str(self._attach(test_card, seti["customer"])["id"])
             seti.update(status="succeeded", payment_method=method)
             return method

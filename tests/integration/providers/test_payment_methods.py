@@ -117,11 +117,16 @@ async def test_a_stripe_setup_saves_the_card_once_stripe_confirms_it(
     assert seti["customer"] == customer["id"]
     assert seti["usage"] == "off_session"
     assert seti["metadata"]["user_id"] == user
-    # a callback claiming success before the customer confirmed: Stripe does not confirm it
-    forged = dict(seti, status="succeeded", payment_method="pm_card_visa")
+    # a callback claiming success while the card still needs 3-D Secure: Stripe's
+    # SetupIntent has the card, but has not succeeded
+    fake.confirm_setup(seti["id"], "pm_card_authenticationRequired")
+    forged = dict(fake.setup_intents[seti["id"]], status="succeeded")
     assert (await relay.stripe(fake.event("setup_intent.succeeded", forged))).status_code == 200
-    assert await listing(bus, user) == []
+    # and one naming a SetupIntent Stripe never made
+    unknown = dict(forged, id="seti_forged", payment_method="pm_card_visa")
+    assert (await relay.stripe(fake.event("setup_intent.succeeded", unknown))).status_code == 200
 
+    assert await listing(bus, user) == []
     method = fake.confirm_setup(seti["id"], "pm_card_mastercard")
     # the callback's body lies about the card: the list shows Stripe's PaymentMethod
     body = dict(fake.setup_intents[seti["id"]], payment_method="pm_card_visa")
@@ -145,6 +150,7 @@ async def test_a_setup_intent_of_another_users_customer_saves_nothing(
 ) -> None:
     fake, _ = stripe_fake
     owner, attacker = new_user("owner"), new_user("attacker")
+    await stripe_saved(bus, relay, fake, attacker)  # a billing user with a card of their own
     own = await stripe_setup(bus, fake, owner)
     # a SetupIntent for the owner's customer whose metadata names the attacker (made
     # outside billing): the card would be the owner's
@@ -158,7 +164,7 @@ async def test_a_setup_intent_of_another_users_customer_saves_nothing(
     # a later event shows the first was handled (the queue is in order per consumer)
     await stripe_saved(bus, relay, fake, owner)
 
-    assert await listing(bus, attacker) == []
+    assert len(await listing(bus, attacker)) == 1  # their own only
     assert len(await listing(bus, owner)) == 1  # only the one set up for the owner
     async with driver_connection(worker.engine) as db:
         assert await state_of(db, [attacker]) == before
