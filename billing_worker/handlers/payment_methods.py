@@ -12,6 +12,9 @@ provider holding no connection, phase three records the change and the reply.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
 
 from billing_contracts import events as ev
 from billing_contracts.payment_methods import (
@@ -38,7 +41,8 @@ from billing_worker.ports import UnitOfWork
 from billing_worker.providers.methods import methods_of
 
 SETUP = "payment_method_setup"  # the intent kind of every provider call about saved methods
-DETACH, DEFAULT = "detach", "default"  # its `request.action`s besides "setup"
+# its `request.action`s besides "setup": detach, set the default, a Stripe subscription's
+DETACH, DEFAULT, SUBSCRIPTION = "detach", "default", "subscription"
 
 
 def method_out(row: MethodRow) -> PaymentMethodOut:
@@ -114,14 +118,19 @@ async def call_change(intent: Intent, deps: Deps) -> None:
     ref = str(intent.request["payment_method_id"])
     if intent.request["action"] == DETACH:
         await provider.detach_method(ref)
+    elif intent.request["action"] == SUBSCRIPTION:
+        await provider.set_subscription_method(str(intent.request["subscription_ref"]), ref)
     else:
         await provider.make_default(intent.customer_ref, ref)
 
 
-async def finish_change(intent: Intent, _: Any, uow: UnitOfWork) -> PaymentMethodOut:
-    """Phase three: the method detached (kept for history) or the only default."""
+async def finish_change(intent: Intent, _: Any, uow: UnitOfWork) -> BaseModel:
+    """Phase three: the method detached (kept for history), the only default, or the
+    Stripe subscription's."""
     ref = str(intent.request["payment_method_id"])
     row = await owned(uow, intent.user_id, intent.provider, ref)
+    if intent.request["action"] == SUBSCRIPTION and intent.subscription_id is not None:
+        return await _use_method(intent.subscription_id, row, uow)
     if intent.request["action"] == DETACH:
         await uow.methods.detach(row.id, uow.clock())
         uow.emit(method_event(ev.PAYMENT_METHOD_REMOVED, row))
@@ -132,21 +141,39 @@ async def finish_change(intent: Intent, _: Any, uow: UnitOfWork) -> PaymentMetho
 
 async def update_subscription_method(
     command: UpdateSubscriptionPaymentMethod, uow: UnitOfWork, deps: Deps
-) -> SubscriptionOut:
-    """The saved method a YooKassa subscription's renewals charge from now on."""
+) -> SubscriptionOut | Intent:
+    """The saved method a YooKassa subscription's renewals charge from now on; for one
+    Stripe runs, Stripe's `default_payment_method` first (an `Intent`)."""
     sub = await uow.subscriptions.get(command.subscription_id, lock=True)
     if sub is None or sub.user_id != command.user_id:  # another's: exactly as a missing one
         raise NotFound(f"no subscription {command.subscription_id}")
     if Sub(sub.status) not in LIVE:
         raise InvalidState(f"the subscription is already {sub.status}", status=sub.status)
-    if sub.payment_source != PaymentSource.YOOKASSA:
+    stripe_run = sub.payment_source == PaymentSource.STRIPE and sub.provider_subscription_id
+    if sub.payment_source != PaymentSource.YOOKASSA and not stripe_run:
         raise InvalidState(
             f"a {sub.payment_source} subscription has no saved method to change",
             payment_source=sub.payment_source,
         )
-    method = await owned(uow, command.user_id, PaymentSource.YOOKASSA.value,
-                         command.payment_method_id)  # fmt: skip
-    await uow.subscriptions.update(sub.id, payment_method_id=method.id)
-    updated = await uow.subscriptions.get(sub.id)
+    method = await owned(uow, command.user_id, sub.payment_source, command.payment_method_id)
+    if not stripe_run:
+        return await _use_method(sub.id, method, uow)
+    if await uow.intents.of_subscription(sub.id):  # its answer must find it as it left it
+        raise InvalidState("a provider call for this subscription is in flight; try again "
+                           "shortly", status=sub.status)  # fmt: skip
+    configured(deps, PaymentSource.STRIPE.value)
+    return Intent(
+        id=derived_id("subscription.update-payment-method", command.user_id,
+                      command.idempotency_key),
+        kind=SETUP, provider=PaymentSource.STRIPE.value, user_id=command.user_id,
+        subscription_id=sub.id,
+        request={"action": SUBSCRIPTION, "payment_method_id": method.ref,
+                 "subscription_ref": sub.provider_subscription_id},
+    )  # fmt: skip
+
+
+async def _use_method(subscription_id: UUID, method: MethodRow, uow: UnitOfWork) -> SubscriptionOut:
+    await uow.subscriptions.update(subscription_id, payment_method_id=method.id)
+    updated = await uow.subscriptions.get(subscription_id)
     assert updated is not None
     return subscription_out(updated)

@@ -57,6 +57,10 @@ class MethodGateway(Protocol):
 
     async def make_default(self, customer_ref: str | None, ref: str) -> None: ...
 
+    async def set_subscription_method(self, subscription_ref: str, ref: str) -> None:
+        """The method a subscription the provider runs (Stripe) charges from now on."""
+        ...
+
 
 class SandboxMethods:
     """The sandbox saves a test card for the setup at once (`pm_sandbox_...`)."""
@@ -76,6 +80,9 @@ class SandboxMethods:
 
     async def make_default(self, customer_ref: str | None, ref: str) -> None:
         return None
+
+    async def set_subscription_method(self, subscription_ref: str, ref: str) -> None:
+        raise ProviderError("only Stripe runs subscriptions itself")
 
 
 class LocalMethods(SandboxMethods):

@@ -299,8 +299,9 @@ ENTRIES += (
         "command",
         UpdateSubscriptionPaymentMethod,
         SubscriptionOut,
-        "The saved method a YooKassa subscription's renewals charge from now on",
-        (E.NOT_FOUND, E.INVALID_STATE),
+        "The saved method a subscription is charged with from now on (YooKassa: the "
+        "renewals; Stripe: the subscription's default_payment_method at Stripe)",
+        (E.NOT_FOUND, E.INVALID_STATE, E.PROVIDER_ERROR),
         example={"idempotency_key": _KEY, "user_id": "u-42",
                  "subscription_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
                  "payment_method_id": "2f1c7a3e-000f-5000-9000-1b2c3d4e5f60"},

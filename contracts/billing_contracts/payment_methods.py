@@ -72,8 +72,9 @@ class SetDefaultPaymentMethod(Command):
 
 
 class UpdateSubscriptionPaymentMethod(Command):
-    """`billing.subscription.update-payment-method`: the saved method a YooKassa
-    subscription's renewals charge from now on."""
+    """`billing.subscription.update-payment-method`: the saved method (of the
+    subscription's provider) it is charged with from now on: a YooKassa subscription's
+    renewals, or a Stripe subscription's `default_payment_method` at Stripe."""
 
     user_id: UserId
     subscription_id: UUID

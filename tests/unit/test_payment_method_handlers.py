@@ -4,7 +4,6 @@ the provider's word on a setup, a subscription's method."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -15,12 +14,10 @@ from billing_contracts.payment_methods import (
     ListPaymentMethods,
     SetDefaultPaymentMethod,
     SetupPaymentMethod,
-    UpdateSubscriptionPaymentMethod,
 )
 from billing_worker.db.intents import Intent
 from billing_worker.db.payment_methods import Card
-from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
-from billing_worker.domain.errors import InvalidState, NotFound
+from billing_worker.domain.errors import NotFound
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.handlers import method_setup
 from billing_worker.handlers import payment_methods as methods
@@ -194,58 +191,3 @@ async def test_a_setup_is_saved_only_for_the_user_whose_customer_it_was_for(
 
     assert (forged, genuine) == (Applied.UNTRUSTED, Applied.APPLIED)
     assert [(m.user_id, m.card.last4) for m in db.state.methods.values()] == [(owner, "4242")]
-
-
-async def live_yookassa_subscription(db: FakeDatabase, user: str, method: str) -> SubscriptionRow:
-    await saved(db, user, method)
-    plan_id = uuid.uuid4()
-    plan = PlanRow(plan_id, "pro", "Pro", 1000, "RUB", "month", 1, 0, None, True)
-    db.state.plans["pro"] = plan
-    row = SubscriptionRow(
-        id=uuid.uuid4(), user_id=user, plan_id=plan_id, status="active",
-        payment_source="yookassa", payment_method_id=db.state.methods["yookassa", method].id,
-        provider_subscription_id=None, current_period_start=None, current_period_end=None,
-        billing_anchor=None, trial_end=None, cancel_at_period_end=False, canceled_at=None,
-        cancel_reason=None, paid_periods=1, dunning_attempts=0, next_attempt_at=None, plan=plan,
-    )  # fmt: skip
-    db.state.subscriptions[row.id] = row
-    return row
-
-
-def update(user: str, sub: SubscriptionRow, ref: str) -> UpdateSubscriptionPaymentMethod:
-    return UpdateSubscriptionPaymentMethod(
-        idempotency_key=key(), user_id=user, subscription_id=sub.id, payment_method_id=ref
-    )
-
-
-async def test_a_subscriptions_method_is_changed_by_its_owner_to_one_of_theirs_only(
-    db: FakeDatabase, deps: Deps
-) -> None:
-    owner, attacker = new_user(), new_user()
-    sub = await live_yookassa_subscription(db, owner, "pm_first")
-    await saved(db, owner, "pm_second")
-    await saved(db, attacker, "pm_attacker")
-
-    with pytest.raises(NotFound):  # another's subscription
-        await run(db, methods.update_subscription_method, update(attacker, sub, "pm_attacker"),
-                  deps)  # fmt: skip
-    with pytest.raises(NotFound):  # another's method
-        await run(db, methods.update_subscription_method, update(owner, sub, "pm_attacker"),
-                  deps)  # fmt: skip
-    assert db.state.subscriptions[sub.id].payment_method_id == sub.payment_method_id
-
-    out = await run(db, methods.update_subscription_method, update(owner, sub, "pm_second"), deps)
-
-    assert out.id == sub.id
-    second = db.state.methods["yookassa", "pm_second"].id
-    assert db.state.subscriptions[sub.id].payment_method_id == second
-
-
-async def test_a_balance_subscription_has_no_method_to_change(db: FakeDatabase, deps: Deps) -> None:
-    user = new_user()
-    sub = await live_yookassa_subscription(db, user, "pm_first")
-    db.state.subscriptions[sub.id] = SubscriptionRow(
-        **{**{f: getattr(sub, f) for f in SubscriptionRow.__slots__}, "payment_source": "balance"}
-    )
-    with pytest.raises(InvalidState):
-        await run(db, methods.update_subscription_method, update(user, sub, "pm_first"), deps)

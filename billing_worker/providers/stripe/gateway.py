@@ -204,6 +204,10 @@ class StripeGateway:
             params = {"invoice_settings": {"default_payment_method": ref}}
             await _call(self._client.v1.customers.update_async(customer_ref, params))  # type: ignore[arg-type]
 
+    async def set_subscription_method(self, subscription_ref: str, ref: str) -> None:
+        params = {"default_payment_method": ref}
+        await _call(self._client.v1.subscriptions.update_async(subscription_ref, params))  # type: ignore[arg-type]
+
     async def _retrieve(self, service: Any, object_id: str) -> dict[str, Any]:
         found = await _call(service.retrieve_async(object_id))
         return found.to_dict()  # type: ignore[no-any-return]

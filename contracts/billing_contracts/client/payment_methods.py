@@ -75,7 +75,8 @@ class PaymentMethodCalls(RpcClient):
         self, *, user_id: str, subscription_id: UUID | str, payment_method_id: str,
         idempotency_key: str, timeout: float | None = None,
     ) -> SubscriptionOut:  # fmt: skip
-        """`billing.subscription.update-payment-method`. Errors: `NotFound`, `InvalidState`."""
+        """`billing.subscription.update-payment-method`. Errors: `NotFound`, `InvalidState`,
+        `ProviderError`."""
         command = UpdateSubscriptionPaymentMethod(
             idempotency_key=idempotency_key, user_id=user_id,
             subscription_id=UUID(str(subscription_id)), payment_method_id=payment_method_id,

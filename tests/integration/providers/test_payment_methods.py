@@ -18,6 +18,7 @@ from support.methods_kit import (
     DEFAULT,
     DETACH,
     SETUP,
+    UPDATE,
     change,
     deposit,
     key,
@@ -157,6 +158,42 @@ async def test_stripe_default_and_detach_reach_stripe_and_a_detached_card_is_not
     charged = await deposit(bus, user, "stripe", "5.00", "USD", payment_method_id=second)
     assert charged["error"]["code"] == "provider_error", charged
     assert not [pi for pi in fake.payment_intents.values() if pi["payment_method"] == second]
+
+
+async def test_a_stripe_subscription_is_moved_to_another_of_its_owners_cards_at_stripe(
+    bus: Bus, relay: Relay, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    owner, attacker = new_user("owner"), new_user("attacker")
+    first = await stripe_saved(bus, relay, fake, owner)
+    code = f"plan-{key()[:8]}"
+    assert (await bus.call("billing.plan.upsert", {
+        "idempotency_key": key(), "code": code, "name": "Pro", "interval": "month",
+        "price": {"amount": "10.00", "currency": "USD"},
+        "stripe_price_id": "price_pro_monthly"}))["ok"]  # fmt: skip
+    created = await bus.call("billing.subscription.create", {
+        "idempotency_key": key(), "user_id": owner, "plan_code": code,
+        "payment_source": "stripe", "payment_method_id": first})  # fmt: skip
+    assert created["ok"], created
+    sub_id = created["data"]["subscription"]["id"]
+    [remote] = [s for s in fake.subscriptions.values() if s["metadata"].get("user_id") == owner]
+    second = await stripe_saved(bus, relay, fake, owner, "pm_card_mastercard")
+    theirs = await stripe_saved(bus, relay, fake, attacker)
+
+    def update(user: str, method: str) -> dict[str, Any]:
+        return {"idempotency_key": key(), "user_id": user, "subscription_id": sub_id,
+                "payment_method_id": method}  # fmt: skip
+
+    refused = await bus.call(UPDATE, update(owner, theirs))  # another user's card
+    assert not_found(refused, theirs, "stripe")
+    assert (await bus.call(UPDATE, update(attacker, theirs)))["error"]["code"] == "not_found"
+    assert remote["default_payment_method"] == first
+
+    moved = await bus.call(UPDATE, update(owner, second))
+
+    assert moved["ok"], moved
+    assert moved["data"]["id"] == sub_id
+    assert remote["default_payment_method"] == second
 
 
 # --- the sandbox -----------------------------------------------------------------------
