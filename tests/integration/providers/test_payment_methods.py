@@ -7,6 +7,7 @@ a method is saved only on what Stripe itself confirms, for the user whose custom
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -212,3 +213,25 @@ async def test_the_sandbox_saves_a_test_card_at_once(bus: Bus) -> None:
     assert await listing(bus, user) == [saved]
     assert await bus.call(SETUP, command) == reply  # the same key: the same answer
     assert len(await listing(bus, user)) == 1
+
+
+async def test_concurrent_set_defaults_leave_exactly_one_default(bus: Bus, worker: Worker) -> None:
+    user = new_user()
+    refs = []
+    for _ in range(3):
+        reply = await bus.call(SETUP, {"idempotency_key": key(), "user_id": user,
+                                       "provider": "sandbox"})  # fmt: skip
+        refs.append(reply["data"]["payment_method"]["payment_method_id"])
+
+    replies = await asyncio.gather(
+        *(change(bus, DEFAULT, user, "sandbox", refs[i % 3]) for i in range(12))
+    )
+
+    assert all(reply["ok"] for reply in replies), replies
+    defaults = [m["payment_method_id"] for m in await listing(bus, user) if m["is_default"]]
+    assert len(defaults) == 1
+    async with driver_connection(worker.engine) as db:
+        rows = await db.fetchval(
+            "SELECT count(*) FROM payment_methods WHERE user_id = $1 AND is_default", user
+        )
+    assert rows == 1
