@@ -98,8 +98,14 @@ async def _begin(
     return Intent(
         id=derived_id(f"payment-method-{action}", user_id, key), kind=SETUP,
         provider=gateway.name, user_id=user_id, customer_ref=customer,
-        request={"action": action, "payment_method_id": ref, "method": str(row.id)},
+        request={"action": action, "payment_method_id": ref, "method": _snapshot(row)},
     )  # fmt: skip
+
+
+def _snapshot(row: MethodRow) -> dict[str, Any]:
+    """The method as phase one found it: the reply when a concurrent command detached it
+    before phase three (phase three must answer, never fail: the provider call is made)."""
+    return method_out(row).model_dump(mode="json")
 
 
 async def detach(command: DetachPaymentMethod, uow: UnitOfWork, deps: Deps) -> Intent:
@@ -128,7 +134,12 @@ async def finish_change(intent: Intent, _: Any, uow: UnitOfWork) -> BaseModel:
     """Phase three: the method detached (kept for history), the only default, or the
     Stripe subscription's."""
     ref = str(intent.request["payment_method_id"])
-    row = await owned(uow, intent.user_id, intent.provider, ref)
+    row = await uow.methods.get(intent.user_id, intent.provider, ref, lock=True)
+    if row is None:  # detached by another command meanwhile: nothing left to change
+        gone = PaymentMethodOut.model_validate(intent.request["method"])
+        if intent.request["action"] == SUBSCRIPTION and intent.subscription_id is not None:
+            return await _use_method(intent.subscription_id, None, uow)
+        return gone.model_copy(update={"is_default": False})
     if intent.request["action"] == SUBSCRIPTION and intent.subscription_id is not None:
         return await _use_method(intent.subscription_id, row, uow)
     if intent.request["action"] == DETACH:
@@ -172,8 +183,11 @@ async def update_subscription_method(
     )  # fmt: skip
 
 
-async def _use_method(subscription_id: UUID, method: MethodRow, uow: UnitOfWork) -> SubscriptionOut:
-    await uow.subscriptions.update(subscription_id, payment_method_id=method.id)
+async def _use_method(
+    subscription_id: UUID, method: MethodRow | None, uow: UnitOfWork
+) -> SubscriptionOut:
+    if method is not None:
+        await uow.subscriptions.update(subscription_id, payment_method_id=method.id)
     updated = await uow.subscriptions.get(subscription_id)
     assert updated is not None
     return subscription_out(updated)

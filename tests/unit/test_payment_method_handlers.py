@@ -191,3 +191,21 @@ async def test_a_setup_is_saved_only_for_the_user_whose_customer_it_was_for(
 
     assert (forged, genuine) == (Applied.UNTRUSTED, Applied.APPLIED)
     assert [(m.user_id, m.card.last4) for m in db.state.methods.values()] == [(owner, "4242")]
+
+
+async def test_a_method_detached_by_a_concurrent_command_still_gets_its_answers(
+    db: FakeDatabase, deps: Deps
+) -> None:
+    user = new_user()
+    await saved(db, user, "pm_a")
+    first = await run(db, methods.detach, detach(user, "pm_a"), deps)
+    second = await run(db, methods.detach, detach(user, "pm_a"), deps)  # before the first ends
+    default = await run(db, methods.set_default, set_default(user, "pm_a"), deps)
+
+    await settle(db, deps, first)
+    late = [await settle(db, deps, second), await settle(db, deps, default)]
+
+    assert [getattr(out, "payment_method_id", None) for out in late] == ["pm_a", "pm_a"]
+    assert [getattr(out, "is_default", None) for out in late] == [False, False]
+    assert len(db.events_of(ev.PAYMENT_METHOD_REMOVED)) == 1  # removed once
+    assert await listed(db, deps, user) == []
