@@ -48,6 +48,7 @@ AREAS: dict[str, str] = {
     "subscriptions": "Subscriptions to plans: create, cancel, look up",
     "invoices": "Invoices, paid from the balance, and the Orders service's orders",
     "payments": "Refunds of completed payments, to where they came from or to the balance",
+    "payment-methods": "Saved payment methods: set up, list, detach, the default",
     "events": "What the worker publishes on the `billing.events` topic exchange",
 }
 AREA_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -58,6 +59,7 @@ AREA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("billing.invoice.", "invoices"),
     ("billing.orders.", "invoices"),
     ("billing.payment.", "payments"),
+    ("billing.payment-method.", "payment-methods"),
 )
 SCHEMA_REF = "#/components/schemas/"
 

@@ -17,6 +17,7 @@ from billing_worker.db.holds import Holding
 from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
+from billing_worker.db.payment_methods import Card, MethodRow
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.events import DomainEvent
@@ -156,6 +157,21 @@ class Holds(Protocol):
     ) -> list[tuple[str, int, int]]: ...
 
 
+class Methods(Protocol):
+    """Saved payment methods (`db/payment_methods.py`): live ones only, but for `save`."""
+
+    async def save(
+        self, user_id: str, provider: str, ref: str, card: Card
+    ) -> tuple[MethodRow, bool]: ...
+    async def of_user(self, user_id: str, provider: str | None = None) -> list[MethodRow]: ...
+    async def get(
+        self, user_id: str, provider: str, ref: str, *, lock: bool = False
+    ) -> MethodRow | None: ...
+    async def default_of(self, user_id: str, provider: str) -> MethodRow | None: ...
+    async def detach(self, method_id: UUID, at: datetime) -> None: ...
+    async def set_default(self, user_id: str, provider: str, method_id: UUID) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """What a handler may touch: the repositories of one transaction, the clock, and the
     outbox (`emit` an event, `deliver_later` a provider callback to the worker itself)."""
@@ -176,6 +192,8 @@ class UnitOfWork(Protocol):
     def intents(self) -> Intents: ...
     @property
     def holds(self) -> Holds: ...
+    @property
+    def methods(self) -> Methods: ...
     @property
     def clock(self) -> Clock: ...
 

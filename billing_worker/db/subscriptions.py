@@ -221,7 +221,9 @@ class SqlSubscriptions:
 
     async def payment_method_ref(self, method_id: UUID) -> str | None:
         value = await self._db.fetchval(
-            "SELECT provider_method_id FROM payment_methods WHERE id = $1", method_id
+            # a detached method is never charged again
+            "SELECT provider_method_id FROM payment_methods WHERE id = $1 AND detached_at IS NULL",
+            method_id,
         )
         return None if value is None else str(value)
 

@@ -65,7 +65,7 @@ class Plan(SQLModel, table=True):
     active: bool = flag_field(True)
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
-    vat_code: int | None = Field(default=None, nullable=True)  # YooKassa receipts (migration 0010)
+    vat_code: int | None = Field(default=None, nullable=True)  # YooKassa receipts (migration 0009)
 
 
 class PaymentMethod(SQLModel, table=True):
@@ -73,6 +73,14 @@ class PaymentMethod(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint(one_of("provider", PROVIDERS), name="provider"),
         UniqueConstraint("provider", "provider_method_id"),
+        # At most one live default per user and provider (migration 0010).
+        Index(
+            "uq_payment_methods_one_default",
+            "user_id",
+            "provider",
+            unique=True,
+            postgresql_where=text("is_default AND detached_at IS NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -83,6 +91,13 @@ class PaymentMethod(SQLModel, table=True):
     provider_method_id: str = text_field()
     details: dict[str, Any] = jsonb_object_field()
     created_at: datetime | None = timestamp_field(server_now=True)
+    # The card as the provider describes it (what `billing.payment-method.list` shows).
+    brand: str | None = text_field(nullable=True)
+    last4: str | None = text_field(nullable=True)
+    exp_month: int | None = Field(default=None, nullable=True)
+    exp_year: int | None = Field(default=None, nullable=True)
+    is_default: bool = flag_field(False)
+    detached_at: datetime | None = timestamp_field()  # never charged again once set
 
 
 class VirtualAccount(SQLModel, table=True):
@@ -223,6 +238,7 @@ INTENT_KINDS = (
     "stripe_cancel",
     "deposit_cancel",
     "refund",
+    "payment_method_setup",
 )
 
 

@@ -21,6 +21,7 @@ from billing_worker.db.holds import SqlHolds
 from billing_worker.db.idempotency import SqlIdempotency
 from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
+from billing_worker.db.payment_methods import SqlMethods
 from billing_worker.db.subscriptions import SqlPlans, SqlSubscriptions
 from billing_worker.db.users import SqlUsers
 from billing_worker.db.wallet import SqlWallet
@@ -94,6 +95,7 @@ class UnitOfWork:
         self.idempotency = SqlIdempotency(connection)
         self.intents = SqlIntents(connection)
         self.holds = SqlHolds(connection)
+        self.methods = SqlMethods(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
 

@@ -58,7 +58,8 @@ class SqlUsers:
         """The id of the user's saved method at the provider; None if it is not theirs."""
         value = await self._db.fetchval(
             "SELECT id FROM payment_methods "
-            "WHERE user_id = $1 AND provider = $2 AND provider_method_id = $3",
+            "WHERE user_id = $1 AND provider = $2 AND provider_method_id = $3 "
+            "AND detached_at IS NULL",  # a detached method is never charged again
             user_id,
             provider,
             method_ref,

@@ -63,3 +63,6 @@ class ProviderEvent:
     transaction_ref: str | None = None  # our transaction id, as the provider's metadata has it
     refund: RefundFacts | None = None
     confirmation: dict[str, Any] | None = None  # what the provider's API answered
+    # The saved method's card as the provider's API describes it (brand, last4, exp_month,
+    # exp_year), for `billing.payment-method.list`.
+    saved_method_card: dict[str, Any] | None = None

@@ -19,6 +19,8 @@ from pydantic import BaseModel
 from billing_worker.db.intents import Intent
 from billing_worker.handlers import (
     deposit_cancel,
+    method_setup,
+    payment_methods,
     refunds,
     stripe_subscriptions,
     wallet,
@@ -61,4 +63,5 @@ FLOWS: Mapping[str, Flow] = {
         deposit_cancel.call_cancel, deposit_cancel.finish_cancel, deposit_cancel.undo_cancel
     ),
     refunds.REFUND: Flow(refunds.call_refund, refunds.finish_refund, refunds.undo_refund),
+    payment_methods.SETUP: Flow(method_setup.call, method_setup.finish, method_setup.undo),
 }

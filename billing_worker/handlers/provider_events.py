@@ -15,11 +15,14 @@ from enum import StrEnum
 
 from billing_contracts.wallet import TransactionKind
 from billing_contracts.wallet import TransactionStatus as Status
+from billing_worker.db.payment_methods import Card
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.transactions import can_move, transition
 from billing_worker.handlers import (
+    method_setup,
+    payment_methods,
     refund_events,
     stripe_subscriptions,
     views,
@@ -28,6 +31,7 @@ from billing_worker.handlers import (
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
 from billing_worker.ports import UnitOfWork
+from billing_worker.providers.stripe.webhook import SETUP_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ async def apply_provider_event(
             raise TransientError(f"{event.event_type} came without its subscription's state")
         await stripe_subscriptions.sync(event, subscription, uow, deps)
         return Applied.APPLIED
+    if event.provider == "stripe" and event.event_type in SETUP_EVENTS:  # a saved method
+        saved = await method_setup.saved_by_provider(event, uow)
+        return Applied.APPLIED if saved else Applied.UNTRUSTED
     if event.outcome is None or event.provider_ref is None:
         return Applied.IGNORED
     row = await uow.wallet.transaction_by_ref(event.provider, event.provider_ref, lock=True)
@@ -97,7 +104,10 @@ async def apply_provider_event(
         and moved.kind == TransactionKind.DEPOSIT
     ):
         # The method the provider says it saved for this payment (never the callback's).
-        await uow.users.save_payment_method(moved.user_id, event.provider, event.saved_method_ref)
+        card = Card(**(event.saved_method_card or {}))
+        await payment_methods.remember(
+            uow, moved.user_id, event.provider, event.saved_method_ref, card
+        )
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
         await credit_deposit(moved, uow, deps)
     elif target is Status.COMPLETED:  # a subscription charge paid through its redirect

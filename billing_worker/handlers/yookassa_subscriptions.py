@@ -14,12 +14,13 @@ from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_contracts.wallet import PaymentAction
 from billing_contracts.wallet import TransactionStatus as Tx
 from billing_worker.db.intents import Intent
+from billing_worker.db.payment_methods import Card
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidInput, InvalidState, ProviderError
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.domain.ledger import Transaction
-from billing_worker.handlers import receipts, views
+from billing_worker.handlers import payment_methods, receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import record_payment, saved_method_of
 from billing_worker.handlers.periods import (
@@ -225,7 +226,7 @@ async def _payment_failed(
 
 
 async def _remember_method(sub: SubscriptionRow, ref: str, uow: UnitOfWork) -> SubscriptionRow:
-    await uow.users.save_payment_method(sub.user_id, NAME, ref)
+    await payment_methods.remember(uow, sub.user_id, NAME, ref, Card())  # payment_method.saved
     method = await uow.subscriptions.payment_method_id(NAME, ref)
     await uow.subscriptions.update(sub.id, payment_method_id=method)
     return dataclasses.replace(sub, payment_method_id=method)

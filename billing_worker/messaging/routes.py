@@ -12,9 +12,10 @@ from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.domain.errors import Unprocessable
 from billing_worker.handlers import credits as credit_handlers
-from billing_worker.handlers import deposit_cancel
+from billing_worker.handlers import deposit_cancel, method_setup
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
+from billing_worker.handlers import payment_methods as method_handlers
 from billing_worker.handlers import refunds as refund_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
@@ -45,6 +46,10 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.WALLET_HOLD_CAPTURE: hold_handlers.capture_hold,
     names.WALLET_HOLD_RELEASE: hold_handlers.release_hold,
     names.PAYMENT_REFUND: refund_handlers.refund_payment,
+    names.PAYMENT_METHOD_SETUP: method_setup.setup,
+    names.PAYMENT_METHOD_DETACH: method_handlers.detach,
+    names.PAYMENT_METHOD_SET_DEFAULT: method_handlers.set_default,
+    names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: method_handlers.update_subscription_method,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,
@@ -52,6 +57,7 @@ QUERIES: Mapping[str, Handler[Any]] = {
     names.INVOICE_GET: invoice_handlers.get_invoices,
     names.PLAN_LIST: subscription_handlers.list_plans,
     names.SUBSCRIPTION_GET: subscription_handlers.get_subscriptions,
+    names.PAYMENT_METHOD_LIST: method_handlers.list_methods,
 }
 
 

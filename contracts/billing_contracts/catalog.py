@@ -28,6 +28,8 @@ from billing_contracts.events import (
     INVOICE_CREATED,
     INVOICE_PAID,
     PAYMENT_FAILED,
+    PAYMENT_METHOD_REMOVED,
+    PAYMENT_METHOD_SAVED,
     PAYMENT_REFUNDED,
     PAYMENT_SUCCESS,
     SUBSCRIPTION_CANCELED,
@@ -60,6 +62,17 @@ from billing_contracts.invoices import (
     PayInvoice,
 )
 from billing_contracts.orders import OrderCreated
+from billing_contracts.payment_methods import (
+    DetachPaymentMethod,
+    ListPaymentMethods,
+    PaymentMethodEvent,
+    PaymentMethodList,
+    PaymentMethodOut,
+    SetDefaultPaymentMethod,
+    SetupPaymentMethod,
+    SetupResult,
+    UpdateSubscriptionPaymentMethod,
+)
 from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
 from billing_contracts.refunds import PaymentRefunded, RefundPayment, RefundResult
 from billing_contracts.subscriptions import (
@@ -347,6 +360,59 @@ ENTRIES: tuple[Entry, ...] = (
         },
     ),
 )
+_PM = "pm_1QxYz2eZvKYlo2C"
+ENTRIES += (
+    Entry(
+        names.PAYMENT_METHOD_SETUP,
+        "command",
+        SetupPaymentMethod,
+        SetupResult,
+        "Start saving a payment method (Stripe: a SetupIntent's client_secret; the sandbox "
+        "saves a test card); saved when the provider confirms it",
+        (E.PROVIDER_ERROR,),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe"},
+    ),
+    Entry(
+        names.PAYMENT_METHOD_LIST,
+        "query",
+        ListPaymentMethods,
+        PaymentMethodList,
+        "The user's saved payment methods (detached ones left out)",
+        example={"user_id": "u-42"},
+    ),
+    Entry(
+        names.PAYMENT_METHOD_DETACH,
+        "command",
+        DetachPaymentMethod,
+        PaymentMethodOut,
+        "Remove one of the user's saved methods, at the provider too; never charged again",
+        (E.NOT_FOUND, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe",
+                 "payment_method_id": _PM},
+    ),
+    Entry(
+        names.PAYMENT_METHOD_SET_DEFAULT,
+        "command",
+        SetDefaultPaymentMethod,
+        PaymentMethodOut,
+        "Make one of the user's saved methods the default at its provider",
+        (E.NOT_FOUND, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe",
+                 "payment_method_id": _PM},
+    ),
+    Entry(
+        names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD,
+        "command",
+        UpdateSubscriptionPaymentMethod,
+        SubscriptionOut,
+        "The saved method a subscription is charged with from now on (YooKassa: the "
+        "renewals; Stripe: the subscription's default_payment_method at Stripe)",
+        (E.NOT_FOUND, E.INVALID_STATE, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42",
+                 "subscription_id": "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11",
+                 "payment_method_id": "2f1c7a3e-000f-5000-9000-1b2c3d4e5f60"},
+    ),
+)  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
 # Every event on billing.events (routing key = type) and the model of its `data`.
@@ -369,6 +435,8 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         HOLD_EXPIRED: HoldEvent,
         CREDIT_GRANTED: CreditGranted,
         PAYMENT_REFUNDED: PaymentRefunded,
+        PAYMENT_METHOD_SAVED: PaymentMethodEvent,
+        PAYMENT_METHOD_REMOVED: PaymentMethodEvent,
     }
 )
 EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
@@ -390,6 +458,8 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         HOLD_EXPIRED: "A hold expired and was released by the worker",
         CREDIT_GRANTED: "An admin credited the account (goodwill, promotion)",
         PAYMENT_REFUNDED: "A refund of a payment completed (by command or at the provider)",
+        PAYMENT_METHOD_SAVED: "A payment method was saved, as the provider confirmed it",
+        PAYMENT_METHOD_REMOVED: "A saved payment method was detached",
     }
 )
 
@@ -446,6 +516,19 @@ _HOLD = {
     "balance": {"amount": "100.00", "currency": "USD"},
     "available": {"amount": "75.00", "currency": "USD"},
 }
+_METHOD_EVENT = {
+    "user_id": "u-42",
+    "payment_method": {
+        "payment_method_id": "pm_1QxYz2eZvKYlo2C",
+        "provider": "stripe",
+        "brand": "visa",
+        "last4": "4242",
+        "exp_month": 12,
+        "exp_year": 2034,
+        "is_default": True,
+        "created_at": "2026-11-25T09:30:00Z",
+    },
+}
 # An example of each event's `data` (documentation; validated by the tests).
 EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
@@ -483,5 +566,7 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                            "amount": {"amount": "10.00", "currency": "USD"},
                            "refunded_total": {"amount": "10.00", "currency": "USD"},
                            "destination": "original", "provider": "stripe"},
+        PAYMENT_METHOD_SAVED: _METHOD_EVENT,
+        PAYMENT_METHOD_REMOVED: _METHOD_EVENT,
     }
 )  # fmt: skip

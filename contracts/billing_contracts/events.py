@@ -26,6 +26,8 @@ HOLD_RELEASED: Final = "hold.released"
 HOLD_EXPIRED: Final = "hold.expired"
 CREDIT_GRANTED: Final = "credit.granted"
 PAYMENT_REFUNDED: Final = "payment.refunded"
+PAYMENT_METHOD_SAVED: Final = "payment_method.saved"
+PAYMENT_METHOD_REMOVED: Final = "payment_method.removed"
 
 
 class PaymentSucceeded(BaseModel):

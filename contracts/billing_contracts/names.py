@@ -22,6 +22,11 @@ WALLET_HOLD_CAPTURE: Final = "billing.wallet.hold.capture"
 WALLET_HOLD_RELEASE: Final = "billing.wallet.hold.release"
 WALLET_CREDIT: Final = "billing.wallet.credit"
 PAYMENT_REFUND: Final = "billing.payment.refund"
+PAYMENT_METHOD_SETUP: Final = "billing.payment-method.setup"
+PAYMENT_METHOD_LIST: Final = "billing.payment-method.list"
+PAYMENT_METHOD_DETACH: Final = "billing.payment-method.detach"
+PAYMENT_METHOD_SET_DEFAULT: Final = "billing.payment-method.set-default"
+SUBSCRIPTION_UPDATE_PAYMENT_METHOD: Final = "billing.subscription.update-payment-method"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -37,6 +42,10 @@ COMMAND_QUEUES: Final = (
     WALLET_HOLD_RELEASE,
     WALLET_CREDIT,
     PAYMENT_REFUND,
+    PAYMENT_METHOD_SETUP,
+    PAYMENT_METHOD_DETACH,
+    PAYMENT_METHOD_SET_DEFAULT,
+    SUBSCRIPTION_UPDATE_PAYMENT_METHOD,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,
@@ -44,6 +53,7 @@ QUERY_QUEUES: Final = (
     WALLET_BALANCE,
     WALLET_TRANSACTIONS,
     INVOICE_GET,
+    PAYMENT_METHOD_LIST,
 )
 
 # A durable topic exchange, declared without arguments, with every command and query

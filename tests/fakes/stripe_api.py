@@ -78,6 +78,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fakes.stripe_setup import SetupIntents
+
 API_VERSION = "2026-10-28.endive"
 PERIOD_SECONDS = 30 * 24 * 3600
 DEFAULT_PRICE_AMOUNT = 1000
@@ -301,7 +303,7 @@ class _Stored(NamedTuple):
 Handler = Callable[..., JSON]
 
 
-class FakeStripe:
+class FakeStripe(SetupIntents):
     """Holds the fake's state; serve `fake.app` and point a `StripeClient` at it.
 
     State (plain dicts keyed by id, safe to read in assertions): `customers`,
@@ -325,6 +327,8 @@ class FakeStripe:
         self.prices: dict[str, JSON] = {}
         self.subscriptions: dict[str, JSON] = {}
         self.invoices: dict[str, JSON] = {}
+        self.setup_intents: dict[str, JSON] = {}  # tests/fakes/stripe_setup.py
+        self.detached_methods: set[str] = set()
         self.created: Counter[str] = Counter()
         self.requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
@@ -526,6 +530,7 @@ class FakeStripe:
             ),
             ("POST", r"/v1/subscriptions/(?P<id>[^/]+)", self._update_subscription),
             ("DELETE", r"/v1/subscriptions/(?P<id>[^/]+)", self._cancel_subscription),
+            *self._setup_routes(),
         ]
         return [(method, re.compile(pattern), handler) for method, pattern, handler in table]
 
@@ -560,6 +565,7 @@ class FakeStripe:
             "price_": self.prices,
             "sub_": self.subscriptions,
             "in_": self.invoices,
+            "seti_": self.setup_intents,
         }
         prefix = object_id.partition("_")[0] + "_"
         return tables.get(prefix, {}).get(object_id)
@@ -707,6 +713,12 @@ class FakeStripe:
 
     def _check_method_owner(self, payment_method: Any, customer: str | None, param: str) -> None:
         """A method saved for one customer cannot be used for another (or for nobody)."""
+        if payment_method in self.detached_methods:  # as at Stripe: never usable again
+            raise invalid_request(
+                "This PaymentMethod was previously used without being attached to a Customer "
+                "or was detached from a Customer, and may not be used again.",
+                param=param,
+            )
         owner = self.attached_methods.get(payment_method) if payment_method else None
         if owner is not None and owner != customer:
             raise invalid_request(

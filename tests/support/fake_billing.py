@@ -149,7 +149,8 @@ class FakeSubscriptions:
 
     async def payment_method_ref(self, method_id: UUID) -> str | None:
         methods = self._state().methods.items()
-        return next((ref for (_, ref), m in methods if m.id == method_id), None)
+        live = ((ref, m) for (_, ref), m in methods if m.detached_at is None)  # never detached ones
+        return next((ref for ref, m in live if m.id == method_id), None)
 
     async def payment_method_id(self, provider: str, ref: str) -> UUID | None:
         method = self._state().methods.get((provider, ref))

@@ -4,6 +4,7 @@ constraints would refuse (raised as the asyncpg errors the SQL implementation ra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +13,7 @@ import asyncpg
 from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow
+from billing_worker.db.payment_methods import Card
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.holds import HoldRow
@@ -59,10 +61,15 @@ class AccountRow:
     held_minor: int = 0  # the open holds' sum (CHECK 0 <= held_minor <= balance_minor)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodRow:
     id: UUID
     user_id: str
+    # the columns of migration 0011 (tests/support/fake_methods.py)
+    card: Card = field(default_factory=Card)
+    is_default: bool = False
+    created_at: datetime | None = None
+    detached_at: datetime | None = None
 
 
 @dataclass

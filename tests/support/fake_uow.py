@@ -28,6 +28,7 @@ from billing_worker.ports import Clock
 from billing_worker.providers.base import Notification
 from support.fake_billing import FakeInvoices, FakePlans, FakeSubscriptions
 from support.fake_holds import FakeHolds
+from support.fake_methods import FakeMethods
 from support.fake_state import CUSTOMER_PROVIDERS, FakeState, check_violation, unique_violation
 from support.fake_wallet import FakeUsers, FakeWallet, State
 
@@ -104,6 +105,7 @@ class FakeUnitOfWork:
         self.idempotency = FakeIdempotency(state)
         self.intents = FakeIntents(state, clock)
         self.holds = FakeHolds(state)
+        self.methods = FakeMethods(state, clock)
         self.clock = clock
         self.emitted: list[DomainEvent] = []
         self.deliveries: list[tuple[str, Notification]] = []

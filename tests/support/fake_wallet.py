@@ -220,7 +220,8 @@ class FakeUsers:
 
     async def payment_method_of(self, user_id: str, provider: str, method_ref: str) -> UUID | None:
         method = self._state().methods.get((provider, method_ref))
-        return method.id if method is not None and method.user_id == user_id else None
+        live = method is not None and method.detached_at is None  # never charged once detached
+        return method.id if method is not None and live and method.user_id == user_id else None
 
     async def email(self, user_id: str) -> str | None:
         user = self._state().users.get(user_id)

@@ -145,7 +145,9 @@ async def test_a_paid_first_period_activates_it_and_keeps_the_saved_card(
             user, "yookassa", "pm_saved"
         )
     assert db.state.transactions[intent.id].status == "completed"
-    assert [e.type for e in db.events] == [ev.PAYMENT_SUCCESS, ev.SUBSCRIPTION_CREATED]
+    assert [e.type for e in db.events] == [
+        ev.PAYMENT_SUCCESS, ev.PAYMENT_METHOD_SAVED, ev.SUBSCRIPTION_CREATED,
+    ]  # fmt: skip
 
 
 async def test_a_declined_first_payment_expires_it_and_announces_no_subscription(

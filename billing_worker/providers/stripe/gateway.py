@@ -16,6 +16,7 @@ message, a refusal after which nothing exists at Stripe.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,15 @@ from billing_worker.providers.base import (
     RefundRequest,
     RefundResult,
 )
-from billing_worker.providers.stripe import NAME, payments, refunds, subscriptions, webhook
+from billing_worker.providers.methods import ConfirmedSetup, SetupStarted
+from billing_worker.providers.stripe import (
+    NAME,
+    methods,
+    payments,
+    refunds,
+    subscriptions,
+    webhook,
+)
 
 
 class StripeGateway:
@@ -150,6 +159,8 @@ class StripeGateway:
 
     async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
         try:
+            if claim.event_type == methods.SETUP_SUCCEEDED:
+                return await self._confirm_setup_event(claim)
             if claim.event_type in webhook.SUBSCRIPTION_EVENTS:
                 return await self._confirm_subscription_event(claim)
             if claim.outcome is PaymentOutcome.REFUNDED:
@@ -160,6 +171,15 @@ class StripeGateway:
         except ProviderError:  # e.g. 404: Stripe knows no such object
             return None
         return claim if claim.outcome is None else None  # an event type billing ignores
+
+    async def _confirm_setup_event(self, claim: ProviderEvent) -> ProviderEvent | None:
+        """The SetupIntent and its PaymentMethod as Stripe has them (never the body's)."""
+        setup = await self.confirm_setup(claim.object_ref) if claim.object_ref else None
+        if setup is None:
+            return None
+        return dataclasses.replace(
+            claim, saved_method_ref=setup.method_ref, confirmation=methods.as_confirmation(setup)
+        )
 
     async def _confirm_refund(self, claim: ProviderEvent) -> ProviderEvent | None:
         if not claim.object_ref or not claim.object_ref.startswith("ch_"):
@@ -183,6 +203,44 @@ class StripeGateway:
 
     async def fetch_refund(self, ref: str) -> RefundResult:
         return refunds.refund_result(await self._retrieve(self._client.v1.refunds, ref))
+
+    # Saved payment methods (providers/methods.py): SetupIntents and PaymentMethods.
+    async def start_setup(
+        self, *, customer_ref: str | None, user_id: str, setup_id: str,
+        return_url: str | None, idempotency_key: str,
+    ) -> SetupStarted:  # fmt: skip
+        params = methods.setup_params(customer_ref, user_id, setup_id)
+        options = {"idempotency_key": f"seti-{idempotency_key}"}
+        created = await _call(self._client.v1.setup_intents.create_async(params, options))  # type: ignore[arg-type]
+        return methods.started(created.to_dict())
+
+    async def confirm_setup(self, ref: str) -> ConfirmedSetup | None:
+        try:
+            setup_intent = await self._retrieve(self._client.v1.setup_intents, ref)
+            method = methods.method_of(setup_intent)
+            if method is None:
+                return None
+            payment_method = await self._retrieve(self._client.v1.payment_methods, method)
+        except ProviderError:  # e.g. 404: Stripe knows no such SetupIntent
+            return None
+        return methods.confirmed(setup_intent, payment_method)
+
+    async def detach_method(self, ref: str) -> None:
+        try:
+            await _call(self._client.v1.payment_methods.detach_async(ref))
+        except ProviderError:  # detached before (a redelivery): done, as Stripe says
+            found = await self._retrieve(self._client.v1.payment_methods, ref)
+            if found.get("customer"):
+                raise
+
+    async def make_default(self, customer_ref: str | None, ref: str) -> None:
+        if customer_ref:
+            params = {"invoice_settings": {"default_payment_method": ref}}
+            await _call(self._client.v1.customers.update_async(customer_ref, params))  # type: ignore[arg-type]
+
+    async def set_subscription_method(self, subscription_ref: str, ref: str) -> None:
+        params = {"default_payment_method": ref}
+        await _call(self._client.v1.subscriptions.update_async(subscription_ref, params))  # type: ignore[arg-type]
 
     async def _retrieve(self, service: Any, object_id: str) -> dict[str, Any]:
         found = await _call(service.retrieve_async(object_id))

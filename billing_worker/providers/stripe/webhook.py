@@ -36,7 +36,8 @@ PERIOD_CHARGES = {
 SUBSCRIPTION_EVENTS = frozenset(
     {*PERIOD_CHARGES, "customer.subscription.updated", "customer.subscription.deleted"}
 )
-EVENT_TYPES = frozenset({*PAYMENT_EVENTS, *SUBSCRIPTION_EVENTS})  # the ones billing acts on
+SETUP_EVENTS = frozenset({"setup_intent.succeeded"})  # a saved method (handlers/method_setup)
+EVENT_TYPES = frozenset({*PAYMENT_EVENTS, *SUBSCRIPTION_EVENTS, *SETUP_EVENTS})  # billing acts on
 
 
 def event_id(body: bytes) -> str:

@@ -144,7 +144,8 @@ class YooKassaGateway:
             return None  # unknown to YooKassa (404) or not an answer we can trust
 
     async def _confirm_payment(self, claim: ProviderEvent) -> ProviderEvent | None:
-        result = _result(await self._call("GET", f"/payments/{claim.object_ref}"))
+        payment = await self._call("GET", f"/payments/{claim.object_ref}")
+        result = _result(payment)
         outcome = {
             PaymentStatus.SUCCEEDED: PaymentOutcome.SUCCEEDED,
             PaymentStatus.FAILED: PaymentOutcome.FAILED,
@@ -157,6 +158,7 @@ class YooKassaGateway:
             saved_method_ref=result.saved_method_ref, amount_minor=result.amount_minor,
             currency=result.currency, transaction_ref=result.transaction_ref,
             confirmation=dict(result.confirmation or {}),
+            saved_method_card=saved_card(payment) if result.saved_method_ref else None,
         )  # fmt: skip
 
     async def _confirm_refund(self, claim: ProviderEvent) -> ProviderEvent | None:
@@ -250,6 +252,17 @@ def _result(payment: dict[str, Any]) -> PaymentResult:
             "currency": currency,
         },
     )
+
+
+def saved_card(payment: dict[str, Any]) -> dict[str, Any]:
+    """The card of a payment's saved method as YooKassa describes it."""
+    card = (payment.get("payment_method") or {}).get("card") or {}
+    month, year = str(card.get("expiry_month")), str(card.get("expiry_year"))
+    return {
+        "brand": card.get("card_type"), "last4": card.get("last4"),
+        "exp_month": int(month) if month.isascii() and month.isdigit() else None,
+        "exp_year": int(year) if year.isascii() and year.isdigit() else None,
+    }  # fmt: skip
 
 
 def _saved_method(payment: dict[str, Any]) -> str | None:

@@ -56,6 +56,7 @@ from billing_contracts.client.deposit_cancel import DepositCancelCalls
 from billing_contracts.client.events import Event, EventData, parse_event
 from billing_contracts.client.holds import HoldCalls
 from billing_contracts.client.invoices import InvoiceCalls
+from billing_contracts.client.payment_methods import PaymentMethodCalls
 from billing_contracts.client.plans import PlanCalls
 from billing_contracts.client.refunds import RefundCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
@@ -117,6 +118,7 @@ class BillingClient(
     DepositCancelCalls,
     HoldCalls,
     RefundCalls,
+    PaymentMethodCalls,
 ):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
@@ -131,6 +133,8 @@ class BillingClient(
     `cancel_subscription`, `get_subscription`, `list_subscriptions`), `InvoiceCalls`
     (`create_invoice`, `pay_invoice`, `get_invoice`, `list_invoices`),
     `DepositCancelCalls` (`cancel_deposit`), `HoldCalls` (`hold`, `capture_hold`,
-    `release_hold`, `credit`), `RefundCalls` (`refund_payment`) and `EventCalls`
+    `release_hold`, `credit`), `RefundCalls` (`refund_payment`), `PaymentMethodCalls`
+    (`setup_payment_method`, `list_payment_methods`, `detach_payment_method`,
+    `set_default_payment_method`, `update_subscription_payment_method`) and `EventCalls`
     (`events`), all over `request()` (`RpcClient`) on one `Connection`.
     """
