@@ -26,7 +26,9 @@ from billing_contracts import (
     invoices,
     names,
     orders,
+    payment_methods,
     plans,
+    refunds,
     subscriptions,
     wallet,
 )
@@ -72,6 +74,12 @@ MODELS: dict[str, Any] = {
     names.WALLET_HOLD_RELEASE: holds.ReleaseHold,
     names.ORDER_CREATED_QUEUE: orders.OrderCreated,
     names.WALLET_DEPOSIT_CANCEL: deposit_cancel.CancelDeposit,
+    names.PAYMENT_REFUND: refunds.RefundPayment,
+    names.PAYMENT_METHOD_SETUP: payment_methods.SetupPaymentMethod,
+    names.PAYMENT_METHOD_LIST: payment_methods.ListPaymentMethods,
+    names.PAYMENT_METHOD_DETACH: payment_methods.DetachPaymentMethod,
+    names.PAYMENT_METHOD_SET_DEFAULT: payment_methods.SetDefaultPaymentMethod,
+    names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: payment_methods.UpdateSubscriptionPaymentMethod,
 }
 # Not fuzzed: without an access policy (as here) a credit is refused `forbidden` before
 # its body is read (tests/integration/test_credits.py); its parser is the same contract

@@ -118,6 +118,39 @@ BASE: dict[str, dict[str, Any]] = {
         "user_id": "@user",
         "transaction_id": UUID_A,
     },
+    names.PAYMENT_REFUND: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "transaction_id": UUID_A,
+        "amount": MONEY,
+        "reason": "fuzz",
+        "destination": "original",
+    },
+    names.PAYMENT_METHOD_SETUP: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "provider": "sandbox",
+        "return_url": "https://shop.example/return",
+    },
+    names.PAYMENT_METHOD_LIST: {"user_id": "@user", "provider": "sandbox"},
+    names.PAYMENT_METHOD_DETACH: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "provider": "sandbox",
+        "payment_method_id": "pm_fuzz",
+    },
+    names.PAYMENT_METHOD_SET_DEFAULT: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "provider": "sandbox",
+        "payment_method_id": "pm_fuzz",
+    },
+    names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+        "payment_method_id": "pm_fuzz",
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -145,6 +178,12 @@ OPTIONAL: dict[str, set[str]] = {
     names.ORDER_CREATED_QUEUE: {"items.*.sku"},
     names.PROVIDER_EVENTS_QUEUE: {"data.amount_minor", "data.currency"},
     names.WALLET_DEPOSIT_CANCEL: set(),
+    names.PAYMENT_REFUND: {"amount", "reason"},
+    names.PAYMENT_METHOD_SETUP: {"return_url"},
+    names.PAYMENT_METHOD_LIST: {"provider"},
+    names.PAYMENT_METHOD_DETACH: set(),
+    names.PAYMENT_METHOD_SET_DEFAULT: set(),
+    names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: set(),
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.
@@ -396,7 +435,12 @@ def hostile(draw: st.DrawFn, queue: str) -> Hostile:
         elif category == "missing_field":
             delete_at(message, path)
             if required(queue, path):
-                reasons.append(lambda m, _t, p=path: lookup(m, p, missing=True) is _MISSING)
+                # Invalid only while its parent is there: a later mutation may delete an
+                # optional parent (a refund's `amount`) with it, which is valid again.
+                reasons.append(
+                    lambda m, _t, p=path: lookup(m, p, missing=True) is _MISSING
+                    and lookup(m, p[:-1], missing=True) is not _MISSING
+                )
         elif category == "money":
             targets = money_paths(message)
             if not targets:
