@@ -2,7 +2,8 @@
 
 Over 5,000 mixed commands (sandbox deposits, some declined; withdrawals; invoice
 creations; balance subscriptions charging their first period; withdrawals refused for
-want of funds) are sent at a steady pace while the workers are killed at random moments
+want of funds; holds placed, captured in part and released; partial refunds of deposits
+to the card) are sent at a steady pace while the workers are killed at random moments
 and restarted. The client resends whatever was not answered with the same key and
 payload. Every command must end up answered, every answer to one key must be the same,
 each must be applied exactly once, every event published once per fact, and every
@@ -37,6 +38,9 @@ POOR_WITHDRAWALS = 100  # users without money: insufficient_funds, deterministic
 KILLS = 8
 RESEND_SHARE = 0.05  # commands the client sends twice (same key and body), as after a timeout
 FUNDING = 1000_00  # minor units; covers every withdrawal and subscription of a user
+HOLDS_BEFORE = 3  # per user, before the storm: one to capture in part, one to release, one kept
+REFUNDS_PER_USER = 2  # of the user's funding deposit, to the card
+REFUND = 10_00
 SEND_SECONDS = 30.0  # the commands are spread over this long, so kills land mid-load
 
 
@@ -48,6 +52,11 @@ def key() -> str:
     return uuid.uuid4().hex
 
 
+def _minor(amount: dict[str, str]) -> int:
+    units, _, cents = amount["amount"].partition(".")
+    return int(units) * 100 + int(cents or 0)
+
+
 class Plan:
     def __init__(self, rng: random.Random, run: str) -> None:
         self.rng = rng
@@ -57,10 +66,15 @@ class Plan:
         self.expected = {(user, "USD"): FUNDING for user in self.users}
         self.kinds: dict[str, str] = {}  # key -> what the command is
 
-    def commands(self) -> list[tuple[str, dict[str, Any]]]:
+    def commands(
+        self, funded: dict[str, str], held: dict[str, list[tuple[str, int]]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The storm; `funded`: each user's funding deposit, `held`: the holds placed
+        before it (id, amount)."""
         rng, out = self.rng, []
         for user in self.users:
             balance = (user, "USD")
+            out += self._after_the_payment(user, funded[user], held[user])
             for d in range(DEPOSITS_PER_USER):
                 amount = rng.randint(1, 50_00)
                 command = {"idempotency_key": key(), "user_id": user, "amount": money(amount)}
@@ -121,6 +135,34 @@ class Plan:
         rng.shuffle(out)
         return out
 
+    def _after_the_payment(
+        self, user: str, deposit_id: str, held: list[tuple[str, int]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Holds captured in part, released and placed; refunds of the funding deposit.
+        None can be refused: the funding covers every debit and hold of the user."""
+        (capture_id, capture_amount), (release_id, _), _kept = held
+        captured = max(1, capture_amount // 2)
+        self.expected[(user, "USD")] -= captured + REFUNDS_PER_USER * REFUND
+        base = {"user_id": user}
+        out: list[tuple[str, dict[str, Any]]] = [
+            (names.WALLET_HOLD_CAPTURE,
+             {**base, "idempotency_key": key(), "hold_id": capture_id, "amount": money(captured)}),
+            (names.WALLET_HOLD_RELEASE, {**base, "idempotency_key": key(), "hold_id": release_id}),
+            (names.WALLET_HOLD, {**base, "idempotency_key": key(),
+                                 "amount": money(self.rng.randint(1_00, 20_00)),
+                                 "expires_in_seconds": 3600}),
+        ]  # fmt: skip
+        out += [
+            (names.PAYMENT_REFUND, {**base, "idempotency_key": key(), "transaction_id": deposit_id,
+                                    "amount": money(REFUND), "destination": "original"})
+            for _ in range(REFUNDS_PER_USER)
+        ]  # fmt: skip
+        for (_queue, command), kind in zip(
+            out, ("capture", "release", "hold", *["refund"] * REFUNDS_PER_USER), strict=True
+        ):
+            self.kinds[command["idempotency_key"]] = kind
+        return out
+
 
 async def test_5000_commands_survive_sigkills_of_two_competing_workers(
     database_url: str, vhost_url: str, tmp_path: Path
@@ -167,8 +209,30 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         await client.settle(timeout=60)
         assert all(client.final(k)["ok"] for k in funding)  # type: ignore[index]
         await wait_for_settled(database_url)
+        funded = {
+            user: client.final(k)["data"]["transaction"]["id"]  # type: ignore[index]
+            for user, k in zip(plan.users, funding, strict=True)
+        }
+        placing = {
+            (user, n): await client.submit(
+                names.WALLET_HOLD,
+                {
+                    "idempotency_key": key(),
+                    "user_id": user,
+                    "amount": money(rng.randint(1_00, 20_00)),
+                    "expires_in_seconds": 3600,
+                },
+            )
+            for user in plan.users
+            for n in range(HOLDS_BEFORE)
+        }
+        await client.settle(timeout=60)
+        held: dict[str, list[tuple[str, int]]] = {user: [] for user in plan.users}
+        for (user, _), k in placing.items():
+            hold = client.final(k)["data"]["hold"]  # type: ignore[index]
+            held[user].append((hold["id"], _minor(hold["amount"])))
 
-        commands = plan.commands()
+        commands = plan.commands(funded, held)
         killed_at: list[float] = []
 
         async def impatient(command_key: str) -> None:
@@ -239,9 +303,20 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         }
         invoices = await db.fetchval("SELECT count(*) FROM invoices")
         live = await db.fetchval("SELECT count(*) FROM subscriptions WHERE status = 'active'")
+        holds = {
+            row["status"]: row["n"]
+            for row in await db.fetch("SELECT status, count(*) AS n FROM holds GROUP BY status")
+        }
     assert counts.get(("deposit", "completed")) == outcomes["deposit"] + USERS
     assert counts.get(("deposit", "failed")) == outcomes["declined"]
-    assert counts.get(("withdrawal", "completed")) == outcomes["withdrawal"]
+    # a capture is a withdrawal of what it captured
+    assert counts.get(("withdrawal", "completed")) == outcomes["withdrawal"] + outcomes["capture"]
+    assert counts.get(("refund", "completed")) == outcomes["refund"]
+    assert holds == {
+        "captured": outcomes["capture"],
+        "released": outcomes["release"],
+        "open": outcomes["hold"] + USERS,  # placed in the storm, and kept from before it
+    }
     assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"]
     assert invoices == outcomes["invoice"]
     assert live == outcomes["subscription"]
@@ -251,7 +326,7 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
     repeated = sum(1 for replies in client.replies.values() if len(replies) > 1)
     record(
         "crashes",
-        commands=len(commands) + len(funding) + PLANS,
+        commands=len(commands) + len(funding) + len(placing) + PLANS,
         kills=sum(worker.kills for worker in workers),
         restarts=sum(worker.starts for worker in workers) - len(workers),
         resent=client.resent,

@@ -70,6 +70,10 @@ def fact_of(type_: str, data: Mapping[str, Any]) -> str | None:
         return f"{data['subscription_id']}@{data['current_period_end']}"
     if type_ == "payment.refunded":
         return f"refund:{data['refund_id']}"
+    if type_ in ("hold.created", "hold.captured", "hold.released", "hold.expired"):
+        return f"{type_}:{data['hold_id']}"
+    if type_ == "credit.granted":
+        return str(data["transaction_id"])
     return None  # balance.low may rightly repeat (once per crossing)
 
 
