@@ -438,8 +438,10 @@ def hostile(draw: st.DrawFn, queue: str) -> Hostile:
                 # Invalid only while its parent is there: a later mutation may delete an
                 # optional parent (a refund's `amount`) with it, which is valid again.
                 reasons.append(
-                    lambda m, _t, p=path: lookup(m, p, missing=True) is _MISSING
-                    and lookup(m, p[:-1], missing=True) is not _MISSING
+                    lambda m, _t, p=path: (
+                        lookup(m, p, missing=True) is _MISSING
+                        and lookup(m, p[:-1], missing=True) is not _MISSING
+                    )
                 )
         elif category == "money":
             targets = money_paths(message)
