@@ -81,6 +81,10 @@ def build_gateways(settings: Settings) -> Gateways:
             settings.yookassa_secret_key.get_secret_value(),
             api_url=settings.yookassa_api_url,
             timeout=timeout,
+            setup_amount=(
+                f"{settings.yookassa_setup_amount:.2f}",
+                settings.yookassa_setup_currency,
+            ),
         )
     return Gateways(gateways, default=settings.provider_for_deposits)
 

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         max_length=128,
         description="The receipt item of a deposit",
     )
+    yookassa_setup_amount: Decimal = Field(
+        default=Decimal("1.00"), gt=0, max_digits=12, decimal_places=2,
+        description="What a YooKassa card setup holds and then cancels (never taken)",
+    )  # fmt: skip
+    yookassa_setup_currency: str = Field(
+        default="RUB", pattern=r"^[A-Z]{3}$", description="The currency of a card setup's hold"
+    )
     provider_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     yookassa_allowed_networks: Annotated[tuple[str, ...] | None, NoDecode] = Field(

@@ -6,8 +6,11 @@ our setup id in its metadata) holding no connection; phase three replies with wh
 customer must do (`payment_action.client_secret`). Nothing is saved until the provider
 confirms it: Stripe's `setup_intent.succeeded` webhook, confirmed by re-reading the
 SetupIntent and its PaymentMethod at Stripe (the card comes from Stripe's object), and
-only for the user whose customer and metadata the SetupIntent carries. The sandbox saves
-a test card at once.
+only for the user whose customer and metadata the SetupIntent carries. YooKassa: a held
+payment (`capture: false`, `save_payment_method`) the customer confirms by redirect;
+its `payment.waiting_for_capture`, re-read and canceled at YooKassa, saves the card for
+the user its metadata names (providers/yookassa/setup.py). The sandbox saves a test
+card at once.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from billing_contracts.payment_methods import SetupPaymentMethod, SetupResult
 from billing_contracts.wallet import PaymentAction
 from billing_worker.db.intents import Intent
 from billing_worker.db.payment_methods import Card
+from billing_worker.domain.errors import InvalidInput
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.domain.ledger import derived_id
+from billing_worker.domain.money import parse_minor
 from billing_worker.handlers import payment_methods as methods
+from billing_worker.handlers import receipts
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import configured, ensure_customer
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.methods import SetupStarted, methods_of
+from billing_worker.providers.yookassa.setup import SETUP_OBJECT, SetupCalls
 
 log = logging.getLogger(__name__)
 SETUP = "setup"
@@ -40,10 +47,29 @@ async def setup(command: SetupPaymentMethod, uow: UnitOfWork, deps: Deps) -> Int
         if gateway.needs_customer
         else None
     )
+    request: dict[str, Any] = {"action": SETUP, "return_url": command.return_url}
+    if isinstance(gateway, SetupCalls):  # YooKassa: a held payment the customer confirms
+        request["receipt"] = await _hold_receipt(gateway, command, uow, deps)
     return Intent(
         id=derived_id("payment-method-setup", command.user_id, command.idempotency_key),
         kind=methods.SETUP, provider=gateway.name, user_id=command.user_id,
-        customer_ref=customer, request={"action": SETUP, "return_url": command.return_url},
+        customer_ref=customer, request=request,
+    )  # fmt: skip
+
+
+async def _hold_receipt(
+    gateway: SetupCalls, command: SetupPaymentMethod, uow: UnitOfWork, deps: Deps
+) -> dict[str, Any] | None:
+    """Checks a YooKassa setup before YooKassa is asked: a return_url for the redirect, and
+    the receipt a shop with receipts on must send at creation (never registered: the
+    payment is canceled before capture)."""
+    if not command.return_url:
+        raise InvalidInput("a YooKassa setup needs return_url for the redirect")
+    currency = gateway.setup_currency
+    minor = parse_minor(gateway.setup_value, currency)
+    return await receipts.for_deposit(
+        command.provider.value, command.user_id, minor, currency, uow, deps,
+        email=None, phone=None,
     )  # fmt: skip
 
 
@@ -59,6 +85,7 @@ async def call_setup(intent: Intent, deps: Deps) -> Started:
     started = await methods_of(gateway).start_setup(
         customer_ref=customer, user_id=intent.user_id, setup_id=str(intent.id),
         return_url=intent.request.get("return_url"), idempotency_key=str(intent.id),
+        receipt=intent.request.get("receipt"),
     )  # fmt: skip
     return Started(started, created)
 
@@ -106,9 +133,10 @@ async def saved_by_provider(event: ProviderEvent, uow: UnitOfWork) -> bool:
     facts = event.confirmation or {}
     user_id, customer = facts.get("user_id"), facts.get("customer")
     method = event.saved_method_ref
-    if not user_id or not method or not customer:
+    by_customer = facts.get("object") != SETUP_OBJECT  # YooKassa has no customers
+    if not user_id or not method or (by_customer and not customer):
         return False
-    if await uow.users.customer_ref(str(user_id), event.provider) != customer:
+    if by_customer and await uow.users.customer_ref(str(user_id), event.provider) != customer:
         log.warning("not saving %s method %s: customer %s is not %s's",
                     event.provider, method, customer, user_id)  # fmt: skip
         return False

@@ -32,6 +32,7 @@ from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.wallet import credit_deposit
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.stripe.webhook import SETUP_EVENTS
+from billing_worker.providers.yookassa.setup import SETUP_OBJECT
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ async def apply_provider_event(
             raise TransientError(f"{event.event_type} came without its subscription's state")
         await stripe_subscriptions.sync(event, subscription, uow, deps)
         return Applied.APPLIED
-    if event.provider == "stripe" and event.event_type in SETUP_EVENTS:  # a saved method
+    setup_confirmed = (event.confirmation or {}).get("object") == SETUP_OBJECT
+    if setup_confirmed or (event.provider == "stripe" and event.event_type in SETUP_EVENTS):
         saved = await method_setup.saved_by_provider(event, uow)
         return Applied.APPLIED if saved else Applied.UNTRUSTED
     if event.outcome is None or event.provider_ref is None:

@@ -35,7 +35,7 @@ from billing_worker.domain.errors import InvalidState, ProviderError, TransientE
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.subscriptions import LIVE, can_move
-from billing_worker.handlers import views
+from billing_worker.handlers import default_method, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import ensure_customer
 from billing_worker.handlers.periods import end_subscription, insert
@@ -79,7 +79,8 @@ async def create(
     return Intent(
         id=sub.id, kind=CREATE, provider=STRIPE, user_id=sub.user_id, subscription_id=sub.id,
         request={"price_ref": plan.stripe_price_id, "trial_days": plan.trial_days,
-                 "payment_method_id": command.payment_method_id},
+                 "payment_method_id": (await default_method.method_for(
+                     uow, sub.user_id, STRIPE, command.payment_method_id))[0]},
         customer_ref=await uow.users.customer_ref(sub.user_id, STRIPE),
     )  # fmt: skip
 

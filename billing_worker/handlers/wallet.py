@@ -32,7 +32,7 @@ from billing_worker.domain.ledger import (
 )
 from billing_worker.domain.money import to_wire
 from billing_worker.domain.paging import decode_cursor, encode_cursor
-from billing_worker.handlers import receipts, views
+from billing_worker.handlers import default_method, receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import (
     configured,
@@ -78,11 +78,15 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
         if gateway.needs_customer
         else None
     )
+    method, by_default = await default_method.method_for(
+        uow, command.user_id, gateway.name, command.payment_method_id
+    )
     request = {
         "amount_minor": amount,
         "currency": currency,
-        "payment_method_id": command.payment_method_id,
+        "payment_method_id": method,
         "return_url": command.return_url,
+        "default_method": by_default,  # the user's default, charged for want of one named
     }
     if receipt is not None:
         request["receipt"] = receipt
@@ -137,7 +141,10 @@ async def finish_deposit(
     elif result.status is PaymentStatus.FAILED:
         uow.emit(views.payment_failed(row))
     action = PaymentAction.model_validate(result.action) if result.action else None
-    return DepositResult(transaction=views.transaction_out(row), payment_action=action)
+    return DepositResult(
+        transaction=views.transaction_out(row), payment_action=action,
+        payment_method_id=intent.request.get("payment_method_id"),
+    )  # fmt: skip
 
 
 async def undo_deposit(intent: Intent, uow: UnitOfWork) -> None:

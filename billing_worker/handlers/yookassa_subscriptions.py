@@ -20,7 +20,7 @@ from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InvalidInput, InvalidState, ProviderError
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.domain.ledger import Transaction
-from billing_worker.handlers import payment_methods, receipts, views
+from billing_worker.handlers import default_method, payment_methods, receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import record_payment, saved_method_of
 from billing_worker.handlers.periods import (
@@ -62,6 +62,14 @@ async def attach_saved_method(
     return dataclasses.replace(sub, payment_method_id=method)
 
 
+async def with_default(command: CreateSubscription, uow: UnitOfWork) -> CreateSubscription:
+    """The command naming the user's live YooKassa default when it names no method."""
+    method, _ = await default_method.method_for(
+        uow, command.user_id, NAME, command.payment_method_id
+    )
+    return command.model_copy(update={"payment_method_id": method})
+
+
 CREATE = "yookassa_subscription"  # intent kinds: the first period's payment...
 RENEWAL = "yookassa_renewal"  # ...and a later period's charge with the saved method
 
@@ -71,6 +79,7 @@ async def create(
 ) -> Intent:
     """Phase one: the subscription (incomplete) and its first charge, `created`."""
     yookassa(deps)
+    command = await with_default(command, uow)
     sub = await attach_saved_method(command, sub, uow)
     receipt = await receipt_of(sub, uow, deps)
     await insert(sub, uow)

@@ -1,18 +1,17 @@
 """Saved payment methods at the providers: setting one up, detaching it, the default.
 
-A gateway that saves methods itself implements `MethodGateway` (Stripe). For the
-others `methods_of` gives a stand-in: the sandbox saves a test card at once; YooKassa
-saves a card with a payment (`save_payment_method`), so its setup is refused here, and
-it has no customer-side default or detach call in the SDK: both are ours alone
-(a detached method is never charged again by the worker, which is what YooKassa's
-recurring charges need).
+A gateway that saves methods itself implements `MethodGateway` (Stripe; YooKassa with
+a held and canceled payment, `providers/yookassa/setup.py`, its default and detach
+being ours alone: a detached method is never charged again by the worker). For the
+others `methods_of` gives a stand-in: the sandbox saves a test card at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from billing_worker.db.payment_methods import Card
 from billing_worker.domain.errors import ProviderError
@@ -46,7 +45,7 @@ class ConfirmedSetup:
 class MethodGateway(Protocol):
     async def start_setup(
         self, *, customer_ref: str | None, user_id: str, setup_id: str,
-        return_url: str | None, idempotency_key: str,
+        return_url: str | None, idempotency_key: str, receipt: Mapping[str, Any] | None = None,
     ) -> SetupStarted: ...  # fmt: skip
 
     async def confirm_setup(self, ref: str) -> ConfirmedSetup | None:
@@ -67,7 +66,7 @@ class SandboxMethods:
 
     async def start_setup(
         self, *, customer_ref: str | None, user_id: str, setup_id: str,
-        return_url: str | None, idempotency_key: str,
+        return_url: str | None, idempotency_key: str, receipt: Mapping[str, Any] | None = None,
     ) -> SetupStarted:  # fmt: skip
         ref = "pm_sandbox_" + hashlib.sha256(setup_id.encode()).hexdigest()[:24]
         return SetupStarted(None, method_ref=ref, card=Card("visa", "4242", 12, 2034))
@@ -93,7 +92,7 @@ class LocalMethods(SandboxMethods):
 
     async def start_setup(
         self, *, customer_ref: str | None, user_id: str, setup_id: str,
-        return_url: str | None, idempotency_key: str,
+        return_url: str | None, idempotency_key: str, receipt: Mapping[str, Any] | None = None,
     ) -> SetupStarted:  # fmt: skip
         raise ProviderError(
             f"{self._name} saves a card with a payment: make a deposit with a return_url"

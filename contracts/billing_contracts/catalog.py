@@ -118,7 +118,8 @@ ENTRIES: tuple[Entry, ...] = (
         "command",
         Deposit,
         DepositResult,
-        "Put money on the user's account through a payment provider",
+        "Put money on the user's account through a payment provider (without "
+        "payment_method_id: the user's default saved method there, if any)",
         (E.PROVIDER_ERROR, E.INVALID_MESSAGE),
         example={"idempotency_key": _KEY, "user_id": "u-42", "amount": _USD, "provider": "sandbox"},
     ),
@@ -177,7 +178,8 @@ ENTRIES: tuple[Entry, ...] = (
         "command",
         CreateSubscription,
         SubscriptionCreated,
-        "Subscribe a user to a plan, paid from the balance, by Stripe or by YooKassa",
+        "Subscribe a user to a plan, paid from the balance, by Stripe or by YooKassa (a card "
+        "subscription without payment_method_id uses the user's default method there)",
         (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.PROVIDER_ERROR, E.INVALID_MESSAGE),
         example={
             "idempotency_key": _KEY,
@@ -367,9 +369,10 @@ ENTRIES += (
         "command",
         SetupPaymentMethod,
         SetupResult,
-        "Start saving a payment method (Stripe: a SetupIntent's client_secret; the sandbox "
-        "saves a test card); saved when the provider confirms it",
-        (E.PROVIDER_ERROR,),
+        "Start saving a payment method (Stripe: a SetupIntent's client_secret; YooKassa: the "
+        "redirect of a held 1.00 RUB payment, canceled once confirmed, needs return_url; the "
+        "sandbox saves a test card); saved when the provider confirms it",
+        (E.PROVIDER_ERROR, E.INVALID_MESSAGE),
         example={"idempotency_key": _KEY, "user_id": "u-42", "provider": "stripe"},
     ),
     Entry(

@@ -31,8 +31,10 @@ class SetupPaymentMethod(Command):
     """`billing.payment-method.setup`: start saving a payment method at a provider.
 
     Stripe: a SetupIntent for the user's customer (`payment_action.client_secret`, to
-    confirm with Stripe.js); the method is saved when Stripe confirms it. The sandbox
-    saves a test card at once."""
+    confirm with Stripe.js); the method is saved when Stripe confirms it. YooKassa: a
+    held payment of the setup amount (`payment_action.confirmation_url`; `return_url`
+    required), canceled at YooKassa once the customer confirmed it, so nothing is taken.
+    The sandbox saves a test card at once."""
 
     user_id: UserId
     provider: Provider

@@ -63,7 +63,8 @@ class CreateSubscription(Command):
         max_length=255,
         description="A saved payment method of this user (Stripe `pm_...` attached to the "
         "user's Stripe customer; a YooKassa method saved by an earlier payment of this user, "
-        "else `not_found`); without one the first payment needs the customer (see "
+        "else `not_found`); without one the user's live default method at that provider "
+        "is charged, and with no default the first payment needs the customer (see "
         "`payment_action`)",
         examples=["pm_card_visa"],
     )

@@ -70,7 +70,9 @@ class Deposit(Command):
         "user's Stripe customer (Stripe refuses another's), with YooKassa one saved by an "
         "earlier payment of this user (else `not_found`, before anything is charged); with "
         "the sandbox, `pm_card_chargeDeclined` makes the payment fail and `pm_card_pending` "
-        "keeps it pending (never paid)",
+        "keeps it pending (never paid). Absent: the user's live default method at the "
+        "provider is charged when there is one (no payment_action), else the customer pays "
+        "through payment_action",
     )
     return_url: str | None = Field(default=None, max_length=2048)
     customer_email: ReceiptEmail | None = customer_email_field()
@@ -139,6 +141,11 @@ class PaymentAction(BaseModel):
 class DepositResult(BaseModel):
     transaction: TransactionOut
     payment_action: PaymentAction | None
+    payment_method_id: str | None = Field(
+        default=None,
+        description="The saved method charged: the one named, else the user's default at "
+        "the provider; null when the customer pays through payment_action",
+    )
 
 
 class WithdrawResult(BaseModel):

@@ -207,7 +207,7 @@ class StripeGateway:
     # Saved payment methods (providers/methods.py): SetupIntents and PaymentMethods.
     async def start_setup(
         self, *, customer_ref: str | None, user_id: str, setup_id: str,
-        return_url: str | None, idempotency_key: str,
+        return_url: str | None, idempotency_key: str, receipt: Mapping[str, Any] | None = None,
     ) -> SetupStarted:  # fmt: skip
         params = methods.setup_params(customer_ref, user_id, setup_id)
         options = {"idempotency_key": f"seti-{idempotency_key}"}

@@ -37,7 +37,7 @@ from billing_worker.providers.base import (
     RefundRequest,
     RefundResult,
 )
-from billing_worker.providers.yookassa import NAME, webhook
+from billing_worker.providers.yookassa import NAME, setup, webhook
 from billing_worker.providers.yookassa.refunds import refund_result
 
 _STATUS = {
@@ -69,18 +69,20 @@ class _TimedApiClient(ApiClient):  # type: ignore[misc]
             raise
 
 
-class YooKassaGateway:
+class YooKassaGateway(setup.SetupCalls):
     name = NAME
     needs_customer = False  # YooKassa has no customer object; saved methods are per payment
     trusts_method_ids = True  # it charges any saved method id of the shop
     rereadable = True
 
     def __init__(
-        self, account_id: str, secret_key: str, *, api_url: str | None = None, timeout: float = 20.0
-    ) -> None:
+        self, account_id: str, secret_key: str, *, api_url: str | None = None,
+        timeout: float = 20.0, setup_amount: tuple[str, str] = ("1.00", "RUB"),
+    ) -> None:  # fmt: skip
         # The SDK keeps its configuration in class state: one YooKassa shop per process.
         Configuration.configure(account_id, secret_key, api_url=api_url or DEFAULT_API_URL)
         self._timeout = timeout
+        self.setup_value, self.setup_currency = setup_amount  # a card setup's held amount
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         raise NotImplementedError("YooKassa has no customers")
@@ -134,6 +136,11 @@ class YooKassaGateway:
         """YooKassa signs nothing: the relay checks the source address, `confirm` the rest."""
 
     async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
+        if claim.event_type == setup.WAITING and claim.object_ref:  # a card setup, if ours
+            try:
+                return setup.setup_event(claim, await self.confirm_setup(claim.object_ref))
+            except (ProviderError, KeyError, TypeError, ValueError):
+                return None
         if claim.outcome is None or not claim.object_ref:
             return claim if claim.outcome is None else None
         try:
@@ -145,6 +152,8 @@ class YooKassaGateway:
 
     async def _confirm_payment(self, claim: ProviderEvent) -> ProviderEvent | None:
         payment = await self._call("GET", f"/payments/{claim.object_ref}")
+        if setup.is_setup(payment):  # a card setup's payment: it moves no money
+            return setup.setup_event(claim, await self.confirm_setup(str(payment["id"])))
         result = _result(payment)
         outcome = {
             PaymentStatus.SUCCEEDED: PaymentOutcome.SUCCEEDED,

@@ -30,7 +30,9 @@ EVENTS = {
     "payment.canceled": PaymentOutcome.FAILED,  # YooKassa's only way a payment fails
     "refund.succeeded": PaymentOutcome.REFUNDED,
 }
-EVENT_TYPES = frozenset(EVENTS)  # the ones billing acts on
+# a card setup's payment held by YooKassa (providers/yookassa/setup.py): no outcome
+SETUP_EVENTS = frozenset({"payment.waiting_for_capture"})
+EVENT_TYPES = frozenset({*EVENTS, *SETUP_EVENTS})  # the ones billing acts on
 
 
 def sources(configured: Sequence[str] | None) -> tuple[str, ...]:

@@ -26,6 +26,8 @@ from support.methods_kit import (
     listing,
     new_user,
     not_found,
+    stripe_saved,
+    stripe_setup,
 )
 from support.relay import Relay
 from support.rpc import Bus
@@ -35,30 +37,6 @@ pytestmark = pytest.mark.integration
 
 
 # --- Stripe ----------------------------------------------------------------------------
-
-
-async def stripe_setup(bus: Bus, fake: FakeStripe, user: str) -> dict[str, Any]:
-    """A setup for the user: the SetupIntent Stripe made for the user's customer."""
-    reply = await bus.call(SETUP, {"idempotency_key": key(), "user_id": user,
-                                   "provider": "stripe"})  # fmt: skip
-    assert reply["ok"], reply
-    assert reply["data"]["status"] == "pending"
-    secret = reply["data"]["payment_action"]["client_secret"]
-    [seti] = [s for s in fake.setup_intents.values() if s["client_secret"] == secret]
-    return seti
-
-
-async def stripe_saved(bus: Bus, relay: Relay, fake: FakeStripe, user: str,
-                       card: str = "pm_card_visa") -> str:  # fmt: skip
-    seti = await stripe_setup(bus, fake, user)
-    method = fake.confirm_setup(seti["id"], card)
-    response = await relay.stripe(
-        fake.event("setup_intent.succeeded", fake.setup_intents[seti["id"]])
-    )
-    assert response.status_code == 200
-    await bus.event("payment_method.saved",
-                    lambda d: d["payment_method"]["payment_method_id"] == method)  # fmt: skip
-    return method
 
 
 async def test_a_stripe_setup_saves_the_card_once_stripe_confirms_it(
