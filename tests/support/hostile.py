@@ -151,6 +151,13 @@ BASE: dict[str, dict[str, Any]] = {
         "subscription_id": UUID_A,
         "payment_method_id": "pm_fuzz",
     },
+    names.PLAN_MIGRATE: {
+        "idempotency_key": "@key",
+        "plan_code": "fuzz-plan",
+        "to_version": 2,
+        "from_version": 1,
+        "when": "next_period",
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -184,6 +191,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.PAYMENT_METHOD_DETACH: set(),
     names.PAYMENT_METHOD_SET_DEFAULT: set(),
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: set(),
+    names.PLAN_MIGRATE: {"from_version", "when"},
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.
