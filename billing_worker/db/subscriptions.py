@@ -95,6 +95,7 @@ def _subscription(record: Any) -> SubscriptionRow:
     return SubscriptionRow(**values, plan=_plan(record, "plan_"))
 
 
+_PLAN_LOCK = 0x706C616E  # "plan": the advisory lock class of plan codes
 _PLAN_SELECT = f"SELECT {', '.join(_PLAN_COLUMNS)} FROM plans"  # noqa: S608
 
 
@@ -137,7 +138,14 @@ class SqlPlans:
         return _plan(record)
 
     async def by_code(self, code: str, *, lock: bool = False) -> PlanRow | None:
-        """The current version (with `lock`, held until the transaction ends)."""
+        """The current version. With `lock`, writers of this code queue up until the
+        transaction ends (a transaction-scoped advisory lock on the code, taken before
+        the read: a row lock alone would hand a waiter the version that was current
+        when it started waiting, not the one a concurrent upsert just added)."""
+        if lock:
+            await self._db.execute(
+                "SELECT pg_advisory_xact_lock($1::int, hashtext($2))", _PLAN_LOCK, code
+            )
         record = await self._db.fetchrow(
             f"{_PLAN_SELECT} WHERE code = $1 ORDER BY version DESC LIMIT 1"
             + (" FOR UPDATE" if lock else ""),

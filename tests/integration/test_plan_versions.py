@@ -4,6 +4,7 @@ new terms, until an admin migrates them from their next period on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -257,3 +258,17 @@ async def test_a_plan_wildcard_lets_a_user_edit_plans_but_not_migrate_them(
         assert refused.value.message == f"broker user {me!r} may not send to {names.PLAN_MIGRATE}"
         async with driver_connection(worker.engine) as db:
             assert await db.fetchval("SELECT count(*) FROM subscription_plan_changes") == 0
+
+
+async def test_concurrent_edits_of_one_plan_each_get_a_version_of_their_own(bus: Bus) -> None:
+    code = f"plan-{uuid.uuid4().hex[:8]}"
+    await upsert(bus, code, "10.00", "month")
+    prices = [f"{11 + n}.00" for n in range(6)]
+    replies = await asyncio.gather(*(upsert(bus, code, price, "month") for price in prices))
+    versions = {r["price"]["amount"]: r["version"] for r in replies}
+    assert sorted(versions.values()) == list(range(2, 2 + len(prices))), replies
+    listed = await bus.call("billing.plan.list", {"code": code})
+    stored = {p["version"]: p for p in listed["data"]["plans"]}
+    assert sorted(stored) == list(range(1, 2 + len(prices)))  # none lost, none doubled
+    for price, version in versions.items():
+        assert stored[version]["price"]["amount"] == price
