@@ -13,6 +13,7 @@ import pytest
 from billing_contracts import events as ev
 from billing_contracts.plans import ListPlans, MigratePlan, PlanMigration, PlanOut, UpsertPlan
 from billing_contracts.subscriptions import CreateSubscription, GetSubscriptions, SubscriptionOut
+from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.domain.errors import CurrencyMismatch, InvalidInput, InvalidState, NotFound
 from billing_worker.handlers import plan_migrate, renewals, subscriptions
@@ -259,3 +260,23 @@ async def test_unknown_versions_and_a_move_to_itself_are_refused(
         await run(db, plan_migrate.migrate_plan, migrate(1, from_version=1), deps)
     nothing = await run(db, plan_migrate.migrate_plan, migrate(1), deps)  # none is older
     assert (nothing.moved, nothing.skipped) == (0, [])
+
+
+async def test_a_subscription_with_a_provider_charge_in_flight_is_left_for_later(
+    db: FakeDatabase, deps: Deps
+) -> None:
+    await plan(db, deps, "10.00")
+    busy, idle = await subscriber(db, deps), await subscriber(db, deps)
+    await plan(db, deps, "12.00")
+    async with db.transaction() as uow:  # a YooKassa renewal begun, not answered yet
+        await uow.intents.insert(
+            Intent(id=uuid.uuid4(), kind="yookassa_renewal", provider="yookassa",
+                   user_id=busy.user_id, subscription_id=busy.id)
+        )  # fmt: skip
+    result = await run(db, plan_migrate.migrate_plan, migrate(2), deps)
+    assert result.moved == 1
+    assert [(s.subscription_id, s.reason) for s in result.skipped] == [
+        (busy.id, "payment_in_flight")
+    ]
+    assert (await reread(db, deps, busy)).plan_version == 1
+    assert (await reread(db, deps, idle)).plan_version == 2
