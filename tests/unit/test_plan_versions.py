@@ -88,14 +88,15 @@ async def test_new_terms_make_a_version_other_edits_change_it_in_place(
     renamed = await plan(db, deps, "10.00", name="Pro+", stripe_price_id="price_2", vat_code=2)
     assert (first.version, same.version, renamed.version) == (1, 1, 1)
     assert (renamed.name, renamed.stripe_price_id, renamed.vat_code) == ("Pro+", "price_2", 2)
-    for n, terms in enumerate(
-        [{"price": "12.00"}, {"price": "12.00", "currency": "EUR"},
-         {"price": "12.00", "currency": "EUR", "interval": "year"},
-         {"price": "12.00", "currency": "EUR", "interval": "year", "interval_count": 2},
-         {"price": "12.00", "currency": "EUR", "interval": "year", "interval_count": 2,
-          "trial_days": 7}],
-        start=2,
-    ):  # fmt: skip
+    edits: list[dict[str, Any]] = [  # each changes one more of the terms
+        {"price": "12.00"},
+        {"price": "12.00", "currency": "EUR"},
+        {"price": "12.00", "currency": "EUR", "interval": "year"},
+        {"price": "12.00", "currency": "EUR", "interval": "year", "interval_count": 2},
+        {"price": "12.00", "currency": "EUR", "interval": "year", "interval_count": 2,
+         "trial_days": 7},
+    ]  # fmt: skip
+    for n, terms in enumerate(edits, start=2):
         assert (await plan(db, deps, **terms)).version == n
     current = await run(db, subscriptions.list_plans, ListPlans(), deps)
     assert [(p.code, p.version, p.trial_days) for p in current.plans] == [("pro", 6, 7)]
