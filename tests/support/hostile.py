@@ -77,7 +77,7 @@ BASE: dict[str, dict[str, Any]] = {
         "trial_days": 0,
         "active": True,
     },
-    names.PLAN_LIST: {"active_only": True},
+    names.PLAN_LIST: {"active_only": True, "code": "fuzz-plan"},
     names.SUBSCRIPTION_CREATE: {
         "idempotency_key": "@key",
         "user_id": "@user",
@@ -175,7 +175,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.INVOICE_PAY: set(),
     names.INVOICE_GET: {"limit"},
     names.PLAN_UPSERT: {"interval_count", "trial_days", "active"},
-    names.PLAN_LIST: {"active_only"},
+    names.PLAN_LIST: {"active_only", "code"},
     names.SUBSCRIPTION_CREATE: {"email"},
     names.SUBSCRIPTION_CANCEL: {"at_period_end", "reason"},
     names.SUBSCRIPTION_GET: set(),
