@@ -120,5 +120,5 @@ def downgrade() -> None:
     op.drop_column('subscriptions', 'plan_code')
     op.drop_constraint('uq_plans_code_version', 'plans', type_='unique')
     op.create_unique_constraint('uq_plans_code', 'plans', ['code'])
-    op.drop_constraint('ck_plans_version_positive', 'plans', type_='check')
+    op.drop_constraint(op.f('ck_plans_version_positive'), 'plans', type_='check')
     op.drop_column('plans', 'version')
