@@ -28,6 +28,7 @@ class PlanRow:
     stripe_price_id: str | None
     active: bool
     vat_code: int | None = None  # YooKassa receipts: the vat_code of the plan's charges
+    version: int = 1  # one row per version of a code; the current version is the highest
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +52,14 @@ class SubscriptionRow:
     next_attempt_at: datetime | None
     plan: PlanRow
     provider_synced_at: datetime | None = None  # when the Stripe state applied was read
+    anchor_offset: int = 0  # the period index billing_anchor is period 0 of (re-anchored)
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
 _SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name != "plan"]
-# Columns a caller may change through `update` (never ids or the plan).
+# Columns a caller may change through `update` (never ids or the plan: `move_plan`).
 _UPDATABLE = frozenset(_SUB_COLUMNS) - {"id", "user_id", "plan_id", "payment_source"}
+_LIVE = "s.status IN ('incomplete', 'trialing', 'active', 'past_due')"
 
 _SUB_LIST = ", ".join(f"s.{c}" for c in _SUB_COLUMNS)
 _PLAN_LIST = ", ".join(f"p.{c} AS plan_{c}" for c in _PLAN_COLUMNS)
@@ -92,39 +95,80 @@ def _subscription(record: Any) -> SubscriptionRow:
     return SubscriptionRow(**values, plan=_plan(record, "plan_"))
 
 
+_PLAN_LOCK = 0x706C616E  # "plan": the advisory lock class of plan codes
+_PLAN_SELECT = f"SELECT {', '.join(_PLAN_COLUMNS)} FROM plans"  # noqa: S608
+
+
 class SqlPlans:
+    """Plans by code, one row per version; the current version of a code is its highest."""
+
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._db = connection
 
     async def upsert(self, plan: PlanRow) -> PlanRow:
+        """Update the current version of `plan.code` in place (keeping its id and
+        version), or insert `plan` as the code's first version."""
+        current = await self.by_code(plan.code, lock=True)
+        if current is None:
+            return await self.add_version(plan)
         record = await self._db.fetchrow(
             f"""
-            INSERT INTO plans (id, code, name, price_minor, currency, interval, interval_count,
-                               trial_days, stripe_price_id, active, vat_code)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-            ON CONFLICT (code) DO UPDATE SET
-                name = excluded.name, price_minor = excluded.price_minor,
-                currency = excluded.currency, interval = excluded.interval,
-                interval_count = excluded.interval_count, trial_days = excluded.trial_days,
-                stripe_price_id = excluded.stripe_price_id, active = excluded.active,
-                vat_code = excluded.vat_code, updated_at = now()
+            UPDATE plans SET name = $2, price_minor = $3, currency = $4, interval = $5,
+                interval_count = $6, trial_days = $7, stripe_price_id = $8, active = $9,
+                vat_code = $10, updated_at = now()
+            WHERE id = $1
             RETURNING {", ".join(_PLAN_COLUMNS)}
             """,  # noqa: S608
-            *(getattr(plan, c) for c in _PLAN_COLUMNS),
-        )
+            current.id, plan.name, plan.price_minor, plan.currency, plan.interval,
+            plan.interval_count, plan.trial_days, plan.stripe_price_id, plan.active,
+            plan.vat_code,
+        )  # fmt: skip
         return _plan(record)
 
-    async def by_code(self, code: str) -> PlanRow | None:
+    async def add_version(self, plan: PlanRow) -> PlanRow:
+        """Insert `plan` (its `version` chosen by the caller); a version another
+        transaction took first is a DuplicateKey (the service retries the command)."""
+        placeholders = ", ".join(f"${i}" for i in range(1, len(_PLAN_COLUMNS) + 1))
+        with translated():
+            record = await self._db.fetchrow(
+                f"INSERT INTO plans ({', '.join(_PLAN_COLUMNS)}) VALUES ({placeholders}) "  # noqa: S608
+                f"RETURNING {', '.join(_PLAN_COLUMNS)}",
+                *(getattr(plan, c) for c in _PLAN_COLUMNS),
+            )
+        return _plan(record)
+
+    async def by_code(self, code: str, *, lock: bool = False) -> PlanRow | None:
+        """The current version. With `lock`, writers of this code queue up until the
+        transaction ends (a transaction-scoped advisory lock on the code, taken before
+        the read: a row lock alone would hand a waiter the version that was current
+        when it started waiting, not the one a concurrent upsert just added)."""
+        if lock:
+            await self._db.execute(
+                "SELECT pg_advisory_xact_lock($1::int, hashtext($2))", _PLAN_LOCK, code
+            )
         record = await self._db.fetchrow(
-            f"SELECT {', '.join(_PLAN_COLUMNS)} FROM plans WHERE code = $1",  # noqa: S608
+            f"{_PLAN_SELECT} WHERE code = $1 ORDER BY version DESC LIMIT 1"
+            + (" FOR UPDATE" if lock else ""),
             code,
         )
         return None if record is None else _plan(record)
 
+    async def version(self, code: str, version: int) -> PlanRow | None:
+        record = await self._db.fetchrow(
+            f"{_PLAN_SELECT} WHERE code = $1 AND version = $2", code, version
+        )
+        return None if record is None else _plan(record)
+
+    async def versions(self, code: str) -> list[PlanRow]:
+        """Every version of the code, oldest first."""
+        records = await self._db.fetch(f"{_PLAN_SELECT} WHERE code = $1 ORDER BY version", code)
+        return [_plan(record) for record in records]
+
     async def listing(self, active_only: bool) -> list[PlanRow]:
+        """The current version of each code."""
         records = await self._db.fetch(
-            f"SELECT {', '.join(_PLAN_COLUMNS)} FROM plans "  # noqa: S608
-            "WHERE active OR NOT $1 ORDER BY code",
+            f"SELECT * FROM (SELECT DISTINCT ON (code) {', '.join(_PLAN_COLUMNS)} FROM plans "  # noqa: S608
+            "ORDER BY code, version DESC) current WHERE active OR NOT $1 ORDER BY code",
             active_only,
         )
         return [_plan(record) for record in records]
@@ -144,13 +188,15 @@ class SqlSubscriptions:
         )
 
     async def insert(self, row: SubscriptionRow) -> None:
-        """Raises DuplicateKey (LIVE_UNIQUE) when the user already has this plan."""
-        columns = [c for c in _SUB_COLUMNS]
+        """Raises DuplicateKey (LIVE_UNIQUE) when the user already has a live subscription
+        to this plan code, on any of its versions."""
+        columns = [*_SUB_COLUMNS, "plan_code"]
         placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
         with translated():
             await self._db.execute(
                 f"INSERT INTO subscriptions ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
-                *(getattr(row, c) for c in columns),
+                *(getattr(row, c) for c in _SUB_COLUMNS),
+                row.plan.code,
             )
 
     async def get(self, subscription_id: UUID, *, lock: bool = False) -> SubscriptionRow | None:
@@ -176,6 +222,46 @@ class SqlSubscriptions:
         """Lock one subscription due for renewal that no other scheduler holds."""
         record = await self._db.fetchrow(_DUE, now, list(skip))
         return None if record is None else _subscription(record)
+
+    async def live_on(self, plan_ids: Sequence[UUID]) -> list[SubscriptionRow]:
+        """The live subscriptions on these plan version rows, locked (in id order)."""
+        records = await self._db.fetch(
+            f"{_SELECT_SUBSCRIPTION} WHERE s.plan_id = ANY($1::uuid[]) AND {_LIVE} "
+            "ORDER BY s.id FOR UPDATE OF s",
+            list(plan_ids),
+        )
+        return [_subscription(record) for record in records]
+
+    async def charging(self, subscription_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of the subscriptions with a provider call or a charge still open."""
+        records = await self._db.fetch(
+            "SELECT subscription_id FROM provider_intents WHERE subscription_id = ANY($1::uuid[]) "
+            "UNION SELECT subscription_id FROM transactions "
+            "WHERE subscription_id = ANY($1::uuid[]) AND status IN ('created', 'processing')",
+            list(subscription_ids),
+        )
+        return {record["subscription_id"] for record in records}
+
+    async def move_plan(
+        self,
+        sub: SubscriptionRow,
+        to: PlanRow,
+        anchor: datetime,
+        anchor_offset: int,
+        effective_at: datetime,
+    ) -> None:
+        """Put the subscription on the version `to` from its next period (`paid_periods`)
+        on, period `anchor_offset` starting at `anchor`, and record the move."""
+        await self._db.execute(
+            "UPDATE subscriptions SET plan_id = $2, billing_anchor = $3, anchor_offset = $4, "
+            "updated_at = now() WHERE id = $1",
+            sub.id, to.id, anchor, anchor_offset,
+        )  # fmt: skip
+        await self._db.execute(
+            "INSERT INTO subscription_plan_changes (subscription_id, from_plan_id, to_plan_id, "
+            "from_period_index, effective_at) VALUES ($1, $2, $3, $4, $5)",
+            sub.id, sub.plan_id, to.id, sub.paid_periods, effective_at,
+        )  # fmt: skip
 
     async def update(self, subscription_id: UUID, **changes: Any) -> None:
         unknown = set(changes) - _UPDATABLE
@@ -204,18 +290,21 @@ class SqlSubscriptions:
         start: datetime,
         end: datetime,
         transaction_id: UUID | None,
+        plan_id: UUID | None = None,
     ) -> bool:
-        """Mark a period paid; False if it was paid before (the database refuses twice)."""
+        """Mark a period paid (on the plan version row `plan_id`); False if it was paid
+        before (the database refuses twice)."""
         inserted = await self._db.fetchval(
             "INSERT INTO subscription_charges "
-            "(subscription_id, period_index, period_start, period_end, transaction_id) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription_id, period_index) DO NOTHING "
-            "RETURNING true",
+            "(subscription_id, period_index, period_start, period_end, transaction_id, plan_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (subscription_id, period_index) DO NOTHING RETURNING true",
             subscription_id,
             period_index,
             start,
             end,
             transaction_id,
+            plan_id,
         )
         return bool(inserted)
 

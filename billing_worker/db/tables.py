@@ -46,6 +46,7 @@ from billing_worker.db.tables_core import (
     VirtualAccount,
 )
 from billing_worker.db.tables_holds import Hold, HoldTransition
+from billing_worker.db.tables_versions import SubscriptionPlanChange
 
 __all__ = [
     "BillingUser",
@@ -62,6 +63,7 @@ __all__ = [
     "ServiceSecret",
     "Subscription",
     "SubscriptionCharge",
+    "SubscriptionPlanChange",
     "Transaction",
     "TransactionTransition",
     "VirtualAccount",

@@ -47,10 +47,10 @@ class Subscription(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint(one_of("status", SUBSCRIPTION_STATUSES), name="status"),
         CheckConstraint(one_of("payment_source", PAYMENT_SOURCES), name="payment_source"),
-        Index(
+        Index(  # per plan code, across its versions (migration 0011)
             "uq_subscriptions_one_live_per_user_plan",
             "user_id",
-            "plan_id",
+            "plan_code",
             unique=True,
             postgresql_where=text(one_of("status", LIVE_SUBSCRIPTION_STATUSES)),
         ),
@@ -62,7 +62,8 @@ class Subscription(SQLModel, table=True):
     user_id: str = Field(
         sa_type=Text, foreign_key="billing_users.user_id", nullable=False, index=True
     )
-    plan_id: uuid.UUID = Field(foreign_key="plans.id", nullable=False)
+    plan_id: uuid.UUID = Field(foreign_key="plans.id", nullable=False)  # the version row
+    plan_code: str = text_field()  # the plan's code, copied at insert and never changed
     status: str = text_field()
     payment_source: str = text_field()
     payment_method_id: uuid.UUID | None = Field(
@@ -82,6 +83,9 @@ class Subscription(SQLModel, table=True):
     # Dunning: failed charge attempts of the current period, and when to try again.
     dunning_attempts: int = zero_field()
     next_attempt_at: datetime | None = timestamp_field()
+    # The period index billing_anchor is period 0 of (a migration to another interval
+    # re-anchors at a period end): period i runs from boundary(anchor, i - offset).
+    anchor_offset: int = zero_field()
     # When the provider state last applied (Stripe) was read: a webhook whose read is
     # older than the one applied cannot move the subscription back.
     provider_synced_at: datetime | None = timestamp_field()
@@ -109,6 +113,8 @@ class SubscriptionCharge(SQLModel, table=True):
         default=None, foreign_key="transactions.id", nullable=True, unique=True
     )
     created_at: datetime | None = timestamp_field(server_now=True)
+    # The plan version row the period was charged on (migration 0011).
+    plan_id: uuid.UUID | None = Field(default=None, foreign_key="plans.id", nullable=True)
 
 
 class Invoice(SQLModel, table=True):

@@ -7,7 +7,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -51,10 +60,13 @@ class Plan(SQLModel, table=True):
         CheckConstraint(one_of('"interval"', ("day", "week", "month", "year")), name="interval"),
         CheckConstraint("interval_count > 0", name="interval_count_positive"),
         CheckConstraint("trial_days >= 0", name="trial_days_non_negative"),
+        CheckConstraint("version > 0", name="version_positive"),
+        # One row per version of a plan; the current version is the highest (0011).
+        UniqueConstraint("code", "version"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    code: str = text_field(unique=True)
+    code: str = text_field()
     name: str = text_field()
     price_minor: int = minor_units_field()
     currency: str = text_field()
@@ -66,6 +78,9 @@ class Plan(SQLModel, table=True):
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
     vat_code: int | None = Field(default=None, nullable=True)  # YooKassa receipts (migration 0009)
+    version: int = Field(
+        default=1, sa_type=Integer, nullable=False, sa_column_kwargs={"server_default": text("1")}
+    )
 
 
 class PaymentMethod(SQLModel, table=True):

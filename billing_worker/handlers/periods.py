@@ -32,12 +32,15 @@ _IDS = uuid.UUID("0d9d3f8e-5b7a-4a55-8f43-7d7f4b1c2e90")
 
 
 def period_bounds(sub: SubscriptionRow, index: int) -> tuple[datetime, datetime]:
+    """Period `index` on the plan version the subscription is on, counted from its anchor
+    (period `anchor_offset`: a migration to another interval re-anchors at a period end)."""
     anchor = sub.billing_anchor
     assert anchor is not None, "every balance or YooKassa subscription has an anchor"
-    plan = sub.plan
+    plan, since = sub.plan, index - sub.anchor_offset
+    assert since >= 0, "no period before the anchor is charged again"
     return (
-        period_boundary(anchor, plan.interval, plan.interval_count, index),
-        period_boundary(anchor, plan.interval, plan.interval_count, index + 1),
+        period_boundary(anchor, plan.interval, plan.interval_count, since),
+        period_boundary(anchor, plan.interval, plan.interval_count, since + 1),
     )
 
 
@@ -89,7 +92,10 @@ async def mark_period_paid(
     """Record period `sub.paid_periods` as paid and move the subscription on to it."""
     index = sub.paid_periods
     start, end = period_bounds(sub, index)
-    if not await uow.subscriptions.record_charge(sub.id, index, start, end, transaction_id):
+    charged = await uow.subscriptions.record_charge(
+        sub.id, index, start, end, transaction_id, sub.plan_id
+    )
+    if not charged:
         raise PeriodAlreadyPaid(f"period {index} of subscription {sub.id} is already paid")
     source = Sub(sub.status)
     if source is not Sub.ACTIVE:

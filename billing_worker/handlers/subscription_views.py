@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from billing_contracts import area_events
@@ -10,6 +11,7 @@ from billing_contracts.events import (
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_PAST_DUE,
     SUBSCRIPTION_RENEWED,
+    SUBSCRIPTION_UPDATED,
 )
 from billing_contracts.plans import PlanOut
 from billing_contracts.subscriptions import SubscriptionOut
@@ -34,6 +36,7 @@ def plan_out(plan: PlanRow) -> PlanOut:
             "stripe_price_id": plan.stripe_price_id,
             "active": plan.active,
             "vat_code": plan.vat_code,
+            "version": plan.version,
         }
     )
 
@@ -49,6 +52,7 @@ def subscription_out(sub: SubscriptionRow) -> SubscriptionOut:
             "current_period_start": sub.current_period_start,
             "current_period_end": sub.current_period_end,
             "cancel_at_period_end": sub.cancel_at_period_end,
+            "plan_version": sub.plan.version,
         }
     )
 
@@ -58,17 +62,34 @@ def subscription_event(
 ) -> DomainEvent:
     assert type_ in EVENT_TYPES
     data: dict[str, Any] = area_events.SubscriptionEvent.model_validate(
-        {
-            "subscription_id": sub.id,
-            "user_id": sub.user_id,
-            "plan_code": sub.plan.code,
-            "status": sub.status,
-            "payment_source": sub.payment_source,
-            "current_period_start": sub.current_period_start,
-            "current_period_end": sub.current_period_end,
-            "cancel_at_period_end": sub.cancel_at_period_end,
-            "reason": reason,
-            "amount": None if amount_minor is None else to_wire(amount_minor, sub.plan.currency),
-        }
+        _event_fields(sub, reason, amount_minor)
     ).model_dump(mode="json")
     return DomainEvent(type_, data)
+
+
+def subscription_updated(
+    sub: SubscriptionRow, from_plan_version: int, effective_at: datetime
+) -> DomainEvent:
+    """`subscription.updated`: `sub` is on its new plan version from `effective_at`."""
+    fields = {**_event_fields(sub, None, None), "from_plan_version": from_plan_version,
+              "effective_at": effective_at}  # fmt: skip
+    data = area_events.SubscriptionUpdated.model_validate(fields).model_dump(mode="json")
+    return DomainEvent(SUBSCRIPTION_UPDATED, data)
+
+
+def _event_fields(
+    sub: SubscriptionRow, reason: str | None, amount_minor: int | None
+) -> dict[str, Any]:
+    return {
+        "subscription_id": sub.id,
+        "user_id": sub.user_id,
+        "plan_code": sub.plan.code,
+        "status": sub.status,
+        "payment_source": sub.payment_source,
+        "current_period_start": sub.current_period_start,
+        "current_period_end": sub.current_period_end,
+        "cancel_at_period_end": sub.cancel_at_period_end,
+        "reason": reason,
+        "amount": None if amount_minor is None else to_wire(amount_minor, sub.plan.currency),
+        "plan_version": sub.plan.version,
+    }

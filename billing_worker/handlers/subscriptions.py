@@ -22,6 +22,7 @@ from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.domain.calendar import trial_end
 from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
 from billing_worker.domain.ledger import derived_id
+from billing_worker.domain.plan_versions import terms_of
 from billing_worker.domain.subscriptions import LIVE
 from billing_worker.handlers import stripe_subscriptions, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
@@ -35,6 +36,8 @@ from billing_worker.ports import UnitOfWork
 
 
 async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanOut:
+    """New terms make the plan's next version (subscribers keep theirs); a change of
+    anything else (name, active, stripe_price_id, vat_code) updates the current version."""
     plan = PlanRow(
         id=uuid.uuid4(),
         code=command.code,
@@ -48,11 +51,20 @@ async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanO
         active=command.active,
         vat_code=command.vat_code,
     )
-    return plan_out(await uow.plans.upsert(plan))
+    current = await uow.plans.by_code(command.code, lock=True)
+    if current is None or terms_of(current) == terms_of(plan):
+        return plan_out(await uow.plans.upsert(plan))  # the first version, or in place
+    return plan_out(
+        await uow.plans.add_version(dataclasses.replace(plan, version=current.version + 1))
+    )
 
 
 async def list_plans(query: ListPlans, uow: UnitOfWork, deps: Deps) -> PlanList:
-    return PlanList(plans=[plan_out(plan) for plan in await uow.plans.listing(query.active_only)])
+    if query.code is not None:
+        plans = await uow.plans.versions(query.code)
+    else:
+        plans = await uow.plans.listing(query.active_only)
+    return PlanList(plans=[plan_out(plan) for plan in plans])
 
 
 async def create_subscription(

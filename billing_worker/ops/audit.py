@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from billing_worker.ops.audit_holds import HOLD_CHECKS
+from billing_worker.ops.audit_versions import VERSION_CHECKS
 
 # Money that moved through the wallet: completed (or since refunded) deposits and admin
 # credits in;
@@ -121,6 +122,7 @@ _CHECKS: dict[str, str] = {
             OR bool_or(r.currency <> p.currency)
     """,
     **HOLD_CHECKS,
+    **VERSION_CHECKS,
     "refunds in flight and done exceeding their payment": """
         SELECT p.id, p.kind, p.amount_minor, sum(r.amount_minor) AS held_minor
         FROM transactions p JOIN transactions r ON r.refund_of = p.id

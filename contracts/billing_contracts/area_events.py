@@ -24,6 +24,15 @@ class SubscriptionEvent(BaseModel):
     cancel_at_period_end: bool
     reason: str | None = None
     amount: Money | None = None
+    plan_version: int | None = None  # the plan version it is on (migration 0011 on)
+
+
+class SubscriptionUpdated(SubscriptionEvent):
+    """`subscription.updated`: moved to another version of its plan by `billing.plan.migrate`
+    (`plan_version` is the new one); its next period, from `effective_at`, charges it."""
+
+    from_plan_version: int
+    effective_at: AwareDatetime
 
 
 class InvoiceEvent(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from billing_contracts import names
-from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent
+from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent, SubscriptionUpdated
 from billing_contracts.deposit_cancel import CancelDeposit, CancelDepositResult
 from billing_contracts.envelope import ErrorCode
 from billing_contracts.events import (
@@ -36,6 +36,7 @@ from billing_contracts.events import (
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_PAST_DUE,
     SUBSCRIPTION_RENEWED,
+    SUBSCRIPTION_UPDATED,
     WITHDRAWAL_COMPLETED,
     BalanceLow,
     DepositCompleted,
@@ -73,7 +74,14 @@ from billing_contracts.payment_methods import (
     SetupResult,
     UpdateSubscriptionPaymentMethod,
 )
-from billing_contracts.plans import ListPlans, PlanList, PlanOut, UpsertPlan
+from billing_contracts.plans import (
+    ListPlans,
+    MigratePlan,
+    PlanList,
+    PlanMigration,
+    PlanOut,
+    UpsertPlan,
+)
 from billing_contracts.refunds import PaymentRefunded, RefundPayment, RefundResult
 from billing_contracts.subscriptions import (
     CancelSubscription,
@@ -159,7 +167,8 @@ ENTRIES: tuple[Entry, ...] = (
         "command",
         UpsertPlan,
         PlanOut,
-        "Create a plan, or replace the terms of the plan with this code",
+        "Create a plan, or change the plan with this code: new terms (price, interval, "
+        "trial) make its next version, which new subscribers get; subscribers keep theirs",
         example={
             "idempotency_key": _KEY,
             "code": "pro-monthly",
@@ -171,7 +180,12 @@ ENTRIES: tuple[Entry, ...] = (
         },
     ),
     Entry(
-        names.PLAN_LIST, "query", ListPlans, PlanList, "The plans", example={"active_only": True}
+        names.PLAN_LIST,
+        "query",
+        ListPlans,
+        PlanList,
+        "The plans (their current versions), or every version of one plan",
+        example={"active_only": True},
     ),
     Entry(
         names.SUBSCRIPTION_CREATE,
@@ -416,6 +430,19 @@ ENTRIES += (
                  "payment_method_id": "2f1c7a3e-000f-5000-9000-1b2c3d4e5f60"},
     ),
 )  # fmt: skip
+ENTRIES += (
+    Entry(
+        names.PLAN_MIGRATE,
+        "command",
+        MigratePlan,
+        PlanMigration,
+        "Move the live subscriptions of a plan's older versions to another version from "
+        "their next period on (admins only; Stripe-run subscriptions are skipped)",
+        (E.FORBIDDEN, E.NOT_FOUND, E.CURRENCY_MISMATCH, E.INVALID_MESSAGE),
+        example={"idempotency_key": _KEY, "plan_code": "pro-monthly", "to_version": 2,
+                 "when": "next_period"},
+    ),
+)  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
 # Every event on billing.events (routing key = type) and the model of its `data`.
@@ -430,6 +457,7 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         SUBSCRIPTION_RENEWED: SubscriptionEvent,
         SUBSCRIPTION_PAST_DUE: SubscriptionEvent,
         SUBSCRIPTION_CANCELED: SubscriptionEvent,
+        SUBSCRIPTION_UPDATED: SubscriptionUpdated,
         INVOICE_CREATED: InvoiceEvent,
         INVOICE_PAID: InvoiceEvent,
         HOLD_CREATED: HoldEvent,
@@ -453,6 +481,8 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         SUBSCRIPTION_RENEWED: "A subscription period was paid",
         SUBSCRIPTION_PAST_DUE: "A renewal charge failed; dunning retries follow",
         SUBSCRIPTION_CANCELED: "A subscription ended",
+        SUBSCRIPTION_UPDATED: "A subscription was moved to another version of its plan "
+        "(billing.plan.migrate); its next period charges the new terms",
         INVOICE_CREATED: "An invoice was issued",
         INVOICE_PAID: "An invoice was paid",
         HOLD_CREATED: "Money was reserved by a hold",
@@ -478,6 +508,7 @@ _SUB = {
     "cancel_at_period_end": False,
     "reason": None,
     "amount": {"amount": "9.99", "currency": "USD"},
+    "plan_version": 1,
 }
 _INVOICE = {
     "invoice_id": "0b1f3c1e-8e0a-4d7b-9a53-31e4f0a9c6d2",
@@ -550,6 +581,8 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         SUBSCRIPTION_RENEWED: _SUB,
         SUBSCRIPTION_PAST_DUE: {**_SUB, "status": "past_due", "reason": "insufficient_funds"},
         SUBSCRIPTION_CANCELED: {**_SUB, "status": "canceled", "reason": "canceled_by_request"},
+        SUBSCRIPTION_UPDATED: {**_SUB, "amount": None, "plan_version": 2, "from_plan_version": 1,
+                               "effective_at": "2026-12-25T09:30:00Z"},
         INVOICE_CREATED: _INVOICE,
         INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
         HOLD_CREATED: _HOLD,

@@ -27,6 +27,7 @@ PAYMENT_METHOD_LIST: Final = "billing.payment-method.list"
 PAYMENT_METHOD_DETACH: Final = "billing.payment-method.detach"
 PAYMENT_METHOD_SET_DEFAULT: Final = "billing.payment-method.set-default"
 SUBSCRIPTION_UPDATE_PAYMENT_METHOD: Final = "billing.subscription.update-payment-method"
+PLAN_MIGRATE: Final = "billing.plan.migrate"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -46,6 +47,7 @@ COMMAND_QUEUES: Final = (
     PAYMENT_METHOD_DETACH,
     PAYMENT_METHOD_SET_DEFAULT,
     SUBSCRIPTION_UPDATE_PAYMENT_METHOD,
+    PLAN_MIGRATE,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

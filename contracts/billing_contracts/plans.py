@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated
+from uuid import UUID
 
 from pydantic import BaseModel, Field
 
@@ -62,9 +63,17 @@ class UpsertPlan(Command):
 
 
 class ListPlans(Query):
-    """`billing.plan.list`: the plans, by code."""
+    """`billing.plan.list`: the current version of each plan, by code; or, given `code`,
+    every version of that plan."""
 
-    active_only: bool = Field(default=True, strict=True)
+    active_only: bool = Field(
+        default=True, strict=True, description="Leave out inactive plans (not with `code`)"
+    )
+    code: PlanCode | None = Field(
+        default=None,
+        description="Given: every version of this plan, oldest first, active or not "
+        "(an unknown code: an empty list)",
+    )
 
 
 class PlanOut(BaseModel):
@@ -77,7 +86,53 @@ class PlanOut(BaseModel):
     stripe_price_id: str | None
     active: bool
     vat_code: int | None = None
+    version: int | None = Field(
+        default=None,
+        description="The version of the plan's terms (1, 2, ...); an upsert that changes "
+        "price, currency, interval, interval_count or trial_days makes the next one",
+    )
 
 
 class PlanList(BaseModel):
     plans: list[PlanOut]
+
+
+class MigrateWhen(StrEnum):
+    NEXT_PERIOD = "next_period"
+
+
+class MigratePlan(Command):
+    """`billing.plan.migrate`: move the live subscriptions of a plan's older versions (or
+    of `from_version` only) to `to_version`, from their next period on (admins only)."""
+
+    plan_code: PlanCode
+    to_version: int = Field(ge=1, strict=True, description="The version to move them to")
+    from_version: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Only the subscriptions on this version; absent: every version below "
+        "to_version",
+    )
+    when: MigrateWhen = Field(
+        default=MigrateWhen.NEXT_PERIOD,
+        description="`next_period`: each keeps its paid period; its next renewal charges "
+        "the new version's terms",
+    )
+
+
+class SkippedSubscription(BaseModel):
+    subscription_id: UUID
+    reason: str = Field(
+        description="`stripe` (Stripe runs its price: move it there), `incomplete` (its "
+        "first payment is not confirmed) or `payment_in_flight` (a provider call is open)"
+    )
+
+
+class PlanMigration(BaseModel):
+    plan_code: str
+    to_version: int
+    moved: int = Field(description="How many subscriptions were moved")
+    skipped: list[SkippedSubscription] = Field(
+        description="Live subscriptions of the versions migrated that were left as they were"
+    )

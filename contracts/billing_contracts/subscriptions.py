@@ -116,6 +116,10 @@ class SubscriptionOut(BaseModel):
     current_period_start: AwareDatetime | None
     current_period_end: AwareDatetime | None
     cancel_at_period_end: bool
+    plan_version: int | None = Field(
+        default=None,
+        description="The version of the plan it is on: what its renewals charge",
+    )
 
 
 class SubscriptionCreated(BaseModel):

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -80,10 +81,12 @@ MODELS: dict[str, Any] = {
     names.PAYMENT_METHOD_DETACH: payment_methods.DetachPaymentMethod,
     names.PAYMENT_METHOD_SET_DEFAULT: payment_methods.SetDefaultPaymentMethod,
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: payment_methods.UpdateSubscriptionPaymentMethod,
+    names.PLAN_MIGRATE: plans.MigratePlan,
 }
-# Not fuzzed: without an access policy (as here) a credit is refused `forbidden` before
-# its body is read (tests/integration/test_credits.py); its parser is the same contract
-# parser as every other command's.
+# Not fuzzed: a credit is refused `forbidden` before its body is read without an access
+# policy (tests/integration/test_credits.py); its parser is the same contract parser as
+# every other command's. billing.plan.migrate, privileged too, is fuzzed: the worker runs
+# with BILLING_CREDIT_WITHOUT_POLICY=true and the client names its AMQP user_id.
 UNREAD = {names.WALLET_CREDIT}
 
 
@@ -166,10 +169,11 @@ async def test_hostile_messages_on_every_queue_are_refused_or_handled_never_cras
             vhost_url,
             max_deliveries=MAX_DELIVERIES,
             retry_delays_ms="20",
+            credit_without_policy="true",  # billing.plan.migrate reads its body
         ),
         tmp_path / "worker.log",
     )
-    client = LoadClient(vhost_url)
+    client = LoadClient(vhost_url, user_id=urlsplit(vhost_url).username or "guest")
     await client.start()
     try:
         worker.start()

@@ -294,19 +294,33 @@ async def test_a_completed_transaction_needs_a_completion_time(engine: AsyncEngi
 async def test_only_one_live_subscription_per_user_and_plan(engine: AsyncEngine) -> None:
     user_id = await _new_user(engine)
     plan = await _new_plan(engine)
+    # the plan's second version: the index holds per plan code, across versions (0011)
+    second = Plan(**{**plan.model_dump(exclude={"id", "created_at", "updated_at"}),
+                     "version": 2, "price_minor": 1_200})  # fmt: skip
+    await _save(engine, second)
 
-    def subscription(status: str) -> Subscription:
+    def subscription(status: str, on: Plan = plan) -> Subscription:
         return Subscription(
-            user_id=user_id, plan_id=plan.id, status=status, payment_source="balance"
-        )
+            user_id=user_id, plan_id=on.id, plan_code=on.code, status=status,
+            payment_source="balance",
+        )  # fmt: skip
 
     await _save(engine, subscription("canceled"))
     await _save(engine, subscription("active"))
     await _save(engine, subscription("canceled"))
 
     refused = await _refused(engine, subscription("trialing"))
+    on_another_version = await _refused(engine, subscription("trialing", second))
 
     assert refused == (UNIQUE_VIOLATION, "uq_subscriptions_one_live_per_user_plan")
+    assert on_another_version == refused
+
+
+async def test_a_plan_version_is_unique_per_code(engine: AsyncEngine) -> None:
+    plan = await _new_plan(engine)
+    again = Plan(**plan.model_dump(exclude={"id", "created_at", "updated_at"}))
+
+    assert await _refused(engine, again) == (UNIQUE_VIOLATION, "uq_plans_code_version")
 
 
 # --- unreachable server --------------------------------------------------------

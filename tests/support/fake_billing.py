@@ -1,8 +1,9 @@
 """The fake plans, subscriptions and invoices (`billing_worker.ports`) on `FakeState`.
 
 Each does what its SQL in `billing_worker/db/subscriptions.py` and `invoices.py` does:
-plans upserted by code (keeping their id), one live subscription per user and plan,
-each period paid once, invoices numbered gap-free per year and one per order.
+plans upserted by code (keeping their id) or added as a new version, one live
+subscription per user and plan code, each period paid once, invoices numbered gap-free
+per year and one per order.
 """
 
 from __future__ import annotations
@@ -29,14 +30,36 @@ class FakePlans:
         self._state = state
 
     async def upsert(self, plan: PlanRow) -> PlanRow:
-        plans = self._state().plans
-        existing = plans.get(plan.code)
-        stored = plan if existing is None else dataclasses.replace(plan, id=existing.id)
-        plans[plan.code] = stored
+        state = self._state()
+        existing = state.plans.get(plan.code)
+        if existing is None:
+            return await self.add_version(plan)
+        stored = dataclasses.replace(plan, id=existing.id, version=existing.version)
+        state.plans[plan.code] = state.plan_rows[stored.id] = stored
         return stored
 
-    async def by_code(self, code: str) -> PlanRow | None:
+    async def add_version(self, plan: PlanRow) -> PlanRow:
+        state = self._state()
+        with translated():
+            if any(p.version == plan.version for p in await self.versions(plan.code)):
+                raise unique_violation("uq_plans_code_version")
+        current = state.plans.get(plan.code)
+        if current is None or current.version < plan.version:
+            state.plans[plan.code] = plan
+        state.plan_rows[plan.id] = plan
+        return plan
+
+    async def by_code(self, code: str, *, lock: bool = False) -> PlanRow | None:
         return self._state().plans.get(code)
+
+    async def version(self, code: str, version: int) -> PlanRow | None:
+        found = (p for p in await self.versions(code) if p.version == version)
+        return next(found, None)
+
+    async def versions(self, code: str) -> list[PlanRow]:
+        state = self._state()
+        rows = {p.id: p for p in (*state.plan_rows.values(), *state.plans.values())}
+        return sorted((p for p in rows.values() if p.code == code), key=lambda p: p.version)
 
     async def listing(self, active_only: bool) -> list[PlanRow]:
         plans = self._state().plans
@@ -57,8 +80,9 @@ class FakeSubscriptions:
         with translated():  # a duplicate comes out as the SQL's does: DuplicateKey
             if row.id in state.subscriptions:
                 raise unique_violation("subscriptions_pkey")
-            if row.status in LIVE_STATUSES and any(
-                (s.user_id, s.plan_id) == (row.user_id, row.plan_id) and s.status in LIVE_STATUSES
+            if row.status in LIVE_STATUSES and any(  # per plan code, on any of its versions
+                (s.user_id, state.plan_by_id(s.plan_id).code) == (row.user_id, row.plan.code)
+                and s.status in LIVE_STATUSES
                 for s in state.subscriptions.values()
             ):
                 raise unique_violation(LIVE_UNIQUE)
@@ -114,6 +138,37 @@ class FakeSubscriptions:
         )
         return self._joined(candidates[0]) if candidates else None
 
+    async def live_on(self, plan_ids: Sequence[UUID]) -> list[SubscriptionRow]:
+        subs = self._state().subscriptions.values()
+        live = [s for s in subs if s.plan_id in plan_ids and s.status in LIVE_STATUSES]
+        return [sub for s in sorted(live, key=lambda s: s.id) if (sub := self._joined(s))]
+
+    async def charging(self, subscription_ids: Sequence[UUID]) -> set[UUID]:
+        state = self._state()
+        intents = {i.subscription_id for i in state.intents.values()}
+        open_charges = {
+            t.subscription_id
+            for t in state.transactions.values()
+            if t.status in ("created", "processing")
+        }
+        return {i for i in subscription_ids if i in intents or i in open_charges}
+
+    async def move_plan(
+        self,
+        sub: SubscriptionRow,
+        to: PlanRow,
+        anchor: datetime,
+        anchor_offset: int,
+        effective_at: datetime,
+    ) -> None:
+        state = self._state()
+        stored = state.subscriptions[sub.id]
+        state.subscriptions[sub.id] = dataclasses.replace(
+            stored, plan_id=to.id, billing_anchor=anchor, anchor_offset=anchor_offset
+        )
+        changes = state.plan_changes
+        changes[len(changes)] = (sub.id, sub.plan_id, to.id, sub.paid_periods)
+
     async def update(self, subscription_id: UUID, **changes: Any) -> None:
         unknown = set(changes) - UPDATABLE
         if unknown:
@@ -140,11 +195,13 @@ class FakeSubscriptions:
         start: datetime,
         end: datetime,
         transaction_id: UUID | None,
+        plan_id: UUID | None = None,
     ) -> bool:
-        charges = self._state().charges
-        if (subscription_id, period_index) in charges:
+        state = self._state()
+        if (subscription_id, period_index) in state.charges:
             return False
-        charges[subscription_id, period_index] = transaction_id
+        state.charges[subscription_id, period_index] = transaction_id
+        state.charge_plans[subscription_id, period_index] = plan_id
         return True
 
     async def payment_method_ref(self, method_id: UUID) -> str | None:

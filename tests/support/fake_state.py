@@ -82,7 +82,11 @@ class FakeState:
     trails: dict[UUID, list[Transition]] = field(default_factory=dict)
     metadata: dict[UUID, str] = field(default_factory=dict)
     methods: dict[tuple[str, str], MethodRow] = field(default_factory=dict)  # (provider, ref)
-    plans: dict[str, PlanRow] = field(default_factory=dict)  # by code
+    plans: dict[str, PlanRow] = field(default_factory=dict)  # by code: the current version
+    plan_rows: dict[UUID, PlanRow] = field(default_factory=dict)  # every version, by id
+    # billing.plan.migrate's moves, in order: (subscription, from plan, to plan, from period)
+    plan_changes: dict[int, tuple[UUID, UUID, UUID, int]] = field(default_factory=dict)
+    charge_plans: dict[tuple[UUID, int], UUID | None] = field(default_factory=dict)
     subscriptions: dict[UUID, SubscriptionRow] = field(default_factory=dict)
     subscription_order: dict[UUID, int] = field(default_factory=dict)  # created_at: the tx
     charges: dict[tuple[UUID, int], UUID | None] = field(default_factory=dict)
@@ -109,7 +113,8 @@ class FakeState:
             )
 
     def plan_by_id(self, plan_id: UUID) -> PlanRow:
-        return next(plan for plan in self.plans.values() if plan.id == plan_id)
+        current = (plan for plan in self.plans.values() if plan.id == plan_id)
+        return next(current, None) or self.plan_rows[plan_id]
 
     def snapshot(self) -> dict[str, Any]:
         """Everything, copied deeply enough that a rollback can put it back."""

@@ -77,7 +77,7 @@ BASE: dict[str, dict[str, Any]] = {
         "trial_days": 0,
         "active": True,
     },
-    names.PLAN_LIST: {"active_only": True},
+    names.PLAN_LIST: {"active_only": True, "code": "fuzz-plan"},
     names.SUBSCRIPTION_CREATE: {
         "idempotency_key": "@key",
         "user_id": "@user",
@@ -151,6 +151,13 @@ BASE: dict[str, dict[str, Any]] = {
         "subscription_id": UUID_A,
         "payment_method_id": "pm_fuzz",
     },
+    names.PLAN_MIGRATE: {
+        "idempotency_key": "@key",
+        "plan_code": "fuzz-plan",
+        "to_version": 2,
+        "from_version": 1,
+        "when": "next_period",
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -168,7 +175,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.INVOICE_PAY: set(),
     names.INVOICE_GET: {"limit"},
     names.PLAN_UPSERT: {"interval_count", "trial_days", "active"},
-    names.PLAN_LIST: {"active_only"},
+    names.PLAN_LIST: {"active_only", "code"},
     names.SUBSCRIPTION_CREATE: {"email"},
     names.SUBSCRIPTION_CANCEL: {"at_period_end", "reason"},
     names.SUBSCRIPTION_GET: set(),
@@ -184,6 +191,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.PAYMENT_METHOD_DETACH: set(),
     names.PAYMENT_METHOD_SET_DEFAULT: set(),
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: set(),
+    names.PLAN_MIGRATE: {"from_version", "when"},
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.

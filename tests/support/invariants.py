@@ -68,6 +68,11 @@ def fact_of(type_: str, data: Mapping[str, Any]) -> str | None:
         return f"{data['subscription_id']}@{data['current_period_start']}"
     if type_ == "subscription.past_due":
         return f"{data['subscription_id']}@{data['current_period_end']}"
+    if type_ == "subscription.updated":  # one per move of a subscription to a version
+        return (
+            f"{data['subscription_id']}:{data['from_plan_version']}->{data['plan_version']}"
+            f"@{data['effective_at']}"
+        )
     if type_ == "payment.refunded":
         return f"refund:{data['refund_id']}"
     if type_ in ("hold.created", "hold.captured", "hold.released", "hold.expired"):

@@ -73,6 +73,7 @@ class LoadClient:
     publish_failures: int = 0
     reconnects: int = 0
     quorum: bool = False
+    user_id: str | None = None  # set: every message carries it (privileged queues want one)
 
     def __post_init__(self) -> None:
         self._connection: AbstractRobustConnection | None = None
@@ -158,6 +159,7 @@ class LoadClient:
             reply_to=self._replies.name if reply else None,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=headers or {},
+            user_id=self.user_id,
         )
         try:
             exchange = (

@@ -1,4 +1,4 @@
-"""The plan calls of `BillingClient`: upsert a plan, list the plans."""
+"""The plan calls of `BillingClient`: upsert a plan, list the plans, migrate subscribers."""
 
 # `timeout=` (seconds) is the client's per-call deadline, part of its API.
 # ruff: noqa: ASYNC109
@@ -8,7 +8,15 @@ from __future__ import annotations
 from billing_contracts import names
 from billing_contracts.client.rpc import RpcClient
 from billing_contracts.money import Money
-from billing_contracts.plans import Interval, ListPlans, PlanList, PlanOut, UpsertPlan
+from billing_contracts.plans import (
+    Interval,
+    ListPlans,
+    MigratePlan,
+    PlanList,
+    PlanMigration,
+    PlanOut,
+    UpsertPlan,
+)
 
 
 class PlanCalls(RpcClient):
@@ -45,8 +53,27 @@ class PlanCalls(RpcClient):
         return await self.request(names.PLAN_UPSERT, command, PlanOut, timeout=timeout)
 
     async def list_plans(
-        self, *, active_only: bool = True, timeout: float | None = None
+        self, *, active_only: bool = True, code: str | None = None, timeout: float | None = None
     ) -> PlanList:
-        """`billing.plan.list`."""
-        query = ListPlans(active_only=active_only)
+        """`billing.plan.list`: the current versions; with `code`, every version of it."""
+        query = ListPlans(active_only=active_only, code=code)
         return await self.request(names.PLAN_LIST, query, PlanList, timeout=timeout)
+
+    async def migrate_plan(
+        self,
+        *,
+        plan_code: str,
+        to_version: int,
+        idempotency_key: str,
+        from_version: int | None = None,
+        timeout: float | None = None,
+    ) -> PlanMigration:
+        """`billing.plan.migrate` (admins only): move the live subscriptions of the older
+        versions (or of `from_version`) to `to_version` from their next period on."""
+        command = MigratePlan(
+            idempotency_key=idempotency_key,
+            plan_code=plan_code,
+            to_version=to_version,
+            from_version=from_version,
+        )
+        return await self.request(names.PLAN_MIGRATE, command, PlanMigration, timeout=timeout)
