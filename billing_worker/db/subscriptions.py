@@ -51,6 +51,11 @@ class SubscriptionRow:
     next_attempt_at: datetime | None
     plan: PlanRow
     provider_synced_at: datetime | None = None  # when the Stripe state applied was read
+    pause_at_period_end: bool = False  # pause when the paid period ends (balance, YooKassa)
+    paused_until: datetime | None = None  # a pause ends by itself then
+    anchor_period: int = 0  # the period that starts at billing_anchor (re-anchored: unpause)
+    restarts: int = 0  # unpauses so far (part of the charge ids)
+    quantity: int = 1  # seats: a period costs the plan's price times this
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
@@ -65,12 +70,14 @@ _SELECT_SUBSCRIPTION = (
     f"SELECT {_SUB_LIST}, {_PLAN_LIST} FROM subscriptions s JOIN plans p ON p.id = s.plan_id"  # noqa: S608
 )
 
+# Paused subscriptions are due only when their pause ends by itself (`paused_until`).
 _DUE = f"""
 {_SELECT_SUBSCRIPTION}
 WHERE s.payment_source IN ('balance', 'yookassa')
   AND (
         (s.status IN ('active', 'trialing') AND s.current_period_end <= $1)
      OR (s.status = 'past_due' AND s.next_attempt_at <= $1)
+     OR (s.status = 'paused' AND s.paused_until <= $1)
   )
   AND s.id <> ALL($2::uuid[])  -- skipped this round after an error
   AND NOT EXISTS (  -- a provider charge is still in flight: its callback decides

@@ -27,7 +27,7 @@ from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.handlers import stripe_subscriptions, subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.provider_events import Applied, apply_provider_event
-from billing_worker.providers.base import ProviderSubscription
+from billing_worker.providers.base import ProviderSubscription, SubscriptionChange
 from support.clock import ManualClock
 from support.fake_uow import FakeDatabase
 from support.handler_kit import key, make_deps, money, new_user, run
@@ -47,6 +47,7 @@ class CannedStripe(CannedGateway):
         self.customers: list[str] = []
         self.created: list[dict[str, Any]] = []
         self.canceled: list[tuple[str, bool]] = []
+        self.changes: list[tuple[str, SubscriptionChange]] = []
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         self.customers.append(user_id)
@@ -54,14 +55,29 @@ class CannedStripe(CannedGateway):
 
     async def create_subscription(
         self, *, customer_ref: str, price_ref: str, payment_method_id: str | None,
-        trial_days: int, idempotency_key: str, metadata: Mapping[str, str],
+        trial_days: int, idempotency_key: str, metadata: Mapping[str, str], quantity: int = 1,
     ) -> ProviderSubscription:  # fmt: skip
         self.created.append({"customer": customer_ref, "price": price_ref,
-                             "key": idempotency_key, "metadata": dict(metadata)})  # fmt: skip
+                             "key": idempotency_key, "metadata": dict(metadata),
+                             "quantity": quantity})  # fmt: skip
         return self.remote
 
     async def cancel_subscription(self, ref: str, *, at_period_end: bool) -> ProviderSubscription:
         self.canceled.append((ref, at_period_end))
+        return self.remote
+
+    async def change_subscription(
+        self, ref: str, change: SubscriptionChange
+    ) -> ProviderSubscription:
+        """Stripe's answer to a resume, pause or unpause, as Stripe would make it."""
+        self.changes.append((ref, change))
+        if change.action == "resume":
+            self.remote = dataclasses.replace(self.remote, cancel_at_period_end=False)
+        else:
+            paused = change.action == "pause"
+            self.remote = dataclasses.replace(
+                self.remote, paused=paused, resumes_at=change.resumes_at if paused else None
+            )
         return self.remote
 
     async def fetch_subscription(self, ref: str) -> ProviderSubscription:
