@@ -29,6 +29,7 @@ from billing_contracts import (
     payment_methods,
     plans,
     refunds,
+    subscription_changes,
     subscriptions,
     wallet,
 )
@@ -80,6 +81,9 @@ MODELS: dict[str, Any] = {
     names.PAYMENT_METHOD_DETACH: payment_methods.DetachPaymentMethod,
     names.PAYMENT_METHOD_SET_DEFAULT: payment_methods.SetDefaultPaymentMethod,
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: payment_methods.UpdateSubscriptionPaymentMethod,
+    names.SUBSCRIPTION_RESUME: subscription_changes.ResumeSubscription,
+    names.SUBSCRIPTION_PAUSE: subscription_changes.PauseSubscription,
+    names.SUBSCRIPTION_UNPAUSE: subscription_changes.UnpauseSubscription,
 }
 # Not fuzzed: without an access policy (as here) a credit is refused `forbidden` before
 # its body is read (tests/integration/test_credits.py); its parser is the same contract

@@ -84,6 +84,7 @@ BASE: dict[str, dict[str, Any]] = {
         "email": "fuzz@example.com",
         "plan_code": "fuzz-plan",
         "payment_source": "balance",
+        "quantity": 2,
     },
     names.SUBSCRIPTION_CANCEL: {
         "idempotency_key": "@key",
@@ -151,6 +152,22 @@ BASE: dict[str, dict[str, Any]] = {
         "subscription_id": UUID_A,
         "payment_method_id": "pm_fuzz",
     },
+    names.SUBSCRIPTION_RESUME: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+    },
+    names.SUBSCRIPTION_PAUSE: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+        "until": "2030-01-15T00:00:00Z",
+    },
+    names.SUBSCRIPTION_UNPAUSE: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -169,7 +186,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.INVOICE_GET: {"limit"},
     names.PLAN_UPSERT: {"interval_count", "trial_days", "active"},
     names.PLAN_LIST: {"active_only"},
-    names.SUBSCRIPTION_CREATE: {"email"},
+    names.SUBSCRIPTION_CREATE: {"email", "quantity"},
     names.SUBSCRIPTION_CANCEL: {"at_period_end", "reason"},
     names.SUBSCRIPTION_GET: set(),
     names.WALLET_HOLD: {"reference"},
@@ -184,6 +201,9 @@ OPTIONAL: dict[str, set[str]] = {
     names.PAYMENT_METHOD_DETACH: set(),
     names.PAYMENT_METHOD_SET_DEFAULT: set(),
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: set(),
+    names.SUBSCRIPTION_RESUME: set(),
+    names.SUBSCRIPTION_PAUSE: {"until"},
+    names.SUBSCRIPTION_UNPAUSE: set(),
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.
