@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from billing_contracts.client import BillingClient, InvalidState
+from billing_contracts.subscriptions import SubscriptionStatus
 from billing_worker.app import Worker, build_worker
 from billing_worker.settings import Settings
 from support.clock import ManualClock
@@ -247,3 +249,41 @@ async def test_retries_of_every_change_replay_the_first_reply(
     conflict = await change(bus, "pause", user, sub["id"], idempotency_key=pause_key,
                             until="2032-01-01T00:00:00Z")  # fmt: skip
     assert conflict["error"]["code"] == "idempotency_conflict"
+
+
+async def test_the_typed_client_resumes_pauses_and_unpauses(
+    bus: Bus, worker: Worker, clock: ManualClock, rabbitmq_url: str
+) -> None:
+    user, code = new_user(), await plan(bus)
+    await fund(bus, user, "50.00")
+    async with BillingClient(rabbitmq_url, timeout=15, connection_name="pause-client") as billing:
+        created = await billing.create_subscription(
+            user_id=user, plan_code=code, payment_source="balance", quantity=2,
+            idempotency_key=key(),
+        )  # fmt: skip
+        sub = created.subscription
+        assert sub.quantity == 2
+        await billing.cancel_subscription(user_id=user, subscription_id=sub.id,
+                                          idempotency_key=key())  # fmt: skip
+        resumed = await billing.resume_subscription(
+            user_id=user, subscription_id=sub.id, idempotency_key=key()
+        )
+        assert resumed.cancel_at_period_end is False
+        with pytest.raises(InvalidState):
+            await billing.resume_subscription(
+                user_id=user, subscription_id=sub.id, idempotency_key=key()
+            )
+        pausing = await billing.pause_subscription(
+            user_id=user, subscription_id=str(sub.id), idempotency_key=key()
+        )
+        assert (pausing.status, pausing.pause_at_period_end) == (SubscriptionStatus.ACTIVE, True)
+        assert sub.current_period_end is not None
+        clock.set(sub.current_period_end)
+        await worker.renewals.run_once()
+        unpaused = await billing.unpause_subscription(
+            user_id=user, subscription_id=sub.id, idempotency_key=key()
+        )
+        assert (unpaused.status, unpaused.current_period_start) == (
+            SubscriptionStatus.ACTIVE, clock.now,
+        )  # fmt: skip
+        assert (await billing.balance(user_id=user)).accounts[0].balance.amount == "10.00"
