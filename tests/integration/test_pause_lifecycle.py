@@ -143,6 +143,12 @@ async def test_a_paused_subscription_is_skipped_by_the_scheduler_and_unpause_cha
     assert (await worker.renewals.run_once())["paused"] == 1
     assert (await current(bus, user, sub["id"]))["status"] == "paused"
     await bus.event("subscription.paused", lambda d: d["subscription_id"] == sub["id"])
+    second = await bus.call(  # paused is live: the database's one-live index counts it
+        "billing.subscription.create",
+        {"idempotency_key": key(), "user_id": user, "plan_code": code,
+         "payment_source": "balance"},
+    )  # fmt: skip
+    assert second["error"]["code"] == "invalid_state"
     clock.advance(days=200)  # long past the period end and any dunning: nothing is due
     assert await worker.renewals.run_once() == {}
     assert await balance(bus, user) == "40.00"
