@@ -52,14 +52,20 @@ class SubscriptionRow:
     next_attempt_at: datetime | None
     plan: PlanRow
     provider_synced_at: datetime | None = None  # when the Stripe state applied was read
-    anchor_offset: int = 0  # the period index billing_anchor is period 0 of (re-anchored)
+    # The period index billing_anchor is period 0 of (re-anchored by a migration to another
+    # interval or by an unpause).
+    anchor_offset: int = 0
+    pause_at_period_end: bool = False  # pause when the paid period ends (balance, YooKassa)
+    paused_until: datetime | None = None  # a pause ends by itself then
+    restarts: int = 0  # unpauses so far (part of the charge ids)
+    quantity: int = 1  # seats: a period costs the plan's price times this
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
 _SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name != "plan"]
 # Columns a caller may change through `update` (never ids or the plan: `move_plan`).
 _UPDATABLE = frozenset(_SUB_COLUMNS) - {"id", "user_id", "plan_id", "payment_source"}
-_LIVE = "s.status IN ('incomplete', 'trialing', 'active', 'past_due')"
+_LIVE = "s.status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused')"
 
 _SUB_LIST = ", ".join(f"s.{c}" for c in _SUB_COLUMNS)
 _PLAN_LIST = ", ".join(f"p.{c} AS plan_{c}" for c in _PLAN_COLUMNS)
@@ -68,12 +74,14 @@ _SELECT_SUBSCRIPTION = (
     f"SELECT {_SUB_LIST}, {_PLAN_LIST} FROM subscriptions s JOIN plans p ON p.id = s.plan_id"  # noqa: S608
 )
 
+# Paused subscriptions are due only when their pause ends by itself (`paused_until`).
 _DUE = f"""
 {_SELECT_SUBSCRIPTION}
 WHERE s.payment_source IN ('balance', 'yookassa')
   AND (
         (s.status IN ('active', 'trialing') AND s.current_period_end <= $1)
      OR (s.status = 'past_due' AND s.next_attempt_at <= $1)
+     OR (s.status = 'paused' AND s.paused_until <= $1)
   )
   AND s.id <> ALL($2::uuid[])  -- skipped this round after an error
   AND NOT EXISTS (  -- a provider charge is still in flight: its callback decides

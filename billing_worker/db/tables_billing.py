@@ -35,9 +35,10 @@ SUBSCRIPTION_STATUSES = (
     "active",
     "past_due",
     "canceled",
+    "paused",
 )
 # At most one of these per (user, plan); see uq_subscriptions_one_live_per_user_plan.
-LIVE_SUBSCRIPTION_STATUSES = ("incomplete", "trialing", "active", "past_due")
+LIVE_SUBSCRIPTION_STATUSES = ("incomplete", "trialing", "active", "past_due", "paused")
 PAYMENT_SOURCES = ("balance", "stripe", "yookassa")
 INVOICE_STATUSES = ("draft", "open", "paid", "void", "uncollectible")
 
@@ -47,6 +48,7 @@ class Subscription(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint(one_of("status", SUBSCRIPTION_STATUSES), name="status"),
         CheckConstraint(one_of("payment_source", PAYMENT_SOURCES), name="payment_source"),
+        CheckConstraint("quantity BETWEEN 1 AND 10000", name="quantity_range"),
         Index(  # per plan code, across its versions (migration 0011)
             "uq_subscriptions_one_live_per_user_plan",
             "user_id",
@@ -89,6 +91,15 @@ class Subscription(SQLModel, table=True):
     # When the provider state last applied (Stripe) was read: a webhook whose read is
     # older than the one applied cannot move the subscription back.
     provider_synced_at: datetime | None = timestamp_field()
+    # Pause (migration 0013): a pause that takes effect at the paid period's end, and
+    # when a pause ends by itself.
+    pause_at_period_end: bool = flag_field(False)
+    paused_until: datetime | None = timestamp_field()
+    # `restarts` counts the unpauses (each re-anchors: anchor_offset) and keeps their
+    # charges' ids apart.
+    restarts: int = zero_field()
+    # Seats: each period charges the plan's price times this.
+    quantity: int = Field(default=1, nullable=False, sa_column_kwargs={"server_default": text("1")})
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
 

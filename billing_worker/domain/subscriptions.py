@@ -12,16 +12,17 @@ MACHINE = StateMachine[S](
     "subscription",
     {
         S.INCOMPLETE: frozenset({S.ACTIVE, S.TRIALING, S.INCOMPLETE_EXPIRED}),
-        S.TRIALING: frozenset({S.ACTIVE, S.PAST_DUE, S.CANCELED}),
-        S.ACTIVE: frozenset({S.PAST_DUE, S.CANCELED}),
-        S.PAST_DUE: frozenset({S.ACTIVE, S.CANCELED}),
+        S.TRIALING: frozenset({S.ACTIVE, S.PAST_DUE, S.PAUSED, S.CANCELED}),
+        S.ACTIVE: frozenset({S.PAST_DUE, S.PAUSED, S.CANCELED}),
+        S.PAST_DUE: frozenset({S.ACTIVE, S.PAUSED, S.CANCELED}),
+        S.PAUSED: frozenset({S.ACTIVE, S.CANCELED}),
         S.INCOMPLETE_EXPIRED: frozenset(),
         S.CANCELED: frozenset(),
     },
 )
 ALLOWED: Mapping[S, frozenset[S]] = MACHINE.allowed
 TERMINAL = MACHINE.terminal
-LIVE = frozenset({S.INCOMPLETE, S.TRIALING, S.ACTIVE, S.PAST_DUE})
+LIVE = frozenset({S.INCOMPLETE, S.TRIALING, S.ACTIVE, S.PAST_DUE, S.PAUSED})
 
 
 can_move = MACHINE.can_move

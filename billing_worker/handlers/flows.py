@@ -22,6 +22,7 @@ from billing_worker.handlers import (
     method_setup,
     payment_methods,
     refunds,
+    stripe_changes,
     stripe_subscriptions,
     wallet,
     yookassa_subscriptions,
@@ -54,10 +55,9 @@ FLOWS: Mapping[str, Flow] = {
         stripe_subscriptions.finish_create,
         stripe_subscriptions.undo_create,
     ),
+    # the cancel, and the resume, pause and unpause (`request.action`) of Stripe's
     stripe_subscriptions.CANCEL: Flow(
-        stripe_subscriptions.call_cancel,
-        stripe_subscriptions.finish_cancel,
-        stripe_subscriptions.undo_cancel,
+        stripe_changes.call, stripe_changes.finish, stripe_changes.undo
     ),
     deposit_cancel.DEPOSIT_CANCEL: Flow(
         deposit_cancel.call_cancel, deposit_cancel.finish_cancel, deposit_cancel.undo_cancel

@@ -17,10 +17,11 @@ from billing_contracts.events import (
     SUBSCRIPTION_PAST_DUE,
     SUBSCRIPTION_RENEWED,
 )
+from billing_contracts.money import MAX_MINOR_UNITS
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
 from billing_worker.domain.calendar import period_boundary
-from billing_worker.domain.errors import DuplicateKey, InvalidState, TransientError
+from billing_worker.domain.errors import DuplicateKey, InvalidInput, InvalidState, TransientError
 from billing_worker.domain.ledger import PeriodCharge, Transaction
 from billing_worker.domain.subscriptions import check_move, ending_status, next_attempt
 from billing_worker.handlers import views
@@ -33,7 +34,8 @@ _IDS = uuid.UUID("0d9d3f8e-5b7a-4a55-8f43-7d7f4b1c2e90")
 
 def period_bounds(sub: SubscriptionRow, index: int) -> tuple[datetime, datetime]:
     """Period `index` on the plan version the subscription is on, counted from its anchor
-    (period `anchor_offset`: a migration to another interval re-anchors at a period end)."""
+    (period `anchor_offset`: a migration to another interval re-anchors at a period end,
+    an unpause at the unpause)."""
     anchor = sub.billing_anchor
     assert anchor is not None, "every balance or YooKassa subscription has an anchor"
     plan, since = sub.plan, index - sub.anchor_offset
@@ -45,8 +47,25 @@ def period_bounds(sub: SubscriptionRow, index: int) -> tuple[datetime, datetime]
 
 
 def charge_id(sub: SubscriptionRow, index: int, attempt: int = 0) -> uuid.UUID:
-    """One transaction id per (subscription, period, attempt): retries reuse it."""
-    return uuid.uuid5(_IDS, f"{sub.id}:{index}:{attempt}")
+    """One transaction id per (subscription, period, attempt): retries reuse it. After
+    an unpause (`restarts`) the re-anchored period's attempts get ids of their own."""
+    restart = f":r{sub.restarts}" if sub.restarts else ""
+    return uuid.uuid5(_IDS, f"{sub.id}:{index}:{attempt}{restart}")
+
+
+def period_price(sub: SubscriptionRow) -> int:
+    """What one period costs, in minor units: the plan's price times the seats."""
+    return sub.plan.price_minor * sub.quantity
+
+
+def check_price_fits(sub: SubscriptionRow) -> None:
+    """`invalid_message` when price x quantity would not fit a BIGINT column."""
+    if period_price(sub) > MAX_MINOR_UNITS:
+        raise InvalidInput(
+            f"{sub.quantity} x the price of {sub.plan.code} exceeds the largest amount billing "
+            f"can hold ({MAX_MINOR_UNITS} minor units)",
+            quantity=sub.quantity,
+        )
 
 
 def period_charge(sub: SubscriptionRow) -> PeriodCharge:
@@ -55,7 +74,7 @@ def period_charge(sub: SubscriptionRow) -> PeriodCharge:
         id=charge_id(sub, sub.paid_periods, sub.dunning_attempts),
         user_id=sub.user_id,
         subscription_id=sub.id,
-        amount_minor=sub.plan.price_minor,
+        amount_minor=period_price(sub),
         currency=sub.plan.currency,
         description=f"{sub.plan.name}: period {sub.paid_periods + 1}",
     )
@@ -63,7 +82,7 @@ def period_charge(sub: SubscriptionRow) -> PeriodCharge:
 
 async def charge_from_balance(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> bool:
     """Pay the next period from the virtual account; False when the funds are short."""
-    now, price, currency = uow.clock(), sub.plan.price_minor, sub.plan.currency
+    now, price, currency = uow.clock(), period_price(sub), sub.plan.currency
     transaction_id = None
     if price > 0:  # a free plan moves no money
         change = await uow.wallet.move_balance(
@@ -112,7 +131,7 @@ async def mark_period_paid(
     moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
     first = source is Sub.INCOMPLETE  # created events announce live subscriptions only
     kind = SUBSCRIPTION_CREATED if first else SUBSCRIPTION_RENEWED
-    uow.emit(subscription_event(kind, moved, amount_minor=sub.plan.price_minor))
+    uow.emit(subscription_event(kind, moved, amount_minor=period_price(sub)))
     return moved
 
 

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from billing_contracts.subscriptions import PaymentSource
+from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.handlers import yookassa_subscriptions
+from billing_worker.handlers import pauses, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import charge_failed, charge_from_balance, end_subscription
 from billing_worker.ports import UnitOfWork
@@ -40,6 +41,11 @@ async def _renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> str | Int
     if sub.cancel_at_period_end:
         await end_subscription(sub, uow, reason=sub.cancel_reason or "canceled_at_period_end")
         return "ended"
+    if Sub(sub.status) is Sub.PAUSED:  # due only when its `paused_until` came: charge now
+        sub = await pauses.restart(sub, uow, reason="pause_ended")
+    elif sub.pause_at_period_end:  # the paid period is over: paused from now on
+        await pauses.take_effect(sub, uow)
+        return "paused"
     if sub.payment_source == PaymentSource.YOOKASSA:
         return await yookassa_subscriptions.renew(sub, uow, deps) or "failed"
     if await charge_from_balance(sub, uow, deps):

@@ -15,10 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from billing_contracts.events import (
-    SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
-    SUBSCRIPTION_PAST_DUE,
-    SUBSCRIPTION_RENEWED,
 )
 from billing_contracts.subscriptions import (
     CancelSubscription,
@@ -34,8 +31,8 @@ from billing_worker.db.uow import utc_now
 from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.ledger import Transaction, derived_id
-from billing_worker.domain.subscriptions import LIVE, can_move
-from billing_worker.handlers import default_method, views
+from billing_worker.domain.subscriptions import LIVE
+from billing_worker.handlers import default_method, stripe_copy, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import ensure_customer
 from billing_worker.handlers.periods import end_subscription, insert
@@ -79,6 +76,7 @@ async def create(
     return Intent(
         id=sub.id, kind=CREATE, provider=STRIPE, user_id=sub.user_id, subscription_id=sub.id,
         request={"price_ref": plan.stripe_price_id, "trial_days": plan.trial_days,
+                 "quantity": sub.quantity,
                  "payment_method_id": (await default_method.method_for(
                      uow, sub.user_id, STRIPE, command.payment_method_id))[0]},
         customer_ref=await uow.users.customer_ref(sub.user_id, STRIPE),
@@ -103,6 +101,7 @@ async def call_create(intent: Intent, deps: Deps) -> Created:
         trial_days=int(request.get("trial_days") or 0),
         idempotency_key=str(intent.id),
         metadata={"subscription_id": str(intent.id), "user_id": intent.user_id},
+        quantity=int(request.get("quantity") or 1),
     )
     return Created(remote, new_customer)
 
@@ -114,7 +113,7 @@ async def finish_create(
         await uow.users.remember_customer(intent.user_id, STRIPE, created.new_customer)
     sub = await _locked(intent, uow)
     remote = created.remote
-    status = stripe(deps).subscription_status(remote.status) or Sub.INCOMPLETE
+    status = stripe_copy.our_status(stripe(deps), remote) or Sub.INCOMPLETE
     changes: dict[str, Any] = {
         "status": status.value, "provider_subscription_id": remote.ref,
         "current_period_start": remote.period_start, "current_period_end": remote.period_end,
@@ -216,38 +215,9 @@ async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: De
     if sub.provider_synced_at is not None and fetched.at < sub.provider_synced_at:
         log.info("a later read of Stripe %s is applied already", event.subscription_ref)
         return
-    remote = fetched.remote
-    old = Sub(sub.status)
-    new = stripe(deps).subscription_status(remote.status) or old
-    if new is not old and not can_move(old, new):
-        log.warning("Stripe says %s for a %s subscription %s: keeping ours", new, old, sub.id)
-        new = old
-    changes: dict[str, Any] = {
-        "status": new.value,
-        "current_period_start": remote.period_start,
-        "current_period_end": remote.period_end,
-        "cancel_at_period_end": remote.cancel_at_period_end,
-        "provider_synced_at": fetched.at,
-    }
-    if new in (Sub.CANCELED, Sub.INCOMPLETE_EXPIRED) and old is not new:
-        changes["canceled_at"] = uow.clock()
-    await uow.subscriptions.update(sub.id, **changes)
-    moved = dataclasses.replace(sub, **changes)
-    for kind in _announcements(sub, old, new, remote.period_end):
-        uow.emit(subscription_event(kind, moved, amount_minor=event.amount_minor))
-
-
-def _announcements(sub: SubscriptionRow, old: Sub, new: Sub, period_end: Any) -> list[str]:
-    if old is new:
-        advanced = new is Sub.ACTIVE and period_end and sub.current_period_end != period_end
-        return [SUBSCRIPTION_RENEWED] if advanced else []
-    if old is Sub.INCOMPLETE and new in (Sub.ACTIVE, Sub.TRIALING):
-        return [SUBSCRIPTION_CREATED]
-    return {
-        Sub.PAST_DUE: [SUBSCRIPTION_PAST_DUE],
-        Sub.CANCELED: [SUBSCRIPTION_CANCELED],
-        Sub.ACTIVE: [SUBSCRIPTION_RENEWED],  # past_due or trialing -> active: a paid period
-    }.get(new, [])
+    await stripe_copy.apply_remote(
+        sub, fetched.remote, fetched.at, stripe(deps), uow, amount_minor=event.amount_minor
+    )
 
 
 async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitOfWork) -> None:

@@ -10,7 +10,9 @@ from billing_contracts.events import (
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_PAST_DUE,
+    SUBSCRIPTION_PAUSED,
     SUBSCRIPTION_RENEWED,
+    SUBSCRIPTION_RESUMED,
     SUBSCRIPTION_UPDATED,
 )
 from billing_contracts.plans import PlanOut
@@ -20,8 +22,17 @@ from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.money import to_wire
 
 EVENT_TYPES = frozenset(
-    {SUBSCRIPTION_CREATED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_PAST_DUE, SUBSCRIPTION_CANCELED}
-)
+    {SUBSCRIPTION_CREATED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_PAST_DUE, SUBSCRIPTION_CANCELED,
+     SUBSCRIPTION_PAUSED, SUBSCRIPTION_RESUMED}
+)  # fmt: skip
+
+
+def _pause_and_seats(sub: SubscriptionRow) -> dict[str, Any]:
+    return {
+        "quantity": sub.quantity,
+        "pause_at_period_end": sub.pause_at_period_end,
+        "paused_until": sub.paused_until,
+    }
 
 
 def plan_out(plan: PlanRow) -> PlanOut:
@@ -53,6 +64,7 @@ def subscription_out(sub: SubscriptionRow) -> SubscriptionOut:
             "current_period_end": sub.current_period_end,
             "cancel_at_period_end": sub.cancel_at_period_end,
             "plan_version": sub.plan.version,
+            **_pause_and_seats(sub),
         }
     )
 
@@ -92,4 +104,5 @@ def _event_fields(
         "reason": reason,
         "amount": None if amount_minor is None else to_wire(amount_minor, sub.plan.currency),
         "plan_version": sub.plan.version,
+        **_pause_and_seats(sub),
     }

@@ -22,11 +22,18 @@ from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.domain.calendar import trial_end
 from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
 from billing_worker.domain.ledger import derived_id
+from billing_worker.domain.money import to_wire
 from billing_worker.domain.plan_versions import terms_of
 from billing_worker.domain.subscriptions import LIVE
 from billing_worker.handlers import stripe_subscriptions, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
-from billing_worker.handlers.periods import charge_from_balance, end_subscription, insert
+from billing_worker.handlers.periods import (
+    charge_from_balance,
+    check_price_fits,
+    end_subscription,
+    insert,
+    period_price,
+)
 from billing_worker.handlers.subscription_views import (
     plan_out,
     subscription_event,
@@ -84,7 +91,9 @@ async def create_subscription(
         provider_subscription_id=None, current_period_start=None, current_period_end=None,
         billing_anchor=now, trial_end=None, cancel_at_period_end=False, canceled_at=None,
         cancel_reason=None, paid_periods=0, dunning_attempts=0, next_attempt_at=None, plan=plan,
+        quantity=command.quantity,
     )  # fmt: skip
+    check_price_fits(sub)
     if command.payment_source is PaymentSource.STRIPE:
         return await stripe_subscriptions.create(command, sub, uow, deps)
     if plan.trial_days:  # no charge until the trial ends; the scheduler charges period 0
@@ -105,7 +114,10 @@ async def create_subscription(
     if not await charge_from_balance(sub, uow, deps):
         raise InsufficientFunds(
             f"the {plan.currency} balance does not cover the first period of {plan.code}",
-            price={"amount": plan_out(plan).price.amount, "currency": plan.currency},
+            price={
+                "amount": to_wire(period_price(sub), plan.currency).amount,
+                "currency": plan.currency,
+            },
         )
     active = await _reload(sub.id, uow)
     return SubscriptionCreated(subscription=subscription_out(active), payment_action=None)
@@ -133,7 +145,8 @@ async def cancel_subscription(
         )
     if stripe_run and sub.provider_subscription_id:
         return stripe_subscriptions.begin_cancel(command, sub, deps)
-    if command.at_period_end and Sub(sub.status) is not Sub.INCOMPLETE:
+    # incomplete: nothing paid to serve; paused: its paid period is over already
+    if command.at_period_end and Sub(sub.status) not in (Sub.INCOMPLETE, Sub.PAUSED):
         await uow.subscriptions.update(
             sub.id, cancel_at_period_end=True, cancel_reason=command.reason
         )

@@ -12,7 +12,7 @@ from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.domain.errors import Unprocessable
 from billing_worker.handlers import credits as credit_handlers
-from billing_worker.handlers import deposit_cancel, method_setup, plan_migrate
+from billing_worker.handlers import deposit_cancel, method_setup, plan_migrate, subscription_changes
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import payment_methods as method_handlers
@@ -51,6 +51,9 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.PAYMENT_METHOD_SET_DEFAULT: method_handlers.set_default,
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: method_handlers.update_subscription_method,
     names.PLAN_MIGRATE: plan_migrate.migrate_plan,  # admins only (access.PRIVILEGED)
+    names.SUBSCRIPTION_RESUME: subscription_changes.resume_subscription,
+    names.SUBSCRIPTION_PAUSE: subscription_changes.pause_subscription,
+    names.SUBSCRIPTION_UNPAUSE: subscription_changes.unpause_subscription,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from billing_contracts.subscriptions import SubscriptionStatus
@@ -109,6 +109,17 @@ class ProviderSubscription:
     period_end: datetime | None
     cancel_at_period_end: bool
     client_secret: str | None = None  # when the first payment needs the customer
+    paused: bool = False  # the provider collects nothing for now (Stripe: pause_collection)
+    resumes_at: datetime | None = None  # when the provider ends that pause by itself
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChange:
+    """A change of a subscription the provider runs: undo a period-end cancel (`resume`),
+    pause collecting (until `resumes_at`, or until unpaused) or stop pausing."""
+
+    action: Literal["resume", "pause", "unpause"]
+    resumes_at: datetime | None = None
 
 
 class SubscriptionGateway(Protocol):
@@ -123,10 +134,15 @@ class SubscriptionGateway(Protocol):
         trial_days: int,
         idempotency_key: str,
         metadata: Mapping[str, str],
+        quantity: int = 1,
     ) -> ProviderSubscription: ...
 
     async def cancel_subscription(
         self, ref: str, *, at_period_end: bool
+    ) -> ProviderSubscription: ...
+
+    async def change_subscription(
+        self, ref: str, change: SubscriptionChange
     ) -> ProviderSubscription: ...
 
     async def fetch_subscription(self, ref: str) -> ProviderSubscription: ...

@@ -12,7 +12,8 @@ from billing_contracts.subscriptions import PaymentSource, SubscriptionStatus
 
 
 class SubscriptionEvent(BaseModel):
-    """`subscription.created`, `.renewed`, `.past_due` and `.canceled`."""
+    """`subscription.created`, `.renewed`, `.past_due`, `.paused`, `.resumed` and
+    `.canceled`."""
 
     subscription_id: UUID
     user_id: str
@@ -25,6 +26,10 @@ class SubscriptionEvent(BaseModel):
     reason: str | None = None
     amount: Money | None = None
     plan_version: int | None = None  # the plan version it is on (migration 0011 on)
+    # Added with pause and seats (absent from older workers' events, hence the defaults).
+    quantity: int = 1
+    pause_at_period_end: bool = False
+    paused_until: AwareDatetime | None = None
 
 
 class SubscriptionUpdated(SubscriptionEvent):

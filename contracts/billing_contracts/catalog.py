@@ -35,7 +35,9 @@ from billing_contracts.events import (
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_PAST_DUE,
+    SUBSCRIPTION_PAUSED,
     SUBSCRIPTION_RENEWED,
+    SUBSCRIPTION_RESUMED,
     SUBSCRIPTION_UPDATED,
     WITHDRAWAL_COMPLETED,
     BalanceLow,
@@ -83,6 +85,11 @@ from billing_contracts.plans import (
     UpsertPlan,
 )
 from billing_contracts.refunds import PaymentRefunded, RefundPayment, RefundResult
+from billing_contracts.subscription_changes import (
+    PauseSubscription,
+    ResumeSubscription,
+    UnpauseSubscription,
+)
 from billing_contracts.subscriptions import (
     CancelSubscription,
     CreateSubscription,
@@ -443,6 +450,41 @@ ENTRIES += (
                  "when": "next_period"},
     ),
 )  # fmt: skip
+_SUB_ID = "6f0b8d7e-4c1a-4e57-9a0e-0d5b3c2f7a11"
+ENTRIES += (
+    Entry(
+        names.SUBSCRIPTION_RESUME,
+        "command",
+        ResumeSubscription,
+        SubscriptionOut,
+        "Undo a period-end cancel of one of a user's subscriptions while its period runs "
+        "(Stripe: cancel_at_period_end false at Stripe)",
+        (E.NOT_FOUND, E.INVALID_STATE, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "subscription_id": _SUB_ID},
+    ),
+    Entry(
+        names.SUBSCRIPTION_PAUSE,
+        "command",
+        PauseSubscription,
+        SubscriptionOut,
+        "Pause one of a user's subscriptions: no renewals, no dunning (balance, YooKassa: "
+        "from the end of the paid period; Stripe: pause_collection at once), until "
+        "unpaused or `until`",
+        (E.NOT_FOUND, E.INVALID_STATE, E.PROVIDER_ERROR, E.INVALID_MESSAGE),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "subscription_id": _SUB_ID,
+                 "until": "2027-01-15T00:00:00Z"},
+    ),
+    Entry(
+        names.SUBSCRIPTION_UNPAUSE,
+        "command",
+        UnpauseSubscription,
+        SubscriptionOut,
+        "Run a paused subscription again: a new period starts now and is charged (balance: "
+        "in the command; YooKassa: by the scheduler); a pause not yet in effect is dropped",
+        (E.NOT_FOUND, E.INVALID_STATE, E.INSUFFICIENT_FUNDS, E.PROVIDER_ERROR),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "subscription_id": _SUB_ID},
+    ),
+)  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
 # Every event on billing.events (routing key = type) and the model of its `data`.
@@ -458,6 +500,8 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         SUBSCRIPTION_PAST_DUE: SubscriptionEvent,
         SUBSCRIPTION_CANCELED: SubscriptionEvent,
         SUBSCRIPTION_UPDATED: SubscriptionUpdated,
+        SUBSCRIPTION_PAUSED: SubscriptionEvent,
+        SUBSCRIPTION_RESUMED: SubscriptionEvent,
         INVOICE_CREATED: InvoiceEvent,
         INVOICE_PAID: InvoiceEvent,
         HOLD_CREATED: HoldEvent,
@@ -483,6 +527,9 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         SUBSCRIPTION_CANCELED: "A subscription ended",
         SUBSCRIPTION_UPDATED: "A subscription was moved to another version of its plan "
         "(billing.plan.migrate); its next period charges the new terms",
+        SUBSCRIPTION_PAUSED: "A pause took effect: no renewals, no dunning until unpaused",
+        SUBSCRIPTION_RESUMED: "A period-end cancel or pause was undone, or a paused "
+        "subscription runs again",
         INVOICE_CREATED: "An invoice was issued",
         INVOICE_PAID: "An invoice was paid",
         HOLD_CREATED: "Money was reserved by a hold",
@@ -509,6 +556,9 @@ _SUB = {
     "reason": None,
     "amount": {"amount": "9.99", "currency": "USD"},
     "plan_version": 1,
+    "quantity": 1,
+    "pause_at_period_end": False,
+    "paused_until": None,
 }
 _INVOICE = {
     "invoice_id": "0b1f3c1e-8e0a-4d7b-9a53-31e4f0a9c6d2",
@@ -583,6 +633,9 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         SUBSCRIPTION_CANCELED: {**_SUB, "status": "canceled", "reason": "canceled_by_request"},
         SUBSCRIPTION_UPDATED: {**_SUB, "amount": None, "plan_version": 2, "from_plan_version": 1,
                                "effective_at": "2026-12-25T09:30:00Z"},
+        SUBSCRIPTION_PAUSED: {**_SUB, "status": "paused", "amount": None,
+                              "paused_until": "2027-01-15T00:00:00Z"},
+        SUBSCRIPTION_RESUMED: {**_SUB, "amount": None, "reason": "unpaused"},
         INVOICE_CREATED: _INVOICE,
         INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
         HOLD_CREATED: _HOLD,

@@ -28,6 +28,9 @@ PAYMENT_METHOD_DETACH: Final = "billing.payment-method.detach"
 PAYMENT_METHOD_SET_DEFAULT: Final = "billing.payment-method.set-default"
 SUBSCRIPTION_UPDATE_PAYMENT_METHOD: Final = "billing.subscription.update-payment-method"
 PLAN_MIGRATE: Final = "billing.plan.migrate"
+SUBSCRIPTION_RESUME: Final = "billing.subscription.resume"
+SUBSCRIPTION_PAUSE: Final = "billing.subscription.pause"
+SUBSCRIPTION_UNPAUSE: Final = "billing.subscription.unpause"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -48,6 +51,9 @@ COMMAND_QUEUES: Final = (
     PAYMENT_METHOD_SET_DEFAULT,
     SUBSCRIPTION_UPDATE_PAYMENT_METHOD,
     PLAN_MIGRATE,
+    SUBSCRIPTION_RESUME,
+    SUBSCRIPTION_PAUSE,
+    SUBSCRIPTION_UNPAUSE,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

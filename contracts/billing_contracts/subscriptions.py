@@ -18,6 +18,8 @@ from billing_contracts.envelope import Command, Query
 from billing_contracts.plans import PlanCode
 from billing_contracts.wallet import PaymentAction, UserId
 
+MAX_QUANTITY = 10_000
+
 
 class SubscriptionStatus(StrEnum):
     INCOMPLETE = "incomplete"
@@ -25,6 +27,7 @@ class SubscriptionStatus(StrEnum):
     TRIALING = "trialing"
     ACTIVE = "active"
     PAST_DUE = "past_due"
+    PAUSED = "paused"
     CANCELED = "canceled"
 
 
@@ -74,6 +77,15 @@ class CreateSubscription(Command):
         description="Where YooKassa sends the customer back after paying the first period",
         examples=["https://shop.example/billing/return"],
     )
+    quantity: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_QUANTITY,
+        strict=True,
+        description="Seats: every period charges the plan's price times this (Stripe: the "
+        "subscription item's quantity)",
+        examples=[3],
+    )
 
 
 _OWNER = (
@@ -120,6 +132,10 @@ class SubscriptionOut(BaseModel):
         default=None,
         description="The version of the plan it is on: what its renewals charge",
     )
+    # Added with pause and seats; absent from older workers' replies, hence the defaults.
+    quantity: int = 1
+    pause_at_period_end: bool = False
+    paused_until: AwareDatetime | None = None
 
 
 class SubscriptionCreated(BaseModel):

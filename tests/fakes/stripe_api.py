@@ -1207,6 +1207,7 @@ class FakeStripe(SetupIntents):
             "livemode": False,
             "metadata": merge_metadata({}, params.get("metadata")),
             "pending_setup_intent": None,
+            "pause_collection": None,
             "pending_update": None,
             "schedule": None,
             "start_date": now,
@@ -1291,8 +1292,10 @@ class FakeStripe(SetupIntents):
 
     def _update_subscription(self, params: JSON, id: str) -> JSON:
         check_params(
-            params, ("cancel_at_period_end", "metadata", "default_payment_method", "description")
-        )
+            params,
+            ("cancel_at_period_end", "metadata", "default_payment_method", "description",
+             "pause_collection"),
+        )  # fmt: skip
         sub = self._subscription(id)
         if sub["status"] == "canceled" and set(params) - {"metadata", "expand"}:
             raise invalid_request(
@@ -1310,7 +1313,33 @@ class FakeStripe(SetupIntents):
             sub.update(
                 self._cancellation_fields(bool_param(params, "cancel_at_period_end"), period_end)
             )
+        if "pause_collection" in params:
+            sub["pause_collection"] = self._pause_collection(params["pause_collection"])
         return sub
+
+    PAUSE_BEHAVIORS = ("keep_as_draft", "mark_uncollectible", "void")
+
+    def _pause_collection(self, value: Any) -> JSON | None:
+        """`pause_collection[behavior]` (+ `[resumes_at]`, in the future) sets it; an
+        empty string unsets it. The status stays as it is (Stripe's does too)."""
+        if value == "":
+            return None
+        if not isinstance(value, dict):
+            raise invalid_request("Invalid pause_collection", param="pause_collection")
+        check_params(value, ("behavior", "resumes_at"))
+        behavior = required(value, "behavior")
+        if behavior not in self.PAUSE_BEHAVIORS:
+            raise invalid_request(
+                f"Invalid pause_collection[behavior]: {behavior}",
+                param="pause_collection[behavior]",
+            )
+        resumes_at = int_param(value, "resumes_at")
+        if resumes_at is not None and resumes_at <= self.now():
+            raise invalid_request(
+                "pause_collection[resumes_at] must be in the future",
+                param="pause_collection[resumes_at]",
+            )
+        return {"behavior": behavior, "resumes_at": resumes_at}
 
     def _cancel_subscription(self, params: JSON, id: str) -> JSON:
         check_params(params, ("invoice_now", "prorate", "cancellation_details"))

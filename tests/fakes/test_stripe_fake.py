@@ -414,6 +414,33 @@ async def test_a_subscription_can_be_set_to_cancel_at_period_end_and_then_cancel
     assert canceled.ended_at is not None
 
 
+async def test_pause_collection_is_set_with_resumes_at_and_unset_with_an_empty_string(
+    client: stripe.StripeClient, customer: stripe.Customer
+) -> None:
+    sub = await client.v1.subscriptions.create_async(
+        {"customer": customer.id, "items": [{"price": "price_monthly", "quantity": 3}],
+         "default_payment_method": "pm_card_visa"}
+    )  # fmt: skip
+    assert sub["items"].data[0].quantity == 3
+    assert sub.pause_collection is None
+    resumes_at = int(time.time()) + 86400
+    paused = await client.v1.subscriptions.update_async(
+        sub.id, {"pause_collection": {"behavior": "void", "resumes_at": resumes_at}}
+    )
+    assert paused.pause_collection is not None
+    assert (paused.pause_collection.behavior, paused.pause_collection.resumes_at) == (
+        "void", resumes_at,
+    )  # fmt: skip
+    assert paused.status == "active"  # Stripe keeps the status under pause_collection
+    resumed = await client.v1.subscriptions.update_async(sub.id, {"pause_collection": ""})
+    assert resumed.pause_collection is None
+    with pytest.raises(stripe.InvalidRequestError):
+        await client.v1.subscriptions.update_async(
+            sub.id,
+            {"pause_collection": {"behavior": "void", "resumes_at": 1}},  # the past
+        )
+
+
 # --------------------------------------------------------------------------- failure injection
 
 

@@ -30,6 +30,7 @@ from billing_contracts import (
     payment_methods,
     plans,
     refunds,
+    subscription_changes,
     subscriptions,
     wallet,
 )
@@ -82,6 +83,9 @@ MODELS: dict[str, Any] = {
     names.PAYMENT_METHOD_SET_DEFAULT: payment_methods.SetDefaultPaymentMethod,
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: payment_methods.UpdateSubscriptionPaymentMethod,
     names.PLAN_MIGRATE: plans.MigratePlan,
+    names.SUBSCRIPTION_RESUME: subscription_changes.ResumeSubscription,
+    names.SUBSCRIPTION_PAUSE: subscription_changes.PauseSubscription,
+    names.SUBSCRIPTION_UNPAUSE: subscription_changes.UnpauseSubscription,
 }
 # Not fuzzed: a credit is refused `forbidden` before its body is read without an access
 # policy (tests/integration/test_credits.py); its parser is the same contract parser as

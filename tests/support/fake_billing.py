@@ -122,11 +122,13 @@ class FakeSubscriptions:
         def due(s: SubscriptionRow) -> bool:
             period_over = s.current_period_end is not None and s.current_period_end <= now
             retry_due = s.next_attempt_at is not None and s.next_attempt_at <= now
+            pause_over = s.paused_until is not None and s.paused_until <= now
             return (
                 s.payment_source in ("balance", "yookassa")
                 and (
                     (s.status in ("active", "trialing") and period_over)
                     or (s.status == "past_due" and retry_due)
+                    or (s.status == "paused" and pause_over)
                 )
                 and s.id not in skip
                 and s.id not in in_flight

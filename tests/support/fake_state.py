@@ -20,7 +20,7 @@ from billing_worker.domain.holds import HoldRow
 from billing_worker.domain.transactions import Transition
 
 CUSTOMER_PROVIDERS = ("stripe", "yookassa")  # the providers billing_users has a column for
-LIVE_STATUSES = frozenset({"incomplete", "trialing", "active", "past_due"})
+LIVE_STATUSES = frozenset({"incomplete", "trialing", "active", "past_due", "paused"})
 
 
 def unique_violation(constraint: str) -> asyncpg.UniqueViolationError:

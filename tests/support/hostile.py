@@ -84,6 +84,7 @@ BASE: dict[str, dict[str, Any]] = {
         "email": "fuzz@example.com",
         "plan_code": "fuzz-plan",
         "payment_source": "balance",
+        "quantity": 2,
     },
     names.SUBSCRIPTION_CANCEL: {
         "idempotency_key": "@key",
@@ -158,6 +159,22 @@ BASE: dict[str, dict[str, Any]] = {
         "from_version": 1,
         "when": "next_period",
     },
+    names.SUBSCRIPTION_RESUME: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+    },
+    names.SUBSCRIPTION_PAUSE: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+        "until": "2030-01-15T00:00:00Z",
+    },
+    names.SUBSCRIPTION_UNPAUSE: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -176,7 +193,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.INVOICE_GET: {"limit"},
     names.PLAN_UPSERT: {"interval_count", "trial_days", "active"},
     names.PLAN_LIST: {"active_only", "code"},
-    names.SUBSCRIPTION_CREATE: {"email"},
+    names.SUBSCRIPTION_CREATE: {"email", "quantity"},
     names.SUBSCRIPTION_CANCEL: {"at_period_end", "reason"},
     names.SUBSCRIPTION_GET: set(),
     names.WALLET_HOLD: {"reference"},
@@ -192,6 +209,9 @@ OPTIONAL: dict[str, set[str]] = {
     names.PAYMENT_METHOD_SET_DEFAULT: set(),
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: set(),
     names.PLAN_MIGRATE: {"from_version", "when"},
+    names.SUBSCRIPTION_RESUME: set(),
+    names.SUBSCRIPTION_PAUSE: {"until"},
+    names.SUBSCRIPTION_UNPAUSE: set(),
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from billing_contracts import events as ev
 from billing_contracts.plans import UpsertPlan
+from billing_contracts.subscription_changes import (
+    PauseSubscription,
+    ResumeSubscription,
+    UnpauseSubscription,
+)
 from billing_contracts.subscriptions import (
     CancelSubscription,
     CreateSubscription,
@@ -22,12 +27,18 @@ from billing_contracts.subscriptions import (
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.domain.errors import ProviderError, TransientError
+from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
-from billing_worker.handlers import stripe_subscriptions, subscriptions
+from billing_worker.handlers import (
+    stripe_changes,
+    stripe_subscriptions,
+    subscription_changes,
+    subscriptions,
+)
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.provider_events import Applied, apply_provider_event
-from billing_worker.providers.base import ProviderSubscription
+from billing_worker.providers.base import ProviderSubscription, SubscriptionChange
+from billing_worker.providers.stripe import subscriptions as stripe_reading
 from support.clock import ManualClock
 from support.fake_uow import FakeDatabase
 from support.handler_kit import key, make_deps, money, new_user, run
@@ -47,6 +58,7 @@ class CannedStripe(CannedGateway):
         self.customers: list[str] = []
         self.created: list[dict[str, Any]] = []
         self.canceled: list[tuple[str, bool]] = []
+        self.changes: list[tuple[str, SubscriptionChange]] = []
 
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         self.customers.append(user_id)
@@ -54,14 +66,29 @@ class CannedStripe(CannedGateway):
 
     async def create_subscription(
         self, *, customer_ref: str, price_ref: str, payment_method_id: str | None,
-        trial_days: int, idempotency_key: str, metadata: Mapping[str, str],
+        trial_days: int, idempotency_key: str, metadata: Mapping[str, str], quantity: int = 1,
     ) -> ProviderSubscription:  # fmt: skip
         self.created.append({"customer": customer_ref, "price": price_ref,
-                             "key": idempotency_key, "metadata": dict(metadata)})  # fmt: skip
+                             "key": idempotency_key, "metadata": dict(metadata),
+                             "quantity": quantity})  # fmt: skip
         return self.remote
 
     async def cancel_subscription(self, ref: str, *, at_period_end: bool) -> ProviderSubscription:
         self.canceled.append((ref, at_period_end))
+        return self.remote
+
+    async def change_subscription(
+        self, ref: str, change: SubscriptionChange
+    ) -> ProviderSubscription:
+        """Stripe's answer to a resume, pause or unpause, as Stripe would make it."""
+        self.changes.append((ref, change))
+        if change.action == "resume":
+            self.remote = dataclasses.replace(self.remote, cancel_at_period_end=False)
+        else:
+            paused = change.action == "pause"
+            self.remote = dataclasses.replace(
+                self.remote, paused=paused, resumes_at=change.resumes_at if paused else None
+            )
         return self.remote
 
     async def fetch_subscription(self, ref: str) -> ProviderSubscription:
@@ -331,3 +358,139 @@ async def test_a_cancel_a_webhook_already_applied_ends_nothing_twice(
         out = await stripe_subscriptions.finish_cancel(intent, remote, uow, deps)
     assert out.status == "canceled"
     assert len(db.events_of(ev.SUBSCRIPTION_CANCELED)) == 1
+
+
+# --- resume, pause, unpause, seats (at Stripe first, then ours as Stripe answered) -------
+
+
+async def change(db: FakeDatabase, deps: Deps, handler: Any, command: Any) -> SubscriptionOut:
+    """A change command through its phases: the intent, Stripe, then our copy."""
+    intent = await run(db, handler, command, deps)
+    assert isinstance(intent, Intent)
+    assert intent.kind == stripe_subscriptions.CANCEL  # the kind of Stripe's changes
+    outcome = await stripe_changes.call(intent, deps)
+    async with db.transaction() as uow:
+        return await stripe_changes.finish(intent, outcome, uow, deps)
+
+
+def ids(user: str, sub: SubscriptionRow) -> dict[str, Any]:
+    return {"idempotency_key": key(), "user_id": user, "subscription_id": sub.id}
+
+
+async def test_a_resume_sets_cancel_at_period_end_false_at_stripe_then_ours(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    user = new_user()
+    stripe.now("active", clock.now, cancel_at_period_end=True)
+    await created(db, deps, user)
+    assert only(db).cancel_at_period_end
+    out = await change(db, deps, subscription_changes.resume_subscription,
+                       ResumeSubscription(**ids(user, only(db))))  # fmt: skip
+    assert [(ref, c.action) for ref, c in stripe.changes] == [("sub_1", "resume")]
+    assert (out.status, out.cancel_at_period_end) == ("active", False)
+    [resumed] = db.events_of(ev.SUBSCRIPTION_RESUMED)
+    assert resumed["reason"] == "cancel_undone"
+    await deliver(db, deps, webhook("customer.subscription.updated"))  # Stripe's webhook
+    assert len(db.events_of(ev.SUBSCRIPTION_RESUMED)) == 1  # told once
+
+
+async def test_a_stripe_pause_is_pause_collection_there_and_paused_here_with_until(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    user = new_user()
+    stripe.now("active", clock.now)
+    await created(db, deps, user)
+    until = clock.now + timedelta(days=60)
+    out = await change(db, deps, subscription_changes.pause_subscription,
+                       PauseSubscription(**ids(user, only(db)), until=until))  # fmt: skip
+    [(_, asked)] = stripe.changes
+    assert (asked.action, asked.resumes_at) == ("pause", until)
+    assert (out.status, out.paused_until) == ("paused", until)  # at once, at Stripe
+    assert len(db.events_of(ev.SUBSCRIPTION_PAUSED)) == 1
+    out = await change(db, deps, subscription_changes.unpause_subscription,
+                       UnpauseSubscription(**ids(user, only(db))))  # fmt: skip
+    assert (out.status, out.paused_until) == ("active", None)
+    [resumed] = db.events_of(ev.SUBSCRIPTION_RESUMED)
+    assert resumed["reason"] == "unpaused"
+    assert db.events_of(ev.SUBSCRIPTION_RENEWED) == []  # no period was paid by unpausing
+
+
+async def test_stripe_paused_or_pause_collection_is_paused_not_past_due(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    user = new_user()
+    stripe.now("trialing", clock.now)
+    await created(db, deps, user)
+    stripe.now("paused", clock.now)  # a trial ended without a payment method
+    await deliver(db, deps, webhook("customer.subscription.paused"))
+    assert only(db).status == "paused"
+    stripe.now("active", clock.now, paused=False)
+    await deliver(db, deps, webhook("customer.subscription.resumed"))
+    assert only(db).status == "active"
+    stripe.now("active", clock.now, paused=True)  # pause_collection set in the dashboard
+    await deliver(db, deps, webhook("customer.subscription.updated"))
+    assert only(db).status == "paused"
+    assert len(db.events_of(ev.SUBSCRIPTION_PAUSED)) == 2
+    assert db.events_of(ev.SUBSCRIPTION_PAST_DUE) == []
+
+
+async def test_a_stripe_subscription_asks_for_its_quantity(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    stripe.now("active", clock.now)
+    command = CreateSubscription(
+        idempotency_key=key(), user_id=new_user(), plan_code="pro", payment_source="stripe",
+        quantity=5,
+    )  # fmt: skip
+    intent = await run(db, subscriptions.create_subscription, command, deps)
+    assert isinstance(intent, Intent)
+    made = await stripe_subscriptions.call_create(intent, deps)
+    async with db.transaction() as uow:
+        out = await stripe_subscriptions.finish_create(intent, made, uow, deps)
+    assert [c["quantity"] for c in stripe.created] == [5]
+    assert out.subscription.quantity == 5
+    [announced] = db.events_of(ev.SUBSCRIPTION_CREATED)
+    assert announced["quantity"] == 5
+
+
+class _Found:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.body
+
+
+def test_stripe_s_pause_reads_as_paused_and_the_changes_are_its_parameters() -> None:
+    body = {"id": "sub_1", "status": "active", "cancel_at_period_end": False,
+            "items": {"data": [{"current_period_start": 1, "current_period_end": 2}]},
+            "pause_collection": {"behavior": "void", "resumes_at": 1_800_000_000}}  # fmt: skip
+    read = stripe_reading.subscription(_Found(body))
+    assert (read.paused, read.resumes_at) == (True, datetime.fromtimestamp(1_800_000_000, UTC))
+    assert not stripe_reading.subscription(_Found({**body, "pause_collection": None})).paused
+    assert stripe_reading.STATUS["paused"] is Sub.PAUSED
+    until = datetime.fromtimestamp(1_800_000_000, UTC)
+    assert stripe_reading.change_params(SubscriptionChange("pause", until)) == {
+        "pause_collection": {"behavior": "void", "resumes_at": 1_800_000_000}
+    }
+    assert stripe_reading.change_params(SubscriptionChange("unpause")) == {"pause_collection": ""}
+    assert stripe_reading.change_params(SubscriptionChange("resume")) == {
+        "cancel_at_period_end": False
+    }
+    params = stripe_reading.subscription_params(
+        customer_ref="cus_1", price_ref="price_1", payment_method_id=None, trial_days=0,
+        metadata={}, quantity=4,
+    )  # fmt: skip
+    assert params["items"] == [{"price": "price_1", "quantity": 4}]
+
+
+async def test_a_stripe_trial_cannot_be_paused_and_stripe_is_not_asked(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    user = new_user()
+    stripe.now("trialing", clock.now)
+    await created(db, deps, user)
+    with pytest.raises(InvalidState):
+        await run(db, subscription_changes.pause_subscription,
+                  PauseSubscription(**ids(user, only(db))), deps)  # fmt: skip
+    assert stripe.changes == []

@@ -31,6 +31,7 @@ from billing_worker.providers.base import (
     ProviderSubscription,
     RefundRequest,
     RefundResult,
+    SubscriptionChange,
 )
 from billing_worker.providers.methods import ConfirmedSetup, SetupStarted
 from billing_worker.providers.stripe import (
@@ -119,10 +120,11 @@ class StripeGateway:
         trial_days: int,
         idempotency_key: str,
         metadata: Mapping[str, str],
+        quantity: int = 1,
     ) -> ProviderSubscription:
         params = subscriptions.subscription_params(
             customer_ref=customer_ref, price_ref=price_ref, payment_method_id=payment_method_id,
-            trial_days=trial_days, metadata=metadata,
+            trial_days=trial_days, metadata=metadata, quantity=quantity,
         )  # fmt: skip
         created = await _call(
             self._client.v1.subscriptions.create_async(
@@ -139,6 +141,13 @@ class StripeGateway:
             )
         else:
             updated = await _call(self._client.v1.subscriptions.cancel_async(ref))
+        return subscriptions.subscription(updated)
+
+    async def change_subscription(
+        self, ref: str, change: SubscriptionChange
+    ) -> ProviderSubscription:
+        params = subscriptions.change_params(change)
+        updated = await _call(self._client.v1.subscriptions.update_async(ref, params))  # type: ignore[arg-type]
         return subscriptions.subscription(updated)
 
     async def fetch_subscription(self, ref: str) -> ProviderSubscription:

@@ -10,7 +10,7 @@ from typing import Any
 
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.domain.events import ProviderEvent
-from billing_worker.providers.base import ProviderSubscription
+from billing_worker.providers.base import ProviderSubscription, SubscriptionChange
 
 # subscription.status -> ours
 STATUS = {
@@ -20,7 +20,7 @@ STATUS = {
     "active": Sub.ACTIVE,
     "past_due": Sub.PAST_DUE,
     "unpaid": Sub.PAST_DUE,
-    "paused": Sub.PAST_DUE,
+    "paused": Sub.PAUSED,  # a trial ended without a payment method (pause_collection: below)
     "canceled": Sub.CANCELED,
 }
 
@@ -32,10 +32,11 @@ def subscription_params(
     payment_method_id: str | None,
     trial_days: int,
     metadata: Mapping[str, str],
+    quantity: int = 1,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
         "customer": customer_ref,
-        "items": [{"price": price_ref}],
+        "items": [{"price": price_ref, "quantity": quantity}],
         "metadata": dict(metadata),
         "expand": ["latest_invoice.confirmation_secret"],
         # Without a saved method the first invoice waits for the customer (Stripe.js).
@@ -48,6 +49,19 @@ def subscription_params(
     return params
 
 
+def change_params(change: SubscriptionChange) -> dict[str, Any]:
+    """The update of a subscription at Stripe: a paused one collects nothing (its invoices
+    are voided) until `resumes_at` or until unpaused; "" unsets pause_collection."""
+    if change.action == "resume":
+        return {"cancel_at_period_end": False}
+    if change.action == "unpause":
+        return {"pause_collection": ""}
+    pause: dict[str, Any] = {"behavior": "void"}
+    if change.resumes_at is not None:
+        pause["resumes_at"] = int(change.resumes_at.timestamp())
+    return {"pause_collection": pause}
+
+
 def subscription(found: Any) -> ProviderSubscription:
     sub: dict[str, Any] = found.to_dict()
     items = (sub.get("items") or {}).get("data") or [{}]
@@ -56,6 +70,8 @@ def subscription(found: Any) -> ProviderSubscription:
     secret = None
     if isinstance(invoice, dict):
         secret = (invoice.get("confirmation_secret") or {}).get("client_secret")
+    pause = sub.get("pause_collection") or {}
+    resumes_at = pause.get("resumes_at")
     return ProviderSubscription(
         ref=str(sub["id"]),
         status=str(sub["status"]),
@@ -63,6 +79,8 @@ def subscription(found: Any) -> ProviderSubscription:
         period_end=datetime.fromtimestamp(end, UTC) if end else None,
         cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
         client_secret=secret if sub["status"] == "incomplete" else None,
+        paused=bool(pause) or sub["status"] == "paused",
+        resumes_at=datetime.fromtimestamp(resumes_at, UTC) if resumes_at else None,
     )
 
 

@@ -34,8 +34,9 @@ PERIOD_CHARGES = {
     "invoice.payment_failed": PaymentOutcome.FAILED,
 }
 SUBSCRIPTION_EVENTS = frozenset(
-    {*PERIOD_CHARGES, "customer.subscription.updated", "customer.subscription.deleted"}
-)
+    {*PERIOD_CHARGES, "customer.subscription.updated", "customer.subscription.deleted",
+     "customer.subscription.paused", "customer.subscription.resumed"}
+)  # fmt: skip
 SETUP_EVENTS = frozenset({"setup_intent.succeeded"})  # a saved method (handlers/method_setup)
 EVENT_TYPES = frozenset({*PAYMENT_EVENTS, *SUBSCRIPTION_EVENTS, *SETUP_EVENTS})  # billing acts on
 

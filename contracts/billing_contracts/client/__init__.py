@@ -61,6 +61,7 @@ from billing_contracts.client.plans import PlanCalls
 from billing_contracts.client.refunds import RefundCalls
 from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUPE_SIZE
 from billing_contracts.client.stream import EventCalls, EventStream
+from billing_contracts.client.subscription_changes import SubscriptionChangeCalls
 from billing_contracts.client.subscriptions import SubscriptionCalls
 from billing_contracts.client.wallet import WalletCalls
 from billing_contracts.client_errors import (
@@ -119,6 +120,7 @@ class BillingClient(
     HoldCalls,
     RefundCalls,
     PaymentMethodCalls,
+    SubscriptionChangeCalls,
 ):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
@@ -136,6 +138,8 @@ class BillingClient(
     `DepositCancelCalls` (`cancel_deposit`), `HoldCalls` (`hold`, `capture_hold`,
     `release_hold`, `credit`), `RefundCalls` (`refund_payment`), `PaymentMethodCalls`
     (`setup_payment_method`, `list_payment_methods`, `detach_payment_method`,
-    `set_default_payment_method`, `update_subscription_payment_method`) and `EventCalls`
-    (`events`), all over `request()` (`RpcClient`) on one `Connection`.
+    `set_default_payment_method`, `update_subscription_payment_method`),
+    `SubscriptionChangeCalls` (`resume_subscription`, `pause_subscription`,
+    `unpause_subscription`) and `EventCalls` (`events`), all over `request()`
+    (`RpcClient`) on one `Connection`.
     """

@@ -33,6 +33,7 @@ class SubscriptionCalls(RpcClient):
         email: str | None = None,
         payment_method_id: str | None = None,
         return_url: str | None = None,
+        quantity: int = 1,
         timeout: float | None = None,
     ) -> SubscriptionCreated:
         """`billing.subscription.create`. Errors: `NotFound` (no active plan),
@@ -45,6 +46,7 @@ class SubscriptionCalls(RpcClient):
             payment_source=payment_source,
             payment_method_id=payment_method_id,
             return_url=return_url,
+            quantity=quantity,
         )
         return await self.request(
             names.SUBSCRIPTION_CREATE, command, SubscriptionCreated, timeout=timeout
