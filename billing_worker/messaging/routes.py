@@ -12,7 +12,7 @@ from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.domain.errors import Unprocessable
 from billing_worker.handlers import credits as credit_handlers
-from billing_worker.handlers import deposit_cancel, method_setup
+from billing_worker.handlers import deposit_cancel, invoice_lifecycle, method_setup
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import payment_methods as method_handlers
@@ -50,6 +50,8 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.PAYMENT_METHOD_DETACH: method_handlers.detach,
     names.PAYMENT_METHOD_SET_DEFAULT: method_handlers.set_default,
     names.SUBSCRIPTION_UPDATE_PAYMENT_METHOD: method_handlers.update_subscription_method,
+    names.INVOICE_VOID: invoice_lifecycle.void_invoice,
+    names.INVOICE_MARK_UNCOLLECTIBLE: invoice_lifecycle.mark_uncollectible,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,
