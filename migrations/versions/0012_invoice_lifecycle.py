@@ -50,7 +50,7 @@ WITH todo AS (
     RETURNING year, last_value
 ), numbered AS (
     SELECT todo.*, gen_random_uuid() AS id,
-           (seq.last_value - todo.total + todo.n)::text AS value, seq.year
+           (seq.last_value - todo.total + todo.n)::text AS seq_text, seq.year
     FROM todo, seq
 ), invoice AS (
     INSERT INTO invoices (
@@ -58,8 +58,8 @@ WITH todo AS (
         created_at, updated_at, subscription_id, period_index
     )
     SELECT id,
-           'INV-' || year || '-' || CASE WHEN length(value) < 6 THEN lpad(value, 6, '0')
-                                         ELSE value END,
+           'INV-' || year || '-' || CASE WHEN length(seq_text) < 6 THEN lpad(seq_text, 6, '0')
+                                         ELSE seq_text END,
            user_id, 'paid', currency, amount_minor, amount_minor, paid_at, now(), now(),
            subscription_id, period_index
     FROM numbered
