@@ -18,6 +18,7 @@ from billing_contracts.subscriptions import (
     SubscriptionOut,
 )
 from billing_worker.db.invoices import InvoiceRow
+from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import InsufficientFunds, InvalidState
 from billing_worker.handlers import invoice_lifecycle, invoices, renewals, subscriptions
 from billing_worker.handlers.deps import Deps
@@ -222,3 +223,21 @@ async def test_a_period_invoice_follows_its_subscription_not_void_or_write_off(
             await run(db, handler, command, deps)  # type: ignore[arg-type]
         assert refused.value.details["subscription_id"] == str(sub)
     assert db.state.invoices[unpaid.id].status == "open"
+
+
+async def test_paying_while_a_provider_charge_is_in_flight_is_invalid_state(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    user = new_user()
+    sub, unpaid = await past_due(db, deps, clock, user)
+    await deposit(db, deps, user, "10.00")
+    in_flight = TransactionRow(
+        id=uuid.uuid4(), user_id=user, account_id=None, kind="subscription_charge",
+        status="processing", amount_minor=1000, currency="USD", provider="yookassa",
+        provider_ref="pay-1", created_at=clock.now, completed_at=None, subscription_id=sub,
+    )  # fmt: skip
+    db.state.transactions[in_flight.id] = in_flight  # a card charge of the period, unanswered
+    with pytest.raises(InvalidState, match="in flight"):
+        await run(db, invoices.pay_invoice, pay(user, unpaid.id), deps)
+    assert db.state.invoices[unpaid.id].status == "open"
+    assert await balance_of(db, user) == 1000
