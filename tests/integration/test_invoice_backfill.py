@@ -33,8 +33,8 @@ async def test_the_periods_paid_before_0012_get_their_invoices(fresh_database_ur
             await db.execute("INSERT INTO billing_users (id, user_id) VALUES ($1, $2)",
                              uuid.uuid4(), user)  # fmt: skip
             await db.execute(
-                "INSERT INTO plans (id, code, name, price_minor, currency, interval) "
-                "VALUES ($1, 'pro', 'Pro', 999, 'USD', 'month')",
+                "INSERT INTO plans (id, code, name, price_minor, currency, interval, "
+                "interval_count) VALUES ($1, 'pro', 'Pro', 999, 'USD', 'month', 1)",
                 plan,
             )
             for sub, source in ((balance_sub, "balance"), (stripe_sub, "stripe")):
