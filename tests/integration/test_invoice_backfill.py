@@ -37,11 +37,12 @@ async def test_the_periods_paid_before_0012_get_their_invoices(fresh_database_ur
                 "interval_count) VALUES ($1, 'pro', 'Pro', 999, 'USD', 'month', 1)",
                 plan,
             )
-            for sub, source in ((balance_sub, "balance"), (stripe_sub, "stripe")):
+            for sub, source, status in ((balance_sub, "balance", "active"),
+                                        (stripe_sub, "stripe", "canceled")):  # fmt: skip
                 await db.execute(
                     "INSERT INTO subscriptions (id, user_id, plan_id, status, payment_source, "
-                    "billing_anchor, paid_periods) VALUES ($1, $2, $3, 'active', $4, $5, 2)",
-                    sub, user, plan, source, _ANCHOR,
+                    "billing_anchor, paid_periods) VALUES ($1, $2, $3, $6, $4, $5, 2)",
+                    sub, user, plan, source, _ANCHOR, status,
                 )  # fmt: skip
             await db.execute(
                 "INSERT INTO transactions (id, user_id, kind, status, amount_minor, currency, "
