@@ -20,6 +20,7 @@ from billing_worker.db.engine import create_engine, driver_connection
 from billing_worker.db.uow import Clock, UnitOfWork, utc_now
 from billing_worker.handlers.deps import Deps
 from billing_worker.jobs.hold_expiry import HoldExpiry
+from billing_worker.jobs.invoice_overdue import InvoiceOverdue
 from billing_worker.jobs.reconcile import Reconciler
 from billing_worker.jobs.renewals import Renewals
 from billing_worker.jobs.retention import Retention
@@ -59,6 +60,7 @@ class Worker:
     retention: Retention
     watchdog: Watchdog
     hold_expiry: HoldExpiry
+    invoice_overdue: InvoiceOverdue
 
 
 def build_gateways(settings: Settings) -> Gateways:
@@ -155,6 +157,11 @@ def build_worker(
         interval_seconds=settings.hold_expiry_interval_seconds,
         batch=settings.hold_expiry_batch_size,
     )
+    invoice_overdue = InvoiceOverdue(
+        service,
+        interval_seconds=settings.invoice_overdue_interval_seconds,
+        batch=settings.invoice_overdue_batch_size,
+    )
     pipeline = Pipeline(broker, topology, settings.max_deliveries, metrics, Access(worker_user))
     routes = all_routes(service, gateways, metrics, settings.coalesce_max)
     for route in routes:
@@ -187,6 +194,8 @@ def build_worker(
     watchdog.watch(
         Part("hold_expiry", task_probe(lambda: hold_expiry.task), restarter(hold_expiry.start))
     )
+    watchdog.watch(Part("invoice_overdue", task_probe(lambda: invoice_overdue.task),
+                        restarter(invoice_overdue.start)))  # fmt: skip
     for route in routes:
         if route.coalescer is not None:
             watchdog.watch(Part(f"coalescer {route.queue}", route.coalescer.stalled,
@@ -231,6 +240,7 @@ def build_worker(
         renewals.start()
         retention.start()
         hold_expiry.start()
+        invoice_overdue.start()
         watchdog.start()
         log.info(
             "billing worker consuming (prefetch %d, providers %s, default %s)",
@@ -255,6 +265,7 @@ def build_worker(
         await renewals.stop()
         await retention.stop()
         await hold_expiry.stop()
+        await invoice_overdue.stop()
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:
@@ -273,7 +284,7 @@ def build_worker(
         after_shutdown=[after_shutdown],
     )
     return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics,
-                  retention, watchdog, hold_expiry)  # fmt: skip
+                  retention, watchdog, hold_expiry, invoice_overdue)  # fmt: skip
 
 
 def restarter(start: Callable[[], None]) -> Callable[[], Awaitable[None]]:

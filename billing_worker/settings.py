@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     hold_expiry_batch_size: int = Field(
         default=100, ge=1, le=10000, description="Expired holds released per transaction"
     )
+    invoice_overdue_interval_seconds: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="How often each worker announces open invoices past their due_at",
+    )  # fmt: skip
+    invoice_overdue_batch_size: int = Field(
+        default=100, ge=1, le=10000, description="Overdue invoices announced per transaction"
+    )
     credit_without_policy: bool = Field(
         default=False,
         description="Let any broker user send billing.wallet.credit and billing.plan.migrate "

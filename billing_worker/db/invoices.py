@@ -26,6 +26,8 @@ class NewInvoice:
     priced: Priced
     due_at: datetime | None
     created_at: datetime
+    subscription_id: UUID | None = None  # with period_index: the period it bills
+    period_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,12 @@ class InvoiceRow:
     due_at: datetime | None
     paid_at: datetime | None
     created_at: datetime
+    subscription_id: UUID | None = None
+    period_index: int | None = None
+    overdue_at: datetime | None = None
+    voided_at: datetime | None = None
+    uncollectible_at: datetime | None = None
+    status_reason: str | None = None  # why it was voided or written off
     lines: tuple[Line, ...] = ()
 
 
@@ -58,8 +66,8 @@ _INSERT_INVOICE = """
 WITH invoice AS (
     INSERT INTO invoices (
         id, number, user_id, order_id, status, currency, subtotal_minor, total_minor,
-        due_at, created_at, updated_at
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+        due_at, created_at, updated_at, subscription_id, period_index
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16)
     ON CONFLICT (order_id) DO NOTHING
     RETURNING id
 ), lines AS (
@@ -77,16 +85,43 @@ SELECT id FROM invoice
 
 _COLUMNS = (
     "id, number, user_id, order_id, status, currency, subtotal_minor, total_minor, "
-    "due_at, paid_at, created_at"
+    "due_at, paid_at, created_at, subscription_id, period_index, overdue_at, voided_at, "
+    "uncollectible_at, status_reason"
 )
 
+# Each status stamps its own moment; a reason (void, uncollectible) is kept, a later
+# payment of a written-off invoice keeps the write-off's.
 _MOVE = f"""
 UPDATE invoices
 SET status = $3, updated_at = $4,
-    paid_at = CASE WHEN $3 = 'paid' THEN $4 ELSE paid_at END
+    paid_at = CASE WHEN $3 = 'paid' THEN $4 ELSE paid_at END,
+    voided_at = CASE WHEN $3 = 'void' THEN $4 ELSE voided_at END,
+    uncollectible_at = CASE WHEN $3 = 'uncollectible' THEN $4 ELSE uncollectible_at END,
+    status_reason = coalesce($5, status_reason)
 WHERE id = $1 AND status = $2
 RETURNING {_COLUMNS}
 """  # noqa: S608 - only constant column names are formatted in
+
+# The overdue job: open invoices past their due date not yet announced, skipping those a
+# payment or a void holds locked (they are no longer open once it commits). Two workers
+# can never both stamp one: the second finds `overdue_at` set, or skips the row.
+_OVERDUE = f"""
+UPDATE invoices SET overdue_at = $1, updated_at = $1
+WHERE id IN (
+    SELECT id FROM invoices
+    WHERE status = 'open' AND overdue_at IS NULL AND due_at IS NOT NULL AND due_at <= $1
+    ORDER BY due_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - only constant column names are formatted in
+
+# A provider charge of the subscription is still in flight (the scheduler's own test).
+_CHARGE_IN_FLIGHT = """
+SELECT EXISTS (SELECT 1 FROM transactions
+               WHERE subscription_id = $1 AND status IN ('created', 'processing'))
+"""
 
 _LINE_COLUMNS = ("description", "quantity", "unit_price_minor", "amount_minor")
 _LINES = """
@@ -132,7 +167,8 @@ class SqlInvoices:
             id=new.id, number=number, user_id=new.user_id, order_id=new.order_id,
             status=new.status, currency=priced.currency, subtotal_minor=priced.subtotal_minor,
             total_minor=priced.total_minor, due_at=new.due_at, paid_at=None,
-            created_at=new.created_at, lines=priced.lines,
+            created_at=new.created_at, subscription_id=new.subscription_id,
+            period_index=new.period_index, lines=priced.lines,
         )  # fmt: skip
 
     async def _insert(self, new: NewInvoice, number: str) -> UUID | None:
@@ -143,6 +179,7 @@ class SqlInvoices:
             priced.subtotal_minor, priced.total_minor, new.due_at, new.created_at,
             [line.description for line in lines], [line.quantity for line in lines],
             [line.unit_price_minor for line in lines], [line.amount_minor for line in lines],
+            new.subscription_id, new.period_index,
         )  # fmt: skip
         return None if inserted is None else UUID(str(inserted))
 
@@ -160,12 +197,41 @@ class SqlInvoices:
         )
         return None if record is None else (await self._with_lines([record]))[0]
 
+    async def of_period(
+        self, subscription_id: UUID, period_index: int, *, lock: bool = False
+    ) -> InvoiceRow | None:
+        """The invoice of one subscription period, if it has one."""
+        record = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM invoices WHERE subscription_id = $1 AND period_index = $2"  # noqa: S608
+            + (" FOR UPDATE" if lock else ""),
+            subscription_id,
+            period_index,
+        )
+        return None if record is None else (await self._with_lines([record]))[0]
+
+    async def open_of_subscription(self, subscription_id: UUID) -> list[InvoiceRow]:
+        """The subscription's open period invoices (at most one: its unpaid period's), locked."""
+        records = await self._db.fetch(
+            f"SELECT {_COLUMNS} FROM invoices WHERE subscription_id = $1 AND status = 'open' "  # noqa: S608
+            "ORDER BY period_index FOR UPDATE",
+            subscription_id,
+        )
+        return await self._with_lines(list(records))
+
+    async def charge_in_flight(self, subscription_id: UUID) -> bool:
+        """A provider charge of the subscription is created or processing."""
+        return bool(await self._db.fetchval(_CHARGE_IN_FLIGHT, subscription_id))
+
     async def move(
-        self, invoice_id: UUID, source: str, target: str, at: datetime
+        self, invoice_id: UUID, source: str, target: str, at: datetime, reason: str | None = None
     ) -> InvoiceRow | None:
         """Move the invoice if it is still in `source` (one conditional UPDATE); else None."""
-        record = await self._db.fetchrow(_MOVE, invoice_id, source, target, at)
+        record = await self._db.fetchrow(_MOVE, invoice_id, source, target, at, reason)
         return None if record is None else (await self._with_lines([record]))[0]
+
+    async def mark_overdue(self, now: datetime, limit: int) -> list[InvoiceRow]:
+        """Stamp `overdue_at` on up to `limit` open invoices past their due date; those."""
+        return await self._with_lines(list(await self._db.fetch(_OVERDUE, now, limit)))
 
     async def page(
         self, user_id: str, limit: int, after: tuple[datetime, UUID] | None

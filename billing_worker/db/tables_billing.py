@@ -137,6 +137,17 @@ class Invoice(SQLModel, table=True):
         CheckConstraint("subtotal_minor >= 0", name="subtotal_non_negative"),
         CheckConstraint("total_minor >= 0", name="total_non_negative"),
         Index("ix_invoices_user_created", "user_id", text("created_at DESC"), text("id DESC")),
+        # One invoice per subscription period (migration 0012); both or neither are set.
+        UniqueConstraint("subscription_id", "period_index", name="uq_invoices_subscription_period"),
+        CheckConstraint(
+            "(subscription_id IS NULL) = (period_index IS NULL)", name="subscription_period"
+        ),
+        # The overdue job's scan: open invoices past their due date, not yet announced.
+        Index(
+            "ix_invoices_overdue_due",
+            "due_at",
+            postgresql_where=text("status = 'open' AND overdue_at IS NULL AND due_at IS NOT NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -151,6 +162,16 @@ class Invoice(SQLModel, table=True):
     paid_at: datetime | None = timestamp_field()
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
+    # The invoice lifecycle (migration 0012): a subscription period's invoice, when the
+    # overdue job announced it, when it was voided or written off, and why.
+    subscription_id: uuid.UUID | None = Field(
+        default=None, foreign_key="subscriptions.id", nullable=True
+    )
+    period_index: int | None = Field(default=None, nullable=True)
+    overdue_at: datetime | None = timestamp_field()
+    voided_at: datetime | None = timestamp_field()
+    uncollectible_at: datetime | None = timestamp_field()
+    status_reason: str | None = text_field(nullable=True)
 
 
 class InvoiceLine(SQLModel, table=True):

@@ -1,7 +1,8 @@
 """Invoices without I/O: the state machine, pricing and numbering.
 
-draft -> open -> paid | void | uncollectible. Any other move is refused with
-`InvalidState` and changes nothing. Amounts are integer minor units; a line's amount is
+draft -> open -> paid | void | uncollectible, and uncollectible -> paid (a written-off
+invoice can still be paid, as at Stripe). Any other move is refused with `InvalidState`
+and changes nothing. Amounts are integer minor units; a line's amount is
 quantity x unit price, exactly, and every amount must fit a PostgreSQL BIGINT.
 """
 
@@ -23,7 +24,7 @@ MACHINE = StateMachine[Status](
         Status.OPEN: frozenset({Status.PAID, Status.VOID, Status.UNCOLLECTIBLE}),
         Status.PAID: frozenset(),
         Status.VOID: frozenset(),
-        Status.UNCOLLECTIBLE: frozenset(),
+        Status.UNCOLLECTIBLE: frozenset({Status.PAID}),
     },
 )
 ALLOWED: Mapping[Status, frozenset[Status]] = MACHINE.allowed

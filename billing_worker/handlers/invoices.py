@@ -9,11 +9,9 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from billing_contracts import events as ev
-from billing_contracts.area_events import InvoiceEvent
 from billing_contracts.invoices import (
     CreateInvoice,
     GetInvoices,
-    InvoiceLineOut,
     InvoiceOut,
     InvoicePage,
     PayInvoice,
@@ -24,16 +22,16 @@ from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.domain.errors import (
     BillingError,
     InvalidState,
-    NotFound,
     Unprocessable,
 )
-from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.invoices import PricedItem, issue, price, transition
 from billing_worker.domain.ledger import Transaction, derived_id
-from billing_worker.domain.money import format_minor, to_wire
+from billing_worker.domain.money import format_minor
 from billing_worker.domain.paging import decode_cursor, encode_cursor
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
+from billing_worker.handlers.invoice_views import invoice_event, invoice_out, own_invoice
 from billing_worker.handlers.wallet import refusal
 from billing_worker.ports import UnitOfWork
 
@@ -106,14 +104,18 @@ async def _refuse_if_invoiced(uow: UnitOfWork, order_id: str) -> None:
 
 
 async def pay_invoice(command: PayInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:
-    """Pay an open invoice of the user from the user's balance in the invoice currency."""
-    invoice = await _find(uow, command.invoice_id, command.user_id)
-    transition(Status(invoice.status), Status.PAID)
+    """Pay an open (or written-off) invoice of the user from the user's balance in the
+    invoice currency; a subscription period's invoice is paid as its dunning would."""
+    invoice = await own_invoice(uow, command.invoice_id, command.user_id)
+    if invoice.subscription_id is not None:
+        return invoice_out(await pay_period_invoice(invoice, uow, deps))
+    source = Status(invoice.status)
+    transition(source, Status.PAID)
     # The conditional UPDATE claims the invoice first: a concurrent pay waits on its row and
     # then finds it paid, so it is refused with invalid_state and never charges.
-    paid = await uow.invoices.move(invoice.id, Status.OPEN, Status.PAID, uow.clock())
+    paid = await uow.invoices.move(invoice.id, source, Status.PAID, uow.clock())
     if paid is None:
-        current = await _find(uow, command.invoice_id, command.user_id)
+        current = await own_invoice(uow, command.invoice_id, command.user_id)
         transition(Status(current.status), Status.PAID)
         raise InvalidState("the invoice changed while it was being paid", status=current.status)
     if paid.total_minor > 0:  # a free invoice is paid without moving money
@@ -146,7 +148,7 @@ async def get_invoices(query: GetInvoices, uow: UnitOfWork, deps: Deps) -> Invoi
     """One of the user's invoices by id, or the user's invoices newest first, paged with an
     opaque cursor."""
     if query.invoice_id is not None:
-        return invoice_out(await _find(uow, query.invoice_id, query.user_id))
+        return invoice_out(await own_invoice(uow, query.invoice_id, query.user_id))
     after = decode_cursor(query.cursor) if query.cursor else None
     rows = await uow.invoices.page(query.user_id, query.limit + 1, after)
     page, more = rows[: query.limit], len(rows) > query.limit
@@ -156,58 +158,5 @@ async def get_invoices(query: GetInvoices, uow: UnitOfWork, deps: Deps) -> Invoi
     )
 
 
-async def _find(uow: UnitOfWork, invoice_id: uuid.UUID, user_id: str) -> InvoiceRow:
-    """The user's invoice; another user's is refused exactly like one that does not exist
-    (the same code, message and details), so a caller learns nothing of others' ids."""
-    invoice = await uow.invoices.by_id(invoice_id)
-    if invoice is None or invoice.user_id != user_id:
-        raise NotFound(f"no invoice {invoice_id}", invoice_id=str(invoice_id))
-    return invoice
-
-
 def _cursor(row: InvoiceRow) -> str:
     return encode_cursor(row.created_at, row.id)
-
-
-def _lines(row: InvoiceRow) -> list[InvoiceLineOut]:
-    return [
-        InvoiceLineOut(
-            description=line.description,
-            quantity=line.quantity,
-            unit_price=to_wire(line.unit_price_minor, row.currency),
-            amount=to_wire(line.amount_minor, row.currency),
-        )
-        for line in row.lines
-    ]
-
-
-def invoice_out(row: InvoiceRow) -> InvoiceOut:
-    return InvoiceOut(
-        id=row.id,
-        number=row.number,
-        user_id=row.user_id,
-        order_id=row.order_id,
-        status=Status(row.status),
-        currency=row.currency,
-        lines=_lines(row),
-        total=to_wire(row.total_minor, row.currency),
-        due_at=row.due_at,
-        paid_at=row.paid_at,
-    )
-
-
-def invoice_event(type_: str, row: InvoiceRow) -> DomainEvent:
-    data = InvoiceEvent(
-        invoice_id=row.id,
-        number=row.number,
-        user_id=row.user_id,
-        order_id=row.order_id,
-        status=Status(row.status),
-        currency=row.currency,
-        lines=_lines(row),
-        subtotal=to_wire(row.subtotal_minor, row.currency),
-        total=to_wire(row.total_minor, row.currency),
-        due_at=row.due_at,
-        paid_at=row.paid_at,
-    )
-    return DomainEvent(type_, data.model_dump(mode="json"))

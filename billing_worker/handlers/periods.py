@@ -2,7 +2,9 @@
 
 Shared by subscription creation, the renewal scheduler and provider callbacks. A period
 is marked paid by a `subscription_charges` row unique per (subscription, period): a
-second charge of the same period cannot commit, whoever attempts it.
+second charge of the same period cannot commit, whoever attempts it. Each period also
+has its invoice (`period_invoices.py`): paid with the charge, left open by a failed one,
+voided when the subscription ends unpaid.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from billing_contracts.events import (
     SUBSCRIPTION_RENEWED,
 )
 from billing_contracts.money import MAX_MINOR_UNITS
+from billing_contracts.subscriptions import PaymentSource
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
 from billing_worker.domain.calendar import period_boundary
 from billing_worker.domain.errors import DuplicateKey, InvalidInput, InvalidState, TransientError
 from billing_worker.domain.ledger import PeriodCharge, Transaction
 from billing_worker.domain.subscriptions import check_move, ending_status, next_attempt
-from billing_worker.handlers import views
+from billing_worker.handlers import period_invoices, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.subscription_views import subscription_event
 from billing_worker.ports import UnitOfWork
@@ -128,6 +131,8 @@ async def mark_period_paid(
         "next_attempt_at": None,
     }
     await uow.subscriptions.update(sub.id, **changes)
+    # Last: issuing an invoice takes the year's number row, locked until the commit.
+    await period_invoices.paid(sub, index, (start, end), period_charge(sub).amount_minor, uow)
     moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
     first = source is Sub.INCOMPLETE  # created events announce live subscriptions only
     kind = SUBSCRIPTION_CREATED if first else SUBSCRIPTION_RENEWED
@@ -150,6 +155,10 @@ async def charge_failed(
         declined = Transaction.period_declined(period_charge(sub), now, code=code, message=message)
         row = await uow.wallet.record(declined)
         uow.emit(views.payment_failed(row))
+    index = sub.paid_periods  # its invoice, issued open by the first failure
+    await period_invoices.unpaid(
+        sub, index, period_bounds(sub, index), period_charge(sub).amount_minor, uow
+    )
     failures = sub.dunning_attempts + 1
     assert sub.current_period_end is not None
     retry_at = next_attempt(sub.current_period_end, failures, deps.dunning_days)
@@ -179,6 +188,8 @@ async def end_subscription(
     changes = {"status": target.value, "canceled_at": now, "cancel_reason": reason,
                "next_attempt_at": None}  # fmt: skip
     await uow.subscriptions.update(sub.id, **changes)
+    if sub.payment_source != PaymentSource.STRIPE:  # Stripe's invoices are Stripe's
+        await period_invoices.void_unpaid(sub, uow, reason=f"subscription ended: {reason}")
     moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
     if target is Sub.CANCELED:
         uow.emit(subscription_event(SUBSCRIPTION_CANCELED, moved, reason=reason))

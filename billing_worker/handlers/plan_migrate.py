@@ -73,6 +73,8 @@ def _skip_reason(sub: SubscriptionRow, charging: set[UUID]) -> str | None:
         return "incomplete"
     if sub.id in charging:
         return "payment_in_flight"
+    if Sub(sub.status) is Sub.PAST_DUE:  # its unpaid period's invoice is on this version
+        return "past_due"
     return None
 
 

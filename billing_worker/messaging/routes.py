@@ -12,7 +12,13 @@ from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.domain.errors import Unprocessable
 from billing_worker.handlers import credits as credit_handlers
-from billing_worker.handlers import deposit_cancel, method_setup, plan_migrate, subscription_changes
+from billing_worker.handlers import (
+    deposit_cancel,
+    invoice_lifecycle,
+    method_setup,
+    plan_migrate,
+    subscription_changes,
+)
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import payment_methods as method_handlers
@@ -54,6 +60,8 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.SUBSCRIPTION_RESUME: subscription_changes.resume_subscription,
     names.SUBSCRIPTION_PAUSE: subscription_changes.pause_subscription,
     names.SUBSCRIPTION_UNPAUSE: subscription_changes.unpause_subscription,
+    names.INVOICE_VOID: invoice_lifecycle.void_invoice,
+    names.INVOICE_MARK_UNCOLLECTIBLE: invoice_lifecycle.mark_uncollectible,
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,

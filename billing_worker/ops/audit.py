@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from billing_worker.ops.audit_holds import HOLD_CHECKS
+from billing_worker.ops.audit_invoices import INVOICE_CHECKS
 from billing_worker.ops.audit_versions import VERSION_CHECKS
 
 # Money that moved through the wallet: completed (or since refunded) deposits and admin
@@ -93,6 +94,7 @@ _CHECKS: dict[str, str] = {
           ON t.invoice_id = i.id AND t.kind = 'invoice_payment'
          AND t.status IN ('completed', 'refunded')
         WHERE i.status = 'paid' AND i.total_minor > 0
+          AND i.subscription_id IS NULL  -- a period's invoice is paid by its charge (below)
         GROUP BY i.id HAVING count(t.id) <> 1
     """,
     "subscription whose paid periods disagree with its charges": """
@@ -123,6 +125,7 @@ _CHECKS: dict[str, str] = {
     """,
     **HOLD_CHECKS,
     **VERSION_CHECKS,
+    **INVOICE_CHECKS,
     "refunds in flight and done exceeding their payment": """
         SELECT p.id, p.kind, p.amount_minor, sum(r.amount_minor) AS held_minor
         FROM transactions p JOIN transactions r ON r.refund_of = p.id

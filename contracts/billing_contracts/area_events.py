@@ -41,7 +41,7 @@ class SubscriptionUpdated(SubscriptionEvent):
 
 
 class InvoiceEvent(BaseModel):
-    """`invoice.created` and `invoice.paid`."""
+    """`invoice.created`, `.paid`, `.voided`, `.uncollectible` and `.overdue`."""
 
     invoice_id: UUID
     number: str
@@ -54,3 +54,10 @@ class InvoiceEvent(BaseModel):
     total: Money
     due_at: AwareDatetime | None
     paid_at: AwareDatetime | None
+    # Added with the invoice lifecycle (see `InvoiceOut`); absent from older workers.
+    subscription_id: UUID | None = None
+    period_index: int | None = None
+    overdue_at: AwareDatetime | None = None
+    voided_at: AwareDatetime | None = None
+    uncollectible_at: AwareDatetime | None = None
+    reason: str | None = None

@@ -26,7 +26,10 @@ from billing_contracts.events import (
     HOLD_EXPIRED,
     HOLD_RELEASED,
     INVOICE_CREATED,
+    INVOICE_OVERDUE,
     INVOICE_PAID,
+    INVOICE_UNCOLLECTIBLE,
+    INVOICE_VOIDED,
     PAYMENT_FAILED,
     PAYMENT_METHOD_REMOVED,
     PAYMENT_METHOD_SAVED,
@@ -62,7 +65,9 @@ from billing_contracts.invoices import (
     GetInvoices,
     InvoiceOut,
     InvoicePage,
+    MarkInvoiceUncollectible,
     PayInvoice,
+    VoidInvoice,
 )
 from billing_contracts.orders import OrderCreated
 from billing_contracts.payment_methods import (
@@ -485,6 +490,24 @@ ENTRIES += (
         example={"idempotency_key": _KEY, "user_id": "u-42", "subscription_id": _SUB_ID},
     ),
 )  # fmt: skip
+_INV = "0b1f3c1e-8e0a-4d7b-9a53-31e4f0a9c6d2"
+ENTRIES += (
+    Entry(
+        names.INVOICE_VOID, "command", VoidInvoice, InvoiceOut,
+        "Void one of a user's open invoices (it keeps its number; a subscription's period "
+        "invoice is voided by canceling the subscription)",
+        (E.NOT_FOUND, E.INVALID_STATE),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "invoice_id": _INV,
+                 "reason": "issued in error"},
+    ),
+    Entry(
+        names.INVOICE_MARK_UNCOLLECTIBLE, "command", MarkInvoiceUncollectible, InvoiceOut,
+        "Write off one of a user's open invoices as uncollectible (it can still be paid)",
+        (E.NOT_FOUND, E.INVALID_STATE),
+        example={"idempotency_key": _KEY, "user_id": "u-42", "invoice_id": _INV,
+                 "reason": "customer unreachable"},
+    ),
+)  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
 # Every event on billing.events (routing key = type) and the model of its `data`.
@@ -504,6 +527,9 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = MappingProxyType(
         SUBSCRIPTION_RESUMED: SubscriptionEvent,
         INVOICE_CREATED: InvoiceEvent,
         INVOICE_PAID: InvoiceEvent,
+        INVOICE_VOIDED: InvoiceEvent,
+        INVOICE_UNCOLLECTIBLE: InvoiceEvent,
+        INVOICE_OVERDUE: InvoiceEvent,
         HOLD_CREATED: HoldEvent,
         HOLD_CAPTURED: HoldEvent,
         HOLD_RELEASED: HoldEvent,
@@ -532,6 +558,9 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         "subscription runs again",
         INVOICE_CREATED: "An invoice was issued",
         INVOICE_PAID: "An invoice was paid",
+        INVOICE_VOIDED: "An open invoice was voided (by request, or its subscription ended)",
+        INVOICE_UNCOLLECTIBLE: "An open invoice was written off as uncollectible",
+        INVOICE_OVERDUE: "An open invoice passed its due_at unpaid (once per invoice)",
         HOLD_CREATED: "Money was reserved by a hold",
         HOLD_CAPTURED: "A hold was captured (its withdrawal made, the rest released)",
         HOLD_RELEASED: "A hold was released on request",
@@ -638,6 +667,13 @@ EVENT_EXAMPLES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         SUBSCRIPTION_RESUMED: {**_SUB, "amount": None, "reason": "unpaused"},
         INVOICE_CREATED: _INVOICE,
         INVOICE_PAID: {**_INVOICE, "status": "paid", "paid_at": "2026-11-26T10:00:00Z"},
+        INVOICE_VOIDED: {**_INVOICE, "status": "void", "voided_at": "2026-11-26T10:00:00Z",
+                         "reason": "issued in error"},
+        INVOICE_UNCOLLECTIBLE: {**_INVOICE, "status": "uncollectible",
+                                "uncollectible_at": "2026-11-26T10:00:00Z",
+                                "reason": "customer unreachable"},
+        INVOICE_OVERDUE: {**_INVOICE, "due_at": "2026-11-25T00:00:00Z",
+                          "overdue_at": "2026-11-25T00:01:00Z"},
         HOLD_CREATED: _HOLD,
         HOLD_CAPTURED: {**_HOLD, "status": "captured",
                         "captured": {"amount": "20.00", "currency": "USD"},

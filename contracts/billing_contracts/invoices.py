@@ -70,6 +70,25 @@ class PayInvoice(Command):
     )
 
 
+class VoidInvoice(Command):
+    """`billing.invoice.void`: cancel one of the user's open invoices for good; the document
+    and its number stay (gap-free numbering), it can no longer be paid."""
+
+    user_id: UserId = Field(description=_OWNER.format("invoice"))
+    invoice_id: UUID
+    reason: str = Field(min_length=1, max_length=500, examples=["issued in error"])
+
+
+class MarkInvoiceUncollectible(Command):
+    """`billing.invoice.mark-uncollectible`: write one of the user's open invoices off; it
+    can still be paid later (`billing.invoice.pay`), as at Stripe."""
+
+    user_id: UserId = Field(description=_OWNER.format("invoice"))
+    invoice_id: UUID
+    reason: str | None = Field(default=None, min_length=1, max_length=500,
+                               examples=["customer unreachable"])  # fmt: skip
+
+
 class GetInvoices(Query):
     """`billing.invoice.get`: one of the user's invoices by id, or the user's invoices,
     newest first, paged."""
@@ -102,6 +121,19 @@ class InvoiceOut(BaseModel):
     total: Money
     due_at: AwareDatetime | None
     paid_at: AwareDatetime | None
+    # Added with the invoice lifecycle; absent from older workers' replies.
+    subscription_id: UUID | None = Field(
+        default=None, description="The subscription whose period this invoice bills, if any"
+    )
+    period_index: int | None = Field(
+        default=None, description="That period (0 = the first); with subscription_id"
+    )
+    overdue_at: AwareDatetime | None = Field(
+        default=None, description="When the worker found it open past its due_at (once)"
+    )
+    voided_at: AwareDatetime | None = None
+    uncollectible_at: AwareDatetime | None = None
+    reason: str | None = Field(default=None, description="Why it was voided or written off")
 
 
 class InvoicePage(BaseModel):

@@ -17,6 +17,8 @@ WALLET_TRANSACTIONS: Final = "billing.wallet.transactions"
 INVOICE_CREATE: Final = "billing.invoice.create"
 INVOICE_PAY: Final = "billing.invoice.pay"
 INVOICE_GET: Final = "billing.invoice.get"
+INVOICE_VOID: Final = "billing.invoice.void"
+INVOICE_MARK_UNCOLLECTIBLE: Final = "billing.invoice.mark-uncollectible"
 WALLET_HOLD: Final = "billing.wallet.hold"
 WALLET_HOLD_CAPTURE: Final = "billing.wallet.hold.capture"
 WALLET_HOLD_RELEASE: Final = "billing.wallet.hold.release"
@@ -54,6 +56,8 @@ COMMAND_QUEUES: Final = (
     SUBSCRIPTION_RESUME,
     SUBSCRIPTION_PAUSE,
     SUBSCRIPTION_UNPAUSE,
+    INVOICE_VOID,
+    INVOICE_MARK_UNCOLLECTIBLE,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

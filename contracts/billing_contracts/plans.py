@@ -125,7 +125,8 @@ class SkippedSubscription(BaseModel):
     subscription_id: UUID
     reason: str = Field(
         description="`stripe` (Stripe runs its price: move it there), `incomplete` (its "
-        "first payment is not confirmed) or `payment_in_flight` (a provider call is open)"
+        "first payment is not confirmed), `payment_in_flight` (a provider call is open) or "
+        "`past_due` (its unpaid period's invoice is priced on its version: settle it first)"
     )
 
 

@@ -1,7 +1,7 @@
 """pause and seats: the `paused` status, a scheduled pause, re-anchored periods, quantity
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-01
 
 - `subscriptions.status` may be `paused`, which is live: the one-live-per-user-plan
@@ -20,7 +20,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0013'
-down_revision: str | Sequence[str] | None = '0011'
+down_revision: str | Sequence[str] | None = '0012'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -66,6 +66,8 @@ MODELS: dict[str, Any] = {
     names.INVOICE_CREATE: invoices.CreateInvoice,
     names.INVOICE_PAY: invoices.PayInvoice,
     names.INVOICE_GET: invoices.GetInvoices,
+    names.INVOICE_VOID: invoices.VoidInvoice,
+    names.INVOICE_MARK_UNCOLLECTIBLE: invoices.MarkInvoiceUncollectible,
     names.PLAN_UPSERT: plans.UpsertPlan,
     names.PLAN_LIST: plans.ListPlans,
     names.SUBSCRIPTION_CREATE: subscriptions.CreateSubscription,

@@ -229,6 +229,11 @@ class FakeInvoices:
             return None  # the number this attempt would take is not taken
         if new.id in state.invoices:
             raise unique_violation("invoices_pkey")
+        if new.subscription_id is not None and any(
+            (i.subscription_id, i.period_index) == (new.subscription_id, new.period_index)
+            for i in state.invoices.values()
+        ):
+            raise unique_violation("uq_invoices_subscription_period")
         year = new.created_at.astimezone(UTC).year
         state.numbers[year] = state.numbers.get(year, 0) + 1
         priced = new.priced
@@ -244,6 +249,8 @@ class FakeInvoices:
             due_at=new.due_at,
             paid_at=None,
             created_at=new.created_at,
+            subscription_id=new.subscription_id,
+            period_index=new.period_index,
             lines=priced.lines,
         )
         state.invoices[row.id] = row
@@ -256,16 +263,61 @@ class FakeInvoices:
         found = (i for i in self._state().invoices.values() if i.order_id == order_id)
         return next(found, None)
 
+    async def of_period(
+        self, subscription_id: UUID, period_index: int, *, lock: bool = False
+    ) -> InvoiceRow | None:
+        found = (
+            i
+            for i in self._state().invoices.values()
+            if (i.subscription_id, i.period_index) == (subscription_id, period_index)
+        )
+        return next(found, None)
+
+    async def open_of_subscription(self, subscription_id: UUID) -> list[InvoiceRow]:
+        rows = [
+            i
+            for i in self._state().invoices.values()
+            if i.subscription_id == subscription_id and i.status == "open"
+        ]
+        return sorted(rows, key=lambda i: i.period_index or 0)
+
+    async def charge_in_flight(self, subscription_id: UUID) -> bool:
+        return any(
+            t.subscription_id == subscription_id and t.status in ("created", "processing")
+            for t in self._state().transactions.values()
+        )
+
     async def move(
-        self, invoice_id: UUID, source: str, target: str, at: datetime
+        self, invoice_id: UUID, source: str, target: str, at: datetime, reason: str | None = None
     ) -> InvoiceRow | None:
         invoices = self._state().invoices
         invoice = invoices.get(invoice_id)
         if invoice is None or invoice.status != source:
             return None
-        paid_at = at if target == "paid" else invoice.paid_at
-        invoices[invoice_id] = dataclasses.replace(invoice, status=target, paid_at=paid_at)
+        invoices[invoice_id] = dataclasses.replace(
+            invoice,
+            status=target,
+            paid_at=at if target == "paid" else invoice.paid_at,
+            voided_at=at if target == "void" else invoice.voided_at,
+            uncollectible_at=at if target == "uncollectible" else invoice.uncollectible_at,
+            status_reason=reason if reason is not None else invoice.status_reason,
+        )
         return invoices[invoice_id]
+
+    async def mark_overdue(self, now: datetime, limit: int) -> list[InvoiceRow]:
+        invoices = self._state().invoices
+        due = sorted(
+            (
+                i
+                for i in invoices.values()
+                if i.status == "open" and i.overdue_at is None
+                and i.due_at is not None and i.due_at <= now
+            ),
+            key=lambda i: i.due_at or now,
+        )[:limit]  # fmt: skip
+        for invoice in due:
+            invoices[invoice.id] = dataclasses.replace(invoice, overdue_at=now)
+        return [invoices[i.id] for i in due]
 
     async def page(
         self, user_id: str, limit: int, after: tuple[datetime, UUID] | None

@@ -67,6 +67,18 @@ BASE: dict[str, dict[str, Any]] = {
         "source": "balance",
     },
     names.INVOICE_GET: {"user_id": "@user", "limit": 5},
+    names.INVOICE_VOID: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "invoice_id": UUID_A,
+        "reason": "fuzz",
+    },
+    names.INVOICE_MARK_UNCOLLECTIBLE: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "invoice_id": UUID_A,
+        "reason": "fuzz",
+    },
     names.PLAN_UPSERT: {
         "idempotency_key": "@key",
         "code": "@id",
@@ -191,6 +203,8 @@ OPTIONAL: dict[str, set[str]] = {
     names.INVOICE_CREATE: {"due_at", "order_id"},
     names.INVOICE_PAY: set(),
     names.INVOICE_GET: {"limit"},
+    names.INVOICE_VOID: set(),
+    names.INVOICE_MARK_UNCOLLECTIBLE: {"reason"},
     names.PLAN_UPSERT: {"interval_count", "trial_days", "active"},
     names.PLAN_LIST: {"active_only", "code"},
     names.SUBSCRIPTION_CREATE: {"email", "quantity"},

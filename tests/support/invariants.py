@@ -60,7 +60,8 @@ def fact_of(type_: str, data: Mapping[str, Any]) -> str | None:
     """What one event announces; two event ids for one fact is a double announcement."""
     if type_ in ("deposit.completed", "withdrawal.completed", "payment.success", "payment.failed"):
         return str(data["transaction_id"])
-    if type_ in ("invoice.created", "invoice.paid"):
+    if type_ in ("invoice.created", "invoice.paid", "invoice.voided", "invoice.uncollectible",
+                 "invoice.overdue"):  # fmt: skip
         return str(data["invoice_id"])
     if type_ in ("subscription.created", "subscription.canceled"):
         return str(data["subscription_id"])

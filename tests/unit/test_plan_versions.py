@@ -281,3 +281,21 @@ async def test_a_subscription_with_a_provider_charge_in_flight_is_left_for_later
     ]
     assert (await reread(db, deps, busy)).plan_version == 1
     assert (await reread(db, deps, idle)).plan_version == 2
+
+
+async def test_a_subscription_in_dunning_stays_on_its_version_until_its_period_is_settled(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    """Its unpaid period's open invoice was issued at the old price: a retry must charge
+    that price, so a migration leaves it for later (the audit would see the difference)."""
+    await plan(db, deps, "10.00")
+    late = await subscriber(db, deps, funds="10.00")  # pays the first period only
+    await renew_due(db, deps, clock, datetime(2026, 2, 15, 10, 0, tzinfo=UTC))
+    assert (await reread(db, deps, late)).status == "past_due"
+    await plan(db, deps, "12.00")
+    result = await run(db, plan_migrate.migrate_plan, migrate(2), deps)
+    assert (result.moved, [(s.subscription_id, s.reason) for s in result.skipped]) == (
+        0,
+        [(late.id, "past_due")],
+    )
+    assert (await reread(db, deps, late)).plan_version == 1

@@ -146,7 +146,8 @@ async def test_a_paid_first_period_activates_it_and_keeps_the_saved_card(
         )
     assert db.state.transactions[intent.id].status == "completed"
     assert [e.type for e in db.events] == [
-        ev.PAYMENT_SUCCESS, ev.PAYMENT_METHOD_SAVED, ev.SUBSCRIPTION_CREATED,
+        ev.PAYMENT_SUCCESS, ev.PAYMENT_METHOD_SAVED, ev.INVOICE_CREATED, ev.INVOICE_PAID,
+        ev.SUBSCRIPTION_CREATED,
     ]  # fmt: skip
 
 

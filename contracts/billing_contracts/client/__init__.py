@@ -133,8 +133,8 @@ class BillingClient(
     The calls by area: `WalletCalls` (`deposit`, `withdraw`, `balance`, `transactions`),
     `PlanCalls` (`upsert_plan`, `list_plans`, `migrate_plan`), `SubscriptionCalls`
     (`create_subscription`, `cancel_subscription`, `get_subscription`,
-    `list_subscriptions`), `InvoiceCalls` (`create_invoice`, `pay_invoice`, `get_invoice`,
-    `list_invoices`),
+    `list_subscriptions`), `InvoiceCalls` (`create_invoice`, `pay_invoice`,
+    `void_invoice`, `mark_invoice_uncollectible`, `get_invoice`, `list_invoices`),
     `DepositCancelCalls` (`cancel_deposit`), `HoldCalls` (`hold`, `capture_hold`,
     `release_hold`, `credit`), `RefundCalls` (`refund_payment`), `PaymentMethodCalls`
     (`setup_payment_method`, `list_payment_methods`, `detach_payment_method`,

@@ -1,4 +1,4 @@
-"""The invoice calls of `BillingClient`: create, pay, get and list invoices."""
+"""The invoice calls of `BillingClient`: create, pay, void, write off, get and list invoices."""
 
 # `timeout=` (seconds) is the client's per-call deadline, part of its API.
 # ruff: noqa: ASYNC109
@@ -18,7 +18,9 @@ from billing_contracts.invoices import (
     InvoiceLineIn,
     InvoiceOut,
     InvoicePage,
+    MarkInvoiceUncollectible,
     PayInvoice,
+    VoidInvoice,
 )
 
 
@@ -64,6 +66,41 @@ class InvoiceCalls(RpcClient):
             idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id, source=source
         )
         return await self.request(names.INVOICE_PAY, command, InvoiceOut, timeout=timeout)
+
+    async def void_invoice(
+        self,
+        *,
+        user_id: str,
+        invoice_id: UUID | str,
+        reason: str,
+        idempotency_key: str,
+        timeout: float | None = None,
+    ) -> InvoiceOut:
+        """`billing.invoice.void` of one of the user's open invoices (its number stays).
+        Errors: `NotFound` (also another user's), `InvalidState` (not open, e.g. paid, or
+        a subscription period's invoice)."""
+        command = VoidInvoice(
+            idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id, reason=reason
+        )
+        return await self.request(names.INVOICE_VOID, command, InvoiceOut, timeout=timeout)
+
+    async def mark_invoice_uncollectible(
+        self,
+        *,
+        user_id: str,
+        invoice_id: UUID | str,
+        idempotency_key: str,
+        reason: str | None = None,
+        timeout: float | None = None,
+    ) -> InvoiceOut:
+        """`billing.invoice.mark-uncollectible` of one of the user's open invoices (it can
+        still be paid). Errors: `NotFound` (also another user's), `InvalidState`."""
+        command = MarkInvoiceUncollectible(
+            idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id, reason=reason
+        )
+        return await self.request(
+            names.INVOICE_MARK_UNCOLLECTIBLE, command, InvoiceOut, timeout=timeout
+        )
 
     async def get_invoice(
         self, *, user_id: str, invoice_id: UUID | str, timeout: float | None = None
