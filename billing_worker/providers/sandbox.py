@@ -123,18 +123,22 @@ class SandboxGateway:
     def parse_event(self, body: bytes) -> ProviderEvent:
         try:
             event = json.loads(body)
-            # A lone surrogate ("\ud800") is no text PostgreSQL can store: refused here, as
-            # the contract models' JSON parser refuses it (UnicodeEncodeError: a ValueError).
+            # A lone surrogate ("\ud800") or a NUL is no text PostgreSQL can store: refused
+            # here, as the contract models' JSON parser refuses them (UnicodeEncodeError and
+            # the NUL check: ValueErrors).
             json.dumps(event, ensure_ascii=False).encode()
+            if _has_nul(event):
+                raise ValueError("a NUL character is in no text PostgreSQL can store")
             event_type = str(event["type"])
             data = event["data"]
             outcome = _OUTCOMES.get(event_type)
             amount, currency = _minor_units(data["amount_minor"]), str(data["currency"])
+            payment_id = _ident(data["payment_id"], "payment_id")
             return ProviderEvent(
                 provider=self.name,
-                event_id=str(event["id"]),
+                event_id=_ident(event["id"], "id"),
                 outcome=outcome,
-                provider_ref=str(data["payment_id"]),
+                provider_ref=payment_id,
                 event_type=event_type,
                 failure_code=data.get("failure_code"),
                 failure_message=data.get("failure_message"),
@@ -142,7 +146,7 @@ class SandboxGateway:
                 currency=currency,
                 transaction_ref=_text(data.get("transaction_id")),
                 confirmation={
-                    "object": "sandbox_payment", "id": str(data["payment_id"]),
+                    "object": "sandbox_payment", "id": payment_id,
                     "status": event_type, "amount_minor": amount, "currency": currency,
                 },
             )  # fmt: skip
@@ -151,6 +155,26 @@ class SandboxGateway:
 
 
 BIGINT_MAX = 2**63 - 1
+
+
+MAX_ID_LENGTH = 255  # the inbox's idempotency key (ck_idempotency_records_key_length)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _ident(value: Any, name: str) -> str:
+    """An id the inbox and the payment rows can hold: 1-255 characters of text."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+        raise ValueError(f"{name} must be text of 1-{MAX_ID_LENGTH} characters, not {value!r:.40}")
+    return value
 
 
 def _minor_units(value: Any) -> int:
