@@ -301,7 +301,10 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
                 "SELECT kind, status, count(*) AS n FROM transactions GROUP BY kind, status"
             )
         }
-        invoices = await db.fetchval("SELECT count(*) FROM invoices")
+        invoices = await db.fetchval("SELECT count(*) FROM invoices WHERE subscription_id IS NULL")
+        period_invoices = await db.fetchval(
+            "SELECT count(*) FROM invoices WHERE subscription_id IS NOT NULL AND status = 'paid'"
+        )
         live = await db.fetchval("SELECT count(*) FROM subscriptions WHERE status = 'active'")
         holds = {
             row["status"]: row["n"]
@@ -319,6 +322,7 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
     }
     assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"]
     assert invoices == outcomes["invoice"]
+    assert period_invoices == outcomes["subscription"]  # each first period has its invoice
     assert live == outcomes["subscription"]
     assert len(client.events_of("deposit.completed")) >= outcomes["deposit"] + USERS
     assert len(killed_at) == KILLS
