@@ -80,6 +80,11 @@ class Line:
         """The line's part of the subtotal: its amount without the tax."""
         return self.amount_minor - self.tax_minor if self.tax_inclusive else self.amount_minor
 
+    @property
+    def total_minor(self) -> int:
+        """What the line adds to the invoice's total: its net plus its tax."""
+        return self.net_minor + self.tax_minor
+
 
 @dataclass(frozen=True, slots=True)
 class Priced:
@@ -99,7 +104,7 @@ def price(
     """Lines and totals in minor units; `taxes[i]` is line i's rate (none past its end).
     Refuses another currency and BIGINT overflow."""
     lines = tuple(
-        _taxed(_line(position, currency, item), taxes[position] if position < len(taxes) else None)
+        taxed(_line(position, currency, item), taxes[position] if position < len(taxes) else None)
         for position, item in enumerate(items)
     )
     subtotal = sum(line.net_minor for line in lines)
@@ -108,7 +113,8 @@ def price(
     return Priced(currency, lines, subtotal_minor=subtotal, total_minor=total, tax_minor=tax)
 
 
-def _taxed(line: Line, rate: TaxRate | None) -> Line:
+def taxed(line: Line, rate: TaxRate | None) -> Line:
+    """The line with its tax at `rate` (and a copy of the rate); untaxed when None."""
     if rate is None:
         return line
     tax = line_tax(line.amount_minor, rate.percent, rate.inclusive)

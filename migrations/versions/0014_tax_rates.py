@@ -9,6 +9,9 @@ Create Date: 2026-12-01
 - `invoice_lines` gains the rate it was issued with, copied (`tax_rate_code`,
   `tax_percent`, `tax_inclusive`: all three or none) and its `tax_minor` (0 <= tax <=
   amount); a later change of the rate rewrites no invoice.
+- `plans` gains the rate a version's periods are taxed at, copied like a line's
+  (`tax_rate_code`, `tax_percent`, `tax_inclusive`: all three or none); a change of it
+  is a change of terms, so a new version.
 - `invoices` gains `tax_minor` (the sum of its lines' taxes; total = subtotal + tax).
   Invoices issued before have no tax: 0, so their total = subtotal still holds.
 """
@@ -54,9 +57,19 @@ def upgrade() -> None:
         op.f('ck_invoice_lines_tax_rate_copied'), 'invoice_lines',
         '(tax_rate_code IS NULL) = (tax_percent IS NULL) '
         'AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)')  # fmt: skip
+    op.add_column('plans', sa.Column('tax_rate_code', sa.Text(), nullable=True))
+    op.add_column('plans', sa.Column('tax_percent', sa.Numeric(6, 4), nullable=True))
+    op.add_column('plans', sa.Column('tax_inclusive', sa.Boolean(), nullable=True))
+    op.create_check_constraint(
+        op.f('ck_plans_tax_rate_copied'), 'plans',
+        '(tax_rate_code IS NULL) = (tax_percent IS NULL) '
+        'AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)')  # fmt: skip
 
 
 def downgrade() -> None:
+    op.drop_constraint(op.f('ck_plans_tax_rate_copied'), 'plans', type_='check')
+    for column in ('tax_inclusive', 'tax_percent', 'tax_rate_code'):
+        op.drop_column('plans', column)
     op.drop_constraint(op.f('ck_invoice_lines_tax_rate_copied'), 'invoice_lines', type_='check')
     op.drop_constraint(op.f('ck_invoice_lines_tax_range'), 'invoice_lines', type_='check')
     for column in _LINE_COLUMNS:

@@ -142,3 +142,39 @@ async def test_taxed_invoices_over_the_bus_read_back_announced_and_audited(
     [row] = tampered["invoice line whose tax is not its stored rate's"]
     assert (row["tax_minor"], row["expected_tax_minor"]) == (87, 86)
     assert await findings(worker) == {}
+
+
+async def test_a_taxed_plan_charges_its_period_invoice_total_and_the_audit_agrees(
+    bus: Bus, worker: Worker, rabbitmq_url: str
+) -> None:
+    user, code = f"tax-sub-{uuid.uuid4().hex[:8]}", f"plan-{uuid.uuid4().hex[:8]}"
+    async with BillingClient(rabbitmq_url, timeout=30) as billing:
+        await billing.upsert_tax_rate(
+            code="vat20", name="VAT", percent="20", inclusive=False, idempotency_key=key()
+        )
+    plan = await bus.call(
+        "billing.plan.upsert",
+        {"idempotency_key": key(), "code": code, "name": "Pro", "interval": "month",
+         "price": money("10.00", "USD"), "tax_rate": "vat20"},
+    )  # fmt: skip
+    assert plan["ok"], plan
+    assert (plan["data"]["tax_rate"], plan["data"]["tax_percent"]) == ("vat20", "20")
+    deposit = await bus.call(
+        "billing.wallet.deposit",
+        {"idempotency_key": key(), "user_id": user, "amount": money("15.00", "USD")},
+    )
+    deposit_id = deposit["data"]["transaction"]["id"]
+    await bus.event("deposit.completed", lambda d: d["transaction_id"] == deposit_id)
+    created = await bus.call(
+        "billing.subscription.create",
+        {"idempotency_key": key(), "user_id": user, "plan_code": code, "payment_source": "balance"},
+    )
+    assert created["ok"], created
+    sub_id = created["data"]["subscription"]["id"]
+    paid = await bus.event("invoice.paid", lambda d: d["subscription_id"] == sub_id)
+    assert (paid["subtotal"], paid["tax"], paid["total"]) == (
+        money("10.00", "USD"), money("2.00", "USD"), money("12.00", "USD"),
+    )  # fmt: skip
+    balance = await bus.call("billing.wallet.balance", {"user_id": user, "currency": "USD"})
+    assert balance["data"]["accounts"][0]["balance"] == money("3.00", "USD")
+    assert await findings(worker) == {}
