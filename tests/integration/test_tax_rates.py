@@ -115,7 +115,7 @@ async def test_taxed_invoices_over_the_bus_read_back_announced_and_audited(
         Money(amount="0.062", currency="KWD"),
         Money(amount="1.312", currency="KWD"),
     )
-    created = await bus.event("invoice.created", lambda d: d["invoice_id"] == str(usd.id))
+    created = (await bus.event("invoice.created", lambda d: d["invoice_id"] == str(usd.id)))["data"]
     assert (created["tax"], created["subtotal"], created["total"]) == (
         money("2.53", "USD"), money("12.83", "USD"), money("15.36", "USD"),
     )  # fmt: skip
@@ -171,7 +171,7 @@ async def test_a_taxed_plan_charges_its_period_invoice_total_and_the_audit_agree
     )
     assert created["ok"], created
     sub_id = created["data"]["subscription"]["id"]
-    paid = await bus.event("invoice.paid", lambda d: d["subscription_id"] == sub_id)
+    paid = (await bus.event("invoice.paid", lambda d: d["subscription_id"] == sub_id))["data"]
     assert (paid["subtotal"], paid["tax"], paid["total"]) == (
         money("10.00", "USD"), money("2.00", "USD"), money("12.00", "USD"),
     )  # fmt: skip
