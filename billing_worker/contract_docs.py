@@ -46,7 +46,7 @@ AREAS: dict[str, str] = {
     "callbacks that complete deposits",
     "plans": "The catalogue of subscription plans",
     "subscriptions": "Subscriptions to plans: create, cancel, look up",
-    "invoices": "Invoices, paid from the balance, and the Orders service's orders",
+    "invoices": "Invoices, paid from the balance, their tax rates, and the Orders service's orders",
     "payments": "Refunds of completed payments, to where they came from or to the balance",
     "payment-methods": "Saved payment methods: set up, list, detach, the default",
     "events": "What the worker publishes on the `billing.events` topic exchange",
@@ -58,6 +58,7 @@ AREA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("billing.subscription.", "subscriptions"),
     ("billing.invoice.", "invoices"),
     ("billing.orders.", "invoices"),
+    ("billing.tax-rate.", "invoices"),
     ("billing.payment.", "payments"),
     ("billing.payment-method.", "payment-methods"),
 )
@@ -204,7 +205,7 @@ def _add_examples(document: dict[str, Any]) -> None:
     for key, message in document.get("components", {}).get("messages", {}).items():
         channel = key.split(":", 1)[0]
         entry = BY_QUEUE.get(channel)
-        if entry is not None and entry.example and ":" in key:
+        if entry is not None and ":" in key:  # a query without fields: {} is its example
             message["examples"] = [{"name": "example", "payload": dict(entry.example)}]
         elif channel in EVENT_EXAMPLES and ":" in key:
             envelope = {"event_id": "0f8e2b4c-9d1a-4f6e-8b3c-2a7d5e9f1c04", "type": channel,

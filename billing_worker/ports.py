@@ -23,6 +23,7 @@ from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.holds import Close, HoldRow
 from billing_worker.domain.ledger import BalanceChange, Transaction
+from billing_worker.domain.taxes import TaxRate
 from billing_worker.domain.transactions import Transition
 from billing_worker.providers.base import Notification
 
@@ -194,6 +195,12 @@ class Methods(Protocol):
     async def set_default(self, user_id: str, provider: str, method_id: UUID) -> None: ...
 
 
+class TaxRates(Protocol):
+    async def upsert(self, rate: TaxRate) -> TaxRate: ...
+    async def by_codes(self, codes: Sequence[str]) -> dict[str, TaxRate]: ...
+    async def listing(self) -> list[TaxRate]: ...
+
+
 class UnitOfWork(Protocol):
     """What a handler may touch: the repositories of one transaction, the clock, and the
     outbox (`emit` an event, `deliver_later` a provider callback to the worker itself)."""
@@ -216,6 +223,8 @@ class UnitOfWork(Protocol):
     def holds(self) -> Holds: ...
     @property
     def methods(self) -> Methods: ...
+    @property
+    def tax_rates(self) -> TaxRates: ...
     @property
     def clock(self) -> Clock: ...
 

@@ -49,6 +49,7 @@ class InvoiceRow:
     voided_at: datetime | None = None
     uncollectible_at: datetime | None = None
     status_reason: str | None = None  # why it was voided or written off
+    tax_minor: int = 0  # the sum of the lines' taxes: total = subtotal + tax
     lines: tuple[Line, ...] = ()
 
 
@@ -66,19 +67,22 @@ _INSERT_INVOICE = """
 WITH invoice AS (
     INSERT INTO invoices (
         id, number, user_id, order_id, status, currency, subtotal_minor, total_minor,
-        due_at, created_at, updated_at, subscription_id, period_index
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16)
+        due_at, created_at, updated_at, subscription_id, period_index, tax_minor
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17)
     ON CONFLICT (order_id) DO NOTHING
     RETURNING id
 ), lines AS (
     INSERT INTO invoice_lines (
-        invoice_id, position, description, quantity, unit_price_minor, amount_minor
+        invoice_id, position, description, quantity, unit_price_minor, amount_minor,
+        tax_rate_code, tax_percent, tax_inclusive, tax_minor
     )
     SELECT invoice.id, line.position - 1, line.description, line.quantity, line.unit_price,
-           line.amount
+           line.amount, line.tax_rate_code, line.tax_percent, line.tax_inclusive, line.tax
     FROM invoice,
-         unnest($11::text[], $12::int[], $13::bigint[], $14::bigint[])
-             WITH ORDINALITY AS line(description, quantity, unit_price, amount, position)
+         unnest($11::text[], $12::int[], $13::bigint[], $14::bigint[], $18::text[],
+                $19::numeric[], $20::boolean[], $21::bigint[])
+             WITH ORDINALITY AS line(description, quantity, unit_price, amount, tax_rate_code,
+                                     tax_percent, tax_inclusive, tax, position)
 )
 SELECT id FROM invoice
 """
@@ -86,7 +90,7 @@ SELECT id FROM invoice
 _COLUMNS = (
     "id, number, user_id, order_id, status, currency, subtotal_minor, total_minor, "
     "due_at, paid_at, created_at, subscription_id, period_index, overdue_at, voided_at, "
-    "uncollectible_at, status_reason"
+    "uncollectible_at, status_reason, tax_minor"
 )
 
 # Each status stamps its own moment; a reason (void, uncollectible) is kept, a later
@@ -123,11 +127,14 @@ SELECT EXISTS (SELECT 1 FROM transactions
                WHERE subscription_id = $1 AND status IN ('created', 'processing'))
 """
 
-_LINE_COLUMNS = ("description", "quantity", "unit_price_minor", "amount_minor")
-_LINES = """
-SELECT invoice_id, description, quantity, unit_price_minor, amount_minor FROM invoice_lines
+_LINE_COLUMNS = (
+    "description", "quantity", "unit_price_minor", "amount_minor", "tax_rate_code",
+    "tax_percent", "tax_inclusive", "tax_minor",
+)  # fmt: skip
+_LINES = f"""
+SELECT invoice_id, {", ".join(_LINE_COLUMNS)} FROM invoice_lines
 WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id, position
-"""
+"""  # noqa: S608 - only constant column names are formatted in
 
 
 class _OrderAlreadyInvoiced(Exception):
@@ -168,7 +175,7 @@ class SqlInvoices:
             status=new.status, currency=priced.currency, subtotal_minor=priced.subtotal_minor,
             total_minor=priced.total_minor, due_at=new.due_at, paid_at=None,
             created_at=new.created_at, subscription_id=new.subscription_id,
-            period_index=new.period_index, lines=priced.lines,
+            period_index=new.period_index, tax_minor=priced.tax_minor, lines=priced.lines,
         )  # fmt: skip
 
     async def _insert(self, new: NewInvoice, number: str) -> UUID | None:
@@ -179,7 +186,9 @@ class SqlInvoices:
             priced.subtotal_minor, priced.total_minor, new.due_at, new.created_at,
             [line.description for line in lines], [line.quantity for line in lines],
             [line.unit_price_minor for line in lines], [line.amount_minor for line in lines],
-            new.subscription_id, new.period_index,
+            new.subscription_id, new.period_index, priced.tax_minor,
+            [line.tax_rate_code for line in lines], [line.tax_percent for line in lines],
+            [line.tax_inclusive for line in lines], [line.tax_minor for line in lines],
         )  # fmt: skip
         return None if inserted is None else UUID(str(inserted))
 

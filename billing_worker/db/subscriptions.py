@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,10 @@ class PlanRow:
     active: bool
     vat_code: int | None = None  # YooKassa receipts: the vat_code of the plan's charges
     version: int = 1  # one row per version of a code; the current version is the highest
+    # The tax rate its periods are taxed at, copied when the version was made (0014).
+    tax_rate_code: str | None = None
+    tax_percent: Decimal | None = None
+    tax_inclusive: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from billing_worker.db.tables_core import (
     VirtualAccount,
 )
 from billing_worker.db.tables_holds import Hold, HoldTransition
+from billing_worker.db.tables_taxes import TaxRate
 from billing_worker.db.tables_versions import SubscriptionPlanChange
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "Subscription",
     "SubscriptionCharge",
     "SubscriptionPlanChange",
+    "TaxRate",
     "Transaction",
     "TransactionTransition",
     "VirtualAccount",

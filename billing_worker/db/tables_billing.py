@@ -12,8 +12,9 @@ back and concurrent writers queue on the row lock.
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy import CheckConstraint, DateTime, Index, Numeric, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from billing_worker.db.columns import (
@@ -136,6 +137,7 @@ class Invoice(SQLModel, table=True):
         currency_check(),
         CheckConstraint("subtotal_minor >= 0", name="subtotal_non_negative"),
         CheckConstraint("total_minor >= 0", name="total_non_negative"),
+        CheckConstraint("tax_minor >= 0", name="tax_non_negative"),
         Index("ix_invoices_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         # One invoice per subscription period (migration 0012); both or neither are set.
         UniqueConstraint("subscription_id", "period_index", name="uq_invoices_subscription_period"),
@@ -172,6 +174,8 @@ class Invoice(SQLModel, table=True):
     voided_at: datetime | None = timestamp_field()
     uncollectible_at: datetime | None = timestamp_field()
     status_reason: str | None = text_field(nullable=True)
+    # Tax rates (migration 0014): the sum of the lines' taxes; total = subtotal + tax.
+    tax_minor: int = zero_field(big=True)
 
 
 class InvoiceLine(SQLModel, table=True):
@@ -182,6 +186,13 @@ class InvoiceLine(SQLModel, table=True):
         CheckConstraint("unit_price_minor >= 0", name="unit_price_non_negative"),
         CheckConstraint("amount_minor >= 0", name="amount_non_negative"),
         UniqueConstraint("invoice_id", "position"),
+        # Tax rates (migration 0014): a taxed line has all three of its rate's copies.
+        CheckConstraint("tax_minor BETWEEN 0 AND amount_minor", name="tax_range"),
+        CheckConstraint(
+            "(tax_rate_code IS NULL) = (tax_percent IS NULL) "
+            "AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)",
+            name="tax_rate_copied",
+        ),
     )
 
     id: int | None = bigint_identity_pk()
@@ -191,6 +202,11 @@ class InvoiceLine(SQLModel, table=True):
     quantity: int = Field(default=1, nullable=False)
     unit_price_minor: int = minor_units_field()
     amount_minor: int = minor_units_field()
+    # The rate the line was issued with (a copy: a later change of the rate changes nothing).
+    tax_rate_code: str | None = text_field(nullable=True)
+    tax_percent: Decimal | None = Field(default=None, sa_type=Numeric(6, 4), nullable=True)
+    tax_inclusive: bool | None = Field(default=None, nullable=True)
+    tax_minor: int = zero_field(big=True)
 
 
 class NumberSequence(SQLModel, table=True):

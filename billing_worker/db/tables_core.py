@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -13,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    Numeric,
     Text,
     UniqueConstraint,
     text,
@@ -63,6 +65,11 @@ class Plan(SQLModel, table=True):
         CheckConstraint("version > 0", name="version_positive"),
         # One row per version of a plan; the current version is the highest (0011).
         UniqueConstraint("code", "version"),
+        CheckConstraint(
+            "(tax_rate_code IS NULL) = (tax_percent IS NULL) "
+            "AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)",
+            name="tax_rate_copied",
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -81,6 +88,10 @@ class Plan(SQLModel, table=True):
     version: int = Field(
         default=1, sa_type=Integer, nullable=False, sa_column_kwargs={"server_default": text("1")}
     )
+    # The tax rate the version's periods are taxed at, copied from tax_rates (0014).
+    tax_rate_code: str | None = text_field(nullable=True)
+    tax_percent: Decimal | None = Field(default=None, sa_type=Numeric(6, 4), nullable=True)
+    tax_inclusive: bool | None = Field(default=None, nullable=True)
 
 
 class PaymentMethod(SQLModel, table=True):

@@ -23,6 +23,7 @@ from billing_worker.db.intents import SqlIntents
 from billing_worker.db.invoices import SqlInvoices
 from billing_worker.db.payment_methods import SqlMethods
 from billing_worker.db.subscriptions import SqlPlans, SqlSubscriptions
+from billing_worker.db.taxes import SqlTaxRates
 from billing_worker.db.users import SqlUsers
 from billing_worker.db.wallet import SqlWallet
 from billing_worker.domain.events import DomainEvent
@@ -96,6 +97,7 @@ class UnitOfWork:
         self.intents = SqlIntents(connection)
         self.holds = SqlHolds(connection)
         self.methods = SqlMethods(connection)
+        self.tax_rates = SqlTaxRates(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
 

@@ -3,19 +3,22 @@
 draft -> open -> paid | void | uncollectible, and uncollectible -> paid (a written-off
 invoice can still be paid, as at Stripe). Any other move is refused with `InvalidState`
 and changes nothing. Amounts are integer minor units; a line's amount is
-quantity x unit price, exactly, and every amount must fit a PostgreSQL BIGINT.
+quantity x unit price, exactly, its tax the rule of `domain/taxes.py`, and every amount
+must fit a PostgreSQL BIGINT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Protocol
 
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_contracts.money import MAX_MINOR_UNITS, Money
 from billing_worker.domain.errors import CurrencyMismatch, InvalidInput
 from billing_worker.domain.states import StateMachine
+from billing_worker.domain.taxes import TaxRate, line_tax
 
 MACHINE = StateMachine[Status](
     "invoice",
@@ -59,27 +62,66 @@ class PricedItem(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Line:
+    """`amount_minor` is quantity x unit price; a taxed line stores the rate it was issued
+    with (code, percent, inclusive) and its tax, so a later change of the rate changes
+    nothing issued."""
+
     description: str
     quantity: int
     unit_price_minor: int
     amount_minor: int
+    tax_rate_code: str | None = None
+    tax_percent: Decimal | None = None
+    tax_inclusive: bool | None = None
+    tax_minor: int = 0
+
+    @property
+    def net_minor(self) -> int:
+        """The line's part of the subtotal: its amount without the tax."""
+        return self.amount_minor - self.tax_minor if self.tax_inclusive else self.amount_minor
+
+    @property
+    def total_minor(self) -> int:
+        """What the line adds to the invoice's total: its net plus its tax."""
+        return self.net_minor + self.tax_minor
 
 
 @dataclass(frozen=True, slots=True)
 class Priced:
-    """The lines of a new invoice with its sums; no taxes or discounts, so total = subtotal."""
+    """The lines of a new invoice with its sums: subtotal = the lines' nets, tax = their
+    taxes, total = subtotal + tax (no discounts)."""
 
     currency: str
     lines: tuple[Line, ...]
     subtotal_minor: int
     total_minor: int
+    tax_minor: int = 0
 
 
-def price(currency: str, items: Iterable[PricedItem]) -> Priced:
-    """Lines and totals in minor units; refuses another currency and BIGINT overflow."""
-    lines = tuple(_line(position, currency, item) for position, item in enumerate(items))
-    subtotal = _fits(sum(line.amount_minor for line in lines), "the invoice total")
-    return Priced(currency, lines, subtotal_minor=subtotal, total_minor=subtotal)
+def price(
+    currency: str, items: Iterable[PricedItem], taxes: Sequence[TaxRate | None] = ()
+) -> Priced:
+    """Lines and totals in minor units; `taxes[i]` is line i's rate (none past its end).
+    Refuses another currency and BIGINT overflow."""
+    lines = tuple(
+        taxed(_line(position, currency, item), taxes[position] if position < len(taxes) else None)
+        for position, item in enumerate(items)
+    )
+    subtotal = sum(line.net_minor for line in lines)
+    tax = sum(line.tax_minor for line in lines)
+    total = _fits(subtotal + tax, "the invoice total")  # subtotal and tax fit if it does
+    return Priced(currency, lines, subtotal_minor=subtotal, total_minor=total, tax_minor=tax)
+
+
+def taxed(line: Line, rate: TaxRate | None) -> Line:
+    """The line with its tax at `rate` (and a copy of the rate); untaxed when None."""
+    if rate is None:
+        return line
+    tax = line_tax(line.amount_minor, rate.percent, rate.inclusive)
+    return replace(
+        line, tax_rate_code=rate.code, tax_percent=rate.percent,
+        tax_inclusive=rate.inclusive, tax_minor=tax,
+    )  # fmt: skip
 
 
 def _line(position: int, currency: str, item: PricedItem) -> Line:

@@ -2,17 +2,22 @@
 periods start.
 
 A plan's *terms* are what a subscriber pays and how often (price, currency, interval,
-interval_count, trial_days). An upsert that changes them makes the next version of the
-plan; subscribers stay on the version they were sold until `billing.plan.migrate`
-moves them, from their next period on.
+interval_count, trial_days, and the tax rate its periods are taxed at: its code, percent
+and inclusiveness, copied when the version is made). An upsert that changes them makes
+the next version of the plan; subscribers stay on the version they were sold until
+`billing.plan.migrate` moves them, from their next period on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
-TERMS = ("price_minor", "currency", "interval", "interval_count", "trial_days")
+TERMS = (
+    "price_minor", "currency", "interval", "interval_count", "trial_days",
+    "tax_rate_code", "tax_percent", "tax_inclusive",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +27,9 @@ class Terms:
     interval: str
     interval_count: int
     trial_days: int
+    tax_rate_code: str | None = None
+    tax_percent: Decimal | None = None
+    tax_inclusive: bool | None = None
 
 
 def terms_of(plan: object) -> Terms:

@@ -11,6 +11,7 @@ from billing_worker.db.invoices import InvoiceRow
 from billing_worker.domain.errors import NotFound
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.money import to_wire
+from billing_worker.domain.taxes import format_percent
 from billing_worker.ports import UnitOfWork
 
 
@@ -30,13 +31,18 @@ def _lines(row: InvoiceRow) -> list[InvoiceLineOut]:
             quantity=line.quantity,
             unit_price=to_wire(line.unit_price_minor, row.currency),
             amount=to_wire(line.amount_minor, row.currency),
+            tax_rate=line.tax_rate_code,
+            tax_percent=None if line.tax_percent is None else format_percent(line.tax_percent),
+            tax_inclusive=line.tax_inclusive,
+            tax=to_wire(line.tax_minor, row.currency),
         )
         for line in row.lines
     ]
 
 
 def _lifecycle(row: InvoiceRow) -> dict[str, object]:
-    """The fields added with the invoice lifecycle, alike in the reply and the events."""
+    """The fields added with the invoice lifecycle and tax rates, alike in the reply and
+    the events."""
     return {
         "subscription_id": row.subscription_id,
         "period_index": row.period_index,
@@ -44,6 +50,8 @@ def _lifecycle(row: InvoiceRow) -> dict[str, object]:
         "voided_at": row.voided_at,
         "uncollectible_at": row.uncollectible_at,
         "reason": row.status_reason,
+        "subtotal": to_wire(row.subtotal_minor, row.currency),
+        "tax": to_wire(row.tax_minor, row.currency),
     }
 
 
@@ -75,7 +83,6 @@ def invoice_event(type_: str, row: InvoiceRow) -> DomainEvent:
             "status": Status(row.status),
             "currency": row.currency,
             "lines": _lines(row),
-            "subtotal": to_wire(row.subtotal_minor, row.currency),
             "total": to_wire(row.total_minor, row.currency),
             "due_at": row.due_at,
             "paid_at": row.paid_at,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from billing_contracts import events as ev
@@ -28,19 +28,22 @@ from billing_worker.domain.invoices import PricedItem, issue, price, transition
 from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.money import format_minor
 from billing_worker.domain.paging import decode_cursor, encode_cursor
+from billing_worker.domain.taxes import TaxRate
 from billing_worker.handlers import views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
 from billing_worker.handlers.invoice_views import invoice_event, invoice_out, own_invoice
+from billing_worker.handlers.taxes import rates_of
 from billing_worker.handlers.wallet import refusal
 from billing_worker.ports import UnitOfWork
 
 
 async def create_invoice(command: CreateInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:
     """Issue an invoice; an order that already has one is refused with `invalid_state`."""
+    taxes = await rates_of([line.tax_rate for line in command.lines], uow)
     new = _new_invoice(
         command.user_id, command.currency, command.lines, uow,
-        order_id=command.order_id, due_at=command.due_at,
+        order_id=command.order_id, due_at=command.due_at, taxes=taxes,
     )  # fmt: skip
     # Its id derives from the key, like a transaction's: a retry whose idempotency record
     # expired collides with the invoice it created instead of issuing a second one.
@@ -80,13 +83,14 @@ def _new_invoice(
     *,
     order_id: str | None,
     due_at: datetime | None = None,
+    taxes: Sequence[TaxRate | None] = (),
 ) -> NewInvoice:
     return NewInvoice(
         id=uuid.uuid4(),
         user_id=user_id,
         order_id=order_id,
         status=issue().value,  # draft -> open at once: it is payable as soon as it exists
-        priced=price(currency, items),
+        priced=price(currency, items, taxes),
         due_at=due_at,
         created_at=uow.clock(),
     )

@@ -24,7 +24,8 @@ from billing_contracts.invoices import InvoiceStatus as Status
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.domain.errors import InvalidState
-from billing_worker.domain.invoices import Line, Priced, issue
+from billing_worker.domain.invoices import Line, Priced, issue, taxed
+from billing_worker.domain.taxes import TaxRate
 from billing_worker.handlers.invoice_views import invoice_event
 from billing_worker.ports import UnitOfWork
 
@@ -40,12 +41,23 @@ def description(plan_name: str, start: datetime, end: datetime) -> str:
     return f"{plan_name}: {start:%Y-%m-%d} to {end:%Y-%m-%d}"
 
 
-def _seats(sub: SubscriptionRow, amount_minor: int) -> tuple[int, int]:
-    """(quantity, unit price) of the period's line: the seats at the plan's price when
-    that is what was charged, else one unit of the amount."""
-    if sub.quantity > 1 and sub.plan.price_minor * sub.quantity == amount_minor:
-        return sub.quantity, sub.plan.price_minor
-    return 1, amount_minor
+def period_line(sub: SubscriptionRow, text: str = "") -> Line:
+    """A period's line as the plan's version prices it: the seats at the plan's price,
+    taxed at the rate the version copied (if any); its total is what the period costs."""
+    plan = sub.plan
+    line = Line(text, sub.quantity, plan.price_minor, plan.price_minor * sub.quantity)
+    if plan.tax_rate_code is None or plan.tax_percent is None:
+        return line
+    return taxed(line, TaxRate(plan.tax_rate_code, "", plan.tax_percent, bool(plan.tax_inclusive)))
+
+
+def _line(sub: SubscriptionRow, text: str, amount_minor: int) -> Line:
+    """The period's line: the seats at the plan's price, taxed at the plan version's rate,
+    when that is what was charged (its total), else one untaxed unit of the amount."""
+    line = period_line(sub, text)
+    if line.total_minor == amount_minor and (sub.quantity > 1 or line.tax_rate_code):
+        return line
+    return Line(text, 1, amount_minor, amount_minor)
 
 
 async def unpaid(
@@ -60,10 +72,11 @@ async def unpaid(
     if existing is not None:
         return existing
     start, end = period
-    line = Line(description(sub.plan.name, start, end), *_seats(sub, amount_minor), amount_minor)
+    line = _line(sub, description(sub.plan.name, start, end), amount_minor)
+    priced = Priced(sub.plan.currency, (line,), line.net_minor, line.total_minor, line.tax_minor)
     new = NewInvoice(
         id=invoice_id(sub.id, index), user_id=sub.user_id, order_id=None,
-        status=issue().value, priced=Priced(sub.plan.currency, (line,), amount_minor, amount_minor),
+        status=issue().value, priced=priced,
         due_at=None, created_at=uow.clock(), subscription_id=sub.id, period_index=index,
     )  # fmt: skip
     row = await uow.invoices.create(new)

@@ -57,8 +57,9 @@ def charge_id(sub: SubscriptionRow, index: int, attempt: int = 0) -> uuid.UUID:
 
 
 def period_price(sub: SubscriptionRow) -> int:
-    """What one period costs, in minor units: the plan's price times the seats."""
-    return sub.plan.price_minor * sub.quantity
+    """What one period costs, in minor units: its invoice's total, the plan's price times
+    the seats plus the tax of the plan's rate when exclusive (inclusive: it is inside)."""
+    return period_invoices.period_line(sub).total_minor
 
 
 def check_price_fits(sub: SubscriptionRow) -> None:

@@ -20,6 +20,7 @@ from billing_contracts.subscriptions import SubscriptionOut
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.money import to_wire
+from billing_worker.domain.taxes import format_percent
 
 EVENT_TYPES = frozenset(
     {SUBSCRIPTION_CREATED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_PAST_DUE, SUBSCRIPTION_CANCELED,
@@ -48,6 +49,9 @@ def plan_out(plan: PlanRow) -> PlanOut:
             "active": plan.active,
             "vat_code": plan.vat_code,
             "version": plan.version,
+            "tax_rate": plan.tax_rate_code,
+            "tax_percent": None if plan.tax_percent is None else format_percent(plan.tax_percent),
+            "tax_inclusive": plan.tax_inclusive,
         }
     )
 

@@ -39,6 +39,7 @@ from billing_worker.handlers.subscription_views import (
     subscription_event,
     subscription_out,
 )
+from billing_worker.handlers.taxes import rates_of
 from billing_worker.ports import UnitOfWork
 
 
@@ -58,6 +59,12 @@ async def upsert_plan(command: UpsertPlan, uow: UnitOfWork, deps: Deps) -> PlanO
         active=command.active,
         vat_code=command.vat_code,
     )
+    if command.tax_rate is not None:  # its copy: a later change of the rate is new terms
+        [rate] = await rates_of([command.tax_rate], uow)
+        assert rate is not None
+        plan = dataclasses.replace(
+            plan, tax_rate_code=rate.code, tax_percent=rate.percent, tax_inclusive=rate.inclusive
+        )
     current = await uow.plans.by_code(command.code, lock=True)
     if current is None or terms_of(current) == terms_of(plan):
         return plan_out(await uow.plans.upsert(plan))  # the first version, or in place

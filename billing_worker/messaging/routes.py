@@ -18,6 +18,7 @@ from billing_worker.handlers import (
     method_setup,
     plan_migrate,
     subscription_changes,
+    taxes,
 )
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
@@ -62,6 +63,7 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.SUBSCRIPTION_UNPAUSE: subscription_changes.unpause_subscription,
     names.INVOICE_VOID: invoice_lifecycle.void_invoice,
     names.INVOICE_MARK_UNCOLLECTIBLE: invoice_lifecycle.mark_uncollectible,
+    names.TAX_RATE_UPSERT: taxes.upsert_tax_rate,  # admins only (access.PRIVILEGED)
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,
@@ -70,6 +72,7 @@ QUERIES: Mapping[str, Handler[Any]] = {
     names.PLAN_LIST: subscription_handlers.list_plans,
     names.SUBSCRIPTION_GET: subscription_handlers.get_subscriptions,
     names.PAYMENT_METHOD_LIST: method_handlers.list_methods,
+    names.TAX_RATE_LIST: taxes.list_tax_rates,
 }
 
 

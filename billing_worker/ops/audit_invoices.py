@@ -3,11 +3,26 @@
 Every period a balance or YooKassa subscription paid has exactly one paid invoice, and
 each paid period invoice has its period's charge, of its total (a free period: none);
 a subscription that ended left no period invoice open (it voids it); every invoice's
-total is the sum of its lines (no taxes or discounts: total = subtotal) and each line's
-amount its quantity times its unit price.
+subtotal is the sum of its lines' nets, its tax the sum of their taxes and its total
+subtotal + tax (no discounts); each line's amount is its quantity times its unit price
+and its tax the rule of `domain/taxes.py` applied to the percent the line stores:
+round half to even of amount x p / 100 (exclusive) or amount x p / (100 + p) (inclusive),
+in integers (the percent in ten-thousandths), so it matches the worker exactly.
 """
 
 from __future__ import annotations
+
+# A line's net, and the tax its stored percent gives (0 for an untaxed line): n / d
+# rounded half to even with numeric integers, p the percent in ten-thousandths.
+_NET = "(l.amount_minor - CASE WHEN l.tax_inclusive THEN l.tax_minor ELSE 0 END)"
+_N = "(l.amount_minor::numeric * (l.tax_percent * 10000))"
+_D = "(1000000 + CASE WHEN l.tax_inclusive THEN l.tax_percent * 10000 ELSE 0 END)"
+_Q = f"div({_N}, {_D})"
+_R = f"mod({_N}, {_D})"
+_TAX = (
+    f"(CASE WHEN l.tax_percent IS NULL THEN 0 ELSE {_Q} + CASE WHEN 2 * {_R} > {_D} "
+    f"OR (2 * {_R} = {_D} AND mod({_Q}, 2) = 1) THEN 1 ELSE 0 END END)"
+)
 
 INVOICE_CHECKS: dict[str, str] = {
     "paid period without exactly one paid invoice": """
@@ -38,14 +53,22 @@ INVOICE_CHECKS: dict[str, str] = {
         FROM invoices i JOIN subscriptions s ON s.id = i.subscription_id
         WHERE i.status = 'open' AND s.status IN ('canceled', 'incomplete_expired')
     """,
-    "invoice whose total is not the sum of its lines": """
-        SELECT i.id, i.number, i.subtotal_minor, i.total_minor,
-               coalesce(sum(l.amount_minor), 0) AS lines_minor
+    "invoice whose total is not the sum of its lines": f"""
+        SELECT i.id, i.number, i.subtotal_minor, i.tax_minor, i.total_minor,
+               coalesce(sum({_NET}), 0) AS lines_net_minor,
+               coalesce(sum(l.tax_minor), 0) AS lines_tax_minor
         FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
         GROUP BY i.id
-        HAVING i.subtotal_minor <> coalesce(sum(l.amount_minor), 0)
-            OR i.total_minor <> i.subtotal_minor
+        HAVING i.subtotal_minor <> coalesce(sum({_NET}), 0)
+            OR i.tax_minor <> coalesce(sum(l.tax_minor), 0)
+            OR i.total_minor <> i.subtotal_minor::numeric + i.tax_minor
             OR coalesce(bool_or(l.amount_minor <> l.quantity::numeric * l.unit_price_minor),
                         false)
-    """,
+    """,  # noqa: S608 - only constant SQL is formatted in
+    "invoice line whose tax is not its stored rate's": f"""
+        SELECT l.invoice_id, l.position, l.amount_minor, l.tax_percent, l.tax_inclusive,
+               l.tax_minor, {_TAX} AS expected_tax_minor
+        FROM invoice_lines l
+        WHERE l.tax_minor <> {_TAX}
+    """,  # noqa: S608 - only constant SQL is formatted in
 }

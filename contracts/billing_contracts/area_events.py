@@ -61,3 +61,5 @@ class InvoiceEvent(BaseModel):
     voided_at: AwareDatetime | None = None
     uncollectible_at: AwareDatetime | None = None
     reason: str | None = None
+    # Added with tax rates (subtotal = the lines' nets, total = subtotal + tax).
+    tax: Money | None = None

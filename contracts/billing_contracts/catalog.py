@@ -103,6 +103,7 @@ from billing_contracts.subscriptions import (
     SubscriptionList,
     SubscriptionOut,
 )
+from billing_contracts.taxes import ListTaxRates, TaxRateList, TaxRateOut, UpsertTaxRate
 from billing_contracts.wallet import (
     BalanceResult,
     Deposit,
@@ -242,8 +243,8 @@ ENTRIES: tuple[Entry, ...] = (
         "command",
         CreateInvoice,
         InvoiceOut,
-        "Issue a numbered invoice",
-        (E.CURRENCY_MISMATCH, E.INVALID_STATE, E.INVALID_MESSAGE),
+        "Issue a numbered invoice (a line may name a tax rate: its tax is computed per line)",
+        (E.CURRENCY_MISMATCH, E.INVALID_STATE, E.NOT_FOUND, E.INVALID_MESSAGE),
         example={
             "idempotency_key": _KEY,
             "user_id": "u-42",
@@ -253,6 +254,7 @@ ENTRIES: tuple[Entry, ...] = (
                     "description": "Sticker",
                     "quantity": 3,
                     "unit_price": {"amount": "1.50", "currency": "USD"},
+                    "tax_rate": "vat-de-19",
                 }
             ],
         },
@@ -508,6 +510,20 @@ ENTRIES += (
                  "reason": "customer unreachable"},
     ),
 )  # fmt: skip
+ENTRIES += (
+    Entry(
+        names.TAX_RATE_UPSERT, "command", UpsertTaxRate, TaxRateOut,
+        "Create or change a tax rate invoice lines may name (admins only); invoices "
+        "already issued keep the rate they were issued with",
+        (E.FORBIDDEN, E.INVALID_MESSAGE),
+        example={"idempotency_key": _KEY, "code": "vat-de-19", "name": "VAT (DE) 19 %",
+                 "percent": "19", "inclusive": False},
+    ),
+    Entry(
+        names.TAX_RATE_LIST, "query", ListTaxRates, TaxRateList,
+        "Every tax rate, by code", example={},
+    ),
+)  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})
 
 # Every event on billing.events (routing key = type) and the model of its `data`.
@@ -602,10 +618,15 @@ _INVOICE = {
             "quantity": 3,
             "unit_price": {"amount": "1.50", "currency": "USD"},
             "amount": {"amount": "4.50", "currency": "USD"},
+            "tax_rate": "vat-de-19",
+            "tax_percent": "19",
+            "tax_inclusive": False,
+            "tax": {"amount": "0.86", "currency": "USD"},
         }
     ],
     "subtotal": {"amount": "4.50", "currency": "USD"},
-    "total": {"amount": "4.50", "currency": "USD"},
+    "total": {"amount": "5.36", "currency": "USD"},
+    "tax": {"amount": "0.86", "currency": "USD"},
     "due_at": None,
     "paid_at": None,
 }

@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Currency, Money
+from billing_contracts.taxes import TaxRateCode
 from billing_contracts.wallet import UserId
 
 MAX_LINES = 100
@@ -35,6 +36,11 @@ class InvoiceLineIn(BaseModel):
         description="Zero is allowed (a free line). A currency other than the invoice's is "
         "refused by the worker with `currency_mismatch`.",
         examples=[{"amount": "9.99", "currency": "USD"}],
+    )
+    tax_rate: TaxRateCode | None = Field(
+        default=None,
+        description="The code of a tax rate (`billing.tax-rate.upsert`) this line is taxed "
+        "at; an unknown code is `not_found`. Absent: the line is untaxed.",
     )
 
 
@@ -107,7 +113,20 @@ class InvoiceLineOut(BaseModel):
     description: str
     quantity: int
     unit_price: Money
-    amount: Money
+    amount: Money = Field(description="quantity x unit_price (an inclusive rate: tax included)")
+    # Added with tax rates; absent from older workers' replies and events.
+    tax_rate: str | None = Field(default=None, description="The rate's code, if taxed")
+    tax_percent: str | None = Field(
+        default=None, description="The rate's percent when the invoice was issued", examples=["19"]
+    )
+    tax_inclusive: bool | None = Field(
+        default=None, description="Whether `amount` already contains the tax"
+    )
+    tax: Money | None = Field(
+        default=None,
+        description="The line's tax, rounded half to even to the currency's minor unit; "
+        "the line's net is amount - tax when inclusive, else amount",
+    )
 
 
 class InvoiceOut(BaseModel):
@@ -118,9 +137,12 @@ class InvoiceOut(BaseModel):
     status: InvoiceStatus
     currency: str
     lines: list[InvoiceLineOut]
-    total: Money
+    total: Money = Field(description="subtotal + tax: what is paid")
     due_at: AwareDatetime | None
     paid_at: AwareDatetime | None
+    # Added with tax rates; absent from older workers' replies.
+    subtotal: Money | None = Field(default=None, description="The sum of the lines' nets")
+    tax: Money | None = Field(default=None, description="The sum of the lines' taxes")
     # Added with the invoice lifecycle; absent from older workers' replies.
     subscription_id: UUID | None = Field(
         default=None, description="The subscription whose period this invoice bills, if any"

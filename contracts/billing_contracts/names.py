@@ -33,6 +33,8 @@ PLAN_MIGRATE: Final = "billing.plan.migrate"
 SUBSCRIPTION_RESUME: Final = "billing.subscription.resume"
 SUBSCRIPTION_PAUSE: Final = "billing.subscription.pause"
 SUBSCRIPTION_UNPAUSE: Final = "billing.subscription.unpause"
+TAX_RATE_UPSERT: Final = "billing.tax-rate.upsert"
+TAX_RATE_LIST: Final = "billing.tax-rate.list"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -58,6 +60,7 @@ COMMAND_QUEUES: Final = (
     SUBSCRIPTION_UNPAUSE,
     INVOICE_VOID,
     INVOICE_MARK_UNCOLLECTIBLE,
+    TAX_RATE_UPSERT,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,
@@ -66,6 +69,7 @@ QUERY_QUEUES: Final = (
     WALLET_TRANSACTIONS,
     INVOICE_GET,
     PAYMENT_METHOD_LIST,
+    TAX_RATE_LIST,
 )
 
 # A durable topic exchange, declared without arguments, with every command and query

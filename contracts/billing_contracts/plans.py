@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Money
 from billing_contracts.receipts import VatCode, vat_code_field
+from billing_contracts.taxes import TaxRateCode
 
 PlanCode = Annotated[
     str,
@@ -60,6 +61,14 @@ class UpsertPlan(Command):
         default=True, strict=True, description="Inactive plans take no new subscriptions"
     )
     vat_code: VatCode | None = vat_code_field("the plan's charges")
+    tax_rate: TaxRateCode | None = Field(
+        default=None,
+        description="A tax rate (`billing.tax-rate.upsert`) the periods of balance and "
+        "YooKassa subscriptions are taxed at: each period charges its invoice's total "
+        "(exclusive: price x quantity + tax; inclusive: price x quantity). Its code, "
+        "percent and inclusiveness are copied into the version: a change of any is a new "
+        "version. An unknown code is `not_found`.",
+    )
 
 
 class ListPlans(Query):
@@ -89,8 +98,13 @@ class PlanOut(BaseModel):
     version: int | None = Field(
         default=None,
         description="The version of the plan's terms (1, 2, ...); an upsert that changes "
-        "price, currency, interval, interval_count or trial_days makes the next one",
+        "price, currency, interval, interval_count, trial_days or the tax rate makes the "
+        "next one",
     )
+    # Added with tax rates; absent from older workers' replies.
+    tax_rate: str | None = Field(default=None, description="The rate its periods are taxed at")
+    tax_percent: str | None = Field(default=None, description="Its percent, for this version")
+    tax_inclusive: bool | None = None
 
 
 class PlanList(BaseModel):

@@ -32,6 +32,7 @@ from billing_contracts import (
     refunds,
     subscription_changes,
     subscriptions,
+    taxes,
     wallet,
 )
 from billing_worker.messaging.parsing import InvalidMessage, contract_parser
@@ -88,11 +89,14 @@ MODELS: dict[str, Any] = {
     names.SUBSCRIPTION_RESUME: subscription_changes.ResumeSubscription,
     names.SUBSCRIPTION_PAUSE: subscription_changes.PauseSubscription,
     names.SUBSCRIPTION_UNPAUSE: subscription_changes.UnpauseSubscription,
+    names.TAX_RATE_UPSERT: taxes.UpsertTaxRate,
+    names.TAX_RATE_LIST: taxes.ListTaxRates,
 }
 # Not fuzzed: a credit is refused `forbidden` before its body is read without an access
 # policy (tests/integration/test_credits.py); its parser is the same contract parser as
-# every other command's. billing.plan.migrate, privileged too, is fuzzed: the worker runs
-# with BILLING_CREDIT_WITHOUT_POLICY=true and the client names its AMQP user_id.
+# every other command's. billing.plan.migrate and billing.tax-rate.upsert, privileged too,
+# are fuzzed: the worker runs with BILLING_CREDIT_WITHOUT_POLICY=true and the client names
+# its AMQP user_id.
 UNREAD = {names.WALLET_CREDIT}
 
 

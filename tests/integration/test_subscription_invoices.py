@@ -156,6 +156,9 @@ async def test_every_renewal_has_its_paid_invoice_with_consecutive_numbers(
         "description": "Pro: 2031-01-31 to 2031-02-28", "quantity": 1,
         "unit_price": {"amount": "10.00", "currency": "USD"},
         "amount": {"amount": "10.00", "currency": "USD"},
+        # an untaxed plan: no rate, no tax (fields added with tax rates)
+        "tax_rate": None, "tax_percent": None, "tax_inclusive": None,
+        "tax": {"amount": "0.00", "currency": "USD"},
     }]  # fmt: skip
     paid = await bus.event("invoice.paid", lambda d: d["user_id"] == user, count=4)
     assert paid["data"]["subscription_id"] == sub["id"]

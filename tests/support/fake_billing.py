@@ -251,6 +251,7 @@ class FakeInvoices:
             created_at=new.created_at,
             subscription_id=new.subscription_id,
             period_index=new.period_index,
+            tax_minor=priced.tax_minor,
             lines=priced.lines,
         )
         state.invoices[row.id] = row

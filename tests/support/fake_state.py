@@ -17,6 +17,7 @@ from billing_worker.db.payment_methods import Card
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.holds import HoldRow
+from billing_worker.domain.taxes import TaxRate
 from billing_worker.domain.transactions import Transition
 
 CUSTOMER_PROVIDERS = ("stripe", "yookassa")  # the providers billing_users has a column for
@@ -92,6 +93,7 @@ class FakeState:
     charges: dict[tuple[UUID, int], UUID | None] = field(default_factory=dict)
     invoices: dict[UUID, InvoiceRow] = field(default_factory=dict)
     numbers: dict[int, int] = field(default_factory=dict)  # year -> last invoice number
+    tax_rates: dict[str, TaxRate] = field(default_factory=dict)  # by code
     records: dict[tuple[str, str], StoredReply] = field(default_factory=dict)
     intents: dict[UUID, Intent] = field(default_factory=dict)
     holds: dict[UUID, HoldRow] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from support.fake_billing import FakeInvoices, FakePlans, FakeSubscriptions
 from support.fake_holds import FakeHolds
 from support.fake_methods import FakeMethods
 from support.fake_state import CUSTOMER_PROVIDERS, FakeState, check_violation, unique_violation
+from support.fake_taxes import FakeTaxRates
 from support.fake_wallet import FakeUsers, FakeWallet, State
 
 
@@ -106,6 +107,7 @@ class FakeUnitOfWork:
         self.intents = FakeIntents(state, clock)
         self.holds = FakeHolds(state)
         self.methods = FakeMethods(state, clock)
+        self.tax_rates = FakeTaxRates(state)
         self.clock = clock
         self.emitted: list[DomainEvent] = []
         self.deliveries: list[tuple[str, Notification]] = []

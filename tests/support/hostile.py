@@ -56,7 +56,9 @@ BASE: dict[str, dict[str, Any]] = {
         "idempotency_key": "@key",
         "user_id": "@user",
         "currency": "USD",
-        "lines": [{"description": "line", "quantity": 2, "unit_price": MONEY}],
+        "lines": [
+            {"description": "line", "quantity": 2, "unit_price": MONEY, "tax_rate": "fuzz-vat"}
+        ],
         "due_at": "2031-01-01T00:00:00Z",
         "order_id": "@id",
     },
@@ -187,6 +189,14 @@ BASE: dict[str, dict[str, Any]] = {
         "user_id": "@user",
         "subscription_id": UUID_A,
     },
+    names.TAX_RATE_UPSERT: {
+        "idempotency_key": "@key",
+        "code": "fuzz-vat",
+        "name": "Fuzz VAT",
+        "percent": "19.5",
+        "inclusive": False,
+    },
+    names.TAX_RATE_LIST: {},
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -200,7 +210,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.WALLET_WITHDRAW: {"reference"},
     names.WALLET_BALANCE: {"currency"},
     names.WALLET_TRANSACTIONS: {"currency", "limit"},
-    names.INVOICE_CREATE: {"due_at", "order_id"},
+    names.INVOICE_CREATE: {"due_at", "order_id", "lines.*.tax_rate"},
     names.INVOICE_PAY: set(),
     names.INVOICE_GET: {"limit"},
     names.INVOICE_VOID: set(),
@@ -226,6 +236,8 @@ OPTIONAL: dict[str, set[str]] = {
     names.SUBSCRIPTION_RESUME: set(),
     names.SUBSCRIPTION_PAUSE: {"until"},
     names.SUBSCRIPTION_UNPAUSE: set(),
+    names.TAX_RATE_UPSERT: set(),
+    names.TAX_RATE_LIST: set(),
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.

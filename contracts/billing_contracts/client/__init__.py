@@ -63,6 +63,7 @@ from billing_contracts.client.stream import DEFAULT_DEDUPE_SIZE as DEFAULT_DEDUP
 from billing_contracts.client.stream import EventCalls, EventStream
 from billing_contracts.client.subscription_changes import SubscriptionChangeCalls
 from billing_contracts.client.subscriptions import SubscriptionCalls
+from billing_contracts.client.taxes import TaxRateCalls
 from billing_contracts.client.wallet import WalletCalls
 from billing_contracts.client_errors import (
     ERRORS,
@@ -121,6 +122,7 @@ class BillingClient(
     RefundCalls,
     PaymentMethodCalls,
     SubscriptionChangeCalls,
+    TaxRateCalls,
 ):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
@@ -140,6 +142,7 @@ class BillingClient(
     (`setup_payment_method`, `list_payment_methods`, `detach_payment_method`,
     `set_default_payment_method`, `update_subscription_payment_method`),
     `SubscriptionChangeCalls` (`resume_subscription`, `pause_subscription`,
-    `unpause_subscription`) and `EventCalls` (`events`), all over `request()`
+    `unpause_subscription`), `TaxRateCalls` (`upsert_tax_rate`, `list_tax_rates`) and
+    `EventCalls` (`events`), all over `request()`
     (`RpcClient`) on one `Connection`.
     """

@@ -39,7 +39,8 @@ class InvoiceCalls(RpcClient):
         timeout: float | None = None,
     ) -> InvoiceOut:
         """`billing.invoice.create`: an `open` invoice with its number. Errors:
-        `CurrencyMismatch`, `InvalidState` (the order has an invoice already)."""
+        `CurrencyMismatch`, `InvalidState` (the order has an invoice already), `NotFound` (a
+        line names an unknown tax rate)."""
         command = CreateInvoice(
             idempotency_key=idempotency_key,
             user_id=user_id,
