@@ -20,6 +20,7 @@ from billing_worker.ops.audit import audit
 from billing_worker.settings import Settings
 from support.clock import ManualClock
 from support.rpc import Bus
+from support.subscription_kit import balance, fund, key, plan, subscribe
 
 pytestmark = pytest.mark.integration
 
@@ -45,50 +46,8 @@ async def worker(settings: Settings, clock: ManualClock) -> AsyncIterator[Worker
         yield worker
 
 
-def key() -> str:
-    return uuid.uuid4().hex
-
-
 def new_user() -> str:
     return f"inv-sub-{uuid.uuid4().hex[:8]}"
-
-
-async def plan(bus: Bus, price: str = "10.00") -> str:
-    code = f"plan-{uuid.uuid4().hex[:8]}"
-    reply = await bus.call(
-        "billing.plan.upsert",
-        {"idempotency_key": key(), "code": code, "name": "Pro", "interval": "month",
-         "price": {"amount": price, "currency": "USD"}},
-    )  # fmt: skip
-    assert reply["ok"], reply
-    return code
-
-
-async def fund(bus: Bus, user: str, amount: str) -> None:
-    reply = await bus.call(
-        "billing.wallet.deposit",
-        {
-            "idempotency_key": key(),
-            "user_id": user,
-            "amount": {"amount": amount, "currency": "USD"},
-        },
-    )
-    transaction_id = reply["data"]["transaction"]["id"]
-    await bus.event("deposit.completed", lambda d: d["transaction_id"] == transaction_id)
-
-
-async def subscribe(bus: Bus, user: str, code: str) -> dict[str, Any]:
-    reply = await bus.call(
-        "billing.subscription.create",
-        {"idempotency_key": key(), "user_id": user, "plan_code": code, "payment_source": "balance"},
-    )
-    assert reply["ok"], reply
-    return reply["data"]["subscription"]  # type: ignore[no-any-return]
-
-
-async def balance(bus: Bus, user: str) -> str:
-    reply = await bus.call("billing.wallet.balance", {"user_id": user, "currency": "USD"})
-    return str(reply["data"]["accounts"][0]["balance"]["amount"])
 
 
 def pay(user: str, invoice_id: str) -> dict[str, Any]:
