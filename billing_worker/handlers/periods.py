@@ -24,8 +24,15 @@ from billing_contracts.subscriptions import PaymentSource
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.subscriptions import LIVE_UNIQUE, SubscriptionRow
 from billing_worker.domain.calendar import period_boundary
-from billing_worker.domain.errors import DuplicateKey, InvalidInput, InvalidState, TransientError
+from billing_worker.domain.errors import (
+    DuplicateKey,
+    InsufficientFunds,
+    InvalidInput,
+    InvalidState,
+    TransientError,
+)
 from billing_worker.domain.ledger import PeriodCharge, Transaction
+from billing_worker.domain.money import to_wire
 from billing_worker.domain.subscriptions import check_move, ending_status, next_attempt
 from billing_worker.handlers import period_invoices, views
 from billing_worker.handlers.deps import Deps
@@ -60,6 +67,16 @@ def period_price(sub: SubscriptionRow) -> int:
     """What one period costs, in minor units: its invoice's total, the plan's price times
     the seats plus the tax of the plan's rate when exclusive (inclusive: it is inside)."""
     return period_invoices.period_line(sub).total_minor
+
+
+def not_covered(sub: SubscriptionRow, which: str) -> InsufficientFunds:
+    """The refusal of a balance period the account cannot pay (`which`: "the first
+    period", "a period"), with the period's price in the details."""
+    currency = sub.plan.currency
+    return InsufficientFunds(
+        f"the {currency} balance does not cover {which} of {sub.plan.code}",
+        price={"amount": to_wire(period_price(sub), currency).amount, "currency": currency},
+    )
 
 
 def check_price_fits(sub: SubscriptionRow) -> None:

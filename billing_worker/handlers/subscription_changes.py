@@ -19,12 +19,11 @@ from billing_contracts.subscriptions import PaymentSource, SubscriptionOut
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.domain.errors import InsufficientFunds, InvalidInput, InvalidState, NotFound
-from billing_worker.domain.money import to_wire
+from billing_worker.domain.errors import InvalidInput, InvalidState, NotFound
 from billing_worker.domain.subscriptions import LIVE
 from billing_worker.handlers import pauses, stripe_changes
 from billing_worker.handlers.deps import Deps
-from billing_worker.handlers.periods import charge_from_balance, period_price
+from billing_worker.handlers.periods import charge_from_balance, not_covered
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
 from billing_worker.ports import UnitOfWork
 
@@ -126,9 +125,5 @@ async def unpause_subscription(
     if sub.payment_source == PaymentSource.BALANCE and not await charge_from_balance(
         restarted, uow, deps
     ):  # refused: the whole command rolls back, the subscription stays paused
-        raise InsufficientFunds(
-            f"the {sub.plan.currency} balance does not cover a period of {sub.plan.code}",
-            price={"amount": to_wire(period_price(sub), sub.plan.currency).amount,
-                   "currency": sub.plan.currency},
-        )  # fmt: skip
+        raise not_covered(sub, "a period")
     return await _reloaded(sub, uow)  # YooKassa: due now, the scheduler charges the card

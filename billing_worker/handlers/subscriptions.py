@@ -20,9 +20,8 @@ from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.domain.calendar import trial_end
-from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
+from billing_worker.domain.errors import InvalidState, NotFound
 from billing_worker.domain.ledger import derived_id
-from billing_worker.domain.money import to_wire
 from billing_worker.domain.plan_versions import terms_of
 from billing_worker.domain.subscriptions import LIVE
 from billing_worker.handlers import stripe_subscriptions, yookassa_subscriptions
@@ -32,7 +31,7 @@ from billing_worker.handlers.periods import (
     check_price_fits,
     end_subscription,
     insert,
-    period_price,
+    not_covered,
 )
 from billing_worker.handlers.subscription_views import (
     plan_out,
@@ -119,13 +118,7 @@ async def create_subscription(
         return await yookassa_subscriptions.create(command, sub, uow, deps)
     await insert(sub, uow)
     if not await charge_from_balance(sub, uow, deps):
-        raise InsufficientFunds(
-            f"the {plan.currency} balance does not cover the first period of {plan.code}",
-            price={
-                "amount": to_wire(period_price(sub), plan.currency).amount,
-                "currency": plan.currency,
-            },
-        )
+        raise not_covered(sub, "the first period")
     active = await _reload(sub.id, uow)
     return SubscriptionCreated(subscription=subscription_out(active), payment_action=None)
 
