@@ -16,6 +16,8 @@ from typing import Protocol
 
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_contracts.money import MAX_MINOR_UNITS, Money
+from billing_worker.domain.discounts import Coupon
+from billing_worker.domain.discounts import shares as discount_shares
 from billing_worker.domain.errors import CurrencyMismatch, InvalidInput
 from billing_worker.domain.states import StateMachine
 from billing_worker.domain.taxes import TaxRate, line_tax
@@ -74,50 +76,104 @@ class Line:
     tax_percent: Decimal | None = None
     tax_inclusive: bool | None = None
     tax_minor: int = 0
+    # Coupons (migration 0016): the line's share of the invoice's discount, taken off its
+    # amount before tax (the tax is on amount - discount_minor).
+    discount_minor: int = 0
 
     @property
     def net_minor(self) -> int:
-        """The line's part of the subtotal: its amount without the tax."""
+        """The line's part of the subtotal: its amount without the tax (before discount)."""
         return self.amount_minor - self.tax_minor if self.tax_inclusive else self.amount_minor
 
     @property
     def total_minor(self) -> int:
-        """What the line adds to the invoice's total: its net plus its tax."""
-        return self.net_minor + self.tax_minor
+        """What the line adds to the invoice's total: net - discount + tax."""
+        return self.net_minor - self.discount_minor + self.tax_minor
+
+
+@dataclass(frozen=True, slots=True)
+class Discount:
+    """The coupon an invoice was discounted by, copied (terms and all) as issued, so a
+    later change of the coupon rewrites nothing and the audit can recompute the shares."""
+
+    coupon_code: str
+    percent_off: Decimal | None
+    amount_off_minor: int | None
+    discount_minor: int
 
 
 @dataclass(frozen=True, slots=True)
 class Priced:
-    """The lines of a new invoice with its sums: subtotal = the lines' nets, tax = their
-    taxes, total = subtotal + tax (no discounts)."""
+    """The lines of a new invoice with its sums: subtotal = the lines' nets, discount =
+    the lines' shares of it, tax = their taxes, total = subtotal - discount + tax."""
 
     currency: str
     lines: tuple[Line, ...]
     subtotal_minor: int
     total_minor: int
     tax_minor: int = 0
+    discount: Discount | None = None
+
+    @property
+    def discount_minor(self) -> int:
+        return 0 if self.discount is None else self.discount.discount_minor
 
 
 def price(
-    currency: str, items: Iterable[PricedItem], taxes: Sequence[TaxRate | None] = ()
+    currency: str,
+    items: Iterable[PricedItem],
+    taxes: Sequence[TaxRate | None] = (),
+    coupon: Coupon | None = None,
 ) -> Priced:
-    """Lines and totals in minor units; `taxes[i]` is line i's rate (none past its end).
-    Refuses another currency and BIGINT overflow."""
+    """Lines and totals in minor units; `taxes[i]` is line i's rate (none past its end),
+    `coupon` the discount taken off before tax (`domain/discounts.py`). Refuses another
+    currency and BIGINT overflow."""
+    plain = [_line(position, currency, item) for position, item in enumerate(items)]
+    return priced_lines(currency, plain, taxes, coupon)
+
+
+def priced_lines(
+    currency: str,
+    plain: Sequence[Line],
+    taxes: Sequence[TaxRate | None] = (),
+    coupon: Coupon | None = None,
+) -> Priced:
+    """Untaxed, undiscounted lines discounted by `coupon` then taxed, with their sums."""
+    if coupon is not None and coupon.amount_off_minor is not None and coupon.currency != currency:
+        raise CurrencyMismatch(
+            f"coupon {coupon.code} takes {coupon.currency} off, the invoice is in {currency}",
+            coupon=coupon.code, currency=coupon.currency, invoice_currency=currency,
+        )  # fmt: skip
+    off = (
+        discount_shares(coupon, [line.amount_minor for line in plain])
+        if coupon is not None
+        else [0] * len(plain)
+    )
     lines = tuple(
-        taxed(_line(position, currency, item), taxes[position] if position < len(taxes) else None)
-        for position, item in enumerate(items)
+        taxed(replace(line, discount_minor=off[i]), taxes[i] if i < len(taxes) else None)
+        for i, line in enumerate(plain)
     )
     subtotal = sum(line.net_minor for line in lines)
     tax = sum(line.tax_minor for line in lines)
-    total = _fits(subtotal + tax, "the invoice total")  # subtotal and tax fit if it does
-    return Priced(currency, lines, subtotal_minor=subtotal, total_minor=total, tax_minor=tax)
+    discount_minor = sum(off)
+    total = _fits(subtotal - discount_minor + tax, "the invoice total")
+    discount = None
+    if coupon is not None:
+        discount = Discount(
+            coupon.code, coupon.percent_off, coupon.amount_off_minor, discount_minor
+        )
+    return Priced(
+        currency, lines, subtotal_minor=subtotal, total_minor=total, tax_minor=tax,
+        discount=discount,
+    )  # fmt: skip
 
 
 def taxed(line: Line, rate: TaxRate | None) -> Line:
-    """The line with its tax at `rate` (and a copy of the rate); untaxed when None."""
+    """The line with its tax at `rate` (and a copy of the rate) on its amount less its
+    discount; untaxed when None."""
     if rate is None:
         return line
-    tax = line_tax(line.amount_minor, rate.percent, rate.inclusive)
+    tax = line_tax(line.amount_minor - line.discount_minor, rate.percent, rate.inclusive)
     return replace(
         line, tax_rate_code=rate.code, tax_percent=rate.percent,
         tax_inclusive=rate.inclusive, tax_minor=tax,
