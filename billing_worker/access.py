@@ -33,12 +33,14 @@ from billing_worker.startup import StartupError
 DEFAULT_LOGIN = "guest"  # what aio-pika logs in as when the URL names no user
 
 # Queues that make money out of nothing (admin credits), change what every subscriber
-# of a plan pays (plan migrations) or what every new invoice charges (tax rates). A user
+# of a plan pays (plan migrations) or what every new invoice charges (tax rates, coupons). A user
 # may send to one only if the policy names it exactly — a wildcard written before it
 # existed (`billing.wallet.*`, `*`) grants nothing — and, with the policy off, nobody may
 # unless the worker was started with `BILLING_CREDIT_WITHOUT_POLICY=true` (local
 # development). The worker's own user is no exception: it never sends one itself.
-PRIVILEGED = frozenset({names.WALLET_CREDIT, names.PLAN_MIGRATE, names.TAX_RATE_UPSERT})
+PRIVILEGED = frozenset(
+    {names.WALLET_CREDIT, names.PLAN_MIGRATE, names.TAX_RATE_UPSERT, names.COUPON_UPSERT}
+)
 
 
 class AccessPolicyError(StartupError):

@@ -46,7 +46,8 @@ AREAS: dict[str, str] = {
     "callbacks that complete deposits",
     "plans": "The catalogue of subscription plans",
     "subscriptions": "Subscriptions to plans: create, cancel, look up",
-    "invoices": "Invoices, paid from the balance, their tax rates, and the Orders service's orders",
+    "invoices": "Invoices, paid from the balance, their tax rates and coupons, and the Orders "
+    "service's orders",
     "payments": "Refunds of completed payments, to where they came from or to the balance",
     "payment-methods": "Saved payment methods: set up, list, detach, the default",
     "events": "What the worker publishes on the `billing.events` topic exchange",
@@ -59,6 +60,7 @@ AREA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("billing.invoice.", "invoices"),
     ("billing.orders.", "invoices"),
     ("billing.tax-rate.", "invoices"),
+    ("billing.coupon.", "invoices"),
     ("billing.payment.", "payments"),
     ("billing.payment-method.", "payment-methods"),
 )

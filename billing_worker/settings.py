@@ -159,9 +159,9 @@ class Settings(BaseSettings):
     )
     credit_without_policy: bool = Field(
         default=False,
-        description="Let any broker user send billing.wallet.credit, billing.plan.migrate and "
-        "billing.tax-rate.upsert while BILLING_ACCESS_POLICY is unset (local development "
-        "only; refused together with a policy)",
+        description="Let any broker user send billing.wallet.credit, billing.plan.migrate, "
+        "billing.tax-rate.upsert and billing.coupon.upsert while BILLING_ACCESS_POLICY is "
+        "unset (local development only; refused together with a policy)",
     )
     dead_letter_max: int = Field(
         default=100_000,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -49,7 +50,11 @@ class InvoiceRow:
     voided_at: datetime | None = None
     uncollectible_at: datetime | None = None
     status_reason: str | None = None  # why it was voided or written off
-    tax_minor: int = 0  # the sum of the lines' taxes: total = subtotal + tax
+    tax_minor: int = 0  # the sum of the lines' taxes: total = subtotal - discount + tax
+    discount_minor: int = 0  # the sum of the lines' discounts (coupons, migration 0016)
+    coupon_code: str | None = None  # the coupon's code and terms as the invoice was issued
+    coupon_percent_off: Decimal | None = None
+    coupon_amount_off_minor: int | None = None
     lines: tuple[Line, ...] = ()
 
 
@@ -67,22 +72,24 @@ _INSERT_INVOICE = """
 WITH invoice AS (
     INSERT INTO invoices (
         id, number, user_id, order_id, status, currency, subtotal_minor, total_minor,
-        due_at, created_at, updated_at, subscription_id, period_index, tax_minor
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17)
+        due_at, created_at, updated_at, subscription_id, period_index, tax_minor,
+        discount_minor, coupon_code, coupon_percent_off, coupon_amount_off_minor
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17, $22, $23, $24, $25)
     ON CONFLICT (order_id) DO NOTHING
     RETURNING id
 ), lines AS (
     INSERT INTO invoice_lines (
         invoice_id, position, description, quantity, unit_price_minor, amount_minor,
-        tax_rate_code, tax_percent, tax_inclusive, tax_minor
+        tax_rate_code, tax_percent, tax_inclusive, tax_minor, discount_minor
     )
     SELECT invoice.id, line.position - 1, line.description, line.quantity, line.unit_price,
-           line.amount, line.tax_rate_code, line.tax_percent, line.tax_inclusive, line.tax
+           line.amount, line.tax_rate_code, line.tax_percent, line.tax_inclusive, line.tax,
+           line.discount
     FROM invoice,
          unnest($11::text[], $12::int[], $13::bigint[], $14::bigint[], $18::text[],
-                $19::numeric[], $20::boolean[], $21::bigint[])
+                $19::numeric[], $20::boolean[], $21::bigint[], $26::bigint[])
              WITH ORDINALITY AS line(description, quantity, unit_price, amount, tax_rate_code,
-                                     tax_percent, tax_inclusive, tax, position)
+                                     tax_percent, tax_inclusive, tax, discount, position)
 )
 SELECT id FROM invoice
 """
@@ -90,7 +97,8 @@ SELECT id FROM invoice
 _COLUMNS = (
     "id, number, user_id, order_id, status, currency, subtotal_minor, total_minor, "
     "due_at, paid_at, created_at, subscription_id, period_index, overdue_at, voided_at, "
-    "uncollectible_at, status_reason, tax_minor"
+    "uncollectible_at, status_reason, tax_minor, discount_minor, coupon_code, "
+    "coupon_percent_off, coupon_amount_off_minor"
 )
 
 # Each status stamps its own moment; a reason (void, uncollectible) is kept, a later
@@ -129,7 +137,7 @@ SELECT EXISTS (SELECT 1 FROM transactions
 
 _LINE_COLUMNS = (
     "description", "quantity", "unit_price_minor", "amount_minor", "tax_rate_code",
-    "tax_percent", "tax_inclusive", "tax_minor",
+    "tax_percent", "tax_inclusive", "tax_minor", "discount_minor",
 )  # fmt: skip
 _LINES = f"""
 SELECT invoice_id, {", ".join(_LINE_COLUMNS)} FROM invoice_lines
@@ -139,6 +147,17 @@ WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id, position
 
 class _OrderAlreadyInvoiced(Exception):
     """Rolls the savepoint back, and with it the number this attempt took."""
+
+
+def discount_columns(priced: Priced) -> dict[str, Any]:
+    """The invoice's discount and its copy of the coupon, in the columns' order."""
+    discount = priced.discount
+    return {
+        "discount_minor": priced.discount_minor,
+        "coupon_code": None if discount is None else discount.coupon_code,
+        "coupon_percent_off": None if discount is None else discount.percent_off,
+        "coupon_amount_off_minor": None if discount is None else discount.amount_off_minor,
+    }
 
 
 def _row(record: Any, lines: tuple[Line, ...] = ()) -> InvoiceRow:
@@ -176,6 +195,7 @@ class SqlInvoices:
             total_minor=priced.total_minor, due_at=new.due_at, paid_at=None,
             created_at=new.created_at, subscription_id=new.subscription_id,
             period_index=new.period_index, tax_minor=priced.tax_minor, lines=priced.lines,
+            **discount_columns(priced),
         )  # fmt: skip
 
     async def _insert(self, new: NewInvoice, number: str) -> UUID | None:
@@ -189,6 +209,7 @@ class SqlInvoices:
             new.subscription_id, new.period_index, priced.tax_minor,
             [line.tax_rate_code for line in lines], [line.tax_percent for line in lines],
             [line.tax_inclusive for line in lines], [line.tax_minor for line in lines],
+            *discount_columns(priced).values(), [line.discount_minor for line in lines],
         )  # fmt: skip
         return None if inserted is None else UUID(str(inserted))
 

@@ -45,12 +45,15 @@ from billing_worker.db.tables_core import (
     TransactionTransition,
     VirtualAccount,
 )
+from billing_worker.db.tables_coupons import Coupon, CouponRedemption
 from billing_worker.db.tables_holds import Hold, HoldTransition
 from billing_worker.db.tables_taxes import TaxRate
 from billing_worker.db.tables_versions import SubscriptionPlanChange
 
 __all__ = [
     "BillingUser",
+    "Coupon",
+    "CouponRedemption",
     "Hold",
     "HoldTransition",
     "IdempotencyRecord",

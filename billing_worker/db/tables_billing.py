@@ -14,7 +14,16 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, DateTime, Index, Numeric, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from billing_worker.db.columns import (
@@ -138,6 +147,15 @@ class Invoice(SQLModel, table=True):
         CheckConstraint("subtotal_minor >= 0", name="subtotal_non_negative"),
         CheckConstraint("total_minor >= 0", name="total_non_negative"),
         CheckConstraint("tax_minor >= 0", name="tax_non_negative"),
+        # Coupons (migration 0016): the discount is at most the subtotal; a discounted
+        # invoice keeps the coupon's code and terms (one of percent / amount off).
+        CheckConstraint("discount_minor BETWEEN 0 AND subtotal_minor", name="discount_range"),
+        CheckConstraint(
+            "(coupon_code IS NULL AND coupon_percent_off IS NULL "
+            "AND coupon_amount_off_minor IS NULL) OR (coupon_code IS NOT NULL "
+            "AND (coupon_percent_off IS NULL) <> (coupon_amount_off_minor IS NULL))",
+            name="coupon_copied",
+        ),
         Index("ix_invoices_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         # One invoice per subscription period (migration 0012); both or neither are set.
         UniqueConstraint("subscription_id", "period_index", name="uq_invoices_subscription_period"),
@@ -176,6 +194,11 @@ class Invoice(SQLModel, table=True):
     status_reason: str | None = text_field(nullable=True)
     # Tax rates (migration 0014): the sum of the lines' taxes; total = subtotal + tax.
     tax_minor: int = zero_field(big=True)
+    # Coupons (migration 0016): total = subtotal - discount + tax; the coupon's terms copied.
+    discount_minor: int = zero_field(big=True)
+    coupon_code: str | None = text_field(nullable=True)
+    coupon_percent_off: Decimal | None = Field(default=None, sa_type=Numeric(7, 4), nullable=True)
+    coupon_amount_off_minor: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
 
 
 class InvoiceLine(SQLModel, table=True):
@@ -193,6 +216,8 @@ class InvoiceLine(SQLModel, table=True):
             "AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)",
             name="tax_rate_copied",
         ),
+        # Coupons (migration 0016): the line's share of the invoice's discount.
+        CheckConstraint("discount_minor BETWEEN 0 AND amount_minor", name="discount_range"),
     )
 
     id: int | None = bigint_identity_pk()
@@ -207,6 +232,7 @@ class InvoiceLine(SQLModel, table=True):
     tax_percent: Decimal | None = Field(default=None, sa_type=Numeric(6, 4), nullable=True)
     tax_inclusive: bool | None = Field(default=None, nullable=True)
     tax_minor: int = zero_field(big=True)
+    discount_minor: int = zero_field(big=True)
 
 
 class NumberSequence(SQLModel, table=True):

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing_contracts import names
 from billing_contracts.envelope import EventEnvelope
 from billing_worker.db import outbox
+from billing_worker.db.coupons import SqlCoupons
 from billing_worker.db.engine import driver_connection
 from billing_worker.db.errors import translated
 from billing_worker.db.holds import SqlHolds
@@ -98,6 +99,7 @@ class UnitOfWork:
         self.holds = SqlHolds(connection)
         self.methods = SqlMethods(connection)
         self.tax_rates = SqlTaxRates(connection)
+        self.coupons = SqlCoupons(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
 

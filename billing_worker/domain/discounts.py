@@ -104,3 +104,16 @@ def shares(coupon: Coupon, amounts: Sequence[int]) -> list[int]:
     if coupon.percent_off is not None:
         return percent_shares(amounts, coupon.percent_off)
     return amount_shares(amounts, int(coupon.amount_off_minor or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """A subscription's coupon and the charged periods it has discounted so far."""
+
+    coupon: Coupon
+    periods_used: int = 0
+
+    @property
+    def applies(self) -> bool:
+        """Whether the subscription's next charged period is discounted."""
+        return self.coupon.applies_to(self.periods_used)

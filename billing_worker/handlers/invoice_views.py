@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from billing_contracts.area_events import InvoiceEvent
+from billing_contracts.coupons import DiscountOut
 from billing_contracts.invoices import InvoiceLineOut, InvoiceOut
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_worker.db.invoices import InvoiceRow
@@ -35,14 +36,15 @@ def _lines(row: InvoiceRow) -> list[InvoiceLineOut]:
             tax_percent=None if line.tax_percent is None else format_percent(line.tax_percent),
             tax_inclusive=line.tax_inclusive,
             tax=to_wire(line.tax_minor, row.currency),
+            discount=to_wire(line.discount_minor, row.currency),
         )
         for line in row.lines
     ]
 
 
 def _lifecycle(row: InvoiceRow) -> dict[str, object]:
-    """The fields added with the invoice lifecycle and tax rates, alike in the reply and
-    the events."""
+    """The fields added with the invoice lifecycle, tax rates and coupons, alike in the
+    reply and the events."""
     return {
         "subscription_id": row.subscription_id,
         "period_index": row.period_index,
@@ -52,7 +54,24 @@ def _lifecycle(row: InvoiceRow) -> dict[str, object]:
         "reason": row.status_reason,
         "subtotal": to_wire(row.subtotal_minor, row.currency),
         "tax": to_wire(row.tax_minor, row.currency),
+        "discount": to_wire(row.discount_minor, row.currency),
+        "discounts": _discounts(row),
     }
+
+
+def _discounts(row: InvoiceRow) -> list[DiscountOut]:
+    """The coupon the invoice was discounted by (its copy of the terms), if any."""
+    if row.coupon_code is None:
+        return []
+    percent, off = row.coupon_percent_off, row.coupon_amount_off_minor
+    return [
+        DiscountOut(
+            coupon=row.coupon_code,
+            percent_off=None if percent is None else format_percent(percent),
+            amount_off=None if off is None else to_wire(off, row.currency),
+            amount=to_wire(row.discount_minor, row.currency),
+        )
+    ]
 
 
 def invoice_out(row: InvoiceRow) -> InvoiceOut:

@@ -19,6 +19,7 @@ from billing_contracts.invoices import (
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_contracts.orders import OrderCreated
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
+from billing_worker.domain.discounts import Coupon
 from billing_worker.domain.errors import (
     BillingError,
     InvalidState,
@@ -30,6 +31,7 @@ from billing_worker.domain.money import format_minor
 from billing_worker.domain.paging import decode_cursor, encode_cursor
 from billing_worker.domain.taxes import TaxRate
 from billing_worker.handlers import views
+from billing_worker.handlers.coupons import usable
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
 from billing_worker.handlers.invoice_views import invoice_event, invoice_out, own_invoice
@@ -41,9 +43,10 @@ from billing_worker.ports import UnitOfWork
 async def create_invoice(command: CreateInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:
     """Issue an invoice; an order that already has one is refused with `invalid_state`."""
     taxes = await rates_of([line.tax_rate for line in command.lines], uow)
+    coupon = None if command.coupon is None else await usable(uow, command.coupon, command.currency)
     new = _new_invoice(
         command.user_id, command.currency, command.lines, uow,
-        order_id=command.order_id, due_at=command.due_at, taxes=taxes,
+        order_id=command.order_id, due_at=command.due_at, taxes=taxes, coupon=coupon,
     )  # fmt: skip
     # Its id derives from the key, like a transaction's: a retry whose idempotency record
     # expired collides with the invoice it created instead of issuing a second one.
@@ -84,13 +87,14 @@ def _new_invoice(
     order_id: str | None,
     due_at: datetime | None = None,
     taxes: Sequence[TaxRate | None] = (),
+    coupon: Coupon | None = None,
 ) -> NewInvoice:
     return NewInvoice(
         id=uuid.uuid4(),
         user_id=user_id,
         order_id=order_id,
         status=issue().value,  # draft -> open at once: it is payable as soon as it exists
-        priced=price(currency, items, taxes),
+        priced=price(currency, items, taxes, coupon),
         due_at=due_at,
         created_at=uow.clock(),
     )

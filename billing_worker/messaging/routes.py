@@ -11,8 +11,8 @@ from billing_contracts import names
 from billing_contracts.catalog import BY_QUEUE, Entry
 from billing_contracts.envelope import ErrorReply, OkReply
 from billing_worker.domain.errors import Unprocessable
-from billing_worker.handlers import credits as credit_handlers
 from billing_worker.handlers import (
+    coupons,
     deposit_cancel,
     invoice_lifecycle,
     method_setup,
@@ -20,6 +20,7 @@ from billing_worker.handlers import (
     subscription_changes,
     taxes,
 )
+from billing_worker.handlers import credits as credit_handlers
 from billing_worker.handlers import holds as hold_handlers
 from billing_worker.handlers import invoices as invoice_handlers
 from billing_worker.handlers import payment_methods as method_handlers
@@ -64,6 +65,7 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.INVOICE_VOID: invoice_lifecycle.void_invoice,
     names.INVOICE_MARK_UNCOLLECTIBLE: invoice_lifecycle.mark_uncollectible,
     names.TAX_RATE_UPSERT: taxes.upsert_tax_rate,  # admins only (access.PRIVILEGED)
+    names.COUPON_UPSERT: coupons.upsert_coupon,  # admins only (access.PRIVILEGED)
 }
 QUERIES: Mapping[str, Handler[Any]] = {
     names.WALLET_BALANCE: wallet_handlers.get_balance,
@@ -73,6 +75,7 @@ QUERIES: Mapping[str, Handler[Any]] = {
     names.SUBSCRIPTION_GET: subscription_handlers.get_subscriptions,
     names.PAYMENT_METHOD_LIST: method_handlers.list_methods,
     names.TAX_RATE_LIST: taxes.list_tax_rates,
+    names.COUPON_LIST: coupons.list_coupons,
 }
 
 

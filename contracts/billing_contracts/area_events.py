@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
+from billing_contracts.coupons import DiscountOut
 from billing_contracts.invoices import InvoiceLineOut, InvoiceStatus
 from billing_contracts.money import Money
 from billing_contracts.subscriptions import PaymentSource, SubscriptionStatus
@@ -63,3 +64,6 @@ class InvoiceEvent(BaseModel):
     reason: str | None = None
     # Added with tax rates (subtotal = the lines' nets, total = subtotal + tax).
     tax: Money | None = None
+    # Added with coupons (total = subtotal - discount + tax).
+    discount: Money | None = None
+    discounts: list[DiscountOut] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from billing_contracts import names
 from billing_contracts.area_events import InvoiceEvent, SubscriptionEvent, SubscriptionUpdated
+from billing_contracts.coupons import CouponList, CouponOut, ListCoupons, UpsertCoupon
 from billing_contracts.deposit_cancel import CancelDeposit, CancelDepositResult
 from billing_contracts.envelope import ErrorCode
 from billing_contracts.events import (
@@ -206,8 +207,16 @@ ENTRIES: tuple[Entry, ...] = (
         CreateSubscription,
         SubscriptionCreated,
         "Subscribe a user to a plan, paid from the balance, by Stripe or by YooKassa (a card "
-        "subscription without payment_method_id uses the user's default method there)",
-        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.PROVIDER_ERROR, E.INVALID_MESSAGE),
+        "subscription without payment_method_id uses the user's default method there; a "
+        "coupon discounts its charged periods while it lasts)",
+        (
+            E.NOT_FOUND,
+            E.INSUFFICIENT_FUNDS,
+            E.INVALID_STATE,
+            E.CURRENCY_MISMATCH,
+            E.PROVIDER_ERROR,
+            E.INVALID_MESSAGE,
+        ),
         example={
             "idempotency_key": _KEY,
             "user_id": "u-42",
@@ -243,7 +252,8 @@ ENTRIES: tuple[Entry, ...] = (
         "command",
         CreateInvoice,
         InvoiceOut,
-        "Issue a numbered invoice (a line may name a tax rate: its tax is computed per line)",
+        "Issue a numbered invoice (a line may name a tax rate: its tax is computed per line; "
+        "a coupon is taken off the lines before tax)",
         (E.CURRENCY_MISMATCH, E.INVALID_STATE, E.NOT_FOUND, E.INVALID_MESSAGE),
         example={
             "idempotency_key": _KEY,
@@ -522,6 +532,18 @@ ENTRIES += (
     Entry(
         names.TAX_RATE_LIST, "query", ListTaxRates, TaxRateList,
         "Every tax rate, by code", example={},
+    ),
+    Entry(
+        names.COUPON_UPSERT, "command", UpsertCoupon, CouponOut,
+        "Create a coupon (admins only), or change its name or active; its terms never "
+        "change (other terms for its code: invalid_state, use a new code)",
+        (E.FORBIDDEN, E.INVALID_STATE, E.INVALID_MESSAGE),
+        example={"idempotency_key": _KEY, "code": "WELCOME10", "name": "Welcome: 10 % off",
+                 "percent_off": "10", "duration": "repeating", "duration_in_periods": 3},
+    ),
+    Entry(
+        names.COUPON_LIST, "query", ListCoupons, CouponList,
+        "Every coupon, by code", example={},
     ),
 )  # fmt: skip
 BY_QUEUE: Mapping[str, Entry] = MappingProxyType({entry.queue: entry for entry in ENTRIES})

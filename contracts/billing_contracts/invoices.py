@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from billing_contracts.coupons import CouponCode, DiscountOut
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Currency, Money
 from billing_contracts.taxes import TaxRateCode
@@ -57,6 +58,12 @@ class CreateInvoice(Command):
         max_length=255,
         description="The order this invoice bills, if any",
         examples=["ord_42"],
+    )
+    coupon: CouponCode | None = Field(
+        default=None,
+        description="A coupon (`billing.coupon.upsert`) taken off the lines before tax; "
+        "unknown: `not_found`, inactive: `invalid_state`, an amount off in another currency: "
+        "`currency_mismatch` (nothing is written on a refusal)",
     )
 
 
@@ -127,6 +134,12 @@ class InvoiceLineOut(BaseModel):
         description="The line's tax, rounded half to even to the currency's minor unit; "
         "the line's net is amount - tax when inclusive, else amount",
     )
+    # Added with coupons; absent from older workers' replies and events.
+    discount: Money | None = Field(
+        default=None,
+        description="The line's share of the invoice's discount, taken off `amount` before "
+        "the tax (the tax is on amount - discount)",
+    )
 
 
 class InvoiceOut(BaseModel):
@@ -137,12 +150,19 @@ class InvoiceOut(BaseModel):
     status: InvoiceStatus
     currency: str
     lines: list[InvoiceLineOut]
-    total: Money = Field(description="subtotal + tax: what is paid")
+    total: Money = Field(description="subtotal - discount + tax: what is paid")
     due_at: AwareDatetime | None
     paid_at: AwareDatetime | None
     # Added with tax rates; absent from older workers' replies.
     subtotal: Money | None = Field(default=None, description="The sum of the lines' nets")
     tax: Money | None = Field(default=None, description="The sum of the lines' taxes")
+    # Added with coupons; absent from older workers' replies.
+    discount: Money | None = Field(
+        default=None, description="The sum of the discounts (of the lines' shares)"
+    )
+    discounts: list[DiscountOut] = Field(
+        default_factory=list, description="The coupon the invoice was discounted by, if any"
+    )
     # Added with the invoice lifecycle; absent from older workers' replies.
     subscription_id: UUID | None = Field(
         default=None, description="The subscription whose period this invoice bills, if any"

@@ -35,6 +35,8 @@ SUBSCRIPTION_PAUSE: Final = "billing.subscription.pause"
 SUBSCRIPTION_UNPAUSE: Final = "billing.subscription.unpause"
 TAX_RATE_UPSERT: Final = "billing.tax-rate.upsert"
 TAX_RATE_LIST: Final = "billing.tax-rate.list"
+COUPON_UPSERT: Final = "billing.coupon.upsert"
+COUPON_LIST: Final = "billing.coupon.list"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -61,6 +63,7 @@ COMMAND_QUEUES: Final = (
     INVOICE_VOID,
     INVOICE_MARK_UNCOLLECTIBLE,
     TAX_RATE_UPSERT,
+    COUPON_UPSERT,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,
@@ -70,6 +73,7 @@ QUERY_QUEUES: Final = (
     INVOICE_GET,
     PAYMENT_METHOD_LIST,
     TAX_RATE_LIST,
+    COUPON_LIST,
 )
 
 # A durable topic exchange, declared without arguments, with every command and query

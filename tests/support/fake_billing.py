@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from billing_worker.db.errors import translated
-from billing_worker.db.invoices import InvoiceRow, NewInvoice
+from billing_worker.db.invoices import InvoiceRow, NewInvoice, discount_columns
 from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanRow, SubscriptionRow
 from billing_worker.domain.invoices import invoice_number
 from support.fake_state import LIVE_STATUSES, UserRow, unique_violation
@@ -253,6 +253,7 @@ class FakeInvoices:
             period_index=new.period_index,
             tax_minor=priced.tax_minor,
             lines=priced.lines,
+            **discount_columns(priced),
         )
         state.invoices[row.id] = row
         return row

@@ -16,6 +16,7 @@ from billing_worker.db.invoices import InvoiceRow
 from billing_worker.db.payment_methods import Card
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
+from billing_worker.domain.discounts import Coupon
 from billing_worker.domain.holds import HoldRow
 from billing_worker.domain.taxes import TaxRate
 from billing_worker.domain.transactions import Transition
@@ -94,6 +95,8 @@ class FakeState:
     invoices: dict[UUID, InvoiceRow] = field(default_factory=dict)
     numbers: dict[int, int] = field(default_factory=dict)  # year -> last invoice number
     tax_rates: dict[str, TaxRate] = field(default_factory=dict)  # by code
+    coupons: dict[str, Coupon] = field(default_factory=dict)  # by code
+    redemptions: dict[UUID, tuple[str, int]] = field(default_factory=dict)  # code, used
     records: dict[tuple[str, str], StoredReply] = field(default_factory=dict)
     intents: dict[UUID, Intent] = field(default_factory=dict)
     holds: dict[UUID, HoldRow] = field(default_factory=dict)

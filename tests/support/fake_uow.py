@@ -27,6 +27,7 @@ from billing_worker.domain.events import DomainEvent
 from billing_worker.ports import Clock
 from billing_worker.providers.base import Notification
 from support.fake_billing import FakeInvoices, FakePlans, FakeSubscriptions
+from support.fake_coupons import FakeCoupons
 from support.fake_holds import FakeHolds
 from support.fake_methods import FakeMethods
 from support.fake_state import CUSTOMER_PROVIDERS, FakeState, check_violation, unique_violation
@@ -108,6 +109,7 @@ class FakeUnitOfWork:
         self.holds = FakeHolds(state)
         self.methods = FakeMethods(state, clock)
         self.tax_rates = FakeTaxRates(state)
+        self.coupons = FakeCoupons(state)
         self.clock = clock
         self.emitted: list[DomainEvent] = []
         self.deliveries: list[tuple[str, Notification]] = []
