@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -12,6 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from billing_worker.db.errors import translated
+from billing_worker.domain.discounts import Coupon, Duration, Redemption
 
 LIVE_UNIQUE = "uq_subscriptions_one_live_per_user_plan"
 
@@ -64,10 +66,17 @@ class SubscriptionRow:
     paused_until: datetime | None = None  # a pause ends by itself then
     restarts: int = 0  # unpauses so far (part of the charge ids)
     quantity: int = 1  # seats: a period costs the plan's price times this
+    # Coupons (migration 0016): the coupon it redeemed and the charged periods it has
+    # discounted (joined from coupon_redemptions; None: no coupon).
+    redemption: Redemption | None = None
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
-_SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name != "plan"]
+_SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name not in ("plan", "redemption")]
+_COUPON_COLUMNS = (
+    "code", "name", "percent_off", "amount_off_minor", "currency", "duration",
+    "duration_in_periods", "active", "stripe_coupon_id",
+)  # fmt: skip
 # Columns a caller may change through `update` (never ids or the plan: `move_plan`).
 _UPDATABLE = frozenset(_SUB_COLUMNS) - {"id", "user_id", "plan_id", "payment_source"}
 _LIVE = "s.status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused')"
@@ -75,8 +84,12 @@ _LIVE = "s.status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused')"
 _SUB_LIST = ", ".join(f"s.{c}" for c in _SUB_COLUMNS)
 _PLAN_LIST = ", ".join(f"p.{c} AS plan_{c}" for c in _PLAN_COLUMNS)
 # Only constant column names are formatted into the SQL.
+_COUPON_LIST = ", ".join(f"c.{c} AS coupon_{c}" for c in _COUPON_COLUMNS)
 _SELECT_SUBSCRIPTION = (
-    f"SELECT {_SUB_LIST}, {_PLAN_LIST} FROM subscriptions s JOIN plans p ON p.id = s.plan_id"  # noqa: S608
+    f"SELECT {_SUB_LIST}, {_PLAN_LIST}, {_COUPON_LIST}, r.periods_used AS coupon_periods_used "  # noqa: S608
+    "FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
+    "LEFT JOIN coupon_redemptions r ON r.subscription_id = s.id "
+    "LEFT JOIN coupons c ON c.code = r.coupon_code"
 )
 
 # Paused subscriptions are due only when their pause ends by itself (`paused_until`).
@@ -103,9 +116,17 @@ def _plan(record: Any, prefix: str = "") -> PlanRow:
     return PlanRow(**{c: record[prefix + c] for c in _PLAN_COLUMNS})
 
 
+def _redemption(record: Any) -> Redemption | None:
+    if record["coupon_code"] is None:
+        return None
+    coupon = Coupon(**{c: record[f"coupon_{c}"] for c in _COUPON_COLUMNS})
+    coupon = dataclasses.replace(coupon, duration=Duration(coupon.duration))
+    return Redemption(coupon, record["coupon_periods_used"])
+
+
 def _subscription(record: Any) -> SubscriptionRow:
     values = {c: record[c] for c in _SUB_COLUMNS}
-    return SubscriptionRow(**values, plan=_plan(record, "plan_"))
+    return SubscriptionRow(**values, plan=_plan(record, "plan_"), redemption=_redemption(record))
 
 
 _PLAN_LOCK = 0x706C616E  # "plan": the advisory lock class of plan codes

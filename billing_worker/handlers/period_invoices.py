@@ -23,8 +23,9 @@ from billing_contracts.events import INVOICE_CREATED, INVOICE_PAID, INVOICE_VOID
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.subscriptions import SubscriptionRow
+from billing_worker.domain.discounts import Coupon
 from billing_worker.domain.errors import InvalidState
-from billing_worker.domain.invoices import Line, Priced, issue, taxed
+from billing_worker.domain.invoices import Line, Priced, issue, priced_lines
 from billing_worker.domain.taxes import TaxRate
 from billing_worker.handlers.invoice_views import invoice_event
 from billing_worker.ports import UnitOfWork
@@ -41,23 +42,42 @@ def description(plan_name: str, start: datetime, end: datetime) -> str:
     return f"{plan_name}: {start:%Y-%m-%d} to {end:%Y-%m-%d}"
 
 
-def period_line(sub: SubscriptionRow, text: str = "") -> Line:
-    """A period's line as the plan's version prices it: the seats at the plan's price,
-    taxed at the rate the version copied (if any); its total is what the period costs."""
+def period_priced(sub: SubscriptionRow, text: str = "") -> Priced:
+    """A period's invoice as the plan's version prices it: the seats at the plan's price,
+    less the subscription's coupon while it lasts (before tax), taxed at the rate the
+    version copied (if any); its total is what the period costs."""
     plan = sub.plan
     line = Line(text, sub.quantity, plan.price_minor, plan.price_minor * sub.quantity)
-    if plan.tax_rate_code is None or plan.tax_percent is None:
-        return line
-    return taxed(line, TaxRate(plan.tax_rate_code, "", plan.tax_percent, bool(plan.tax_inclusive)))
+    rate = None
+    if plan.tax_rate_code is not None and plan.tax_percent is not None:
+        rate = TaxRate(plan.tax_rate_code, "", plan.tax_percent, bool(plan.tax_inclusive))
+    return priced_lines(plan.currency, [line], [rate], discounting(sub))
 
 
-def _line(sub: SubscriptionRow, text: str, amount_minor: int) -> Line:
-    """The period's line: the seats at the plan's price, taxed at the plan version's rate,
-    when that is what was charged (its total), else one untaxed unit of the amount."""
-    line = period_line(sub, text)
-    if line.total_minor == amount_minor and (sub.quantity > 1 or line.tax_rate_code):
-        return line
-    return Line(text, 1, amount_minor, amount_minor)
+def discounting(sub: SubscriptionRow) -> Coupon | None:
+    """The coupon that discounts the subscription's next charged period, if any."""
+    redemption = sub.redemption
+    if redemption is None or not redemption.applies:
+        return None
+    coupon = redemption.coupon
+    if coupon.amount_off_minor is not None and coupon.currency != sub.plan.currency:
+        return None  # redeem() refuses it; a plan moved to another currency drops it
+    return coupon
+
+
+def _priced(sub: SubscriptionRow, text: str, amount_minor: int) -> Priced:
+    """The period's invoice when that is what was charged (its total), else one untaxed
+    unit of the amount."""
+    priced = period_priced(sub, text)
+    (line,) = priced.lines
+    if priced.total_minor == amount_minor and (
+        sub.quantity > 1 or line.tax_rate_code or priced.discount is not None
+    ):
+        return priced
+    return Priced(
+        sub.plan.currency, (Line(text, 1, amount_minor, amount_minor),), amount_minor,
+        amount_minor,
+    )  # fmt: skip
 
 
 async def unpaid(
@@ -72,8 +92,7 @@ async def unpaid(
     if existing is not None:
         return existing
     start, end = period
-    line = _line(sub, description(sub.plan.name, start, end), amount_minor)
-    priced = Priced(sub.plan.currency, (line,), line.net_minor, line.total_minor, line.tax_minor)
+    priced = _priced(sub, description(sub.plan.name, start, end), amount_minor)
     new = NewInvoice(
         id=invoice_id(sub.id, index), user_id=sub.user_id, order_id=None,
         status=issue().value, priced=priced,

@@ -65,8 +65,9 @@ def charge_id(sub: SubscriptionRow, index: int, attempt: int = 0) -> uuid.UUID:
 
 def period_price(sub: SubscriptionRow) -> int:
     """What one period costs, in minor units: its invoice's total, the plan's price times
-    the seats plus the tax of the plan's rate when exclusive (inclusive: it is inside)."""
-    return period_invoices.period_line(sub).total_minor
+    the seats less the subscription's coupon while it lasts, plus the tax of the plan's
+    rate when exclusive (inclusive: it is inside)."""
+    return period_invoices.period_priced(sub).total_minor
 
 
 def not_covered(sub: SubscriptionRow, which: str) -> InsufficientFunds:
@@ -81,7 +82,11 @@ def not_covered(sub: SubscriptionRow, which: str) -> InsufficientFunds:
 
 def check_price_fits(sub: SubscriptionRow) -> None:
     """`invalid_message` when price x quantity would not fit a BIGINT column."""
-    if period_price(sub) > MAX_MINOR_UNITS:
+    try:
+        too_large = period_price(sub) > MAX_MINOR_UNITS
+    except InvalidInput:  # the invoice total itself does not fit
+        too_large = True
+    if too_large:
         raise InvalidInput(
             f"{sub.quantity} x the price of {sub.plan.code} exceeds the largest amount billing "
             f"can hold ({MAX_MINOR_UNITS} minor units)",
@@ -151,6 +156,8 @@ async def mark_period_paid(
     await uow.subscriptions.update(sub.id, **changes)
     # Last: issuing an invoice takes the year's number row, locked until the commit.
     await period_invoices.paid(sub, index, (start, end), period_charge(sub).amount_minor, uow)
+    if period_invoices.discounting(sub) is not None:  # one more charged period discounted
+        await uow.coupons.use_period(sub.id)
     moved = dataclasses.replace(sub, **changes)  # type: ignore[arg-type]
     first = source is Sub.INCOMPLETE  # created events announce live subscriptions only
     kind = SUBSCRIPTION_CREATED if first else SUBSCRIPTION_RENEWED

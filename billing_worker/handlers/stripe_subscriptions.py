@@ -28,7 +28,8 @@ from billing_contracts.wallet import PaymentAction
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.uow import utc_now
-from billing_worker.domain.errors import InvalidState, ProviderError, TransientError
+from billing_worker.domain.discounts import Coupon
+from billing_worker.domain.errors import InvalidInput, InvalidState, ProviderError, TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.subscriptions import LIVE
@@ -63,13 +64,23 @@ CANCEL = "stripe_cancel"  # ...and canceling one there
 
 
 async def create(
-    command: CreateSubscription, sub: SubscriptionRow, uow: UnitOfWork, deps: Deps
+    command: CreateSubscription,
+    sub: SubscriptionRow,
+    uow: UnitOfWork,
+    deps: Deps,
+    coupon: Coupon | None = None,
 ) -> Intent:
     """Phase one: our subscription, incomplete, with no Stripe id yet. Stripe is asked
     after this commits (`call_create`), with the subscription id as idempotency key."""
     plan = sub.plan
     if not plan.stripe_price_id:
         raise ProviderError(f"plan {plan.code} has no stripe_price_id", plan_code=plan.code)
+    if coupon is not None and not coupon.stripe_coupon_id:
+        raise InvalidInput(
+            f"coupon {coupon.code} has no stripe_coupon_id: it cannot discount a Stripe "
+            "subscription",
+            coupon=coupon.code,
+        )
     stripe(deps)
     sub = dataclasses.replace(sub, billing_anchor=None)
     await insert(sub, uow)
@@ -77,6 +88,7 @@ async def create(
         id=sub.id, kind=CREATE, provider=STRIPE, user_id=sub.user_id, subscription_id=sub.id,
         request={"price_ref": plan.stripe_price_id, "trial_days": plan.trial_days,
                  "quantity": sub.quantity,
+                 "coupon_ref": None if coupon is None else coupon.stripe_coupon_id,
                  "payment_method_id": (await default_method.method_for(
                      uow, sub.user_id, STRIPE, command.payment_method_id))[0]},
         customer_ref=await uow.users.customer_ref(sub.user_id, STRIPE),
@@ -102,6 +114,7 @@ async def call_create(intent: Intent, deps: Deps) -> Created:
         idempotency_key=str(intent.id),
         metadata={"subscription_id": str(intent.id), "user_id": intent.user_id},
         quantity=int(request.get("quantity") or 1),
+        coupon_ref=request.get("coupon_ref") or None,
     )
     return Created(remote, new_customer)
 

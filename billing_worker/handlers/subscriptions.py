@@ -20,11 +20,13 @@ from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
 from billing_worker.domain.calendar import trial_end
+from billing_worker.domain.discounts import Redemption
 from billing_worker.domain.errors import InvalidState, NotFound
 from billing_worker.domain.ledger import derived_id
 from billing_worker.domain.plan_versions import terms_of
 from billing_worker.domain.subscriptions import LIVE
 from billing_worker.handlers import stripe_subscriptions, yookassa_subscriptions
+from billing_worker.handlers.coupons import usable
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import (
     charge_from_balance,
@@ -99,9 +101,14 @@ async def create_subscription(
         cancel_reason=None, paid_periods=0, dunning_attempts=0, next_attempt_at=None, plan=plan,
         quantity=command.quantity,
     )  # fmt: skip
+    coupon = None
+    if command.coupon is not None:
+        coupon = await usable(uow, command.coupon, plan.currency)
     check_price_fits(sub)
-    if command.payment_source is PaymentSource.STRIPE:
-        return await stripe_subscriptions.create(command, sub, uow, deps)
+    if command.payment_source is PaymentSource.STRIPE:  # Stripe discounts its own invoices
+        return await stripe_subscriptions.create(command, sub, uow, deps, coupon)
+    if coupon is not None:  # the first charged period is discounted (priced with it)
+        sub = dataclasses.replace(sub, redemption=Redemption(coupon, 0))
     if plan.trial_days:  # no charge until the trial ends; the scheduler charges period 0
         ends = trial_end(now, plan.trial_days)
         sub = dataclasses.replace(
@@ -112,11 +119,13 @@ async def create_subscription(
             sub = await yookassa_subscriptions.attach_saved_method(command, sub, uow)
             await yookassa_subscriptions.receipt_of(sub, uow, deps)  # a contact, with receipts on
         await insert(sub, uow)
+        await _redeem(sub, uow)
         uow.emit(subscription_event(SUBSCRIPTION_CREATED, sub))
         return SubscriptionCreated(subscription=subscription_out(sub), payment_action=None)
     if command.payment_source is PaymentSource.YOOKASSA:
         return await yookassa_subscriptions.create(command, sub, uow, deps)
     await insert(sub, uow)
+    await _redeem(sub, uow)
     if not await charge_from_balance(sub, uow, deps):
         raise not_covered(sub, "the first period")
     active = await _reload(sub.id, uow)
@@ -165,6 +174,12 @@ async def get_subscriptions(
         return subscription_out(sub)
     subs = await uow.subscriptions.of_user(query.user_id)
     return SubscriptionList(subscriptions=[subscription_out(sub) for sub in subs])
+
+
+async def _redeem(sub: SubscriptionRow, uow: UnitOfWork) -> None:
+    """The new subscription's redemption row, in the creation's transaction."""
+    if sub.redemption is not None:
+        await uow.coupons.redeem(sub.id, sub.redemption.coupon.code)
 
 
 async def _reload(subscription_id: uuid.UUID, uow: UnitOfWork) -> SubscriptionRow:

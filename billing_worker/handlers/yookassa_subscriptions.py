@@ -83,6 +83,8 @@ async def create(
     sub = await attach_saved_method(command, sub, uow)
     receipt = await receipt_of(sub, uow, deps)
     await insert(sub, uow)
+    if sub.redemption is not None:  # its first charge (priced with it) is discounted
+        await uow.coupons.redeem(sub.id, sub.redemption.coupon.code)
     return await _begin_charge(
         sub, CREATE, command.payment_method_id, command.return_url, uow, receipt
     )

@@ -135,6 +135,7 @@ class SubscriptionGateway(Protocol):
         idempotency_key: str,
         metadata: Mapping[str, str],
         quantity: int = 1,
+        coupon_ref: str | None = None,
     ) -> ProviderSubscription: ...
 
     async def cancel_subscription(

@@ -14,6 +14,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from billing_contracts.coupons import CouponCode
 from billing_contracts.envelope import Command, Query
 from billing_contracts.plans import PlanCode
 from billing_contracts.wallet import PaymentAction, UserId
@@ -85,6 +86,15 @@ class CreateSubscription(Command):
         description="Seats: every period charges the plan's price times this (Stripe: the "
         "subscription item's quantity)",
         examples=[3],
+    )
+    coupon: CouponCode | None = Field(
+        default=None,
+        description="A coupon (`billing.coupon.upsert`): balance and YooKassa subscriptions "
+        "get it off their charged periods while it lasts (once: the first, repeating: N, "
+        "forever: all; a trial does not count); a Stripe subscription passes its "
+        "`stripe_coupon_id` to Stripe (none: `invalid_message`). Unknown: `not_found`, "
+        "inactive: `invalid_state`, an amount off in another currency: `currency_mismatch`",
+        examples=["WELCOME10"],
     )
 
 

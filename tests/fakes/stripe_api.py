@@ -1103,6 +1103,7 @@ class FakeStripe(SetupIntents):
         "off_session",
         "payment_settings",
         "proration_behavior",
+        "discounts",
     )
 
     def _create_subscription(self, params: JSON) -> JSON:
@@ -1150,6 +1151,19 @@ class FakeStripe(SetupIntents):
         if behavior == "error_if_incomplete" and pi["status"] == "requires_action":
             raise self._mark_declined(pi, "authentication_required", "authentication_required")
 
+    @staticmethod
+    def _discounts(given: Any) -> list[JSON]:
+        if given is None:
+            return []
+        if not isinstance(given, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("coupon"), str) and d["coupon"] for d in given
+        ):
+            raise invalid_request("Invalid array: discounts.", param="discounts")
+        return [
+            {"id": new_id("di_"), "object": "discount", "coupon": {"id": d["coupon"]}}
+            for d in given
+        ]
+
     def _new_subscription(
         self,
         sub_id: str,
@@ -1194,7 +1208,8 @@ class FakeStripe(SetupIntents):
             "default_payment_method": params.get("default_payment_method"),
             "default_source": None,
             "description": params.get("description"),
-            "discounts": [],
+            # Coupons are only recorded (the fake's amounts stay undiscounted).
+            "discounts": self._discounts(params.get("discounts")),
             "ended_at": None,
             "items": {
                 "object": "list",

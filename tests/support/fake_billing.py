@@ -17,6 +17,7 @@ from uuid import UUID
 from billing_worker.db.errors import translated
 from billing_worker.db.invoices import InvoiceRow, NewInvoice, discount_columns
 from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanRow, SubscriptionRow
+from billing_worker.domain.discounts import Redemption
 from billing_worker.domain.invoices import invoice_number
 from support.fake_state import LIVE_STATUSES, UserRow, unique_violation
 from support.fake_wallet import State
@@ -93,7 +94,10 @@ class FakeSubscriptions:
         """The row with its plan as it is now (the SQL joins `plans` on every read)."""
         if sub is None:
             return None
-        return dataclasses.replace(sub, plan=self._state().plan_by_id(sub.plan_id))
+        state = self._state()
+        found = state.redemptions.get(sub.id)  # as the SQL's join of coupon_redemptions
+        redemption = None if found is None else Redemption(state.coupons[found[0]], found[1])
+        return dataclasses.replace(sub, plan=state.plan_by_id(sub.plan_id), redemption=redemption)
 
     async def get(self, subscription_id: UUID, *, lock: bool = False) -> SubscriptionRow | None:
         return self._joined(self._state().subscriptions.get(subscription_id))

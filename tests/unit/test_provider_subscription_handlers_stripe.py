@@ -67,10 +67,11 @@ class CannedStripe(CannedGateway):
     async def create_subscription(
         self, *, customer_ref: str, price_ref: str, payment_method_id: str | None,
         trial_days: int, idempotency_key: str, metadata: Mapping[str, str], quantity: int = 1,
+        coupon_ref: str | None = None,
     ) -> ProviderSubscription:  # fmt: skip
         self.created.append({"customer": customer_ref, "price": price_ref,
                              "key": idempotency_key, "metadata": dict(metadata),
-                             "quantity": quantity})  # fmt: skip
+                             "quantity": quantity, "coupon": coupon_ref})  # fmt: skip
         return self.remote
 
     async def cancel_subscription(self, ref: str, *, at_period_end: bool) -> ProviderSubscription:

@@ -121,10 +121,11 @@ class StripeGateway:
         idempotency_key: str,
         metadata: Mapping[str, str],
         quantity: int = 1,
+        coupon_ref: str | None = None,
     ) -> ProviderSubscription:
         params = subscriptions.subscription_params(
             customer_ref=customer_ref, price_ref=price_ref, payment_method_id=payment_method_id,
-            trial_days=trial_days, metadata=metadata, quantity=quantity,
+            trial_days=trial_days, metadata=metadata, quantity=quantity, coupon_ref=coupon_ref,
         )  # fmt: skip
         created = await _call(
             self._client.v1.subscriptions.create_async(

@@ -33,6 +33,7 @@ def subscription_params(
     trial_days: int,
     metadata: Mapping[str, str],
     quantity: int = 1,
+    coupon_ref: str | None = None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
         "customer": customer_ref,
@@ -46,6 +47,8 @@ def subscription_params(
         params["default_payment_method"] = payment_method_id
     if trial_days:
         params["trial_period_days"] = trial_days
+    if coupon_ref:  # the coupon's stripe_coupon_id: Stripe discounts its own invoices
+        params["discounts"] = [{"coupon": coupon_ref}]
     return params
 
 
