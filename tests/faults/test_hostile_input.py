@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from billing_contracts import (
+    coupons,
     deposit_cancel,
     holds,
     invoices,
@@ -91,12 +92,14 @@ MODELS: dict[str, Any] = {
     names.SUBSCRIPTION_UNPAUSE: subscription_changes.UnpauseSubscription,
     names.TAX_RATE_UPSERT: taxes.UpsertTaxRate,
     names.TAX_RATE_LIST: taxes.ListTaxRates,
+    names.COUPON_UPSERT: coupons.UpsertCoupon,
+    names.COUPON_LIST: coupons.ListCoupons,
 }
 # Not fuzzed: a credit is refused `forbidden` before its body is read without an access
 # policy (tests/integration/test_credits.py); its parser is the same contract parser as
-# every other command's. billing.plan.migrate and billing.tax-rate.upsert, privileged too,
-# are fuzzed: the worker runs with BILLING_CREDIT_WITHOUT_POLICY=true and the client names
-# its AMQP user_id.
+# every other command's. billing.plan.migrate, billing.tax-rate.upsert and
+# billing.coupon.upsert, privileged too, are fuzzed: the worker runs with
+# BILLING_CREDIT_WITHOUT_POLICY=true and the client names its AMQP user_id.
 UNREAD = {names.WALLET_CREDIT}
 
 
