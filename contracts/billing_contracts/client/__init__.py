@@ -52,6 +52,7 @@ from billing_contracts.catalog import EVENT_MODELS
 from billing_contracts.client.connection import DEFAULT_PREFETCH as DEFAULT_PREFETCH
 from billing_contracts.client.connection import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from billing_contracts.client.connection import DIRECT_REPLY_TO
+from billing_contracts.client.coupons import CouponCalls
 from billing_contracts.client.deposit_cancel import DepositCancelCalls
 from billing_contracts.client.events import Event, EventData, parse_event
 from billing_contracts.client.holds import HoldCalls
@@ -123,6 +124,7 @@ class BillingClient(
     PaymentMethodCalls,
     SubscriptionChangeCalls,
     TaxRateCalls,
+    CouponCalls,
 ):
     """Typed RPC calls to billing-worker over one RabbitMQ connection.
 
@@ -142,7 +144,8 @@ class BillingClient(
     (`setup_payment_method`, `list_payment_methods`, `detach_payment_method`,
     `set_default_payment_method`, `update_subscription_payment_method`),
     `SubscriptionChangeCalls` (`resume_subscription`, `pause_subscription`,
-    `unpause_subscription`), `TaxRateCalls` (`upsert_tax_rate`, `list_tax_rates`) and
+    `unpause_subscription`), `TaxRateCalls` (`upsert_tax_rate`, `list_tax_rates`),
+    `CouponCalls` (`upsert_coupon`, `list_coupons`) and
     `EventCalls` (`events`), all over `request()`
     (`RpcClient`) on one `Connection`.
     """

@@ -36,11 +36,13 @@ class InvoiceCalls(RpcClient):
         idempotency_key: str,
         due_at: datetime | None = None,
         order_id: str | None = None,
+        coupon: str | None = None,
         timeout: float | None = None,
     ) -> InvoiceOut:
-        """`billing.invoice.create`: an `open` invoice with its number. Errors:
-        `CurrencyMismatch`, `InvalidState` (the order has an invoice already), `NotFound` (a
-        line names an unknown tax rate)."""
+        """`billing.invoice.create`: an `open` invoice with its number, less `coupon` (if
+        given) before tax. Errors: `CurrencyMismatch` (also an amount-off coupon in
+        another currency), `InvalidState` (the order has an invoice already; an inactive
+        coupon), `NotFound` (a line names an unknown tax rate; an unknown coupon)."""
         command = CreateInvoice(
             idempotency_key=idempotency_key,
             user_id=user_id,
@@ -48,6 +50,7 @@ class InvoiceCalls(RpcClient):
             lines=list(lines),
             due_at=due_at,
             order_id=order_id,
+            coupon=coupon,
         )
         return await self.request(names.INVOICE_CREATE, command, InvoiceOut, timeout=timeout)
 

@@ -34,10 +34,13 @@ class SubscriptionCalls(RpcClient):
         payment_method_id: str | None = None,
         return_url: str | None = None,
         quantity: int = 1,
+        coupon: str | None = None,
         timeout: float | None = None,
     ) -> SubscriptionCreated:
-        """`billing.subscription.create`. Errors: `NotFound` (no active plan),
-        `InsufficientFunds` (balance), `InvalidState` (already subscribed), `ProviderError`."""
+        """`billing.subscription.create`, with `coupon` off its charged periods while it
+        lasts. Errors: `NotFound` (no active plan; an unknown coupon), `InsufficientFunds`
+        (balance), `InvalidState` (already subscribed; an inactive coupon),
+        `CurrencyMismatch` (an amount-off coupon in another currency), `ProviderError`."""
         command = CreateSubscription(
             idempotency_key=idempotency_key,
             user_id=user_id,
@@ -47,6 +50,7 @@ class SubscriptionCalls(RpcClient):
             payment_method_id=payment_method_id,
             return_url=return_url,
             quantity=quantity,
+            coupon=coupon,
         )
         return await self.request(
             names.SUBSCRIPTION_CREATE, command, SubscriptionCreated, timeout=timeout
