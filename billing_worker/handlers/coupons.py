@@ -53,12 +53,16 @@ async def upsert_coupon(command: UpsertCoupon, uow: UnitOfWork, deps: Deps) -> C
     """Create the coupon, or change its name / active; other terms are `invalid_state`."""
     coupon = _coupon(command)
     existing = await uow.coupons.by_code(command.code, lock=True)
-    if existing is not None and existing.terms() != coupon.terms():
-        raise InvalidState(
-            f"coupon {command.code} exists with other terms: they never change, use a new code",
-            coupon=command.code,
-        )
-    return coupon_out(await uow.coupons.upsert(coupon))
+    if existing is None or existing.terms() == coupon.terms():
+        # A concurrent first creation of the code may have won the insert: its terms are
+        # what the upsert returns, and other terms than ours are refused the same way.
+        stored = await uow.coupons.upsert(coupon)
+        if stored.terms() == coupon.terms():
+            return coupon_out(stored)
+    raise InvalidState(
+        f"coupon {command.code} exists with other terms: they never change, use a new code",
+        coupon=command.code,
+    )
 
 
 async def list_coupons(query: ListCoupons, uow: UnitOfWork, deps: Deps) -> CouponList:

@@ -197,3 +197,19 @@ def test_the_deploy_policy_lets_only_the_admin_set_coupons() -> None:
     policy = load_policy(ROOT / "deploy" / "access-policy.toml", queues)
     assert {user for user in policy.users if policy.allows(user, UPSERT)} == {"billing-admin"}
     assert policy.allows("storefront", names.COUPON_LIST)
+
+
+async def test_a_concurrent_first_creation_with_other_terms_is_refused(
+    db: FakeDatabase, deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The row lock finds no coupon yet; the insert then meets the one another command
+    # committed meanwhile (ON CONFLICT keeps its terms): ours are refused, not reported.
+    await run(db, coupons.upsert_coupon, a_coupon("RACE", percent_off="10"), deps)
+
+    async def not_yet(self: Any, code: str, *, lock: bool = False) -> None:
+        return None
+
+    monkeypatch.setattr("support.fake_coupons.FakeCoupons.by_code", not_yet)
+    with pytest.raises(InvalidState, match="use a new code"):
+        await run(db, coupons.upsert_coupon, a_coupon("RACE", percent_off="20"), deps)
+    assert db.state.coupons["RACE"].percent_off == 10
