@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from billing_worker.app import Worker, build_worker
+from billing_worker.db.engine import driver_connection
 from billing_worker.settings import Settings
 from fakes.stripe_api import FakeStripe
 from fakes.yookassa_api import FakeYooKassa
@@ -315,3 +316,29 @@ async def test_the_same_stripe_invoice_under_another_event_id_records_one_charge
     history = await bus.call("billing.wallet.transactions", {"user_id": user})
     charges = [t for t in history["data"]["items"] if t["kind"] == "subscription_charge"]
     assert [(c["status"], c["amount"]["amount"]) for c in charges] == [("completed", "10.00")]
+
+
+async def test_a_stripe_subscription_passes_its_coupons_stripe_id_to_stripe(
+    bus: Bus, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, _ = stripe_fake
+    async with driver_connection(worker.engine) as db:  # as billing.coupon.upsert stores them
+        for code, stripe_id in (("STRIPE5", "co_welcome5"), ("LOCAL5", None)):
+            await db.execute(
+                "INSERT INTO coupons (id, code, name, percent_off, duration, active, "
+                "stripe_coupon_id) VALUES ($1, $2, $2, 5, 'once', true, $3) "
+                "ON CONFLICT (code) DO NOTHING",
+                uuid.uuid4(), code, stripe_id,
+            )  # fmt: skip
+    user, code = new_user(), await plan(bus, stripe_price_id="price_pro_monthly")
+    refused = await bus.call(
+        "billing.subscription.create",
+        {"idempotency_key": key(), "user_id": user, "plan_code": code,
+         "payment_source": "stripe", "payment_method_id": "pm_card_visa", "coupon": "LOCAL5"},
+    )  # fmt: skip
+    assert refused["error"]["code"] == "invalid_message", refused
+    assert [s for s in fake.subscriptions.values() if s["metadata"].get("user_id") == user] == []
+
+    await subscribe(bus, user, code, "stripe", payment_method_id="pm_card_visa", coupon="STRIPE5")
+    discounts = fake.subscriptions[stripe_ref(fake, user)]["discounts"]
+    assert [d["coupon"]["id"] for d in discounts] == ["co_welcome5"]
