@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from billing_contracts import events as ev
+from billing_contracts.coupons import UpsertCoupon
 from billing_contracts.plans import UpsertPlan
 from billing_contracts.subscriptions import CreateSubscription, SubscriptionCreated
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.domain.errors import InvalidState, NotFound
 from billing_worker.domain.events import PaymentOutcome
-from billing_worker.handlers import renewals, subscriptions, yookassa_subscriptions
+from billing_worker.handlers import coupons, renewals, subscriptions, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.provider_events import Applied
 from billing_worker.providers.base import PaymentRequest, PaymentResult, PaymentStatus
@@ -304,3 +305,33 @@ async def test_a_renewal_refused_outright_is_tried_again_next_round(
     assert isinstance(again, Intent)
     assert again.id == begun.id  # the same period and attempt: the same idempotency key
     assert db.state.subscriptions[sub.id].status == "active"
+
+
+async def test_a_coupon_makes_yookassa_charge_less_for_its_periods_only(
+    db: FakeDatabase, deps: Deps, gateway: CannedYooKassa, clock: ManualClock
+) -> None:
+    # 30 % off once: the first charge asks YooKassa for 7.00 RUB, the renewal for 10.00
+    await run(db, coupons.upsert_coupon, UpsertCoupon.model_validate(
+        {"idempotency_key": key(), "code": "YK30", "name": "YK30", "percent_off": "30",
+         "duration": "once"}), deps)  # fmt: skip
+    gateway.saves = "pm_saved"
+    command = CreateSubscription(
+        idempotency_key=key(), user_id=new_user(), plan_code="pro", payment_source="yookassa",
+        return_url="https://shop.example/back", coupon="YK30",
+    )  # fmt: skip
+    intent = await run(db, subscriptions.create_subscription, command, deps)
+    assert isinstance(intent, Intent)
+    await first_period(db, deps, intent)
+    sub = sub_of(db, intent)
+    assert sub.current_period_end is not None
+    clock.set(sub.current_period_end)
+    await renewal(db, deps)
+    assert [r.amount_minor for r in gateway.requests] == [700, 1000]
+    invoices = sorted(
+        (i for i in db.state.invoices.values() if i.subscription_id == sub.id),
+        key=lambda i: i.period_index or 0,
+    )
+    assert [(i.status, i.discount_minor, i.total_minor) for i in invoices] == [
+        ("paid", 300, 700), ("paid", 0, 1000),
+    ]  # fmt: skip
+    assert db.state.redemptions[sub.id] == ("YK30", 1)
