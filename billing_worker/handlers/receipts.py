@@ -57,15 +57,17 @@ async def for_deposit(
 
 
 async def for_period(
-    plan: PlanRow, user_id: str, amount_minor: int, currency: str, uow: UnitOfWork, deps: Deps
-) -> dict[str, Any] | None:
-    """A YooKassa subscription charge's receipt (the plan's name and vat_code), or None."""
+    plan: PlanRow, user_id: str, amount_minor: int, currency: str, uow: UnitOfWork, deps: Deps,
+    *, quantity: int = 1,
+) -> dict[str, Any] | None:  # fmt: skip
+    """A YooKassa subscription charge's receipt (the plan's name and vat_code, one item of
+    `quantity` seats at the price of one), or None."""
     if deps.receipts is None:
         return None
     to = await contact(uow, user_id)
     policy = deps.receipts
     return receipts.subscription_receipt(
-        to, plan.name, amount_minor, currency, plan.vat_code, policy
+        to, plan.name, amount_minor, currency, plan.vat_code, policy, quantity
     )
 
 

@@ -152,6 +152,18 @@ async def cancel_subscription(
             "a provider call for this subscription is in flight; try again shortly",
             status=sub.status,
         )
+    ends_now = not command.at_period_end or Sub(sub.status) in (Sub.INCOMPLETE, Sub.PAUSED)
+    if not stripe_run and ends_now and await uow.subscriptions.charging([sub.id]):
+        # A period's payment is at the provider (a YooKassa payment `pending`): ending the
+        # subscription now would leave its confirmation paying a period nobody gets, the
+        # money kept for nothing. Refused until the provider settles it; a period-end
+        # cancel (of a paid period) is taken meanwhile.
+        raise InvalidState(
+            "a payment for this subscription is in flight at the provider; cancel once it "
+            "is settled (or cancel at the period end)",
+            status=sub.status,
+            reason="payment_in_flight",
+        )
     if stripe_run and sub.provider_subscription_id:
         return stripe_subscriptions.begin_cancel(command, sub, deps)
     # incomplete: nothing paid to serve; paused: its paid period is over already

@@ -118,7 +118,13 @@ async def receipt_of(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> dict[
     when the user has no e-mail to send it to."""
     charge = period_charge(sub)
     return await receipts.for_period(
-        sub.plan, sub.user_id, charge.amount_minor, charge.currency, uow, deps
+        sub.plan,
+        sub.user_id,
+        charge.amount_minor,
+        charge.currency,
+        uow,
+        deps,
+        quantity=sub.quantity,
     )
 
 

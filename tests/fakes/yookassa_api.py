@@ -213,6 +213,9 @@ class FakeYooKassa:
         self.requests: list[RecordedRequest] = []
         self.saved_methods: set[str] = set()
         self.declining_methods: set[str] = set()
+        # Saved methods whose payments stay `pending` (the bank is slow to answer) until
+        # `pay` or `cancel`, as a redirect payment does.
+        self.pending_methods: set[str] = set()
         self.delay_seconds: float = 0.0
         # 54-FZ: a shop with fiscalization on refuses payments and refunds without a valid
         # receipt (400, parameter "receipt"); every receipt accepted is kept by object id.
@@ -466,7 +469,7 @@ class FakeYooKassa:
             self.receipts[payment_id] = receipt
         if method_id in self.declining_methods:
             self._mark_canceled(payment, "yoo_money", "card_expired")
-        elif method_id is not None:
+        elif method_id is not None and method_id not in self.pending_methods:
             self._mark_paid(payment)
         return copy.deepcopy(payment)
 

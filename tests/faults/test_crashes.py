@@ -1,13 +1,16 @@
 """Two real workers compete for the queues while one or the other is SIGKILLed.
 
 Over 5,000 mixed commands (sandbox deposits, some declined; withdrawals; invoice
-creations; balance subscriptions charging their first period; withdrawals refused for
-want of funds; holds placed, captured in part and released; partial refunds of deposits
-to the card) are sent at a steady pace while the workers are killed at random moments
-and restarted. The client resends whatever was not answered with the same key and
-payload. Every command must end up answered, every answer to one key must be the same,
-each must be applied exactly once, every event published once per fact, and every
-balance must equal the sum the test computed on its side.
+creations, some lines taxed; balance subscriptions charging their first period, half of
+the plans taxed; withdrawals refused for want of funds; holds placed, captured in part and
+released; partial refunds of deposits to the card; subscriptions paused, unpaused (a
+scheduled pause dropped) and resumed (a period-end cancel undone); invoices voided, marked
+uncollectible and paid from the balance) are sent at a steady pace while the workers are
+killed at random moments and restarted. The client resends whatever was not answered with
+the same key and payload. Every command must end up answered, every answer to one key
+must be the same, each must be applied exactly once, every event published once per
+fact, every balance must equal the sum the test computed on its side (taxes included),
+and each voided, written-off, paid, paused or resumed object must be so exactly once.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import asyncio
 import random
 import time
 import uuid
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,8 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 USERS = 50
 PLANS = 8  # balance plans; every user subscribes to each once
-DEPOSITS_PER_USER = 40  # 5 of them declined by the sandbox
-WITHDRAWALS_PER_USER = 32
+DEPOSITS_PER_USER = 36  # 4 of them declined by the sandbox (40 before the lifecycle load)
+WITHDRAWALS_PER_USER = 30
 INVOICES_PER_USER = 20
 POOR_WITHDRAWALS = 100  # users without money: insufficient_funds, deterministically
 KILLS = 8
@@ -41,6 +46,8 @@ FUNDING = 1000_00  # minor units; covers every withdrawal and subscription of a 
 HOLDS_BEFORE = 3  # per user, before the storm: one to capture in part, one to release, one kept
 REFUNDS_PER_USER = 2  # of the user's funding deposit, to the card
 REFUND = 10_00
+TAX_PERCENT = 10  # exclusive: the even plans' periods and a third of the invoice lines
+PRE_PRICE = 50  # the plan every user subscribes to before the storm, to pause or resume
 SEND_SECONDS = 30.0  # the commands are spread over this long, so kills land mid-load
 
 
@@ -50,6 +57,12 @@ def money(minor: int) -> dict[str, str]:
 
 def key() -> str:
     return uuid.uuid4().hex
+
+
+def taxed(amount: int) -> int:
+    """`amount` plus its exclusive tax, rounded half-even (as the worker must)."""
+    tax = (Decimal(amount) * TAX_PERCENT / 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    return amount + int(tax)
 
 
 def _minor(amount: dict[str, str]) -> int:
@@ -63,15 +76,25 @@ class Plan:
         self.run = run
         self.users = [f"crash-{run}-{i}" for i in range(USERS)]
         self.plans = {f"crash-{run}-plan-{p}": (p + 1) * 100 for p in range(PLANS)}
+        self.tax_rate = f"crash-{run}-vat"
+        self.taxed_plans = {code for p, code in enumerate(self.plans) if p % 2 == 0}
+        self.pre_plan = f"crash-{run}-pre"
         self.expected = {(user, "USD"): FUNDING for user in self.users}
         self.kinds: dict[str, str] = {}  # key -> what the command is
 
     def commands(
-        self, funded: dict[str, str], held: dict[str, list[tuple[str, int]]]
+        self,
+        funded: dict[str, str],
+        held: dict[str, list[tuple[str, int]]],
+        lifecycle: list[tuple[str, dict[str, Any], str]],
     ) -> list[tuple[str, dict[str, Any]]]:
         """The storm; `funded`: each user's funding deposit, `held`: the holds placed
-        before it (id, amount)."""
+        before it (id, amount); `lifecycle`: the pause/resume and invoice commands on what
+        was set up before it (queue, command, kind)."""
         rng, out = self.rng, []
+        for queue, command, kind in lifecycle:
+            self.kinds[command["idempotency_key"]] = kind
+            out.append((queue, command))
         for user in self.users:
             balance = (user, "USD")
             out += self._after_the_payment(user, funded[user], held[user])
@@ -97,7 +120,7 @@ class Plan:
                 self.kinds[command["idempotency_key"]] = "withdrawal"
                 out.append((names.WALLET_WITHDRAW, command))
             for code, price in self.plans.items():
-                self.expected[balance] -= price
+                self.expected[balance] -= taxed(price) if code in self.taxed_plans else price
                 command = {
                     "idempotency_key": key(),
                     "user_id": user,
@@ -107,14 +130,7 @@ class Plan:
                 self.kinds[command["idempotency_key"]] = "subscription"
                 out.append((names.SUBSCRIPTION_CREATE, command))
             for _ in range(INVOICES_PER_USER):
-                lines = [
-                    {
-                        "description": f"item {n}",
-                        "quantity": rng.randint(1, 5),
-                        "unit_price": money(rng.randint(0, 99_99)),
-                    }
-                    for n in range(rng.randint(1, 3))
-                ]
+                lines = [self.line(n) for n in range(rng.randint(1, 3))]
                 command = {
                     "idempotency_key": key(),
                     "user_id": user,
@@ -133,6 +149,51 @@ class Plan:
             self.kinds[command["idempotency_key"]] = "refused"
             out.append((names.WALLET_WITHDRAW, command))
         rng.shuffle(out)
+        return out
+
+    def line(self, n: int, top: int = 99_99) -> dict[str, Any]:
+        """An invoice line; one in three taxed at the run's rate."""
+        line = {
+            "description": f"item {n}",
+            "quantity": self.rng.randint(1, 5),
+            "unit_price": money(self.rng.randint(0, top)),
+        }
+        if self.rng.random() < 1 / 3:
+            line["tax_rate"] = self.tax_rate
+        return line
+
+    @staticmethod
+    def total(lines: list[dict[str, Any]]) -> int:
+        """An invoice's total computed here: each line's amount, plus its tax if taxed."""
+        amounts = [(line["quantity"] * _minor(line["unit_price"]), line) for line in lines]
+        return sum(taxed(a) if "tax_rate" in line else a for a, line in amounts)
+
+    def lifecycle(
+        self, subs: dict[str, str], invoices: dict[str, list[tuple[str, int]]]
+    ) -> list[tuple[str, dict[str, Any], str]]:
+        """Per user, on its subscription set up before the storm (`subs`): users 0, 2, ...
+        (canceling at the period end) resume; 1, 5, ... pause; 3, 7, ... (a pause
+        scheduled) unpause. On its three invoices (`invoices`: id, total): void the first,
+        write the second off, pay the third from the balance (which it covers)."""
+        out: list[tuple[str, dict[str, Any], str]] = []
+        for n, user in enumerate(self.users):
+            base = {"user_id": user, "subscription_id": subs[user]}
+            queue, kind = {0: (names.SUBSCRIPTION_RESUME, "resume"),
+                           1: (names.SUBSCRIPTION_PAUSE, "pause"),
+                           2: (names.SUBSCRIPTION_RESUME, "resume"),
+                           3: (names.SUBSCRIPTION_UNPAUSE, "unpause")}[n % 4]  # fmt: skip
+            out.append((queue, {**base, "idempotency_key": key()}, kind))
+            (void, _), (off, _), (pay, total) = invoices[user]
+            self.expected[(user, "USD")] -= total
+            ids = {"user_id": user, "idempotency_key": key()}
+            out += [
+                (names.INVOICE_VOID, {**ids, "invoice_id": void, "reason": "crash"}, "void"),
+                (names.INVOICE_MARK_UNCOLLECTIBLE,
+                 {**ids, "idempotency_key": key(), "invoice_id": off}, "uncollectible"),
+                (names.INVOICE_PAY,
+                 {**ids, "idempotency_key": key(), "invoice_id": pay, "source": "balance"},
+                 "invoice_paid"),
+            ]  # fmt: skip
         return out
 
     def _after_the_payment(
@@ -176,9 +237,10 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         vhost_url,
         max_deliveries=10,
         retry_delays_ms="50,100,200,400",
+        credit_without_policy="true",  # billing.tax-rate.upsert, by the client's user_id
     )
     workers = [Process("run", env, tmp_path / f"worker-{n}.log") for n in range(2)]
-    client = LoadClient(vhost_url)
+    client = LoadClient(vhost_url, user_id=urlsplit(vhost_url).username or "guest")
     await client.start()  # its event and dead-letter queues exist before anything is sent
     started = time.monotonic()
     try:
@@ -186,18 +248,19 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
             worker.start()
         await asyncio.gather(*(worker.ready() for worker in workers))
 
-        # Before the chaos: the plans, and money for every user.
-        for code, price in plan.plans.items():
-            reply = await client.call(
-                names.PLAN_UPSERT,
-                {
-                    "idempotency_key": key(),
-                    "code": code,
-                    "name": code,
-                    "price": money(price),
-                    "interval": "month",
-                },
-            )
+        # Before the chaos: a tax rate, the plans (half taxed), and money for every user.
+        reply = await client.call(
+            names.TAX_RATE_UPSERT,
+            {"idempotency_key": key(), "code": plan.tax_rate, "name": "Crash VAT",
+             "percent": str(TAX_PERCENT), "inclusive": False},
+        )  # fmt: skip
+        assert reply["ok"], reply
+        for code, price in [*plan.plans.items(), (plan.pre_plan, PRE_PRICE)]:
+            upsert = {"idempotency_key": key(), "code": code, "name": code,
+                      "price": money(price), "interval": "month"}  # fmt: skip
+            if code in plan.taxed_plans:
+                upsert["tax_rate"] = plan.tax_rate
+            reply = await client.call(names.PLAN_UPSERT, upsert)
             assert reply["ok"], reply
         funding = [
             await client.submit(
@@ -232,7 +295,54 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
             hold = client.final(k)["data"]["hold"]  # type: ignore[index]
             held[user].append((hold["id"], _minor(hold["amount"])))
 
-        commands = plan.commands(funded, held)
+        # What the storm pauses, resumes and closes: a subscription per user (even users'
+        # canceling at the period end, every fourth from 3 with a pause scheduled) and
+        # three invoices per user, some lines taxed.
+        subscribing: dict[str, str] = {}
+        issuing: dict[str, list[tuple[list[dict[str, Any]], str]]] = {}
+        for user in plan.users:
+            subscribing[user] = await client.submit(
+                names.SUBSCRIPTION_CREATE,
+                {
+                    "idempotency_key": key(),
+                    "user_id": user,
+                    "plan_code": plan.pre_plan,
+                    "payment_source": "balance",
+                },
+            )
+            issuing[user] = []
+            for _ in range(3):
+                lines = [plan.line(n, top=20_00) for n in range(plan.rng.randint(1, 2))]
+                command = {"idempotency_key": key(), "user_id": user, "currency": "USD",
+                           "lines": lines}  # fmt: skip
+                issuing[user].append((lines, await client.submit(names.INVOICE_CREATE, command)))
+        await client.settle(timeout=60)
+        subs = {user: client.final(k)["data"]["subscription"]["id"]  # type: ignore[index]
+                for user, k in subscribing.items()}  # fmt: skip
+        invoices: dict[str, list[tuple[str, int]]] = {}
+        for user, issued in issuing.items():
+            invoices[user] = []
+            for lines, k in issued:
+                invoice = client.final(k)["data"]  # type: ignore[index]
+                assert _minor(invoice["total"]) == plan.total(lines), (invoice, lines)
+                invoices[user].append((invoice["id"], plan.total(lines)))
+        for user in plan.users:
+            plan.expected[(user, "USD")] -= PRE_PRICE
+        prepared = []
+        for n, user in enumerate(plan.users):
+            base = {"idempotency_key": key(), "user_id": user, "subscription_id": subs[user]}
+            if n % 2 == 0:
+                prepared.append(await client.submit(
+                    names.SUBSCRIPTION_CANCEL, {**base, "at_period_end": True}))  # fmt: skip
+            elif n % 4 == 3:
+                prepared.append(await client.submit(names.SUBSCRIPTION_PAUSE, base))
+        await client.settle(timeout=60)
+        setup = [*funding, *placing.values(), *subscribing.values(), *prepared,
+                 *(k for issued in issuing.values() for _, k in issued)]  # fmt: skip
+        assert all(client.final(k)["ok"] for k in setup)  # type: ignore[index]
+
+        commands = plan.commands(funded, held, plan.lifecycle(subs, invoices))
+        subs_of, invoices_of = subs, invoices
         killed_at: list[float] = []
 
         async def impatient(command_key: str) -> None:
@@ -302,6 +412,28 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
             )
         }
         invoices = await db.fetchval("SELECT count(*) FROM invoices WHERE subscription_id IS NULL")
+        closed = {
+            row["status"]: row["n"]
+            for row in await db.fetch(
+                "SELECT status, count(*) AS n FROM invoices WHERE id = ANY($1::uuid[]) "
+                "GROUP BY status",
+                [i for user in plan.users for i, _ in invoices_of[user]],
+            )
+        }
+        invoice_payments = await db.fetchval(
+            "SELECT count(*) FROM transactions WHERE kind = 'invoice_payment' "
+            "AND status = 'completed' AND invoice_id = ANY($1::uuid[])",
+            [i for user in plan.users for i, _ in invoices_of[user]],
+        )
+        pre = {
+            row["user_id"]: (row["status"], row["cancel_at_period_end"],
+                             row["pause_at_period_end"], row["paid_periods"])
+            for row in await db.fetch(
+                "SELECT s.user_id, s.status, s.cancel_at_period_end, s.pause_at_period_end, "
+                "s.paid_periods FROM subscriptions s WHERE s.id = ANY($1::uuid[])",
+                list(subs_of.values()),
+            )
+        }  # fmt: skip
         period_invoices = await db.fetchval(
             "SELECT count(*) FROM invoices WHERE subscription_id IS NOT NULL AND status = 'paid'"
         )
@@ -320,17 +452,27 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         "released": outcomes["release"],
         "open": outcomes["hold"] + USERS,  # placed in the storm, and kept from before it
     }
-    assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"]
-    assert invoices == outcomes["invoice"]
-    assert period_invoices == outcomes["subscription"]  # each first period has its invoice
-    assert live == outcomes["subscription"]
+    # the storm's subscriptions, and the one per user set up before it
+    assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"] + USERS
+    assert invoices == outcomes["invoice"] + 3 * USERS  # and three per user before the storm
+    assert period_invoices == outcomes["subscription"] + USERS  # each first period's invoice
+    assert live == outcomes["subscription"] + USERS  # a scheduled pause is still active
+    # Voided, written off and paid once each, whatever the kills and resends.
+    assert closed == {"void": USERS, "uncollectible": USERS, "paid": USERS}, closed
+    assert invoice_payments == outcomes["invoice_paid"] == USERS
+    for kind in ("invoice.voided", "invoice.uncollectible"):
+        assert len({e.body["data"]["invoice_id"] for e in client.events_of(kind)}) == USERS
+    # Resumed: no longer canceling; paused: at the period end; unpaused: the pause dropped.
+    # Nothing charged twice: one paid period each.
+    assert pre == {user: ("active", False, n % 4 == 1, 1) for n, user in enumerate(plan.users)}, pre
+    assert outcomes["resume"] + outcomes["pause"] + outcomes["unpause"] == USERS
     assert len(client.events_of("deposit.completed")) >= outcomes["deposit"] + USERS
     assert len(killed_at) == KILLS
 
     repeated = sum(1 for replies in client.replies.values() if len(replies) > 1)
     record(
         "crashes",
-        commands=len(commands) + len(funding) + len(placing) + PLANS,
+        commands=len(commands) + len(setup) + PLANS + 2,  # + the rate and the pre plan
         kills=sum(worker.kills for worker in workers),
         restarts=sum(worker.starts for worker in workers) - len(workers),
         resent=client.resent,

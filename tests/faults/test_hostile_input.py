@@ -46,6 +46,7 @@ from support.hostile import (
     QUEUES,
     Hostile,
     draw,
+    field_values,
     hostile,
     nul_character,
     oversize,
@@ -166,6 +167,7 @@ async def test_hostile_messages_on_every_queue_are_refused_or_handled_never_cras
         examples.append(nul_character(queue))
         deep = b"[" * 10_000 + b"]" * 10_000
         examples.append(Hostile(queue, deep, ("deep_nesting",), must_be_invalid=True))
+    examples += field_values()  # plan.upsert's tax_rate, subscription.create's quantity
     sandbox = SandboxGateway(await sandbox_key(database_url))
     verdicts = [contract_verdict(item.queue, item.body, sandbox) for item in examples]
     too_lax = [
@@ -191,6 +193,19 @@ async def test_hostile_messages_on_every_queue_are_refused_or_handled_never_cras
     try:
         worker.start()
         await worker.ready()
+        # The rate the fuzzed plans name, and a taxed plan the fuzzed subscriptions name.
+        assert (
+            await client.call(
+                names.TAX_RATE_UPSERT,
+                {
+                    "idempotency_key": uuid.uuid4().hex,
+                    "code": "fuzz-vat",
+                    "name": "Fuzz VAT",
+                    "percent": "19.5",
+                    "inclusive": False,
+                },
+            )
+        )["ok"]
         assert (
             await client.call(
                 names.PLAN_UPSERT,
@@ -200,6 +215,7 @@ async def test_hostile_messages_on_every_queue_are_refused_or_handled_never_cras
                     "name": "Fuzz",
                     "price": {"amount": "1.00", "currency": "USD"},
                     "interval": "month",
+                    "tax_rate": "fuzz-vat",
                 },
             )
         )["ok"]

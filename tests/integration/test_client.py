@@ -287,6 +287,53 @@ async def test_invoices_are_created_paid_got_and_listed(billing: BillingClient) 
     assert again.value.details == {"status": "paid", "requested": "paid"}
 
 
+async def test_invoices_are_voided_and_written_off_through_the_client(
+    billing: BillingClient,
+) -> None:
+    """void_invoice / mark_invoice_uncollectible against the worker: typed replies, a void
+    invoice can never be paid, a written-off one still can (as at Stripe), another user's
+    is not found, a second void is invalid_state."""
+    user, other = new_user(), new_user()
+    await fund(billing, user, "10.00")
+    line = InvoiceLineIn(description="Blue mug", quantity=1, unit_price=usd("3.00"))
+    to_void, to_write_off = [
+        await billing.create_invoice(
+            user_id=user, currency="USD", lines=[line], idempotency_key=key()
+        )
+        for _ in range(2)
+    ]
+
+    voided = await billing.void_invoice(
+        user_id=user, invoice_id=to_void.id, reason="issued in error", idempotency_key=key()
+    )
+    written_off = await billing.mark_invoice_uncollectible(
+        user_id=user, invoice_id=str(to_write_off.id), idempotency_key=key()
+    )
+
+    assert (voided.id, voided.status, voided.reason) == (
+        to_void.id, InvoiceStatus.VOID, "issued in error"
+    )  # fmt: skip
+    assert voided.voided_at is not None
+    assert (written_off.status, written_off.reason) == (InvoiceStatus.UNCOLLECTIBLE, None)
+    assert await billing.get_invoice(user_id=user, invoice_id=to_void.id) == voided
+    with pytest.raises(InvalidState) as again:
+        await billing.void_invoice(
+            user_id=user, invoice_id=to_void.id, reason="twice", idempotency_key=key()
+        )
+    assert again.value.details["status"] == "void"
+    with pytest.raises(InvalidState):
+        await billing.pay_invoice(user_id=user, invoice_id=to_void.id, idempotency_key=key())
+    with pytest.raises(NotFound):  # another user's invoice, exactly as a missing one
+        await billing.mark_invoice_uncollectible(
+            user_id=other, invoice_id=to_write_off.id, idempotency_key=key()
+        )
+    paid = await billing.pay_invoice(
+        user_id=user, invoice_id=to_write_off.id, idempotency_key=key()
+    )
+    assert paid.status is InvoiceStatus.PAID
+    assert (await billing.balance(user_id=user)).accounts[0].balance == usd("7.00")
+
+
 async def test_insufficient_funds_is_raised_with_the_balance_in_its_details(
     billing: BillingClient,
 ) -> None:

@@ -91,6 +91,7 @@ BASE: dict[str, dict[str, Any]] = {
         "interval_count": 1,
         "trial_days": 0,
         "active": True,
+        "tax_rate": "fuzz-vat",
     },
     names.PLAN_LIST: {"active_only": True, "code": "fuzz-plan"},
     names.SUBSCRIPTION_CREATE: {
@@ -228,7 +229,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.INVOICE_GET: {"limit"},
     names.INVOICE_VOID: set(),
     names.INVOICE_MARK_UNCOLLECTIBLE: {"reason"},
-    names.PLAN_UPSERT: {"interval_count", "trial_days", "active"},
+    names.PLAN_UPSERT: {"interval_count", "trial_days", "active", "tax_rate"},
     names.PLAN_LIST: {"active_only", "code"},
     names.SUBSCRIPTION_CREATE: {"email", "quantity", "coupon"},
     names.SUBSCRIPTION_CANCEL: {"at_period_end", "reason"},
@@ -600,6 +601,66 @@ def draw(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
 
     collect()
     return drawn
+
+
+# Values of one field worth trying on every run, beside the random draws (which reach a
+# given field of a message only now and then): (queue, field, value, must_be_invalid).
+# A valid value is handled like any message (an unknown rate is `not_found`).
+FIELD_VALUES: list[tuple[str, str, Any, bool]] = [
+    *(
+        (names.PLAN_UPSERT, "tax_rate", value, invalid)
+        for value, invalid in [
+            ("fuzz-vat", False),  # the rate the test sets up
+            ("no-such-rate", False),  # unknown: not_found
+            (None, False),
+            ("FUZZ-VAT", False),  # codes are case-sensitive: unknown
+            ("x" * 100, False),
+            ("x" * 101, True),
+            ("x" * 300_000, True),
+            ("", True),
+            (" fuzz-vat", True),
+            ("fuzz vat", True),
+            ("-fuzz", True),
+            ("fuzz\x00", True),
+            ("😀", True),
+            ("\u0661", True),
+            ("../../etc/passwd", True),
+            (19, True),
+            (19.5, True),
+            (True, True),
+            (["fuzz-vat"], True),
+            ({"code": "fuzz-vat"}, True),
+        ]
+    ),
+    *(
+        (names.SUBSCRIPTION_CREATE, "quantity", value, invalid)
+        for value, invalid in [
+            (1, False),
+            (10_000, False),
+            (0, True),
+            (-1, True),
+            (10_001, True),
+            (2**63, True),
+            (10**40, True),
+            (1.0, True),
+            (2.5, True),
+            ("2", True),
+            (True, True),
+            (None, True),
+            ([2], True),
+        ]
+    ),
+]
+
+
+def field_values() -> list[Hostile]:
+    """FIELD_VALUES as messages: the queue's valid base with that one field replaced."""
+    examples = []
+    for queue, field, value, invalid in FIELD_VALUES:
+        message = fresh(copy.deepcopy(BASE[queue]))
+        message[field] = value
+        examples.append(Hostile(queue, json.dumps(message).encode(), (f"field:{field}",), invalid))
+    return examples
 
 
 def oversize(queue: str) -> Hostile:

@@ -65,6 +65,13 @@ def fact_of(type_: str, data: Mapping[str, Any]) -> str | None:
         return str(data["invoice_id"])
     if type_ in ("subscription.created", "subscription.canceled"):
         return str(data["subscription_id"])
+    if type_ in ("subscription.paused", "subscription.resumed"):
+        # One per change of a subscription in a period: a pause scheduled (or taken), a
+        # period-end cancel undone (`cancel_undone`), a pause dropped or ended.
+        return (
+            f"{type_}:{data['subscription_id']}:{data.get('reason')}:"
+            f"{data.get('pause_at_period_end')}@{data['current_period_start']}"
+        )
     if type_ == "subscription.renewed":
         return f"{data['subscription_id']}@{data['current_period_start']}"
     if type_ == "subscription.past_due":

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from billing_contracts.plans import UpsertPlan
 from billing_contracts.wallet import Deposit
+from billing_worker.domain.money import format_minor
 from billing_worker.providers.yookassa.receipts import (
     PAYMENT_MODES,
     PAYMENT_SUBJECTS,
@@ -64,6 +65,34 @@ def test_a_subscription_receipt_names_the_plan_and_takes_its_vat_code_else_the_p
     assert (item["description"], item["amount"]["value"], item["vat_code"]) == ("Pro", "499.00", 2)
     [item] = subscription_receipt(ADA, "Pro", 49900, "RUB", None, POLICY)["items"]
     assert item["vat_code"] == 4
+
+
+def test_a_subscription_of_n_seats_is_one_item_of_quantity_n_at_the_unit_price() -> None:
+    """Not N items, nor one item of N x price at quantity 1 (54-FZ: what was sold, how many)."""
+    made = subscription_receipt(ADA, "Pro", 3 * 49900, "RUB", 2, POLICY, quantity=3)
+    items = [(i["description"], i["quantity"], i["amount"]["value"], i["vat_code"])
+             for i in made["items"]]  # fmt: skip
+    assert items == [("Pro", "3.00", "499.00", 2)]
+    assert total_minor(made, "RUB") == 3 * 49900
+
+
+@given(
+    quantity=st.integers(1, 10_000),
+    unit=st.integers(0, 10**9),
+    extra=st.integers(0, 10**6),
+)
+def test_a_seat_charge_that_does_not_divide_by_the_seats_still_adds_up_exactly(
+    quantity: int, unit: int, extra: int
+) -> None:
+    """An exclusive tax is rounded on the line (price x seats), so the charge need not be a
+    multiple of the seats: the seats are then split between two unit prices one kopeck
+    apart, every seat still counted once and the items adding up to the charge."""
+    amount = quantity * unit + extra % quantity
+    made = subscription_receipt(ADA, "Pro", amount, "RUB", None, POLICY, quantity=quantity)
+    assert total_minor(made, "RUB") == amount
+    assert sum(int(i["quantity"].split(".")[0]) for i in made["items"]) == quantity
+    assert len(made["items"]) == (1 if amount % quantity == 0 else 2)
+    assert made["items"][0]["amount"]["value"] == format_minor(amount // quantity, "RUB")
 
 
 def test_an_invoice_receipt_has_one_item_per_line_adding_up_to_the_total() -> None:

@@ -20,8 +20,10 @@ from billing_contracts.subscriptions import (
 )
 from billing_worker.db.intents import Intent
 from billing_worker.domain.errors import InsufficientFunds, InvalidState, NotFound
+from billing_worker.domain.ledger import Transaction
 from billing_worker.handlers import renewals, subscriptions
 from billing_worker.handlers.deps import Deps
+from billing_worker.handlers.periods import period_charge
 from support.clock import ManualClock
 from support.fake_uow import FakeDatabase
 from support.handler_kit import balance_of, deposit, key, make_deps, money, new_user, run, wire
@@ -251,6 +253,35 @@ async def test_a_cancel_while_a_provider_call_is_in_flight_is_invalid_state(
     )  # stays safe
     assert isinstance(marked, SubscriptionOut)
     assert marked.cancel_at_period_end
+
+
+async def test_a_cancel_now_while_a_periods_payment_is_at_the_provider_is_invalid_state(
+    db: FakeDatabase, deps: Deps
+) -> None:
+    """A renewal's YooKassa payment is `pending` (its intent done, the charge processing):
+    ending the subscription now would leave the confirmation paying a period nobody gets.
+    Refused, nothing changed; a period-end cancel is taken."""
+    user = new_user()
+    await run(db, subscriptions.upsert_plan, a_plan("pro", "1.00"), deps)
+    await deposit(db, deps, user, "5.00")
+    sub = await subscribed(db, deps, user)
+    async with db.transaction() as uow:
+        row = await uow.subscriptions.get(sub.id)
+        assert row is not None
+        await uow.wallet.record(
+            Transaction.period_payment(period_charge(row), uow.clock(), "yookassa")
+        )
+    with pytest.raises(InvalidState, match="in flight") as refused:
+        await run(
+            db, subscriptions.cancel_subscription, cancel(user, sub.id, at_period_end=False), deps
+        )
+    assert refused.value.details["reason"] == "payment_in_flight"
+    assert db.state.subscriptions[sub.id].status == "active"
+    marked = await run(
+        db, subscriptions.cancel_subscription, cancel(user, sub.id, at_period_end=True), deps
+    )
+    assert isinstance(marked, SubscriptionOut)
+    assert (marked.status, marked.cancel_at_period_end) == ("active", True)
 
 
 async def test_subscriptions_are_got_by_id_and_listed_for_their_user(

@@ -114,9 +114,22 @@ def subscription_receipt(
     currency: str,
     vat_code: int | None,
     policy: ReceiptPolicy,
+    quantity: int = 1,
 ) -> dict[str, Any]:
-    """One period of a plan: one item named after the plan, with the plan's vat_code."""
-    return receipt(contact, [Line(plan_name, 1, amount_minor, vat_code)], currency, policy)
+    """One period of a plan of `quantity` seats: one item named after the plan, with the
+    plan's vat_code, of quantity `quantity` at the price of one seat (the charge / seats).
+
+    A charge that is not a multiple of the seats (an exclusive tax is rounded on the whole
+    line, price x seats) splits the seats between two items of the plan one minor unit
+    apart: `quantity - r` at `amount // quantity` and `r` at one more, r = the remainder;
+    every seat is counted once and the items add up to the charge exactly."""
+    if quantity < 1:
+        raise ValueError("a subscription has at least one seat")
+    unit, rest = divmod(amount_minor, quantity)
+    lines = [Line(plan_name, quantity - rest, unit, vat_code)]
+    if rest:
+        lines.append(Line(plan_name, rest, unit + 1, vat_code))
+    return receipt(contact, lines, currency, policy)
 
 
 def invoice_receipt(

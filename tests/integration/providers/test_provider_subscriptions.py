@@ -13,6 +13,7 @@ import pytest
 
 from billing_worker.app import Worker, build_worker
 from billing_worker.db.engine import driver_connection
+from billing_worker.ops.audit import audit
 from billing_worker.settings import Settings
 from fakes.stripe_api import FakeStripe
 from fakes.yookassa_api import FakeYooKassa
@@ -342,3 +343,67 @@ async def test_a_stripe_subscription_passes_its_coupons_stripe_id_to_stripe(
     await subscribe(bus, user, code, "stripe", payment_method_id="pm_card_visa", coupon="STRIPE5")
     discounts = fake.subscriptions[stripe_ref(fake, user)]["discounts"]
     assert [d["coupon"]["id"] for d in discounts] == ["co_welcome5"]
+
+
+async def test_a_cancel_now_while_the_yookassa_renewal_is_pending_is_refused_no_money_is_lost(
+    bus: Bus, relay: Relay, worker: Worker, clock: ManualClock,
+    yookassa_fake: tuple[FakeYooKassa, str],
+) -> None:  # fmt: skip
+    """The race: a renewal's payment is at YooKassa (`pending`, the bank slow to answer)
+    when the customer cancels now; then YooKassa confirms the payment. Canceling then
+    would leave money taken for a period nobody gets (the confirmation could no longer
+    pay the ended subscription's period). So the cancel is refused `invalid_state` while
+    the payment is in flight (a period-end cancel is still taken); the confirmed payment
+    pays the period, and a cancel afterwards ends the subscription as usual."""
+    fake, _ = yookassa_fake
+    user, code = new_user(), await plan(bus, "RUB", "499.00")
+    data = await subscribe(bus, user, code, "yookassa", return_url="https://shop.example/back")
+    sub_id = data["subscription"]["id"]
+    [first] = [p for p in fake.payments.values() if p["metadata"]["user_id"] == user]
+    fake.pay(first["id"])
+    await relay.yookassa(fake.notification("payment.succeeded", first["id"]))
+    active = await eventually(bus, user, sub_id, "active")
+
+    fake.pending_methods.add(first["payment_method"]["id"])
+    clock.set(datetime.fromisoformat(active["current_period_end"]))
+    assert (await worker.renewals.run_once())["charged"] == 1
+    [renewal] = [p for p in fake.payments.values()
+                 if p["metadata"]["user_id"] == user and p["id"] != first["id"]]  # fmt: skip
+    assert renewal["status"] == "pending"
+
+    cancel = {"idempotency_key": key(), "user_id": user, "subscription_id": sub_id,
+              "at_period_end": False, "reason": "changed my mind"}  # fmt: skip
+    refused = await bus.call("billing.subscription.cancel", cancel)
+    assert refused["ok"] is False, refused
+    assert refused["error"]["code"] == "invalid_state", refused
+    assert "in flight" in refused["error"]["message"]
+    assert (await status_of(bus, user, sub_id))["status"] == "active"
+    at_end = await bus.call("billing.subscription.cancel",
+                            cancel | {"idempotency_key": key(), "at_period_end": True})  # fmt: skip
+    assert at_end["ok"], at_end
+    assert at_end["data"]["cancel_at_period_end"] is True
+
+    fake.pay(renewal["id"])
+    assert (
+        await relay.yookassa(fake.notification("payment.succeeded", renewal["id"]))
+    ).status_code == 200
+    await bus.event("subscription.renewed", lambda d: d["subscription_id"] == sub_id)
+    renewed = await status_of(bus, user, sub_id)
+    assert renewed["status"] == "active"
+    assert renewed["current_period_start"] == active["current_period_end"]  # paid, served
+
+    now = await bus.call("billing.subscription.cancel", cancel | {"idempotency_key": key()})
+    assert now["ok"], now
+    assert now["data"]["status"] == "canceled"
+    async with driver_connection(worker.engine) as db:
+        charges = await db.fetch(
+            "SELECT status, amount_minor FROM transactions WHERE subscription_id = $1 "
+            "ORDER BY created_at", uuid.UUID(sub_id),
+        )  # fmt: skip
+        paid = await db.fetchval(
+            "SELECT count(*) FROM invoices WHERE subscription_id = $1 AND status = 'paid'",
+            uuid.UUID(sub_id),
+        )
+        assert not await audit(db)
+    assert [(c["status"], c["amount_minor"]) for c in charges] == [("completed", 49900)] * 2
+    assert paid == 2  # each paid period, its one paid invoice

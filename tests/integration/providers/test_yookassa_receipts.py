@@ -48,13 +48,21 @@ def settings(
     stripe_fake: tuple[FakeStripe, str],
     yookassa_fake: tuple[FakeYooKassa, str],
     receipts: bool,
+    settings_admin: bool,
 ) -> Settings:
     yookassa_fake[0].requires_receipts = receipts
     return provider_settings(
         database_url, rabbitmq_url, stripe_fake[1], yookassa_fake[1],
         yookassa_receipts=receipts, yookassa_vat_code=1,
         yookassa_deposit_description="Пополнение баланса",
+        credit_without_policy=settings_admin,
     )  # fmt: skip
+
+
+@pytest.fixture
+def settings_admin() -> bool:
+    """Whether admin commands (billing.tax-rate.upsert) are open, as in local development."""
+    return False
 
 
 @pytest.fixture
@@ -170,6 +178,43 @@ async def test_a_subscription_charge_and_its_renewal_carry_the_plans_receipt(
     assert len(charges) == 2
     expected = {"customer": {"email": "sub@example.com"}, "items": [item("Pro", "499.00", 2)]}
     assert [fake.receipts[p["id"]] for p in charges] == [expected, expected]
+
+
+@pytest.mark.parametrize("settings_admin", [True])
+async def test_seats_are_one_item_of_their_quantity_at_the_taxed_unit_price(
+    bus: Bus, relay: Relay, worker: Worker, clock: ManualClock, rabbitmq_url: str,
+    yookassa_fake: tuple[FakeYooKassa, str],
+) -> None:  # fmt: skip
+    """3 seats of 499.00 taxed 20 % on top: one item "3.00" x 598.80 (1,796.40 in all), on
+    the first charge and on the renewal; not 3 items, nor one of 1,796.40 at quantity 1."""
+    fake, _ = yookassa_fake
+    user, code, rate = new_user(), f"plan-{uuid.uuid4().hex[:8]}", f"vat-{uuid.uuid4().hex[:6]}"
+    async with BillingClient(rabbitmq_url, timeout=30) as admin:  # names its AMQP user_id
+        await admin.upsert_tax_rate(code=rate, name="VAT 20", percent="20", inclusive=False,
+                                    idempotency_key=uuid.uuid4().hex)  # fmt: skip
+    assert (await bus.call("billing.plan.upsert", {
+        "idempotency_key": uuid.uuid4().hex, "code": code, "name": "Team", "interval": "month",
+        "price": {"amount": "499.00", "currency": "RUB"}, "vat_code": 2, "tax_rate": rate,
+    }))["ok"]  # fmt: skip
+    created = await bus.call("billing.subscription.create", {
+        "idempotency_key": uuid.uuid4().hex, "user_id": user, "email": "seats@example.com",
+        "plan_code": code, "payment_source": "yookassa", "quantity": 3,
+        "return_url": "https://shop.example/back"})  # fmt: skip
+    assert created["ok"], created
+    sub_id = created["data"]["subscription"]["id"]
+    [first] = payments_of(fake, user)
+    assert first["amount"] == {"value": "1796.40", "currency": "RUB"}
+    fake.pay(first["id"])
+    await relay.yookassa(fake.notification("payment.succeeded", first["id"]))
+    await bus.event("subscription.created", lambda d: d["subscription_id"] == sub_id)
+    got = await bus.call("billing.subscription.get", {"user_id": user, "subscription_id": sub_id})
+    clock.set(datetime.fromisoformat(got["data"]["current_period_end"]))
+    assert (await worker.renewals.run_once())["charged"] == 1
+    await bus.event("subscription.renewed", lambda d: d["subscription_id"] == sub_id)
+
+    seats = {**item("Team", "598.80", 2), "quantity": "3.00"}
+    expected = {"customer": {"email": "seats@example.com"}, "items": [seats]}
+    assert [fake.receipts[p["id"]] for p in payments_of(fake, user)] == [expected, expected]
 
 
 @pytest.mark.parametrize("receipts", [False])
