@@ -127,6 +127,12 @@ SELECT EXISTS (SELECT 1 FROM transactions
                WHERE subscription_id = $1 AND status IN ('created', 'processing'))
 """
 
+# A card payment of the invoice (`billing.invoice.pay` by a provider) not settled yet.
+_CARD_IN_FLIGHT = """
+SELECT EXISTS (SELECT 1 FROM transactions
+               WHERE invoice_id = $1 AND kind = 'deposit' AND status IN ('created', 'processing'))
+"""
+
 _LINE_COLUMNS = (
     "description", "quantity", "unit_price_minor", "amount_minor", "tax_rate_code",
     "tax_percent", "tax_inclusive", "tax_minor",
@@ -192,9 +198,11 @@ class SqlInvoices:
         )  # fmt: skip
         return None if inserted is None else UUID(str(inserted))
 
-    async def by_id(self, invoice_id: UUID) -> InvoiceRow | None:
+    async def by_id(self, invoice_id: UUID, *, lock: bool = False) -> InvoiceRow | None:
+        """The invoice; `lock` holds its row (a payment, a void, a card payment's start)."""
         record = await self._db.fetchrow(
-            f"SELECT {_COLUMNS} FROM invoices WHERE id = $1",  # noqa: S608
+            f"SELECT {_COLUMNS} FROM invoices WHERE id = $1"  # noqa: S608
+            + (" FOR UPDATE" if lock else ""),
             invoice_id,
         )
         return None if record is None else (await self._with_lines([record]))[0]
@@ -230,6 +238,10 @@ class SqlInvoices:
     async def charge_in_flight(self, subscription_id: UUID) -> bool:
         """A provider charge of the subscription is created or processing."""
         return bool(await self._db.fetchval(_CHARGE_IN_FLIGHT, subscription_id))
+
+    async def card_payment_in_flight(self, invoice_id: UUID) -> bool:
+        """A card payment (a provider deposit) of the invoice is created or processing."""
+        return bool(await self._db.fetchval(_CARD_IN_FLIGHT, invoice_id))
 
     async def move(
         self, invoice_id: UUID, source: str, target: str, at: datetime, reason: str | None = None

@@ -257,7 +257,7 @@ class FakeInvoices:
         state.invoices[row.id] = row
         return row
 
-    async def by_id(self, invoice_id: UUID) -> InvoiceRow | None:
+    async def by_id(self, invoice_id: UUID, *, lock: bool = False) -> InvoiceRow | None:
         return self._state().invoices.get(invoice_id)
 
     async def by_order(self, order_id: str) -> InvoiceRow | None:
@@ -287,6 +287,13 @@ class FakeInvoices:
             t.subscription_id == subscription_id and t.status in ("created", "processing")
             for t in self._state().transactions.values()
         )
+
+    async def card_payment_in_flight(self, invoice_id: UUID) -> bool:
+        return any(
+            t.invoice_id == invoice_id and t.kind == "deposit"
+            and t.status in ("created", "processing")
+            for t in self._state().transactions.values()
+        )  # fmt: skip
 
     async def move(
         self, invoice_id: UUID, source: str, target: str, at: datetime, reason: str | None = None
