@@ -28,6 +28,7 @@ class NewInvoice:
     created_at: datetime
     subscription_id: UUID | None = None  # with period_index: the period it bills
     period_index: int | None = None
+    stripe_invoice_id: str | None = None  # a Stripe invoice's mirror (its subscription's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class InvoiceRow:
     uncollectible_at: datetime | None = None
     status_reason: str | None = None  # why it was voided or written off
     tax_minor: int = 0  # the sum of the lines' taxes: total = subtotal + tax
+    stripe_invoice_id: str | None = None  # the Stripe invoice this one mirrors
     lines: tuple[Line, ...] = ()
 
 
@@ -67,22 +69,25 @@ _INSERT_INVOICE = """
 WITH invoice AS (
     INSERT INTO invoices (
         id, number, user_id, order_id, status, currency, subtotal_minor, total_minor,
-        due_at, created_at, updated_at, subscription_id, period_index, tax_minor
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17)
+        due_at, created_at, updated_at, subscription_id, period_index, tax_minor,
+        stripe_invoice_id, paid_at
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17, $22,
+              CASE WHEN $5 = 'paid' THEN $10::timestamptz END)
     ON CONFLICT (order_id) DO NOTHING
     RETURNING id
 ), lines AS (
     INSERT INTO invoice_lines (
         invoice_id, position, description, quantity, unit_price_minor, amount_minor,
-        tax_rate_code, tax_percent, tax_inclusive, tax_minor
+        tax_rate_code, tax_percent, tax_inclusive, tax_minor, proration
     )
     SELECT invoice.id, line.position - 1, line.description, line.quantity, line.unit_price,
-           line.amount, line.tax_rate_code, line.tax_percent, line.tax_inclusive, line.tax
+           line.amount, line.tax_rate_code, line.tax_percent, line.tax_inclusive, line.tax,
+           line.proration
     FROM invoice,
          unnest($11::text[], $12::int[], $13::bigint[], $14::bigint[], $18::text[],
-                $19::numeric[], $20::boolean[], $21::bigint[])
+                $19::numeric[], $20::boolean[], $21::bigint[], $23::boolean[])
              WITH ORDINALITY AS line(description, quantity, unit_price, amount, tax_rate_code,
-                                     tax_percent, tax_inclusive, tax, position)
+                                     tax_percent, tax_inclusive, tax, proration, position)
 )
 SELECT id FROM invoice
 """
@@ -90,7 +95,7 @@ SELECT id FROM invoice
 _COLUMNS = (
     "id, number, user_id, order_id, status, currency, subtotal_minor, total_minor, "
     "due_at, paid_at, created_at, subscription_id, period_index, overdue_at, voided_at, "
-    "uncollectible_at, status_reason, tax_minor"
+    "uncollectible_at, status_reason, tax_minor, stripe_invoice_id"
 )
 
 # Each status stamps its own moment; a reason (void, uncollectible) is kept, a later
@@ -135,7 +140,7 @@ SELECT EXISTS (SELECT 1 FROM transactions
 
 _LINE_COLUMNS = (
     "description", "quantity", "unit_price_minor", "amount_minor", "tax_rate_code",
-    "tax_percent", "tax_inclusive", "tax_minor",
+    "tax_percent", "tax_inclusive", "tax_minor", "proration",
 )  # fmt: skip
 _LINES = f"""
 SELECT invoice_id, {", ".join(_LINE_COLUMNS)} FROM invoice_lines
@@ -179,7 +184,9 @@ class SqlInvoices:
         return InvoiceRow(
             id=new.id, number=number, user_id=new.user_id, order_id=new.order_id,
             status=new.status, currency=priced.currency, subtotal_minor=priced.subtotal_minor,
-            total_minor=priced.total_minor, due_at=new.due_at, paid_at=None,
+            total_minor=priced.total_minor, due_at=new.due_at,
+            paid_at=new.created_at if new.status == "paid" else None,
+            stripe_invoice_id=new.stripe_invoice_id,
             created_at=new.created_at, subscription_id=new.subscription_id,
             period_index=new.period_index, tax_minor=priced.tax_minor, lines=priced.lines,
         )  # fmt: skip
@@ -195,6 +202,7 @@ class SqlInvoices:
             new.subscription_id, new.period_index, priced.tax_minor,
             [line.tax_rate_code for line in lines], [line.tax_percent for line in lines],
             [line.tax_inclusive for line in lines], [line.tax_minor for line in lines],
+            new.stripe_invoice_id, [line.proration for line in lines],
         )  # fmt: skip
         return None if inserted is None else UUID(str(inserted))
 
@@ -204,6 +212,14 @@ class SqlInvoices:
             f"SELECT {_COLUMNS} FROM invoices WHERE id = $1"  # noqa: S608
             + (" FOR UPDATE" if lock else ""),
             invoice_id,
+        )
+        return None if record is None else (await self._with_lines([record]))[0]
+
+    async def by_stripe_invoice(self, stripe_invoice_id: str) -> InvoiceRow | None:
+        """The mirror of a Stripe invoice, if it was written."""
+        record = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM invoices WHERE stripe_invoice_id = $1",  # noqa: S608
+            stripe_invoice_id,
         )
         return None if record is None else (await self._with_lines([record]))[0]
 

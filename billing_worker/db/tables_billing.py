@@ -141,8 +141,10 @@ class Invoice(SQLModel, table=True):
         Index("ix_invoices_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         # One invoice per subscription period (migration 0012); both or neither are set.
         UniqueConstraint("subscription_id", "period_index", name="uq_invoices_subscription_period"),
+        # A Stripe invoice's mirror names its subscription, not a period of ours (0017).
         CheckConstraint(
-            "(subscription_id IS NULL) = (period_index IS NULL)", name="subscription_period"
+            "(subscription_id IS NULL) = (period_index IS NULL) OR stripe_invoice_id IS NOT NULL",
+            name="subscription_period",
         ),
         # The overdue job's scan: open invoices past their due date, not yet announced.
         Index(
@@ -176,6 +178,8 @@ class Invoice(SQLModel, table=True):
     status_reason: str | None = text_field(nullable=True)
     # Tax rates (migration 0014): the sum of the lines' taxes; total = subtotal + tax.
     tax_minor: int = zero_field(big=True)
+    # The Stripe invoice this one mirrors (migration 0017): one mirror per Stripe invoice.
+    stripe_invoice_id: str | None = text_field(nullable=True, unique=True)
 
 
 class InvoiceLine(SQLModel, table=True):
@@ -183,11 +187,15 @@ class InvoiceLine(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint('"position" >= 0', name="position_non_negative"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
-        CheckConstraint("unit_price_minor >= 0", name="unit_price_non_negative"),
-        CheckConstraint("amount_minor >= 0", name="amount_non_negative"),
+        # A proration line (a Stripe mirror's, migration 0017) may be a credit.
+        CheckConstraint("unit_price_minor >= 0 OR proration", name="unit_price_non_negative"),
+        CheckConstraint("amount_minor >= 0 OR proration", name="amount_non_negative"),
         UniqueConstraint("invoice_id", "position"),
         # Tax rates (migration 0014): a taxed line has all three of its rate's copies.
-        CheckConstraint("tax_minor BETWEEN 0 AND amount_minor", name="tax_range"),
+        CheckConstraint(
+            "tax_minor BETWEEN 0 AND amount_minor OR (proration AND tax_minor = 0)",
+            name="tax_range",
+        ),
         CheckConstraint(
             "(tax_rate_code IS NULL) = (tax_percent IS NULL) "
             "AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)",
@@ -207,6 +215,9 @@ class InvoiceLine(SQLModel, table=True):
     tax_percent: Decimal | None = Field(default=None, sa_type=Numeric(6, 4), nullable=True)
     tax_inclusive: bool | None = Field(default=None, nullable=True)
     tax_minor: int = zero_field(big=True)
+    proration: bool = Field(
+        default=False, nullable=False, sa_column_kwargs={"server_default": text("false")}
+    )
 
 
 class NumberSequence(SQLModel, table=True):

@@ -74,6 +74,7 @@ class Line:
     tax_percent: Decimal | None = None
     tax_inclusive: bool | None = None
     tax_minor: int = 0
+    proration: bool = False  # a Stripe mirror's proration line: may be a credit
 
     @property
     def net_minor(self) -> int:

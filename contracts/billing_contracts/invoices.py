@@ -159,6 +159,15 @@ class InvoiceLineOut(BaseModel):
         description="The line's tax, rounded half to even to the currency's minor unit; "
         "the line's net is amount - tax when inclusive, else amount",
     )
+    # Added with Stripe invoice mirrors; absent from older workers' replies and events.
+    proration: bool | None = Field(
+        default=None, description="A Stripe mirror's proration line (a plan change); else absent"
+    )
+    credit: bool | None = Field(
+        default=None,
+        description="true: the line takes `amount` off the invoice (a proration's credit for "
+        "unused time: amounts on the wire are never negative); else absent",
+    )
 
 
 class InvoiceOut(BaseModel):
@@ -188,6 +197,12 @@ class InvoiceOut(BaseModel):
     voided_at: AwareDatetime | None = None
     uncollectible_at: AwareDatetime | None = None
     reason: str | None = Field(default=None, description="Why it was voided or written off")
+    # Added with Stripe invoice mirrors; absent from older workers' replies.
+    stripe_invoice_id: str | None = Field(
+        default=None,
+        description="The Stripe invoice this one mirrors (a Stripe-run subscription's, "
+        "written paid when Stripe confirms it; total = Stripe's amount_paid)",
+    )
 
 
 class InvoicePayResult(InvoiceOut):
