@@ -40,8 +40,10 @@ def item(amount: str, quantity: int = 1, currency: str = "USD") -> dict[str, Any
 
 
 def untaxed() -> dict[str, Any]:
-    """The tax fields of a line without a tax rate (added with tax rates)."""
-    return {"tax_rate": None, "tax_percent": None, "tax_inclusive": None, "tax": money("0.00")}
+    """The tax fields of a line without a tax rate (added with tax rates), and the Stripe
+    mirror's line flags (null on an invoice of ours)."""
+    return {"tax_rate": None, "tax_percent": None, "tax_inclusive": None, "tax": money("0.00"),
+            "proration": None, "credit": None}  # fmt: skip
 
 
 def order(user: str, order_id: str | None = None, **changes: Any) -> dict[str, Any]:
