@@ -29,6 +29,7 @@ class NewInvoice:
     created_at: datetime
     subscription_id: UUID | None = None  # with period_index: the period it bills
     period_index: int | None = None
+    stripe_invoice_id: str | None = None  # a Stripe invoice's mirror (its subscription's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class InvoiceRow:
     coupon_code: str | None = None  # the coupon's code and terms as the invoice was issued
     coupon_percent_off: Decimal | None = None
     coupon_amount_off_minor: int | None = None
+    stripe_invoice_id: str | None = None  # the Stripe invoice this one mirrors
     lines: tuple[Line, ...] = ()
 
 
@@ -73,23 +75,26 @@ WITH invoice AS (
     INSERT INTO invoices (
         id, number, user_id, order_id, status, currency, subtotal_minor, total_minor,
         due_at, created_at, updated_at, subscription_id, period_index, tax_minor,
-        discount_minor, coupon_code, coupon_percent_off, coupon_amount_off_minor
-    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17, $22, $23, $24, $25)
+        discount_minor, coupon_code, coupon_percent_off, coupon_amount_off_minor,
+        stripe_invoice_id, paid_at
+    ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $15, $16, $17, $22, $23, $24, $25,
+              $27, CASE WHEN $5 = 'paid' THEN $10::timestamptz END)
     ON CONFLICT (order_id) DO NOTHING
     RETURNING id
 ), lines AS (
     INSERT INTO invoice_lines (
         invoice_id, position, description, quantity, unit_price_minor, amount_minor,
-        tax_rate_code, tax_percent, tax_inclusive, tax_minor, discount_minor
+        tax_rate_code, tax_percent, tax_inclusive, tax_minor, discount_minor, proration
     )
     SELECT invoice.id, line.position - 1, line.description, line.quantity, line.unit_price,
            line.amount, line.tax_rate_code, line.tax_percent, line.tax_inclusive, line.tax,
-           line.discount
+           line.discount, line.proration
     FROM invoice,
          unnest($11::text[], $12::int[], $13::bigint[], $14::bigint[], $18::text[],
-                $19::numeric[], $20::boolean[], $21::bigint[], $26::bigint[])
+                $19::numeric[], $20::boolean[], $21::bigint[], $26::bigint[], $28::boolean[])
              WITH ORDINALITY AS line(description, quantity, unit_price, amount, tax_rate_code,
-                                     tax_percent, tax_inclusive, tax, discount, position)
+                                     tax_percent, tax_inclusive, tax, discount, proration,
+                                     position)
 )
 SELECT id FROM invoice
 """
@@ -98,7 +103,7 @@ _COLUMNS = (
     "id, number, user_id, order_id, status, currency, subtotal_minor, total_minor, "
     "due_at, paid_at, created_at, subscription_id, period_index, overdue_at, voided_at, "
     "uncollectible_at, status_reason, tax_minor, discount_minor, coupon_code, "
-    "coupon_percent_off, coupon_amount_off_minor"
+    "coupon_percent_off, coupon_amount_off_minor, stripe_invoice_id"
 )
 
 # Each status stamps its own moment; a reason (void, uncollectible) is kept, a later
@@ -135,9 +140,15 @@ SELECT EXISTS (SELECT 1 FROM transactions
                WHERE subscription_id = $1 AND status IN ('created', 'processing'))
 """
 
+# A card payment of the invoice (`billing.invoice.pay` by a provider) not settled yet.
+_CARD_IN_FLIGHT = """
+SELECT EXISTS (SELECT 1 FROM transactions
+               WHERE invoice_id = $1 AND kind = 'deposit' AND status IN ('created', 'processing'))
+"""
+
 _LINE_COLUMNS = (
     "description", "quantity", "unit_price_minor", "amount_minor", "tax_rate_code",
-    "tax_percent", "tax_inclusive", "tax_minor", "discount_minor",
+    "tax_percent", "tax_inclusive", "tax_minor", "discount_minor", "proration",
 )  # fmt: skip
 _LINES = f"""
 SELECT invoice_id, {", ".join(_LINE_COLUMNS)} FROM invoice_lines
@@ -192,7 +203,9 @@ class SqlInvoices:
         return InvoiceRow(
             id=new.id, number=number, user_id=new.user_id, order_id=new.order_id,
             status=new.status, currency=priced.currency, subtotal_minor=priced.subtotal_minor,
-            total_minor=priced.total_minor, due_at=new.due_at, paid_at=None,
+            total_minor=priced.total_minor, due_at=new.due_at,
+            paid_at=new.created_at if new.status == "paid" else None,
+            stripe_invoice_id=new.stripe_invoice_id,
             created_at=new.created_at, subscription_id=new.subscription_id,
             period_index=new.period_index, tax_minor=priced.tax_minor, lines=priced.lines,
             **discount_columns(priced),
@@ -210,13 +223,24 @@ class SqlInvoices:
             [line.tax_rate_code for line in lines], [line.tax_percent for line in lines],
             [line.tax_inclusive for line in lines], [line.tax_minor for line in lines],
             *discount_columns(priced).values(), [line.discount_minor for line in lines],
+            new.stripe_invoice_id, [line.proration for line in lines],
         )  # fmt: skip
         return None if inserted is None else UUID(str(inserted))
 
-    async def by_id(self, invoice_id: UUID) -> InvoiceRow | None:
+    async def by_id(self, invoice_id: UUID, *, lock: bool = False) -> InvoiceRow | None:
+        """The invoice; `lock` holds its row (a payment, a void, a card payment's start)."""
         record = await self._db.fetchrow(
-            f"SELECT {_COLUMNS} FROM invoices WHERE id = $1",  # noqa: S608
+            f"SELECT {_COLUMNS} FROM invoices WHERE id = $1"  # noqa: S608
+            + (" FOR UPDATE" if lock else ""),
             invoice_id,
+        )
+        return None if record is None else (await self._with_lines([record]))[0]
+
+    async def by_stripe_invoice(self, stripe_invoice_id: str) -> InvoiceRow | None:
+        """The mirror of a Stripe invoice, if it was written."""
+        record = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM invoices WHERE stripe_invoice_id = $1",  # noqa: S608
+            stripe_invoice_id,
         )
         return None if record is None else (await self._with_lines([record]))[0]
 
@@ -251,6 +275,10 @@ class SqlInvoices:
     async def charge_in_flight(self, subscription_id: UUID) -> bool:
         """A provider charge of the subscription is created or processing."""
         return bool(await self._db.fetchval(_CHARGE_IN_FLIGHT, subscription_id))
+
+    async def card_payment_in_flight(self, invoice_id: UUID) -> bool:
+        """A card payment (a provider deposit) of the invoice is created or processing."""
+        return bool(await self._db.fetchval(_CARD_IN_FLIGHT, invoice_id))
 
     async def move(
         self, invoice_id: UUID, source: str, target: str, at: datetime, reason: str | None = None

@@ -159,8 +159,10 @@ class Invoice(SQLModel, table=True):
         Index("ix_invoices_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         # One invoice per subscription period (migration 0012); both or neither are set.
         UniqueConstraint("subscription_id", "period_index", name="uq_invoices_subscription_period"),
+        # A Stripe invoice's mirror names its subscription, not a period of ours (0017).
         CheckConstraint(
-            "(subscription_id IS NULL) = (period_index IS NULL)", name="subscription_period"
+            "(subscription_id IS NULL) = (period_index IS NULL) OR stripe_invoice_id IS NOT NULL",
+            name="subscription_period",
         ),
         # The overdue job's scan: open invoices past their due date, not yet announced.
         Index(
@@ -199,6 +201,8 @@ class Invoice(SQLModel, table=True):
     coupon_code: str | None = text_field(nullable=True)
     coupon_percent_off: Decimal | None = Field(default=None, sa_type=Numeric(7, 4), nullable=True)
     coupon_amount_off_minor: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
+    # The Stripe invoice this one mirrors (migration 0017): one mirror per Stripe invoice.
+    stripe_invoice_id: str | None = text_field(nullable=True, unique=True)
 
 
 class InvoiceLine(SQLModel, table=True):
@@ -206,18 +210,25 @@ class InvoiceLine(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint('"position" >= 0', name="position_non_negative"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
-        CheckConstraint("unit_price_minor >= 0", name="unit_price_non_negative"),
-        CheckConstraint("amount_minor >= 0", name="amount_non_negative"),
+        # A proration line (a Stripe mirror's, migration 0017) may be a credit.
+        CheckConstraint("unit_price_minor >= 0 OR proration", name="unit_price_non_negative"),
+        CheckConstraint("amount_minor >= 0 OR proration", name="amount_non_negative"),
         UniqueConstraint("invoice_id", "position"),
         # Tax rates (migration 0014): a taxed line has all three of its rate's copies.
-        CheckConstraint("tax_minor BETWEEN 0 AND amount_minor", name="tax_range"),
+        CheckConstraint(
+            "tax_minor BETWEEN 0 AND amount_minor OR (proration AND tax_minor = 0)",
+            name="tax_range",
+        ),
         CheckConstraint(
             "(tax_rate_code IS NULL) = (tax_percent IS NULL) "
             "AND (tax_rate_code IS NULL) = (tax_inclusive IS NULL)",
             name="tax_rate_copied",
         ),
         # Coupons (migration 0016): the line's share of the invoice's discount.
-        CheckConstraint("discount_minor BETWEEN 0 AND amount_minor", name="discount_range"),
+        CheckConstraint(
+            "discount_minor BETWEEN 0 AND amount_minor OR (proration AND discount_minor = 0)",
+            name="discount_range",
+        ),
     )
 
     id: int | None = bigint_identity_pk()
@@ -233,6 +244,9 @@ class InvoiceLine(SQLModel, table=True):
     tax_inclusive: bool | None = Field(default=None, nullable=True)
     tax_minor: int = zero_field(big=True)
     discount_minor: int = zero_field(big=True)
+    proration: bool = Field(
+        default=False, nullable=False, sa_column_kwargs={"server_default": text("false")}
+    )
 
 
 class NumberSequence(SQLModel, table=True):

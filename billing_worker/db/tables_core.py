@@ -265,6 +265,7 @@ INTENT_KINDS = (
     "deposit_cancel",
     "refund",
     "payment_method_setup",
+    "invoice_card",  # migration 0017: an invoice paid by card
 )
 
 

@@ -27,6 +27,29 @@ class PaymentOutcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderInvoiceLine:
+    """One line of a provider's invoice as its API tells it (Stripe's `lines.data[]`)."""
+
+    description: str
+    quantity: int
+    amount_minor: int  # negative for a proration's credit for unused time
+    proration: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInvoice:
+    """A paid invoice of a provider-run subscription as re-read from the provider: what
+    its mirror in our numbering copies (`handlers/stripe_invoices.py`)."""
+
+    ref: str  # Stripe's invoice id: the mirror's unique key
+    currency: str
+    amount_paid_minor: int  # the mirror's total
+    tax_minor: int
+    billing_reason: str | None
+    lines: tuple[ProviderInvoiceLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RefundFacts:
     """A refund as the provider reports it: one refund, or the payment's running total."""
 
@@ -66,3 +89,5 @@ class ProviderEvent:
     # The saved method's card as the provider's API describes it (brand, last4, exp_month,
     # exp_year), for `billing.payment-method.list`.
     saved_method_card: dict[str, Any] | None = None
+    # A paid invoice of a provider-run subscription, lines and all (Stripe's invoice.paid).
+    invoice: ProviderInvoice | None = None

@@ -79,6 +79,7 @@ class Line:
     # Coupons (migration 0016): the line's share of the invoice's discount, taken off its
     # amount before tax (the tax is on amount - discount_minor).
     discount_minor: int = 0
+    proration: bool = False  # a Stripe mirror's proration line: may be a credit
 
     @property
     def net_minor(self) -> int:

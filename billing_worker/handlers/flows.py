@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from billing_worker.db.intents import Intent
 from billing_worker.handlers import (
     deposit_cancel,
+    invoice_cards,
     method_setup,
     payment_methods,
     refunds,
@@ -40,6 +41,10 @@ class Flow:
 
 FLOWS: Mapping[str, Flow] = {
     wallet.DEPOSIT: Flow(wallet.call_deposit, wallet.finish_deposit, wallet.undo_deposit),
+    # an invoice paid by card: the deposit's call and undo, its own finish
+    invoice_cards.INVOICE_CARD: Flow(
+        wallet.call_deposit, invoice_cards.finish, wallet.undo_deposit
+    ),
     yookassa_subscriptions.CREATE: Flow(
         yookassa_subscriptions.call_charge,
         yookassa_subscriptions.finish_create,

@@ -59,6 +59,14 @@ async def _close(
             "subscription: cancel the subscription to void it",
             status=invoice.status, subscription_id=str(invoice.subscription_id),
         )  # fmt: skip
+    # The row lock orders this after a card payment's start (which holds it too): an
+    # invoice a provider may be charging right now is neither voided nor written off.
+    await uow.invoices.by_id(invoice.id, lock=True)
+    if await uow.invoices.card_payment_in_flight(invoice.id):
+        raise InvalidState(
+            f"a card payment of invoice {invoice.number} is in flight; try again once it "
+            "settles", status=invoice.status, invoice_id=str(invoice.id),
+        )  # fmt: skip
     moved = await uow.invoices.move(invoice.id, source, target, uow.clock(), reason)
     if moved is None:  # a concurrent payment (or void) moved it first
         current = await own_invoice(uow, invoice.id, invoice.user_id)

@@ -30,13 +30,15 @@ def _lines(row: InvoiceRow) -> list[InvoiceLineOut]:
         InvoiceLineOut(
             description=line.description,
             quantity=line.quantity,
-            unit_price=to_wire(line.unit_price_minor, row.currency),
-            amount=to_wire(line.amount_minor, row.currency),
+            unit_price=to_wire(abs(line.unit_price_minor), row.currency),
+            amount=to_wire(abs(line.amount_minor), row.currency),
             tax_rate=line.tax_rate_code,
             tax_percent=None if line.tax_percent is None else format_percent(line.tax_percent),
             tax_inclusive=line.tax_inclusive,
             tax=to_wire(line.tax_minor, row.currency),
             discount=to_wire(line.discount_minor, row.currency),
+            proration=line.proration or None,
+            credit=(line.amount_minor < 0) or None,
         )
         for line in row.lines
     ]
@@ -87,6 +89,7 @@ def invoice_out(row: InvoiceRow) -> InvoiceOut:
             "total": to_wire(row.total_minor, row.currency),
             "due_at": row.due_at,
             "paid_at": row.paid_at,
+            "stripe_invoice_id": row.stripe_invoice_id,
             **_lifecycle(row),
         }
     )

@@ -14,10 +14,12 @@ from billing_contracts.invoices import (
     GetInvoices,
     InvoiceOut,
     InvoicePage,
+    InvoicePayResult,
     PayInvoice,
 )
 from billing_contracts.invoices import InvoiceStatus as Status
 from billing_contracts.orders import OrderCreated
+from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.domain.discounts import Coupon
 from billing_worker.domain.errors import (
@@ -30,7 +32,7 @@ from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.money import format_minor
 from billing_worker.domain.paging import decode_cursor, encode_cursor
 from billing_worker.domain.taxes import TaxRate
-from billing_worker.handlers import views
+from billing_worker.handlers import invoice_cards, views
 from billing_worker.handlers.coupons import usable
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
@@ -111,9 +113,22 @@ async def _refuse_if_invoiced(uow: UnitOfWork, order_id: str) -> None:
         )
 
 
-async def pay_invoice(command: PayInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:
+async def pay_invoice(
+    command: PayInvoice, uow: UnitOfWork, deps: Deps
+) -> InvoicePayResult | Intent:
     """Pay an open (or written-off) invoice of the user from the user's balance in the
-    invoice currency; a subscription period's invoice is paid as its dunning would."""
+    invoice currency, or by card (`invoice_cards`: a provider payment, two-phase); a
+    subscription period's invoice is paid as its dunning would."""
+    if command.source != "balance":
+        return await invoice_cards.start(command, uow, deps)
+    return _paid(await _pay_from_balance(command, uow, deps))
+
+
+def _paid(invoice: InvoiceOut) -> InvoicePayResult:
+    return InvoicePayResult(**invoice.model_dump())
+
+
+async def _pay_from_balance(command: PayInvoice, uow: UnitOfWork, deps: Deps) -> InvoiceOut:
     invoice = await own_invoice(uow, command.invoice_id, command.user_id)
     if invoice.subscription_id is not None:
         return invoice_out(await pay_period_invoice(invoice, uow, deps))

@@ -21,6 +21,7 @@ from billing_worker.domain.errors import TransientError
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.transactions import can_move, transition
 from billing_worker.handlers import (
+    invoice_cards,
     method_setup,
     payment_methods,
     refund_events,
@@ -111,7 +112,10 @@ async def apply_provider_event(
             uow, moved.user_id, event.provider, event.saved_method_ref, card
         )
     if target is Status.COMPLETED and moved.kind == TransactionKind.DEPOSIT:
-        await credit_deposit(moved, uow, deps)
+        if moved.invoice_id is not None:  # an invoice's card payment: credited, then paid
+            await invoice_cards.settle(moved, uow, deps)
+        else:
+            await credit_deposit(moved, uow, deps)
     elif target is Status.COMPLETED:  # a subscription charge paid through its redirect
         uow.emit(views.payment_succeeded(moved))
     elif target in (Status.FAILED, Status.CANCELED):

@@ -33,7 +33,7 @@ from billing_worker.domain.errors import InvalidInput, InvalidState, ProviderErr
 from billing_worker.domain.events import PaymentOutcome, ProviderEvent
 from billing_worker.domain.ledger import Transaction, derived_id
 from billing_worker.domain.subscriptions import LIVE
-from billing_worker.handlers import default_method, stripe_copy, views
+from billing_worker.handlers import default_method, stripe_copy, stripe_invoices, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.payments import ensure_customer
 from billing_worker.handlers.periods import end_subscription, insert
@@ -236,6 +236,8 @@ async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: De
 async def _record_invoice(event: ProviderEvent, sub: SubscriptionRow, uow: UnitOfWork) -> None:
     """The provider's charge for a period (Stripe's invoice), in our ledger (it moves no
     wallet money), for the amount of the invoice as re-read from the provider."""
+    if event.invoice is not None and event.period_charge is PaymentOutcome.SUCCEEDED:
+        await stripe_invoices.mirror(event.invoice, sub, uow)
     if event.period_charge is None or not event.amount_minor:
         return
     paid = event.period_charge is PaymentOutcome.SUCCEEDED

@@ -2,6 +2,10 @@
 
 Every period a balance or YooKassa subscription paid has exactly one paid invoice, and
 each paid period invoice has its period's charge, of its total (a free period: none);
+every Stripe invoice a Stripe-run subscription paid (its `subscription_charge`, whose
+provider reference is the Stripe invoice) has exactly one paid mirror invoice, of
+Stripe's amount paid, whose subtotal is the sum of its lines (Stripe's tax and total are
+Stripe's: the sum rules below are for our own invoices);
 a subscription that ended left no period invoice open (it voids it); every invoice's
 subtotal is the sum of its lines' nets, its discount the sum of their discounts, its
 tax the sum of their taxes and its total subtotal - discount + tax; each line's amount
@@ -85,6 +89,7 @@ INVOICE_CHECKS: dict[str, str] = {
          AND c.period_index = i.period_index
         LEFT JOIN transactions t ON t.id = c.transaction_id
         WHERE i.subscription_id IS NOT NULL AND i.status = 'paid'
+          AND i.stripe_invoice_id IS NULL
           AND (c.id IS NULL
                OR (t.id IS NULL AND i.total_minor <> 0)
                OR (t.id IS NOT NULL AND (t.status NOT IN ('completed', 'refunded')
@@ -101,6 +106,7 @@ INVOICE_CHECKS: dict[str, str] = {
                coalesce(sum(l.discount_minor), 0) AS lines_discount_minor,
                coalesce(sum(l.tax_minor), 0) AS lines_tax_minor
         FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
+        WHERE i.stripe_invoice_id IS NULL
         GROUP BY i.id
         HAVING i.subtotal_minor <> coalesce(sum({_NET}), 0)
             OR i.discount_minor <> coalesce(sum(l.discount_minor), 0)
@@ -109,6 +115,28 @@ INVOICE_CHECKS: dict[str, str] = {
             OR coalesce(bool_or(l.amount_minor <> l.quantity::numeric * l.unit_price_minor),
                         false)
     """,  # noqa: S608 - only constant SQL is formatted in
+    "paid Stripe invoice without exactly one paid mirror of its amount": """
+        SELECT t.id AS transaction_id, t.provider_ref AS stripe_invoice_id, t.amount_minor,
+               count(i.id) AS mirrors, min(i.total_minor) AS mirror_total_minor
+        FROM transactions t
+        LEFT JOIN invoices i ON i.stripe_invoice_id = t.provider_ref AND i.status = 'paid'
+         AND i.subscription_id = t.subscription_id
+        WHERE t.provider = 'stripe' AND t.kind = 'subscription_charge'
+          AND t.subscription_id IS NOT NULL AND t.status IN ('completed', 'refunded')
+        GROUP BY t.id
+        HAVING count(i.id) <> 1 OR min(i.total_minor) <> t.amount_minor
+            OR min(i.currency) <> t.currency
+    """,
+    "Stripe mirror whose subtotal is not the sum of its lines": """
+        SELECT i.id, i.number, i.stripe_invoice_id, i.subtotal_minor,
+               coalesce(sum(l.amount_minor), 0) AS lines_minor
+        FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
+        WHERE i.stripe_invoice_id IS NOT NULL
+        GROUP BY i.id
+        HAVING i.subtotal_minor <> coalesce(sum(l.amount_minor), 0)
+            OR coalesce(bool_or(l.amount_minor <> l.quantity::numeric * l.unit_price_minor),
+                        false)
+    """,
     "invoice line whose tax is not its stored rate's": f"""
         SELECT l.invoice_id, l.position, l.amount_minor, l.tax_percent, l.tax_inclusive,
                l.tax_minor, {_TAX} AS expected_tax_minor

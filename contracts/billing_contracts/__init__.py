@@ -33,6 +33,7 @@ from billing_contracts.invoices import (
     InvoiceLineOut,
     InvoiceOut,
     InvoicePage,
+    InvoicePayResult,
     InvoiceStatus,
     PayInvoice,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "InvoiceLineOut",
     "InvoiceOut",
     "InvoicePage",
+    "InvoicePayResult",
     "InvoiceStatus",
     "ListPlans",
     "ListTransactions",

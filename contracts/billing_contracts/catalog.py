@@ -66,6 +66,7 @@ from billing_contracts.invoices import (
     GetInvoices,
     InvoiceOut,
     InvoicePage,
+    InvoicePayResult,
     MarkInvoiceUncollectible,
     PayInvoice,
     VoidInvoice,
@@ -273,9 +274,10 @@ ENTRIES: tuple[Entry, ...] = (
         names.INVOICE_PAY,
         "command",
         PayInvoice,
-        InvoiceOut,
-        "Pay one of a user's open invoices from the user's balance",
-        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE),
+        InvoicePayResult,
+        "Pay one of a user's open invoices from the user's balance, or by card through "
+        "Stripe or YooKassa (paid when the provider confirms the payment)",
+        (E.NOT_FOUND, E.INSUFFICIENT_FUNDS, E.INVALID_STATE, E.PROVIDER_ERROR),
         example={
             "idempotency_key": _KEY,
             "user_id": "u-42",

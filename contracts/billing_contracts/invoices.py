@@ -6,13 +6,19 @@ from enum import StrEnum
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from billing_contracts.coupons import CouponCode, DiscountOut
 from billing_contracts.envelope import Command, Query
 from billing_contracts.money import Currency, Money
+from billing_contracts.receipts import (
+    ReceiptEmail,
+    ReceiptPhone,
+    customer_email_field,
+    customer_phone_field,
+)
 from billing_contracts.taxes import TaxRateCode
-from billing_contracts.wallet import UserId
+from billing_contracts.wallet import PaymentAction, TransactionOut, UserId
 
 MAX_LINES = 100
 MAX_QUANTITY = 1_000_000
@@ -74,13 +80,39 @@ _OWNER = (
 
 
 class PayInvoice(Command):
-    """`billing.invoice.pay`: pay an open invoice of the user from the user's balance."""
+    """`billing.invoice.pay`: pay an open (or written-off) invoice of the user from the
+    user's balance, or by card through a provider (`stripe`, `yookassa`)."""
 
     user_id: UserId = Field(description=_OWNER.format("invoice"))
     invoice_id: UUID
-    source: Literal["balance"] = Field(
-        description="Where the money comes from; v1 pays from the user's account only"
+    source: Literal["balance", "stripe", "yookassa"] = Field(
+        description="Where the money comes from: `balance`, the user's account in the "
+        "invoice currency (paid at once); `stripe` / `yookassa`, a provider payment of the "
+        "invoice total (the reply's `payment` is pending, with `payment_action` when the "
+        "customer must confirm; the invoice is paid when the provider confirms it)"
     )
+    # Added with card payments; the deposit command's fields, for a provider source only.
+    payment_method_id: str | None = Field(
+        default=None,
+        max_length=255,
+        description="A provider source only: a saved payment method of this user, as for "
+        "`billing.wallet.deposit` (another user's is `not_found`); absent: the user's "
+        "default method, else the customer pays through payment_action",
+    )
+    return_url: str | None = Field(default=None, max_length=2048)
+    customer_email: ReceiptEmail | None = customer_email_field()
+    customer_phone: ReceiptPhone | None = customer_phone_field()
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> PayInvoice:
+        provider_only = (self.payment_method_id, self.return_url, self.customer_email,
+                         self.customer_phone)  # fmt: skip
+        if self.source == "balance" and any(value is not None for value in provider_only):
+            raise ValueError(
+                "payment_method_id, return_url and customer_email/phone are for a provider "
+                "source (stripe, yookassa), not the balance"
+            )
+        return self
 
 
 class VoidInvoice(Command):
@@ -140,6 +172,15 @@ class InvoiceLineOut(BaseModel):
         description="The line's share of the invoice's discount, taken off `amount` before "
         "the tax (the tax is on amount - discount)",
     )
+    # Added with Stripe invoice mirrors; absent from older workers' replies and events.
+    proration: bool | None = Field(
+        default=None, description="A Stripe mirror's proration line (a plan change); else absent"
+    )
+    credit: bool | None = Field(
+        default=None,
+        description="true: the line takes `amount` off the invoice (a proration's credit for "
+        "unused time: amounts on the wire are never negative); else absent",
+    )
 
 
 class InvoiceOut(BaseModel):
@@ -176,6 +217,28 @@ class InvoiceOut(BaseModel):
     voided_at: AwareDatetime | None = None
     uncollectible_at: AwareDatetime | None = None
     reason: str | None = Field(default=None, description="Why it was voided or written off")
+    # Added with Stripe invoice mirrors; absent from older workers' replies.
+    stripe_invoice_id: str | None = Field(
+        default=None,
+        description="The Stripe invoice this one mirrors (a Stripe-run subscription's, "
+        "written paid when Stripe confirms it; total = Stripe's amount_paid)",
+    )
+
+
+class InvoicePayResult(InvoiceOut):
+    """The invoice after `billing.invoice.pay`; a provider source adds its payment.
+
+    Paid from the balance: `status` is `paid`, no `payment`. By card: the invoice stays
+    `open` and `payment` is the provider payment (a `deposit` of the invoice total,
+    `processing`, or `completed` when a saved method was charged at once and the invoice
+    is then `paid`); `invoice.paid` follows the provider's confirmation."""
+
+    payment: TransactionOut | None = Field(
+        default=None, description="The card payment of a provider source; null from the balance"
+    )
+    payment_action: PaymentAction | None = Field(
+        default=None, description="What the customer must do for the card payment, if anything"
+    )
 
 
 class InvoicePage(BaseModel):

@@ -1126,6 +1126,12 @@ class FakeStripe(SetupIntents):
         sub = self._new_subscription(sub_id, params, customer, prices, now, trial_end)
         amount = 0 if trial_end else sum(p["unit_amount"] * q for p, q in prices)
         invoice = self._new_invoice(sub, amount, prices[0][0]["currency"], now)
+        invoice["lines"] = self.invoice_lines(
+            invoice["id"],
+            [(f"{q} x {p.get('nickname') or p['id']}", q, 0 if trial_end else p["unit_amount"] * q,
+              False) for p, q in prices],
+            invoice["currency"],
+        )  # fmt: skip
         sub["latest_invoice"] = invoice["id"]
         if amount:
             pi = self._new_payment_intent(amount, invoice["currency"], customer=customer)
@@ -1244,6 +1250,30 @@ class FakeStripe(SetupIntents):
             },
         }
 
+    @staticmethod
+    def invoice_lines(
+        invoice_id: str, lines: list[tuple[str, int, int, bool]], currency: str
+    ) -> JSON:
+        """An Invoice's `lines` list (API 2025: the subscription item and its proration
+        flag under `parent.subscription_item_details`) of (description, quantity, amount,
+        proration); a proration's credit for unused time has a negative amount."""
+        data = [
+            {
+                "id": new_id("il_"), "object": "line_item", "amount": amount,
+                "currency": currency, "description": description, "invoice": invoice_id,
+                "quantity": quantity, "livemode": False, "metadata": {},
+                "parent": {
+                    "type": "subscription_item_details",
+                    "subscription_item_details": {"proration": proration,
+                                                  "subscription_item": new_id("si_")},
+                },
+                "taxes": [],
+            }
+            for description, quantity, amount, proration in lines
+        ]  # fmt: skip
+        return {"object": "list", "data": data, "has_more": False, "total_count": len(data),
+                "url": f"/v1/invoices/{invoice_id}/lines"}  # fmt: skip
+
     def _new_invoice(self, sub: JSON, amount: int, currency: str, now: int) -> JSON:
         item = sub["items"]["data"][0]
         return {
@@ -1279,6 +1309,7 @@ class FakeStripe(SetupIntents):
             },
             "subtotal": amount,
             "total": amount,
+            "total_taxes": [],
         }
 
     def _settle_invoice_of(self, pi_id: str) -> None:

@@ -40,11 +40,11 @@ def item(amount: str, quantity: int = 1, currency: str = "USD") -> dict[str, Any
 
 
 def untaxed() -> dict[str, Any]:
-    """The tax fields of a line without a tax rate (added with tax rates), and its zero
-    discount (added with coupons)."""
+    """The tax fields of a line without a tax rate (added with tax rates), its zero
+    discount (added with coupons) and the Stripe mirror's line flags (null on ours)."""
     return {
         "tax_rate": None, "tax_percent": None, "tax_inclusive": None, "tax": money("0.00"),
-        "discount": money("0.00"),
+        "discount": money("0.00"), "proration": None, "credit": None,
     }  # fmt: skip
 
 

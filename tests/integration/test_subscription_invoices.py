@@ -119,6 +119,7 @@ async def test_every_renewal_has_its_paid_invoice_with_consecutive_numbers(
         "tax_rate": None, "tax_percent": None, "tax_inclusive": None,
         "tax": {"amount": "0.00", "currency": "USD"},
         "discount": {"amount": "0.00", "currency": "USD"},  # no coupon (added with coupons)
+        "proration": None, "credit": None,  # a Stripe mirror's flags: null on ours
     }]  # fmt: skip
     paid = await bus.event("invoice.paid", lambda d: d["user_id"] == user, count=4)
     assert paid["data"]["subscription_id"] == sub["id"]

@@ -233,7 +233,11 @@ class FakeInvoices:
             return None  # the number this attempt would take is not taken
         if new.id in state.invoices:
             raise unique_violation("invoices_pkey")
-        if new.subscription_id is not None and any(
+        if new.stripe_invoice_id is not None and any(
+            i.stripe_invoice_id == new.stripe_invoice_id for i in state.invoices.values()
+        ):
+            raise unique_violation("uq_invoices_stripe_invoice_id")
+        if new.period_index is not None and any(
             (i.subscription_id, i.period_index) == (new.subscription_id, new.period_index)
             for i in state.invoices.values()
         ):
@@ -251,19 +255,26 @@ class FakeInvoices:
             subtotal_minor=priced.subtotal_minor,
             total_minor=priced.total_minor,
             due_at=new.due_at,
-            paid_at=None,
+            paid_at=new.created_at if new.status == "paid" else None,
             created_at=new.created_at,
             subscription_id=new.subscription_id,
             period_index=new.period_index,
             tax_minor=priced.tax_minor,
+            stripe_invoice_id=new.stripe_invoice_id,
             lines=priced.lines,
             **discount_columns(priced),
         )
         state.invoices[row.id] = row
         return row
 
-    async def by_id(self, invoice_id: UUID) -> InvoiceRow | None:
+    async def by_id(self, invoice_id: UUID, *, lock: bool = False) -> InvoiceRow | None:
         return self._state().invoices.get(invoice_id)
+
+    async def by_stripe_invoice(self, stripe_invoice_id: str) -> InvoiceRow | None:
+        found = (
+            i for i in self._state().invoices.values() if i.stripe_invoice_id == stripe_invoice_id
+        )
+        return next(found, None)
 
     async def by_order(self, order_id: str) -> InvoiceRow | None:
         found = (i for i in self._state().invoices.values() if i.order_id == order_id)
@@ -292,6 +303,13 @@ class FakeInvoices:
             t.subscription_id == subscription_id and t.status in ("created", "processing")
             for t in self._state().transactions.values()
         )
+
+    async def card_payment_in_flight(self, invoice_id: UUID) -> bool:
+        return any(
+            t.invoice_id == invoice_id and t.kind == "deposit"
+            and t.status in ("created", "processing")
+            for t in self._state().transactions.values()
+        )  # fmt: skip
 
     async def move(
         self, invoice_id: UUID, source: str, target: str, at: datetime, reason: str | None = None

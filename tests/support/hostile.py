@@ -63,11 +63,15 @@ BASE: dict[str, dict[str, Any]] = {
         "order_id": "@id",
         "coupon": "FUZZ10",
     },
+    # The card variant (the balance one is its subset): every field the queue takes.
     names.INVOICE_PAY: {
         "idempotency_key": "@key",
         "user_id": "@user",
         "invoice_id": UUID_A,
-        "source": "balance",
+        "source": "yookassa",
+        "payment_method_id": "pm-fuzz",
+        "return_url": "https://shop.example/back",
+        "customer_email": "fuzz@example.com",
     },
     names.INVOICE_GET: {"user_id": "@user", "limit": 5},
     names.INVOICE_VOID: {
@@ -225,7 +229,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.WALLET_BALANCE: {"currency"},
     names.WALLET_TRANSACTIONS: {"currency", "limit"},
     names.INVOICE_CREATE: {"due_at", "order_id", "lines.*.tax_rate", "coupon"},
-    names.INVOICE_PAY: set(),
+    names.INVOICE_PAY: {"payment_method_id", "return_url", "customer_email"},
     names.INVOICE_GET: {"limit"},
     names.INVOICE_VOID: set(),
     names.INVOICE_MARK_UNCOLLECTIBLE: {"reason"},

@@ -256,9 +256,12 @@ def test_an_invoice_due_date_without_a_timezone_is_refused() -> None:
     CreateInvoice.model_validate_json(wire(command(CreateInvoice, due_at="2026-04-01T00:00:00Z")))
 
 
-def test_an_invoice_is_paid_only_from_the_balance() -> None:
-    with pytest.raises(ValidationError, match="source"):
-        PayInvoice.model_validate_json(wire(command(PayInvoice, source="stripe")))
+def test_an_invoice_is_paid_from_the_balance_or_by_card_through_a_named_provider() -> None:
+    for source in ("balance", "stripe", "yookassa"):
+        PayInvoice.model_validate_json(wire(command(PayInvoice, source=source)))
+    for source in ("sandbox", "card", ""):
+        with pytest.raises(ValidationError, match="source"):
+            PayInvoice.model_validate_json(wire(command(PayInvoice, source=source)))
 
 
 def test_a_free_plan_is_accepted() -> None:

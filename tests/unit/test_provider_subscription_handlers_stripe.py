@@ -495,3 +495,83 @@ async def test_a_stripe_trial_cannot_be_paused_and_stripe_is_not_asked(
         await run(db, subscription_changes.pause_subscription,
                   PauseSubscription(**ids(user, only(db))), deps)  # fmt: skip
     assert stripe.changes == []
+
+
+def a_stripe_invoice(ref: str = "in_1", **extra: Any) -> dict[str, Any]:
+    """A paid Invoice as Stripe's API returns it: a proration pair and a renewal line."""
+
+    def line(description: str, amount: int, proration: bool, quantity: int = 1) -> dict[str, Any]:
+        details = {"proration": proration, "subscription_item": "si_1"}
+        return {"amount": amount, "description": description, "quantity": quantity,
+                "parent": {"type": "subscription_item_details",
+                           "subscription_item_details": details}}  # fmt: skip
+
+    return {
+        "id": ref, "object": "invoice", "status": "paid", "currency": "usd",
+        "billing_reason": "subscription_update", "amount_due": 1_690, "amount_paid": 1_690,
+        "parent": {"subscription_details": {"subscription": "sub_1"}},
+        "total_taxes": [{"amount": 190}, {"amount": 0}],
+        "lines": {"data": [
+            line("Unused time on Basic after 1 Mar", -500, True),
+            line("Remaining time on Pro after 1 Mar", 1_000, True),
+            line("2 x Pro (at $5.00 / month)", 1_000, False, quantity=2),
+        ]},
+        **extra,
+    }  # fmt: skip
+
+
+def test_a_paid_stripe_invoice_reads_with_its_lines_tax_and_amount_paid() -> None:
+    claim = webhook("invoice.paid", PaymentOutcome.SUCCEEDED)
+    confirmed = stripe_reading.confirmed_invoice(claim, a_stripe_invoice())
+    assert confirmed is not None
+    facts = confirmed.invoice
+    assert facts is not None
+    assert (facts.ref, facts.currency, facts.amount_paid_minor, facts.tax_minor) == (
+        "in_1", "USD", 1_690, 190,
+    )  # fmt: skip
+    assert [(x.amount_minor, x.quantity, x.proration) for x in facts.lines] == [
+        (-500, 1, True), (1_000, 1, True), (1_000, 2, False),
+    ]  # fmt: skip
+    older = stripe_reading.confirmed_invoice(claim, a_stripe_invoice(total_taxes=None, tax=7))
+    assert older is not None
+    assert older.invoice is not None
+    assert older.invoice.tax_minor == 7
+    failed = webhook("invoice.payment_failed", PaymentOutcome.FAILED)
+    unpaid = stripe_reading.confirmed_invoice(failed, a_stripe_invoice(status="open"))
+    assert unpaid is not None
+    assert unpaid.invoice is None  # only a paid invoice is mirrored
+
+
+async def test_a_paid_stripe_invoice_gets_one_numbered_paid_mirror_whatever_tells_of_it(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    stripe.now("active", clock.now)
+    user = new_user()
+    await created(db, deps, user)
+    claim = webhook("invoice.paid", PaymentOutcome.SUCCEEDED)
+    paid = stripe_reading.confirmed_invoice(claim, a_stripe_invoice())
+    assert paid is not None
+    assert await deliver(db, deps, paid) == Applied.APPLIED
+    assert await deliver(db, deps, paid) == Applied.DUPLICATE
+    other = stripe_reading.confirmed_invoice(  # another event telling of the same invoice
+        webhook("invoice.paid", PaymentOutcome.SUCCEEDED), a_stripe_invoice()
+    )
+    assert other is not None
+    assert await deliver(db, deps, other) == Applied.APPLIED  # the same invoice, told again
+    [mirror] = db.state.invoices.values()
+    assert (mirror.status, mirror.user_id, mirror.subscription_id, mirror.period_index) == (
+        "paid", user, only(db).id, None,
+    )  # fmt: skip
+    assert (mirror.stripe_invoice_id, mirror.number, mirror.paid_at) == (
+        "in_1", f"INV-{clock.now.year}-000001", clock.now,
+    )  # fmt: skip
+    assert (mirror.subtotal_minor, mirror.tax_minor, mirror.total_minor) == (1_500, 190, 1_690)
+    lines = [(x.quantity, x.unit_price_minor, x.amount_minor, x.proration) for x in mirror.lines]
+    assert lines == [(1, -500, -500, True), (1, 1_000, 1_000, True), (2, 500, 1_000, False)]
+    assert [e["invoice_id"] for e in db.events_of(ev.INVOICE_CREATED)] == [str(mirror.id)]
+    [announced] = db.events_of(ev.INVOICE_PAID)
+    assert announced["total"] == money("16.90")
+    credit = announced["lines"][0]
+    assert (credit["amount"], credit["credit"], credit["proration"]) == (money("5.00"), True, True)
+    assert "credit" not in announced["lines"][2] or announced["lines"][2]["credit"] is None
+    assert invoices(db) == [("completed", "in_1", 1_690)]  # the charge, once too

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
-from billing_worker.domain.events import ProviderEvent
+from billing_worker.domain.events import ProviderEvent, ProviderInvoice, ProviderInvoiceLine
 from billing_worker.providers.base import ProviderSubscription, SubscriptionChange
 
 # subscription.status -> ours
@@ -102,8 +102,33 @@ def confirmed_invoice(claim: ProviderEvent, invoice: dict[str, Any]) -> Provider
     currency = str(invoice["currency"]).upper()
     return dataclasses.replace(
         claim, subscription_ref=str(ref), amount_minor=amount, currency=currency,
+        invoice=paid_invoice(invoice, currency) if paid else None,
         confirmation={
             "object": "invoice", "id": str(invoice["id"]), "status": status,
             "amount_minor": amount, "currency": currency,
         },
     )  # fmt: skip
+
+
+def paid_invoice(invoice: dict[str, Any], currency: str) -> ProviderInvoice:
+    """The paid Invoice's lines (proration lines included), tax and amount paid, for its
+    mirror. Stripe's tax is `total_taxes[].amount` (API 2025+), else the older `tax`."""
+    lines = tuple(_line(line) for line in (invoice.get("lines") or {}).get("data") or [])
+    taxes = invoice.get("total_taxes")
+    tax = sum(int(t["amount"]) for t in taxes) if taxes else int(invoice.get("tax") or 0)
+    return ProviderInvoice(
+        ref=str(invoice["id"]), currency=currency, amount_paid_minor=int(invoice["amount_paid"]),
+        tax_minor=tax, billing_reason=invoice.get("billing_reason"), lines=lines,
+    )  # fmt: skip
+
+
+def _line(line: dict[str, Any]) -> ProviderInvoiceLine:
+    parent = line.get("parent") or {}
+    details = parent.get("subscription_item_details") or parent.get("invoice_item_details") or {}
+    proration = bool(details.get("proration", line.get("proration", False)))
+    return ProviderInvoiceLine(
+        description=str(line.get("description") or "Stripe invoice line"),
+        quantity=max(int(line.get("quantity") or 1), 1),
+        amount_minor=int(line["amount"]),
+        proration=proration,
+    )

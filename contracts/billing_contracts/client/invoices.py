@@ -18,6 +18,7 @@ from billing_contracts.invoices import (
     InvoiceLineIn,
     InvoiceOut,
     InvoicePage,
+    InvoicePayResult,
     MarkInvoiceUncollectible,
     PayInvoice,
     VoidInvoice,
@@ -60,16 +61,22 @@ class InvoiceCalls(RpcClient):
         user_id: str,
         invoice_id: UUID | str,
         idempotency_key: str,
-        source: Literal["balance"] = "balance",
+        source: Literal["balance", "stripe", "yookassa"] = "balance",
+        payment_method_id: str | None = None,
+        return_url: str | None = None,
         timeout: float | None = None,
-    ) -> InvoiceOut:
-        """`billing.invoice.pay` of one of the user's invoices from the user's balance.
-        Errors: `NotFound` (no such invoice of this user), `InsufficientFunds` (the invoice
-        stays open), `InvalidState` (not open)."""
+    ) -> InvoicePayResult:
+        """`billing.invoice.pay` of one of the user's invoices from the user's balance, or
+        by card (`source="stripe"` / `"yookassa"`: the reply's `payment` is pending, with
+        `payment_action` when the customer must confirm; `invoice.paid` follows the
+        provider's confirmation). Errors: `NotFound` (no such invoice of this user),
+        `InsufficientFunds` (the invoice stays open), `InvalidState` (not open, or a card
+        payment of it is in flight), `ProviderError`."""
         command = PayInvoice(
-            idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id, source=source
-        )
-        return await self.request(names.INVOICE_PAY, command, InvoiceOut, timeout=timeout)
+            idempotency_key=idempotency_key, user_id=user_id, invoice_id=invoice_id,
+            source=source, payment_method_id=payment_method_id, return_url=return_url,
+        )  # fmt: skip
+        return await self.request(names.INVOICE_PAY, command, InvoicePayResult, timeout=timeout)
 
     async def void_invoice(
         self,
