@@ -17,6 +17,11 @@ Create Date: 2026-12-01
 - `invoice_lines.proration` (boolean, default false): a Stripe proration line; only such
   a line may be a credit (negative unit price and amount, no tax of its own).
   Existing rows are ours: stripe_invoice_id NULL, proration false, every check as before.
+- Every Stripe invoice paid before this revision (a completed or refunded
+  `subscription_charge` whose provider reference is the Stripe invoice) gets its paid
+  mirror now, numbered in this year's gap-free sequence after the invoices already
+  there: one line of the amount paid (the lines Stripe had are not kept), so "every paid
+  Stripe invoice has exactly one paid mirror" holds for the whole history.
 """
 
 from collections.abc import Sequence
@@ -59,6 +64,51 @@ _CHECKS = (
 )  # fmt: skip
 
 
+# The mirrors of the Stripe invoices paid before this revision, numbered after this
+# year's last (as 0012 numbered the periods paid before it).
+_BACKFILL = r"""
+WITH todo AS (
+    SELECT t.subscription_id, t.provider_ref, t.user_id, t.amount_minor, t.currency,
+           coalesce(t.completed_at, t.created_at) AS paid_at,
+           row_number() OVER (ORDER BY coalesce(t.completed_at, t.created_at), t.id) AS n,
+           count(*) OVER () AS total
+    FROM transactions t
+    WHERE t.provider = 'stripe' AND t.kind = 'subscription_charge'
+      AND t.subscription_id IS NOT NULL AND t.provider_ref IS NOT NULL
+      AND t.status IN ('completed', 'refunded')
+), seq AS (
+    INSERT INTO number_sequences (name, year, last_value)
+    SELECT 'invoice', extract(year FROM now() AT TIME ZONE 'UTC')::int, max(total)
+    FROM todo HAVING count(*) > 0
+    ON CONFLICT (name, year)
+        DO UPDATE SET last_value = number_sequences.last_value + excluded.last_value
+    RETURNING year, last_value
+), numbered AS (
+    SELECT todo.*, gen_random_uuid() AS id,
+           (seq.last_value - todo.total + todo.n)::text AS seq_text, seq.year
+    FROM todo, seq
+), invoice AS (
+    INSERT INTO invoices (
+        id, number, user_id, status, currency, subtotal_minor, total_minor, paid_at,
+        created_at, updated_at, subscription_id, stripe_invoice_id
+    )
+    SELECT id,
+           'INV-' || year || '-' || CASE WHEN length(seq_text) < 6 THEN lpad(seq_text, 6, '0')
+                                         ELSE seq_text END,
+           user_id, 'paid', currency, amount_minor, amount_minor, paid_at, now(), now(),
+           subscription_id, provider_ref
+    FROM numbered
+    RETURNING id
+)
+INSERT INTO invoice_lines (
+    invoice_id, position, description, quantity, unit_price_minor, amount_minor
+)
+SELECT numbered.id, 0, 'Stripe invoice ' || numbered.provider_ref, 1,
+       numbered.amount_minor, numbered.amount_minor
+FROM numbered JOIN invoice ON invoice.id = numbered.id
+"""
+
+
 def upgrade() -> None:
     _replace_check("provider_intents", "kind", _in("kind", (*_INTENT_KINDS, "invoice_card")))
     op.add_column("invoices", sa.Column("stripe_invoice_id", sa.Text(), nullable=True))
@@ -71,6 +121,7 @@ def upgrade() -> None:
     )
     for table, name, _, after in _CHECKS:
         _replace_check(table, name, after)
+    op.execute(_BACKFILL)
 
 
 def downgrade() -> None:

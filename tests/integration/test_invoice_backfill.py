@@ -103,3 +103,69 @@ async def test_the_periods_paid_before_0012_get_their_invoices(fresh_database_ur
     assert rows[0]["paid_at"] == _ANCHOR + timedelta(seconds=1)
     assert (stripe, sequence) == (0, 3)
     assert found == set()
+
+
+async def test_the_stripe_invoices_paid_before_0017_get_their_mirrors(
+    fresh_database_url: str,
+) -> None:
+    """Migration 0017 gives every Stripe invoice paid before it its paid mirror (the
+    audit's "every paid Stripe invoice has exactly one paid mirror"), numbered after the
+    year's invoices; a failed charge gets none."""
+    config = alembic_config(fresh_database_url)
+    await asyncio.to_thread(command.downgrade, config, "0016")
+    year = datetime.now(UTC).year
+    user, sub, plan = "mirror-backfill-user", uuid.uuid4(), uuid.uuid4()
+    engine = create_async_engine(fresh_database_url)
+    try:
+        async with driver_connection(engine) as db:
+            await db.execute("INSERT INTO billing_users (id, user_id) VALUES ($1, $2)",
+                             uuid.uuid4(), user)  # fmt: skip
+            await db.execute(
+                "INSERT INTO plans (id, code, name, price_minor, currency, interval, "
+                "interval_count) VALUES ($1, 'pro', 'Pro', 999, 'USD', 'month', 1)",
+                plan,
+            )
+            await db.execute(
+                "INSERT INTO subscriptions (id, user_id, plan_id, plan_code, status, "
+                "payment_source, billing_anchor, paid_periods, provider_subscription_id) "
+                "VALUES ($1, $2, $3, 'pro', 'active', 'stripe', $4, 2, 'sub_old')",
+                sub, user, plan, _ANCHOR,
+            )  # fmt: skip
+            charges = (("in_old1", "completed", 999), ("in_old2", "refunded", 1998),
+                       ("in_old3", "failed", 999))  # fmt: skip
+            for ref, status, amount in charges:
+                await db.execute(
+                    "INSERT INTO transactions (id, user_id, kind, status, amount_minor, "
+                    "currency, provider, provider_ref, subscription_id, completed_at) VALUES "
+                    "($1, $2, 'subscription_charge', $3, $4, 'USD', 'stripe', $5, $6, "
+                    "CASE WHEN $3 = 'failed' THEN NULL ELSE now() END)",
+                    uuid.uuid4(), user, status, amount, ref, sub,
+                )  # fmt: skip
+            await db.execute(
+                "INSERT INTO number_sequences (name, year, last_value) VALUES ('invoice', $1, 1)",
+                year,
+            )
+            await db.execute(  # this year's first invoice, issued before the migration
+                "INSERT INTO invoices (id, number, user_id, status, currency, subtotal_minor, "
+                "total_minor) VALUES ($1, $2, $3, 'open', 'USD', 0, 0)",
+                uuid.uuid4(), f"INV-{year}-000001", user,
+            )  # fmt: skip
+
+        await asyncio.to_thread(command.upgrade, config, "head")
+
+        async with driver_connection(engine) as db:
+            rows = await db.fetch(
+                "SELECT i.number, i.status, i.stripe_invoice_id, i.total_minor, "
+                "l.description, l.amount_minor FROM invoices i "
+                "JOIN invoice_lines l ON l.invoice_id = i.id "
+                "WHERE i.subscription_id = $1 ORDER BY i.number",
+                sub,
+            )
+            found = {f.check for f in await audit(db) if "invoice" in f.check.lower()}
+    finally:
+        await engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        (f"INV-{year}-000002", "paid", "in_old1", 999, "Stripe invoice in_old1", 999),
+        (f"INV-{year}-000003", "paid", "in_old2", 1998, "Stripe invoice in_old2", 1998),
+    ]
+    assert found == set()
