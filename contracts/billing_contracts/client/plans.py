@@ -36,6 +36,7 @@ class PlanCalls(RpcClient):
         active: bool = True,
         timeout: float | None = None,
         vat_code: int | None = None,
+        tax_rate: str | None = None,
     ) -> PlanOut:
         """`billing.plan.upsert`: create the plan `code` or replace its terms."""
         command = UpsertPlan(
@@ -49,6 +50,7 @@ class PlanCalls(RpcClient):
             stripe_price_id=stripe_price_id,
             active=active,
             vat_code=vat_code,
+            tax_rate=tax_rate,
         )
         return await self.request(names.PLAN_UPSERT, command, PlanOut, timeout=timeout)
 
