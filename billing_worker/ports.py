@@ -18,7 +18,7 @@ from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.payment_methods import Card, MethodRow
-from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
+from billing_worker.db.subscriptions import PlanChange, PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.holds import Close, HoldRow
@@ -116,6 +116,7 @@ class Subscriptions(Protocol):
         anchor_offset: int,
         effective_at: datetime,
     ) -> None: ...
+    async def change_plan(self, change: PlanChange) -> None: ...
     async def update(self, subscription_id: UUID, **changes: Any) -> None: ...
     async def discard_incomplete(self, subscription_id: UUID) -> None: ...
     async def record_charge(

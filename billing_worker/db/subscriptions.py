@@ -64,10 +64,17 @@ class SubscriptionRow:
     paused_until: datetime | None = None  # a pause ends by itself then
     restarts: int = 0  # unpauses so far (part of the charge ids)
     quantity: int = 1  # seats: a period costs the plan's price times this
+    # A change the renewal of the paid period applies (change-plan `period_end`, 0015):
+    # the version row and the seats; code and version are read with it (a join).
+    scheduled_plan_id: UUID | None = None
+    scheduled_quantity: int | None = None
+    scheduled_plan_code: str | None = None
+    scheduled_plan_version: int | None = None
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
-_SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name != "plan"]
+_JOINED = frozenset({"plan", "scheduled_plan_code", "scheduled_plan_version"})
+_SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name not in _JOINED]
 # Columns a caller may change through `update` (never ids or the plan: `move_plan`).
 _UPDATABLE = frozenset(_SUB_COLUMNS) - {"id", "user_id", "plan_id", "payment_source"}
 _LIVE = "s.status IN ('incomplete', 'trialing', 'active', 'past_due', 'paused')"
@@ -76,7 +83,10 @@ _SUB_LIST = ", ".join(f"s.{c}" for c in _SUB_COLUMNS)
 _PLAN_LIST = ", ".join(f"p.{c} AS plan_{c}" for c in _PLAN_COLUMNS)
 # Only constant column names are formatted into the SQL.
 _SELECT_SUBSCRIPTION = (
-    f"SELECT {_SUB_LIST}, {_PLAN_LIST} FROM subscriptions s JOIN plans p ON p.id = s.plan_id"  # noqa: S608
+    f"SELECT {_SUB_LIST}, {_PLAN_LIST}, sp.code AS scheduled_plan_code, "  # noqa: S608
+    "sp.version AS scheduled_plan_version "
+    "FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
+    "LEFT JOIN plans sp ON sp.id = s.scheduled_plan_id"
 )
 
 # Paused subscriptions are due only when their pause ends by itself (`paused_until`).
@@ -105,7 +115,27 @@ def _plan(record: Any, prefix: str = "") -> PlanRow:
 
 def _subscription(record: Any) -> SubscriptionRow:
     values = {c: record[c] for c in _SUB_COLUMNS}
-    return SubscriptionRow(**values, plan=_plan(record, "plan_"))
+    return SubscriptionRow(
+        **values, plan=_plan(record, "plan_"),
+        scheduled_plan_code=record["scheduled_plan_code"],
+        scheduled_plan_version=record["scheduled_plan_version"],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """A subscription moved by `billing.subscription.change-plan` (`SqlSubscriptions.
+    change_plan`): onto `to` x `quantity` from period `from_period_index` on, that period
+    starting at `anchor` counted as period `anchor_offset`."""
+
+    sub: SubscriptionRow
+    to: PlanRow
+    quantity: int
+    anchor: datetime
+    anchor_offset: int
+    from_period_index: int
+    effective_at: datetime
+    proration_minor: int | None = None
 
 
 _PLAN_LOCK = 0x706C616E  # "plan": the advisory lock class of plan codes
@@ -274,6 +304,28 @@ class SqlSubscriptions:
             "INSERT INTO subscription_plan_changes (subscription_id, from_plan_id, to_plan_id, "
             "from_period_index, effective_at) VALUES ($1, $2, $3, $4, $5)",
             sub.id, sub.plan_id, to.id, sub.paid_periods, effective_at,
+        )  # fmt: skip
+
+    async def change_plan(self, change: PlanChange) -> None:
+        """Put the subscription on `change.to` with `change.quantity` seats from period
+        `change.from_period_index` on (its code follows: a live subscription of the user to
+        that code is a DuplicateKey on LIVE_UNIQUE), drop any scheduled change, and record
+        the change (kind `change_plan`)."""
+        sub = change.sub
+        with translated():
+            await self._db.execute(
+                "UPDATE subscriptions SET plan_id = $2, plan_code = $3, quantity = $4, "
+                "billing_anchor = $5, anchor_offset = $6, scheduled_plan_id = NULL, "
+                "scheduled_quantity = NULL, updated_at = now() WHERE id = $1",
+                sub.id, change.to.id, change.to.code, change.quantity, change.anchor,
+                change.anchor_offset,
+            )  # fmt: skip
+        await self._db.execute(
+            "INSERT INTO subscription_plan_changes (subscription_id, from_plan_id, to_plan_id, "
+            "from_period_index, effective_at, kind, from_quantity, to_quantity, "
+            "proration_minor) VALUES ($1, $2, $3, $4, $5, 'change_plan', $6, $7, $8)",
+            sub.id, sub.plan_id, change.to.id, change.from_period_index, change.effective_at,
+            sub.quantity, change.quantity, change.proration_minor,
         )  # fmt: skip
 
     async def update(self, subscription_id: UUID, **changes: Any) -> None:

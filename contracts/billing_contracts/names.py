@@ -35,6 +35,7 @@ SUBSCRIPTION_PAUSE: Final = "billing.subscription.pause"
 SUBSCRIPTION_UNPAUSE: Final = "billing.subscription.unpause"
 TAX_RATE_UPSERT: Final = "billing.tax-rate.upsert"
 TAX_RATE_LIST: Final = "billing.tax-rate.list"
+SUBSCRIPTION_CHANGE_PLAN: Final = "billing.subscription.change-plan"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -61,6 +62,7 @@ COMMAND_QUEUES: Final = (
     INVOICE_VOID,
     INVOICE_MARK_UNCOLLECTIBLE,
     TAX_RATE_UPSERT,
+    SUBSCRIPTION_CHANGE_PLAN,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,
