@@ -28,6 +28,7 @@ from billing_contracts import (
     names,
     orders,
     payment_methods,
+    plan_changes,
     plans,
     refunds,
     subscription_changes,
@@ -89,6 +90,7 @@ MODELS: dict[str, Any] = {
     names.SUBSCRIPTION_RESUME: subscription_changes.ResumeSubscription,
     names.SUBSCRIPTION_PAUSE: subscription_changes.PauseSubscription,
     names.SUBSCRIPTION_UNPAUSE: subscription_changes.UnpauseSubscription,
+    names.SUBSCRIPTION_CHANGE_PLAN: plan_changes.ChangePlan,
     names.TAX_RATE_UPSERT: taxes.UpsertTaxRate,
     names.TAX_RATE_LIST: taxes.ListTaxRates,
 }
