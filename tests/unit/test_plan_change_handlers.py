@@ -19,6 +19,7 @@ from billing_contracts.subscriptions import (
     SubscriptionCreated,
     SubscriptionOut,
 )
+from billing_contracts.taxes import UpsertTaxRate
 from billing_worker.domain.errors import (
     CurrencyMismatch,
     InsufficientFunds,
@@ -26,7 +27,13 @@ from billing_worker.domain.errors import (
     InvalidState,
     NotFound,
 )
-from billing_worker.handlers import plan_changes, renewals, subscription_changes, subscriptions
+from billing_worker.handlers import (
+    plan_changes,
+    renewals,
+    subscription_changes,
+    subscriptions,
+    taxes,
+)
 from billing_worker.handlers.deps import Deps
 from support.clock import ManualClock
 from support.fake_uow import FakeDatabase
@@ -130,6 +137,31 @@ async def test_an_upgrade_mid_period_charges_the_exact_rest_with_a_paid_invoice(
     assert await balance_of(db, user) == 5000 - 1000 - 1016 - 2500  # the new terms
 
 
+async def test_the_proration_line_is_taxed_at_the_new_versions_rate(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    rate = UpsertTaxRate(idempotency_key=key(), code="vat", name="VAT", percent="20",
+                         inclusive=False)  # fmt: skip
+    await run(db, taxes.upsert_tax_rate, rate, deps)
+    await plan(db, deps, "pro", "10.00")
+    taxed = UpsertPlan.model_validate(
+        {"idempotency_key": key(), "code": "team", "name": "Team", "tax_rate": "vat",
+         "price": money("25.00"), "interval": "month"}
+    )  # fmt: skip
+    await run(db, subscriptions.upsert_plan, taxed, deps)
+    user = new_user()
+    await deposit(db, deps, user, "50.00")
+    sub = await subscribed(db, deps, user)
+    clock.advance(days=10)
+    await change(db, deps, user, sub.id, "team")
+    [invoice] = proration_invoices(db)
+    [line] = invoice.lines
+    # net 1016 (as untaxed), tax 20 % of it = 203.2 -> 203, total 1219
+    assert (line.amount_minor, line.tax_minor, line.tax_rate_code) == (1016, 203, "vat")
+    assert (invoice.subtotal_minor, invoice.total_minor) == (1016, 1219)
+    assert await balance_of(db, user) == 5000 - 1000 - 1219
+
+
 @pytest.mark.usefixtures("plans")
 async def test_a_downgrade_credits_the_exact_unused_difference(
     db: FakeDatabase, deps: Deps, clock: ManualClock
@@ -180,6 +212,27 @@ async def test_an_upgrade_the_balance_cannot_pay_changes_nothing(
     assert proration_invoices(db) == []
     assert db.state.plan_switches == {}
     assert db.events_of(ev.SUBSCRIPTION_UPDATED) == []
+
+
+@pytest.mark.usefixtures("plans")
+async def test_a_change_scheduled_before_a_pause_is_applied_by_the_unpause(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    user = new_user()
+    await deposit(db, deps, user, "100.00")
+    sub = await subscribed(db, deps, user)
+    await change(db, deps, user, sub.id, "team", when="period_end")
+    pause = PauseSubscription(idempotency_key=key(), user_id=user, subscription_id=sub.id)
+    await run(db, subscription_changes.pause_subscription, pause, deps)
+    clock.set(sub.current_period_end)  # type: ignore[arg-type]
+    assert await renew(db, deps) == "paused"
+    unpause = subscription_changes.UnpauseSubscription(
+        idempotency_key=key(), user_id=user, subscription_id=sub.id
+    )
+    out = await run(db, subscription_changes.unpause_subscription, unpause, deps)
+    assert isinstance(out, SubscriptionOut)
+    assert (out.plan_code, out.scheduled_plan_code) == ("team", None)
+    assert await balance_of(db, user) == 10000 - 1000 - 2500  # the new period on team
 
 
 @pytest.mark.usefixtures("plans")
