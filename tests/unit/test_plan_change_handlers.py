@@ -368,3 +368,29 @@ async def test_refusals_leave_the_subscription_as_it_was(
         await change(db, deps, user, sub.id, "pro", quantity=2)
     assert db.state.plan_switches == {}
     assert db.events_of(ev.SUBSCRIPTION_UPDATED) == []
+
+
+@pytest.mark.usefixtures("plans")
+async def test_a_past_due_subscription_is_refused_and_a_trial_switches_without_money(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    user = new_user()
+    await deposit(db, deps, user, "10.00")
+    sub = await subscribed(db, deps, user)  # the balance is 0 after the first period
+    clock.set(sub.current_period_end)  # type: ignore[arg-type]
+    assert await renew(db, deps) == "failed"
+    with pytest.raises(InvalidState):  # past_due: its unpaid period is on the old terms
+        await change(db, deps, user, sub.id, "team")
+    trial = UpsertPlan.model_validate(
+        {"idempotency_key": key(), "code": "trial", "name": "Trial", "trial_days": 14,
+         "price": money("5.00"), "interval": "month"}
+    )  # fmt: skip
+    await run(db, subscriptions.upsert_plan, trial, deps)
+    trialing = await subscribed(db, deps, user, "trial")
+    assert trialing.status == "trialing"
+    out = await change(db, deps, user, trialing.id, "trial", quantity=4)  # prorate: nothing paid
+    assert (out.status, out.quantity, out.current_period_end) == (
+        "trialing", 4, trialing.current_period_end)  # fmt: skip
+    assert await balance_of(db, user) == 0
+    [updated] = db.events_of(ev.SUBSCRIPTION_UPDATED)
+    assert (updated["proration_charged"], updated["proration_credited"]) == (None, None)
