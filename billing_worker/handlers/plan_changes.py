@@ -12,8 +12,9 @@
   nothing): switched now, no money moves; the next renewal charges the new terms (another
   interval counts from the end of the paid period, as `billing.plan.migrate` does).
 - `period_end`: stored on the subscription; the renewal of the paid period applies it
-  (`apply_scheduled`), then charges the new terms (after a pause: the unpause does). A later change-plan replaces it, a
-  change back to the current terms drops it, a cancel drops it.
+  (`apply_scheduled`), then charges the new terms (after a pause: the unpause does). A
+  later change-plan replaces it, a change back to the current terms drops it, a cancel
+  drops it.
 
 Every change is one `subscription_plan_changes` row (kind `change_plan`), the first period
 it governs being the next one, so the audit's "no period charged on a version its
