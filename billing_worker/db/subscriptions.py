@@ -131,7 +131,7 @@ class PlanChange:
     sub: SubscriptionRow
     to: PlanRow
     quantity: int
-    anchor: datetime
+    anchor: datetime | None  # None: Stripe runs the subscription's periods
     anchor_offset: int
     from_period_index: int
     effective_at: datetime

@@ -11,6 +11,9 @@
 - `now` + `none` (and any `now` change of a `trialing` subscription, which has paid
   nothing): switched now, no money moves; the next renewal charges the new terms (another
   interval counts from the end of the paid period, as `billing.plan.migrate` does).
+- A Stripe-run subscription: at Stripe first (`_at_stripe`, `stripe_changes`), same
+  interval only; Stripe prorates (`now` + `prorate`: its invoice of the change, paid at
+  once) and ours follows Stripe's answer.
 - `period_end`: stored on the subscription; the renewal of the paid period applies it
   (`apply_scheduled`), then charges the new terms (after a pause: the unpause does). A
   later change-plan replaces it, a change back to the current terms drops it, a cancel
@@ -19,8 +22,8 @@
 Every change is one `subscription_plan_changes` row (kind `change_plan`), the first period
 it governs being the next one, so the audit's "no period charged on a version its
 subscription was not on" holds. Not built yet: a money-moving `now` change of YooKassa
-subscriptions (an upgrade or another interval) and Stripe-run subscriptions (both refused
-with `invalid_message`; `none` and `period_end` work for YooKassa).
+subscriptions (an upgrade or another interval; refused with `invalid_message`; `none` and
+`period_end` work for YooKassa) and another interval for a Stripe-run one.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from billing_contracts.invoices import InvoiceStatus
 from billing_contracts.plan_changes import ChangePlan, ChangeWhen, Proration
 from billing_contracts.subscriptions import PaymentSource, SubscriptionOut
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
+from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import NewInvoice
 from billing_worker.db.subscriptions import PlanChange, PlanRow, SubscriptionRow
 from billing_worker.domain.errors import (
@@ -49,7 +53,7 @@ from billing_worker.domain.money import to_wire
 from billing_worker.domain.plan_versions import Anchor, reanchored
 from billing_worker.domain.proration import prorated
 from billing_worker.domain.taxes import TaxRate
-from billing_worker.handlers import views
+from billing_worker.handlers import stripe_changes, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_views import invoice_event
 from billing_worker.handlers.periods import charge_from_balance, check_price_fits, not_covered
@@ -59,7 +63,7 @@ from billing_worker.ports import UnitOfWork
 _CHANGEABLE = (Sub.ACTIVE, Sub.TRIALING)
 
 
-async def change_plan(command: ChangePlan, uow: UnitOfWork, deps: Deps) -> SubscriptionOut:
+async def change_plan(command: ChangePlan, uow: UnitOfWork, deps: Deps) -> SubscriptionOut | Intent:
     sub = await _changeable(command, uow)
     target = await uow.plans.by_code(command.plan_code)
     if target is None or not target.active:
@@ -83,7 +87,7 @@ async def change_plan(command: ChangePlan, uow: UnitOfWork, deps: Deps) -> Subsc
     check_price_fits(dataclasses.replace(sub, plan=target, plan_id=target.id, quantity=quantity))
     await _check_code_free(sub, target, uow)
     if sub.payment_source == PaymentSource.STRIPE:
-        raise InvalidInput("changing the plan of a Stripe-run subscription is not supported yet")
+        return _at_stripe(command, sub, target, quantity, deps)
     if command.when is ChangeWhen.PERIOD_END:
         await uow.subscriptions.update(
             sub.id, scheduled_plan_id=target.id, scheduled_quantity=quantity
@@ -98,6 +102,37 @@ async def change_plan(command: ChangePlan, uow: UnitOfWork, deps: Deps) -> Subsc
         uow.emit(_updated(sub, found, uow.clock(), command))
         return subscription_out(found)
     return await _prorate(command, sub, target, quantity, uow, deps)
+
+
+def _at_stripe(
+    command: ChangePlan, sub: SubscriptionRow, target: PlanRow, quantity: int, deps: Deps
+) -> Intent:
+    """A Stripe-run subscription changes at Stripe first (`stripe_changes`): its item onto
+    the target's Stripe price; `now` + `prorate` of an active one is invoiced by Stripe at
+    once (`always_invoice`), anything else bills the new price from Stripe's next
+    invoice (`none`). Ours switches when Stripe's answer shows the change."""
+    if not target.stripe_price_id:
+        raise InvalidInput(
+            f"plan {target.code} version {target.version} has no stripe_price_id",
+            plan_code=target.code,
+        )
+    if not _same_interval(sub.plan, target):
+        raise InvalidInput(
+            "a Stripe-run subscription cannot change to another interval yet",
+            plan_code=target.code,
+        )
+    invoiced = (
+        command.when is ChangeWhen.NOW
+        and command.proration is Proration.PRORATE
+        and Sub(sub.status) is Sub.ACTIVE
+    )
+    return stripe_changes.begin(
+        command, sub, deps, "change_plan",
+        change={"price_ref": target.stripe_price_id, "quantity": quantity,
+                "proration_behavior": "always_invoice" if invoiced else "none",
+                "plan_code": target.code, "plan_version": target.version,
+                "when": command.when.value, "proration": command.proration.value},
+    )  # fmt: skip
 
 
 async def _changeable(command: ChangePlan, uow: UnitOfWork) -> SubscriptionRow:
