@@ -502,13 +502,15 @@ ENTRIES += (
         "Move one of a user's subscriptions to the current version of a plan (or other "
         "seats): now, the rest of the paid period charged or credited at the difference "
         "(`prorate`, exact, half-even) or not (`none`); or at the period end (the renewal "
-        "applies it)",
+        "applies it). A Stripe-run one changes at Stripe first: Stripe's proration invoice "
+        "(paid at once) says what it charged or credited",
         (
             E.NOT_FOUND,
             E.INVALID_STATE,
             E.CURRENCY_MISMATCH,
             E.INSUFFICIENT_FUNDS,
             E.INVALID_MESSAGE,
+            E.PROVIDER_ERROR,
         ),
         example={
             "idempotency_key": _KEY,

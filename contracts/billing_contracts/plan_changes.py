@@ -37,6 +37,13 @@ class ChangePlan(Command):
     `now` + `none`: switched now, no money moves; the next renewal charges the new terms.
     `period_end`: the renewal that ends the paid period applies it (a later change-plan
     replaces it, a cancel drops it).
+
+    A Stripe-run subscription (same interval only; the target version needs a
+    `stripe_price_id`) changes at Stripe first and ours follows Stripe's answer: `now` +
+    `prorate` of an active one is Stripe's proration invoice, paid at once with the
+    subscription's card (`proration_charged`; a negative total is credited to the
+    customer's Stripe balance: `proration_credited`), a decline changes nothing
+    (`provider_error`); anything else bills the new price from Stripe's next invoice.
     """
 
     user_id: UserId = Field(
