@@ -275,6 +275,16 @@ class SqlSubscriptions:
         )
         return [_subscription(record) for record in records]
 
+    async def charged_plan(self, subscription_id: UUID, period_index: int) -> PlanRow | None:
+        """The plan version row (its price and tax copy) period `period_index` was paid
+        on; None when it was not (or before versions were recorded with the charge)."""
+        record = await self._db.fetchrow(
+            "SELECT p.* FROM subscription_charges c JOIN plans p ON p.id = c.plan_id "
+            "WHERE c.subscription_id = $1 AND c.period_index = $2",
+            subscription_id, period_index,
+        )  # fmt: skip
+        return None if record is None else _plan(record)
+
     async def charging(self, subscription_ids: Sequence[UUID]) -> set[UUID]:
         """Those of the subscriptions with a provider call or a charge still open."""
         records = await self._db.fetch(

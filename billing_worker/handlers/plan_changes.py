@@ -2,12 +2,14 @@
 (the current version of a code, its own or another in the same currency) or other seats.
 
 - `now` + `prorate`, an `active` subscription, the same interval: the rest of the paid
-  period at the difference of the two period prices (`domain/proration.py`), taxed at the
-  new version's rate as a period line is. More: charged now (balance: debited in this
-  transaction, `insufficient_funds` refuses the whole change) with a paid proration
-  invoice; less: credited to the wallet balance (a `credit` transaction). Another
-  interval: the unused part of the paid period is credited (at the old version's rate)
-  and a new period at the new terms starts now, charged in full like any period.
+  period at the difference of the two period prices (`domain/proration.py`), taxed as a
+  period line is: a charge at the new version's rate, a credit at the rate of the
+  version the paid period was charged on (`_paid_version`). More: charged now
+  (balance: debited in this transaction, `insufficient_funds` refuses the whole change)
+  with a paid proration invoice; less: credited to the wallet balance (a `credit`
+  transaction). Another interval: the unused part of the paid period is credited (at
+  the paid version's rate) and a new period at the new terms starts now, charged in
+  full like any period.
 - `now` + `none` (and any `now` change of a `trialing` subscription, which has paid
   nothing): switched now, no money moves; the next renewal charges the new terms (another
   interval counts from the end of the paid period, as `billing.plan.migrate` does).
@@ -200,6 +202,17 @@ async def _switch_at_period_end_terms(
     )  # fmt: skip
 
 
+async def _paid_version(sub: SubscriptionRow, uow: UnitOfWork) -> PlanRow:
+    """The version (and its copy of the tax rate) the current period was paid on: the
+    subscription's own may be a later one (a `none` change or a migrate switched it for
+    the next period)."""
+    if sub.paid_periods > 0:
+        paid = await uow.subscriptions.charged_plan(sub.id, sub.paid_periods - 1)
+        if paid is not None:
+            return paid
+    return sub.plan
+
+
 def _rate_of(plan: PlanRow) -> TaxRate | None:
     if plan.tax_rate_code is None or plan.tax_percent is None:
         return None
@@ -234,7 +247,10 @@ async def _prorate(
                 "use proration none or when period_end"
             )
         text = f"{sub.plan.name} -> {target.name}: {now:%Y-%m-%d} to {end:%Y-%m-%d}"
-        line = _proration_line(text, abs(net), target)
+        # a charge at the new version's rate; a credit gives back part of what the paid
+        # period was charged, so at the rate of the version it was paid on
+        taxed_as = target if net > 0 else await _paid_version(sub, uow)
+        line = _proration_line(text, abs(net), taxed_as)
         moved = line.total_minor if net > 0 else -line.total_minor if net < 0 else 0
         await _switch_at_period_end_terms(sub, target, quantity, uow, proration_minor=moved)
         if net > 0:
@@ -252,7 +268,7 @@ async def _prorate(
     # Another interval: the unused part of the paid period back, a new period from now.
     unused = -prorated(-old_net, start, end, now)
     text = f"{sub.plan.name}: unused {now:%Y-%m-%d} to {end:%Y-%m-%d}"
-    credit = _proration_line(text, unused, sub.plan).total_minor
+    credit = _proration_line(text, unused, await _paid_version(sub, uow)).total_minor
     await uow.subscriptions.change_plan(
         PlanChange(
             sub=sub, to=target, quantity=quantity, anchor=now, anchor_offset=sub.paid_periods,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from billing_contracts.client import BillingClient
 from billing_worker.app import Worker, build_worker
 from billing_worker.db.engine import driver_connection
 from billing_worker.ops.audit import audit
@@ -39,7 +40,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def settings(database_url: str, rabbitmq_url: str) -> Settings:
-    return make_settings(database_url, rabbitmq_url)
+    # billing.tax-rate.upsert is privileged: open it as local development does
+    return make_settings(database_url, rabbitmq_url, credit_without_policy=True)
 
 
 @pytest.fixture
@@ -140,4 +142,36 @@ async def test_a_change_at_the_period_end_is_applied_by_the_renewal(
             uuid.UUID(sub["id"]),
         )
         assert [tuple(r) for r in charged] == [(0, pro), (1, team)]
+        assert await audit(db) == []
+
+
+async def test_a_downgrade_credit_is_taxed_at_the_rate_its_paid_period_was_charged_at(
+    bus: Bus, worker: Worker, clock: ManualClock, rabbitmq_url: str
+) -> None:
+    async with BillingClient(rabbitmq_url, timeout=30) as billing:  # sets the AMQP user_id
+        for code, percent in (("vat", "20"), ("low", "10")):
+            await billing.upsert_tax_rate(
+                code=code, name=code.upper(), percent=percent, inclusive=False,
+                idempotency_key=key(),
+            )  # fmt: skip
+    team, pro = await plan(bus, "25.00", tax_rate="vat"), await plan(bus, "10.00")
+    user = f"change-user-{uuid.uuid4().hex[:8]}"
+    await fund(bus, user, "30.00")
+    sub = await subscribe(bus, user, team)  # 25.00 + 20 % paid
+    assert await balance(bus, user) == "0.00"
+    terms = {"idempotency_key": key(), "code": team, "name": "Pro", "interval": "month",
+             "price": {"amount": "25.00", "currency": "USD"}, "tax_rate": "low"}  # fmt: skip
+    assert (await bus.call("billing.plan.upsert", terms))["data"]["version"] == 2
+    none = await bus.call(
+        "billing.subscription.change-plan", change(user, sub, team, proration="none")
+    )
+    assert none["ok"], none  # on version 2 (10 %) from the next period
+    clock.advance(days=10)  # 21 of 31 days left
+
+    downgrade = await bus.call("billing.subscription.change-plan", change(user, sub, pro))
+
+    assert downgrade["ok"], downgrade
+    # 1500 x 21/31 = 1016.13 -> 1016 net, + the paid period's 20 % (203): 12.19 back
+    assert await balance(bus, user) == "12.19"
+    async with driver_connection(worker.engine) as db:
         assert await audit(db) == []

@@ -218,6 +218,11 @@ class FakeSubscriptions:
         ):
             del state.subscriptions[subscription_id]
 
+    async def charged_plan(self, subscription_id: UUID, period_index: int) -> PlanRow | None:
+        state = self._state()
+        plan_id = state.charge_plans.get((subscription_id, period_index))
+        return None if plan_id is None else state.plan_by_id(plan_id)
+
     async def record_charge(
         self,
         subscription_id: UUID,

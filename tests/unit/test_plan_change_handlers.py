@@ -162,6 +162,64 @@ async def test_the_proration_line_is_taxed_at_the_new_versions_rate(
     assert await balance_of(db, user) == 5000 - 1000 - 1219
 
 
+async def taxed_plan(
+    db: FakeDatabase, deps: Deps, code: str, price: str, rate: str, interval: str = "month"
+) -> None:
+    command = UpsertPlan.model_validate(
+        {"idempotency_key": key(), "code": code, "name": code.title(), "tax_rate": rate,
+         "price": money(price), "interval": interval}
+    )  # fmt: skip
+    await run(db, subscriptions.upsert_plan, command, deps)
+
+
+async def rates(db: FakeDatabase, deps: Deps) -> None:
+    for code, percent in (("vat", "20"), ("low", "10")):
+        rate = UpsertTaxRate(idempotency_key=key(), code=code, name=code.upper(),
+                             percent=percent, inclusive=False)  # fmt: skip
+        await run(db, taxes.upsert_tax_rate, rate, deps)
+
+
+async def test_a_downgrade_credit_is_taxed_at_the_rate_the_paid_period_was_charged_at(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    await rates(db, deps)
+    await taxed_plan(db, deps, "team", "25.00", "vat")  # version 1: a copy of 20 %
+    await plan(db, deps, "pro", "10.00")  # untaxed
+    user = new_user()
+    await deposit(db, deps, user, "30.00")
+    sub = await subscribed(db, deps, user, "team")  # 25.00 + 20 % = 30.00 paid
+    assert await balance_of(db, user) == 0
+    await taxed_plan(db, deps, "team", "25.00", "low")  # version 2: 10 %, new terms
+    await change(db, deps, user, sub.id, "team", proration="none")  # v2 from the next period
+    clock.advance(days=10)  # 21 of 31 days left
+
+    await change(db, deps, user, sub.id, "pro")
+
+    # (1000 - 2500) x 21/31 = -1016.13 -> 1016 net back, with the 20 % the period was
+    # charged (203.2 -> 203): 1219, not pro's 0 % (1016) nor version 2's 10 % (1118)
+    assert await balance_of(db, user) == 1219
+    assert db.state.plan_switches[1].proration_minor == -1219
+
+
+async def test_another_interval_credits_the_unused_part_at_the_paid_periods_rate(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    await rates(db, deps)
+    await taxed_plan(db, deps, "team", "25.00", "vat")
+    await plan(db, deps, "annual", "100.00", interval="year")  # untaxed
+    user = new_user()
+    await deposit(db, deps, user, "130.00")
+    sub = await subscribed(db, deps, user, "team")
+    await taxed_plan(db, deps, "team", "25.00", "low")
+    await change(db, deps, user, sub.id, "team", proration="none")
+    clock.advance(days=10)
+
+    await change(db, deps, user, sub.id, "annual")
+
+    # unused 2500 x 21/31 = 1693.55 -> 1694, + 20 % (338.8 -> 339) = 2033 back; 100.00 paid
+    assert await balance_of(db, user) == 13000 - 3000 + 2033 - 10000
+
+
 @pytest.mark.usefixtures("plans")
 async def test_a_downgrade_credits_the_exact_unused_difference(
     db: FakeDatabase, deps: Deps, clock: ManualClock
