@@ -69,10 +69,17 @@ class SubscriptionRow:
     # Coupons (migration 0016): the coupon it redeemed and the charged periods it has
     # discounted (joined from coupon_redemptions; None: no coupon).
     redemption: Redemption | None = None
+    # A change the renewal of the paid period applies (change-plan `period_end`, 0015):
+    # the version row and the seats; code and version are read with it (a join).
+    scheduled_plan_id: UUID | None = None
+    scheduled_quantity: int | None = None
+    scheduled_plan_code: str | None = None
+    scheduled_plan_version: int | None = None
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
-_SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name not in ("plan", "redemption")]
+_JOINED = frozenset({"plan", "redemption", "scheduled_plan_code", "scheduled_plan_version"})
+_SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name not in _JOINED]
 _COUPON_COLUMNS = (
     "code", "name", "percent_off", "amount_off_minor", "currency", "duration",
     "duration_in_periods", "active", "stripe_coupon_id",
@@ -85,11 +92,14 @@ _SUB_LIST = ", ".join(f"s.{c}" for c in _SUB_COLUMNS)
 _PLAN_LIST = ", ".join(f"p.{c} AS plan_{c}" for c in _PLAN_COLUMNS)
 # Only constant column names are formatted into the SQL.
 _COUPON_LIST = ", ".join(f"c.{c} AS coupon_{c}" for c in _COUPON_COLUMNS)
-_SELECT_SUBSCRIPTION = (
-    f"SELECT {_SUB_LIST}, {_PLAN_LIST}, {_COUPON_LIST}, r.periods_used AS coupon_periods_used "  # noqa: S608
+_SELECT_SUBSCRIPTION = (  # fmt: skip
+    f"SELECT {_SUB_LIST}, {_PLAN_LIST}, {_COUPON_LIST}, "  # noqa: S608
+    "r.periods_used AS coupon_periods_used, "
+    "sp.code AS scheduled_plan_code, sp.version AS scheduled_plan_version "
     "FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
     "LEFT JOIN coupon_redemptions r ON r.subscription_id = s.id "
-    "LEFT JOIN coupons c ON c.code = r.coupon_code"
+    "LEFT JOIN coupons c ON c.code = r.coupon_code "
+    "LEFT JOIN plans sp ON sp.id = s.scheduled_plan_id"
 )
 
 # Paused subscriptions are due only when their pause ends by itself (`paused_until`).
@@ -126,7 +136,27 @@ def _redemption(record: Any) -> Redemption | None:
 
 def _subscription(record: Any) -> SubscriptionRow:
     values = {c: record[c] for c in _SUB_COLUMNS}
-    return SubscriptionRow(**values, plan=_plan(record, "plan_"), redemption=_redemption(record))
+    return SubscriptionRow(
+        **values, plan=_plan(record, "plan_"), redemption=_redemption(record),
+        scheduled_plan_code=record["scheduled_plan_code"],
+        scheduled_plan_version=record["scheduled_plan_version"],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """A subscription moved by `billing.subscription.change-plan` (`SqlSubscriptions.
+    change_plan`): onto `to` x `quantity` from period `from_period_index` on, that period
+    starting at `anchor` counted as period `anchor_offset`."""
+
+    sub: SubscriptionRow
+    to: PlanRow
+    quantity: int
+    anchor: datetime | None  # None: Stripe runs the subscription's periods
+    anchor_offset: int
+    from_period_index: int
+    effective_at: datetime
+    proration_minor: int | None = None
 
 
 _PLAN_LOCK = 0x706C616E  # "plan": the advisory lock class of plan codes
@@ -266,6 +296,16 @@ class SqlSubscriptions:
         )
         return [_subscription(record) for record in records]
 
+    async def charged_plan(self, subscription_id: UUID, period_index: int) -> PlanRow | None:
+        """The plan version row (its price and tax copy) period `period_index` was paid
+        on; None when it was not (or before versions were recorded with the charge)."""
+        record = await self._db.fetchrow(
+            "SELECT p.* FROM subscription_charges c JOIN plans p ON p.id = c.plan_id "
+            "WHERE c.subscription_id = $1 AND c.period_index = $2",
+            subscription_id, period_index,
+        )  # fmt: skip
+        return None if record is None else _plan(record)
+
     async def charging(self, subscription_ids: Sequence[UUID]) -> set[UUID]:
         """Those of the subscriptions with a provider call or a charge still open."""
         records = await self._db.fetch(
@@ -295,6 +335,28 @@ class SqlSubscriptions:
             "INSERT INTO subscription_plan_changes (subscription_id, from_plan_id, to_plan_id, "
             "from_period_index, effective_at) VALUES ($1, $2, $3, $4, $5)",
             sub.id, sub.plan_id, to.id, sub.paid_periods, effective_at,
+        )  # fmt: skip
+
+    async def change_plan(self, change: PlanChange) -> None:
+        """Put the subscription on `change.to` with `change.quantity` seats from period
+        `change.from_period_index` on (its code follows: a live subscription of the user to
+        that code is a DuplicateKey on LIVE_UNIQUE), drop any scheduled change, and record
+        the change (kind `change_plan`)."""
+        sub = change.sub
+        with translated():
+            await self._db.execute(
+                "UPDATE subscriptions SET plan_id = $2, plan_code = $3, quantity = $4, "
+                "billing_anchor = $5, anchor_offset = $6, scheduled_plan_id = NULL, "
+                "scheduled_quantity = NULL, updated_at = now() WHERE id = $1",
+                sub.id, change.to.id, change.to.code, change.quantity, change.anchor,
+                change.anchor_offset,
+            )  # fmt: skip
+        await self._db.execute(
+            "INSERT INTO subscription_plan_changes (subscription_id, from_plan_id, to_plan_id, "
+            "from_period_index, effective_at, kind, from_quantity, to_quantity, "
+            "proration_minor) VALUES ($1, $2, $3, $4, $5, 'change_plan', $6, $7, $8)",
+            sub.id, sub.plan_id, change.to.id, change.from_period_index, change.effective_at,
+            sub.quantity, change.quantity, change.proration_minor,
         )  # fmt: skip
 
     async def update(self, subscription_id: UUID, **changes: Any) -> None:

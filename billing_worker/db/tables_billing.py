@@ -59,6 +59,11 @@ class Subscription(SQLModel, table=True):
         CheckConstraint(one_of("status", SUBSCRIPTION_STATUSES), name="status"),
         CheckConstraint(one_of("payment_source", PAYMENT_SOURCES), name="payment_source"),
         CheckConstraint("quantity BETWEEN 1 AND 10000", name="quantity_range"),
+        CheckConstraint(  # migration 0015
+            "(scheduled_plan_id IS NULL) = (scheduled_quantity IS NULL) "
+            "AND (scheduled_quantity IS NULL OR scheduled_quantity BETWEEN 1 AND 10000)",
+            name="scheduled_change",
+        ),
         Index(  # per plan code, across its versions (migration 0011)
             "uq_subscriptions_one_live_per_user_plan",
             "user_id",
@@ -110,6 +115,10 @@ class Subscription(SQLModel, table=True):
     restarts: int = zero_field()
     # Seats: each period charges the plan's price times this.
     quantity: int = Field(default=1, nullable=False, sa_column_kwargs={"server_default": text("1")})
+    # A plan change the renewal of the paid period applies (migration 0015): the target
+    # version row and the seats on it, both or none.
+    scheduled_plan_id: uuid.UUID | None = Field(default=None, foreign_key="plans.id", nullable=True)
+    scheduled_quantity: int | None = Field(default=None, nullable=True)
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
 

@@ -9,7 +9,7 @@ from billing_contracts.subscriptions import PaymentSource
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
-from billing_worker.handlers import pauses, yookassa_subscriptions
+from billing_worker.handlers import pauses, plan_changes, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import charge_failed, charge_from_balance, end_subscription
 from billing_worker.ports import UnitOfWork
@@ -46,6 +46,8 @@ async def _renew(sub: SubscriptionRow, uow: UnitOfWork, deps: Deps) -> str | Int
     elif sub.pause_at_period_end:  # the paid period is over: paused from now on
         await pauses.take_effect(sub, uow)
         return "paused"
+    if sub.scheduled_plan_id is not None:  # change-plan `period_end`: the next period is new
+        sub = await plan_changes.apply_scheduled(sub, uow)
     if sub.payment_source == PaymentSource.YOOKASSA:
         return await yookassa_subscriptions.renew(sub, uow, deps) or "failed"
     if await charge_from_balance(sub, uow, deps):

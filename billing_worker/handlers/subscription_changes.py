@@ -21,7 +21,7 @@ from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.domain.errors import InvalidInput, InvalidState, NotFound
 from billing_worker.domain.subscriptions import LIVE
-from billing_worker.handlers import pauses, stripe_changes
+from billing_worker.handlers import pauses, plan_changes, stripe_changes
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.periods import charge_from_balance, not_covered
 from billing_worker.handlers.subscription_views import subscription_event, subscription_out
@@ -122,6 +122,8 @@ async def unpause_subscription(
     if _stripe_run(sub):
         return stripe_changes.begin(command, sub, deps, "unpause")
     restarted = await pauses.restart(sub, uow, reason="unpaused")
+    if restarted.scheduled_plan_id is not None:  # change-plan `period_end`: the new period
+        restarted = await plan_changes.apply_scheduled(restarted, uow)
     if sub.payment_source == PaymentSource.BALANCE and not await charge_from_balance(
         restarted, uow, deps
     ):  # refused: the whole command rolls back, the subscription stays paused

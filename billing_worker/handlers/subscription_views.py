@@ -15,6 +15,7 @@ from billing_contracts.events import (
     SUBSCRIPTION_RESUMED,
     SUBSCRIPTION_UPDATED,
 )
+from billing_contracts.money import Money
 from billing_contracts.plans import PlanOut
 from billing_contracts.subscriptions import SubscriptionOut
 from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
@@ -69,6 +70,9 @@ def subscription_out(sub: SubscriptionRow) -> SubscriptionOut:
             "cancel_at_period_end": sub.cancel_at_period_end,
             "plan_version": sub.plan.version,
             **_pause_and_seats(sub),
+            "scheduled_plan_code": sub.scheduled_plan_code,
+            "scheduled_plan_version": sub.scheduled_plan_version,
+            "scheduled_quantity": sub.scheduled_quantity,
         }
     )
 
@@ -84,11 +88,30 @@ def subscription_event(
 
 
 def subscription_updated(
-    sub: SubscriptionRow, from_plan_version: int, effective_at: datetime
+    sub: SubscriptionRow,
+    from_plan_version: int,
+    effective_at: datetime,
+    *,
+    change: str | None = None,
+    from_plan_code: str | None = None,
+    from_quantity: int | None = None,
+    when: str | None = None,
+    scheduled: bool | None = None,
+    proration: str | None = None,
+    charged: Money | None = None,
+    credited: Money | None = None,
 ) -> DomainEvent:
-    """`subscription.updated`: `sub` is on its new plan version from `effective_at`."""
+    """`subscription.updated`: `sub` is on its new plan version from `effective_at`
+    (`billing.plan.migrate`; or `change` = "change_plan" with the old terms and the money
+    the change moved)."""
     fields = {**_event_fields(sub, None, None), "from_plan_version": from_plan_version,
               "effective_at": effective_at}  # fmt: skip
+    if change is not None:
+        fields |= {
+            "change": change, "from_plan_code": from_plan_code, "from_quantity": from_quantity,
+            "when": when, "scheduled": scheduled, "proration": proration,
+            "proration_charged": charged, "proration_credited": credited,
+        }  # fmt: skip
     data = area_events.SubscriptionUpdated.model_validate(fields).model_dump(mode="json")
     return DomainEvent(SUBSCRIPTION_UPDATED, data)
 

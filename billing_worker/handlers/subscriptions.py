@@ -166,6 +166,8 @@ async def cancel_subscription(
         )
     if stripe_run and sub.provider_subscription_id:
         return stripe_subscriptions.begin_cancel(command, sub, deps)
+    if sub.scheduled_plan_id is not None:  # a cancel drops a scheduled plan change
+        await uow.subscriptions.update(sub.id, scheduled_plan_id=None, scheduled_quantity=None)
     # incomplete: nothing paid to serve; paused: its paid period is over already
     if command.at_period_end and Sub(sub.status) not in (Sub.INCOMPLETE, Sub.PAUSED):
         await uow.subscriptions.update(

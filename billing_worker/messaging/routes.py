@@ -16,6 +16,7 @@ from billing_worker.handlers import (
     deposit_cancel,
     invoice_lifecycle,
     method_setup,
+    plan_changes,
     plan_migrate,
     subscription_changes,
     taxes,
@@ -62,6 +63,7 @@ COMMANDS: Mapping[str, Handler[Any]] = {
     names.SUBSCRIPTION_RESUME: subscription_changes.resume_subscription,
     names.SUBSCRIPTION_PAUSE: subscription_changes.pause_subscription,
     names.SUBSCRIPTION_UNPAUSE: subscription_changes.unpause_subscription,
+    names.SUBSCRIPTION_CHANGE_PLAN: plan_changes.change_plan,
     names.INVOICE_VOID: invoice_lifecycle.void_invoice,
     names.INVOICE_MARK_UNCOLLECTIBLE: invoice_lifecycle.mark_uncollectible,
     names.TAX_RATE_UPSERT: taxes.upsert_tax_rate,  # admins only (access.PRIVILEGED)

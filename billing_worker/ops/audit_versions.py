@@ -35,7 +35,7 @@ VERSION_CHECKS: dict[str, str] = {
         FROM subscriptions s
         JOIN plans p ON p.id = s.plan_id
         LEFT JOIN LATERAL (
-            SELECT m.id, m.from_plan_id, m.to_plan_id,
+            SELECT m.id, m.kind, m.from_plan_id, m.to_plan_id,
                    lag(m.to_plan_id) OVER (ORDER BY m.id) AS previous_to,
                    lead(m.id) OVER (ORDER BY m.id) AS next_id
             FROM subscription_plan_changes m WHERE m.subscription_id = s.id
@@ -43,7 +43,7 @@ VERSION_CHECKS: dict[str, str] = {
         LEFT JOIN plans pf ON pf.id = m.from_plan_id
         LEFT JOIN plans pt ON pt.id = m.to_plan_id
         WHERE p.code <> s.plan_code
-           OR pf.code <> s.plan_code OR pt.code <> s.plan_code
+           OR (m.kind = 'migrate' AND pf.code <> pt.code)
            OR m.previous_to <> m.from_plan_id
            OR (m.id IS NOT NULL AND m.next_id IS NULL AND m.to_plan_id <> s.plan_id)
     """,

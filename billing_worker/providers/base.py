@@ -111,15 +111,37 @@ class ProviderSubscription:
     client_secret: str | None = None  # when the first payment needs the customer
     paused: bool = False  # the provider collects nothing for now (Stripe: pause_collection)
     resumes_at: datetime | None = None  # when the provider ends that pause by itself
+    price_ref: str | None = None  # the price its (first) item bills
+    quantity: int | None = None  # that item's seats
+    latest_invoice: LatestInvoice | None = None  # when the read expanded it
+
+
+@dataclass(frozen=True, slots=True)
+class LatestInvoice:
+    """The provider's latest invoice of a subscription (Stripe's, expanded): a plan
+    change's proration invoice says what the change charged (`total` < 0: credited)."""
+
+    ref: str
+    status: str
+    billing_reason: str | None
+    total_minor: int
+    amount_paid_minor: int
+    currency: str
 
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionChange:
     """A change of a subscription the provider runs: undo a period-end cancel (`resume`),
-    pause collecting (until `resumes_at`, or until unpaused) or stop pausing."""
+    pause collecting (until `resumes_at`, or until unpaused), stop pausing, or move it
+    onto another price and quantity (`change_plan`: `price_ref` x `quantity`, Stripe's
+    `proration_behavior`, idempotent on `idempotency_key`)."""
 
-    action: Literal["resume", "pause", "unpause"]
+    action: Literal["resume", "pause", "unpause", "change_plan"]
     resumes_at: datetime | None = None
+    price_ref: str | None = None
+    quantity: int | None = None
+    proration_behavior: Literal["always_invoice", "none"] | None = None
+    idempotency_key: str | None = None
 
 
 class SubscriptionGateway(Protocol):

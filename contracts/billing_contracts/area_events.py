@@ -35,10 +35,23 @@ class SubscriptionEvent(BaseModel):
 
 class SubscriptionUpdated(SubscriptionEvent):
     """`subscription.updated`: moved to another version of its plan by `billing.plan.migrate`
-    (`plan_version` is the new one); its next period, from `effective_at`, charges it."""
+    (`plan_version` is the new one); its next period, from `effective_at`, charges it. Or
+    changed by `billing.subscription.change-plan` (`change` names it; `plan_code`,
+    `plan_version` and `quantity` are the new terms, `from_*` the old ones)."""
 
     from_plan_version: int
     effective_at: AwareDatetime
+    # Added with change-plan (absent from plan.migrate's and older workers' events).
+    change: str | None = None  # "change_plan"; None: billing.plan.migrate
+    from_plan_code: str | None = None
+    from_quantity: int | None = None
+    when: str | None = None  # "now" | "period_end"
+    scheduled: bool | None = None  # True: recorded now, applied by the period's renewal
+    proration: str | None = None  # "prorate" | "none"
+    # The money the change moved now: charged (upgrade) or credited to the balance
+    # (downgrade), a decimal string in the currency; None: nothing moved.
+    proration_charged: Money | None = None
+    proration_credited: Money | None = None
 
 
 class InvoiceEvent(BaseModel):

@@ -83,6 +83,7 @@ from billing_contracts.payment_methods import (
     SetupResult,
     UpdateSubscriptionPaymentMethod,
 )
+from billing_contracts.plan_changes import ChangePlan
 from billing_contracts.plans import (
     ListPlans,
     MigratePlan,
@@ -504,6 +505,36 @@ ENTRIES += (
         example={"idempotency_key": _KEY, "user_id": "u-42", "subscription_id": _SUB_ID},
     ),
 )  # fmt: skip
+ENTRIES += (
+    Entry(
+        names.SUBSCRIPTION_CHANGE_PLAN,
+        "command",
+        ChangePlan,
+        SubscriptionOut,
+        "Move one of a user's subscriptions to the current version of a plan (or other "
+        "seats): now, the rest of the paid period charged or credited at the difference "
+        "(`prorate`, exact, half-even) or not (`none`); or at the period end (the renewal "
+        "applies it). A Stripe-run one changes at Stripe first: Stripe's proration invoice "
+        "(paid at once) says what it charged or credited",
+        (
+            E.NOT_FOUND,
+            E.INVALID_STATE,
+            E.CURRENCY_MISMATCH,
+            E.INSUFFICIENT_FUNDS,
+            E.INVALID_MESSAGE,
+            E.PROVIDER_ERROR,
+        ),
+        example={
+            "idempotency_key": _KEY,
+            "user_id": "u-42",
+            "subscription_id": _SUB_ID,
+            "plan_code": "team-monthly",
+            "quantity": 5,
+            "when": "now",
+            "proration": "prorate",
+        },
+    ),
+)
 _INV = "0b1f3c1e-8e0a-4d7b-9a53-31e4f0a9c6d2"
 ENTRIES += (
     Entry(
@@ -592,7 +623,9 @@ EVENT_PURPOSES: Mapping[str, str] = MappingProxyType(
         SUBSCRIPTION_PAST_DUE: "A renewal charge failed; dunning retries follow",
         SUBSCRIPTION_CANCELED: "A subscription ended",
         SUBSCRIPTION_UPDATED: "A subscription was moved to another version of its plan "
-        "(billing.plan.migrate); its next period charges the new terms",
+        "(billing.plan.migrate); its next period charges the new terms. Or its plan or seats "
+        "were changed (billing.subscription.change-plan: `change`, the old terms in `from_*`, "
+        "the proration charged or credited)",
         SUBSCRIPTION_PAUSED: "A pause took effect: no renewals, no dunning until unpaused",
         SUBSCRIPTION_RESUMED: "A period-end cancel or pause was undone, or a paused "
         "subscription runs again",

@@ -37,6 +37,7 @@ TAX_RATE_UPSERT: Final = "billing.tax-rate.upsert"
 TAX_RATE_LIST: Final = "billing.tax-rate.list"
 COUPON_UPSERT: Final = "billing.coupon.upsert"
 COUPON_LIST: Final = "billing.coupon.list"
+SUBSCRIPTION_CHANGE_PLAN: Final = "billing.subscription.change-plan"
 
 COMMAND_QUEUES: Final = (
     PLAN_UPSERT,
@@ -64,6 +65,7 @@ COMMAND_QUEUES: Final = (
     INVOICE_MARK_UNCOLLECTIBLE,
     TAX_RATE_UPSERT,
     COUPON_UPSERT,
+    SUBSCRIPTION_CHANGE_PLAN,
 )
 QUERY_QUEUES: Final = (
     PLAN_LIST,

@@ -146,6 +146,10 @@ class SubscriptionOut(BaseModel):
     quantity: int = 1
     pause_at_period_end: bool = False
     paused_until: AwareDatetime | None = None
+    # Added with change-plan: a change the renewal of the paid period applies (or none).
+    scheduled_plan_code: str | None = None
+    scheduled_plan_version: int | None = None
+    scheduled_quantity: int | None = None
 
 
 class SubscriptionCreated(BaseModel):

@@ -312,7 +312,7 @@ class FakeStripe(SetupIntents):
     every call as `RecordedRequest(method, path, headers, params)`.
 
     Controls: `delay_seconds`, `fail_next()`, `succeed()`, `fail()`, `event()`, `calls()`,
-    `expire_idempotency_keys()`.
+    `expire_idempotency_keys()`, `add_price()`; `clock` may be replaced (a fixed time).
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -345,6 +345,15 @@ class FakeStripe(SetupIntents):
 
     def now(self) -> int:
         return int(self.clock())
+
+    def add_price(
+        self, price_id: str, unit_amount: int, currency: str = "usd", interval: str = "month",
+        nickname: str | None = None,
+    ) -> JSON:  # fmt: skip
+        """A price the dashboard made (any other `price_...` is 10.00 USD a month)."""
+        price = self._new_price(price_id, unit_amount, currency, interval)
+        price["nickname"] = nickname
+        return self._store(self.prices, price)
 
     def fail_next(self, status: int = 500, n: int = 1, *, should_retry: bool | None = None) -> None:
         """The next `n` API calls answer `status` with an `api_error` body, storing nothing.
@@ -1340,7 +1349,7 @@ class FakeStripe(SetupIntents):
         check_params(
             params,
             ("cancel_at_period_end", "metadata", "default_payment_method", "description",
-             "pause_collection"),
+             "pause_collection", "items", "proration_behavior", "payment_behavior"),
         )  # fmt: skip
         sub = self._subscription(id)
         if sub["status"] == "canceled" and set(params) - {"metadata", "expand"}:
@@ -1361,7 +1370,116 @@ class FakeStripe(SetupIntents):
             )
         if "pause_collection" in params:
             sub["pause_collection"] = self._pause_collection(params["pause_collection"])
+        if "items" in params:
+            self._change_items(sub, params)
         return sub
+
+    PRORATION_BEHAVIORS = ("always_invoice", "none")  # create_prorations: not modelled
+
+    def _change_items(self, sub: JSON, params: JSON) -> None:
+        """`items[0][id]` onto `items[0][price]` x `[quantity]`. `always_invoice`
+        invoices the proration at once, as Stripe does: per second of the period left, one
+        negative line for the unused time of the old price and one positive line for the
+        remaining time on the new one (each rounded to the minor unit), charged to the
+        default payment method (a negative total goes to the customer's credit balance);
+        `payment_behavior=error_if_incomplete` refuses the whole update on a decline.
+        `none`: the new price is billed from the next invoice."""
+        behavior = params.get("proration_behavior", "create_prorations")
+        if behavior not in self.PRORATION_BEHAVIORS:
+            raise invalid_request(
+                f"the fake models proration_behavior {self.PRORATION_BEHAVIORS} only",
+                param="proration_behavior",
+            )
+        items = params["items"]
+        if not isinstance(items, list) or len(items) != 1:
+            raise invalid_request("the fake changes one item", param="items")
+        check_params(items[0], ("id", "price", "quantity"))
+        [item] = [i for i in sub["items"]["data"] if i["id"] == items[0].get("id")] or [None]
+        if item is None:
+            raise no_such("subscription_item", str(items[0].get("id")), param="items[0][id]")
+        price = self._price(str(items[0].get("price") or item["price"]["id"]))
+        quantity = int(items[0].get("quantity") or item["quantity"])
+        old_price, old_quantity = item["price"], item["quantity"]
+        if price["recurring"]["interval"] != old_price["recurring"]["interval"]:
+            raise invalid_request("the fake does not model an interval change", param="items")
+        if price["currency"] != sub["currency"]:
+            raise invalid_request("the price's currency is not the subscription's")
+        before = copy.deepcopy(item)
+        item.update(price=copy.deepcopy(price), quantity=quantity)
+        if behavior == "none":
+            return
+        now, start, end = self.now(), item["current_period_start"], item["current_period_end"]
+        unused = _prorated(old_price["unit_amount"] * old_quantity, now, start, end)
+        remaining = _prorated(price["unit_amount"] * quantity, now, start, end)
+        day = time.strftime("%d %b %Y", time.gmtime(now))
+        old_name, new_name = _item_name(old_price, old_quantity), _item_name(price, quantity)
+        lines = [
+            self._proration_line(sub, old_price, old_quantity, -unused,
+                                 f"Unused time on {old_name} after {day}", now, end),
+            self._proration_line(sub, price, quantity, remaining,
+                                 f"Remaining time on {new_name} after {day}", now, end),
+        ]  # fmt: skip
+        total = -unused + remaining
+        invoice = self._new_invoice(sub, max(total, 0), sub["currency"], now)
+        invoice.update(
+            billing_reason="subscription_update", subtotal=total, total=total,
+            period_start=now, period_end=now,
+            lines={"object": "list", "data": lines, "has_more": False,
+                   "total_count": len(lines), "url": f"/v1/invoices/{invoice['id']}/lines"},
+        )  # fmt: skip
+        if total <= 0:
+            customer = self.customers.get(sub["customer"])
+            if customer is not None and total < 0:
+                customer["balance"] = customer.get("balance", 0) + total
+            invoice.update(amount_paid=0, amount_remaining=0, status="paid")
+            invoice["status_transitions"]["paid_at"] = now
+        else:
+            pi = self._new_payment_intent(total, sub["currency"], customer=sub["customer"])
+            pi["description"] = "Subscription update"
+            self._set_payment_method(pi, sub["default_payment_method"])
+            try:
+                self._confirm(pi, off_session=True)
+            except StripeHTTPError:
+                if params.get("payment_behavior") == "error_if_incomplete":
+                    item.clear()
+                    item.update(before)  # refused: the subscription stays as it was
+                    raise
+            self._store(self.payment_intents, pi)
+            self._invoice_payment_intent[invoice["id"]] = pi["id"]
+        self._store(self.invoices, invoice)
+        sub["latest_invoice"] = invoice["id"]
+        if total > 0:
+            self._settle_invoice_of(pi["id"])
+
+    def _proration_line(
+        self, sub: JSON, price: JSON, quantity: int, amount: int, text: str, start: int,
+        end: int,
+    ) -> JSON:  # fmt: skip
+        return {
+            "id": new_id("il_"),
+            "object": "line_item",
+            "amount": amount,
+            "currency": sub["currency"],
+            "description": text,
+            "discountable": False,
+            "livemode": False,
+            "metadata": {},
+            "parent": {
+                "type": "subscription_item_details",
+                "subscription_item_details": {
+                    "proration": True,
+                    "subscription": sub["id"],
+                    "subscription_item": sub["items"]["data"][0]["id"],
+                },
+            },
+            "period": {"start": start, "end": end},
+            "pricing": {"price_details": {"price": price["id"], "product": price["product"]},
+                        "type": "price_details",
+                        "unit_amount_decimal": price["unit_amount_decimal"]},
+            "proration": True,
+            "quantity": quantity,
+            "subscription": sub["id"],
+        }  # fmt: skip
 
     PAUSE_BEHAVIORS = ("keep_as_draft", "mark_uncollectible", "void")
 
@@ -1395,3 +1513,15 @@ class FakeStripe(SetupIntents):
             sub.update(status="canceled", canceled_at=now, ended_at=now)
             sub["cancellation_details"]["reason"] = "cancellation_requested"
         return sub
+
+
+def _prorated(amount: int, now: int, start: int, end: int) -> int:
+    """`amount` for the seconds from `now` to `end` of the period `start`-`end`, rounded
+    half up to the minor unit (as Stripe rounds a proration line)."""
+    left, whole = max(end - max(now, start), 0), end - start
+    return (2 * amount * left + whole) // (2 * whole)
+
+
+def _item_name(price: JSON, quantity: int) -> str:
+    name = price.get("nickname") or price["product"]
+    return f"{quantity} \u00d7 {name}" if quantity != 1 else str(name)  # U+00D7, as Stripe

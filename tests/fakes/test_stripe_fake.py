@@ -441,6 +441,72 @@ async def test_pause_collection_is_set_with_resumes_at_and_unset_with_an_empty_s
         )
 
 
+async def test_an_item_change_with_always_invoice_bills_stripe_like_proration_lines(
+    client: stripe.StripeClient, customer: stripe.Customer, fake: FakeStripe
+) -> None:
+    t0 = 1_900_000_000
+    fake.clock = lambda: float(t0)
+    fake.add_price("price_basic", 1000, nickname="Basic")
+    fake.add_price("price_plus", 2500, nickname="Plus")
+    sub = await client.v1.subscriptions.create_async(
+        {"customer": customer.id, "items": [{"price": "price_basic"}],
+         "default_payment_method": "pm_card_visa"}
+    )  # fmt: skip
+    item = sub["items"].data[0]
+    fake.clock = lambda: float(t0 + 3 * 86400)  # 27 of 30 days left: 0.9
+
+    changed = await client.v1.subscriptions.update_async(
+        sub.id,
+        {"items": [{"id": item.id, "price": "price_plus", "quantity": 2}],
+         "proration_behavior": "always_invoice", "expand": ["latest_invoice"]},
+    )  # fmt: skip
+
+    assert (changed["items"].data[0].price.id, changed["items"].data[0].quantity) == (
+        "price_plus", 2,
+    )  # fmt: skip
+    invoice = changed.latest_invoice
+    assert isinstance(invoice, stripe.Invoice)
+    assert (invoice.billing_reason, invoice.status, invoice.total, invoice.amount_paid) == (
+        "subscription_update", "paid", 3600, 3600,
+    )  # fmt: skip
+    assert [(li.amount, li.proration, li.period.start, li.period.end)
+            for li in invoice.lines.data] == [
+        (-900, True, t0 + 3 * 86400, t0 + 30 * 86400),
+        (4500, True, t0 + 3 * 86400, t0 + 30 * 86400),
+    ]  # fmt: skip
+    assert invoice.lines.data[1].description == "Remaining time on 2 \u00d7 Plus after 20 Mar 2030"
+
+    quiet = await client.v1.subscriptions.update_async(
+        sub.id, {"items": [{"id": item.id, "price": "price_basic"}], "proration_behavior": "none"}
+    )
+    assert quiet.latest_invoice == invoice.id  # nothing invoiced: billed from the next one
+
+
+async def test_a_declined_proration_with_error_if_incomplete_changes_nothing(
+    client: stripe.StripeClient, customer: stripe.Customer, fake: FakeStripe
+) -> None:
+    fake.add_price("price_big", 9900)
+    sub = await client.v1.subscriptions.create_async(
+        {"customer": customer.id, "items": [{"price": "price_monthly"}],
+         "default_payment_method": "pm_card_visa"}
+    )  # fmt: skip
+    await client.v1.subscriptions.update_async(
+        sub.id, {"default_payment_method": "pm_card_chargeDeclined"}
+    )
+    item = sub["items"].data[0]
+
+    with pytest.raises(stripe.CardError):
+        await client.v1.subscriptions.update_async(
+            sub.id,
+            {"items": [{"id": item.id, "price": "price_big"}],
+             "proration_behavior": "always_invoice", "payment_behavior": "error_if_incomplete"},
+        )  # fmt: skip
+
+    stored = fake.subscriptions[sub.id]
+    assert stored["items"]["data"][0]["price"]["id"] == "price_monthly"
+    assert stored["latest_invoice"] == sub.latest_invoice
+
+
 # --------------------------------------------------------------------------- failure injection
 
 

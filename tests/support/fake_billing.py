@@ -16,13 +16,14 @@ from uuid import UUID
 
 from billing_worker.db.errors import translated
 from billing_worker.db.invoices import InvoiceRow, NewInvoice, discount_columns
-from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanRow, SubscriptionRow
+from billing_worker.db.subscriptions import LIVE_UNIQUE, PlanChange, PlanRow, SubscriptionRow
 from billing_worker.domain.discounts import Redemption
 from billing_worker.domain.invoices import invoice_number
 from support.fake_state import LIVE_STATUSES, UserRow, unique_violation
 from support.fake_wallet import State
 
-_FIXED = frozenset({"id", "user_id", "plan_id", "payment_source", "plan"})
+_FIXED = frozenset({"id", "user_id", "plan_id", "payment_source", "plan",
+                    "scheduled_plan_code", "scheduled_plan_version"})  # fmt: skip
 UPDATABLE = frozenset(f.name for f in dataclasses.fields(SubscriptionRow)) - _FIXED
 
 
@@ -97,7 +98,14 @@ class FakeSubscriptions:
         state = self._state()
         found = state.redemptions.get(sub.id)  # as the SQL's join of coupon_redemptions
         redemption = None if found is None else Redemption(state.coupons[found[0]], found[1])
-        return dataclasses.replace(sub, plan=state.plan_by_id(sub.plan_id), redemption=redemption)
+        scheduled = (
+            None if sub.scheduled_plan_id is None else state.plan_by_id(sub.scheduled_plan_id)
+        )
+        return dataclasses.replace(
+            sub, plan=state.plan_by_id(sub.plan_id), redemption=redemption,
+            scheduled_plan_code=None if scheduled is None else scheduled.code,
+            scheduled_plan_version=None if scheduled is None else scheduled.version,
+        )  # fmt: skip
 
     async def get(self, subscription_id: UUID, *, lock: bool = False) -> SubscriptionRow | None:
         return self._joined(self._state().subscriptions.get(subscription_id))
@@ -175,6 +183,25 @@ class FakeSubscriptions:
         changes = state.plan_changes
         changes[len(changes)] = (sub.id, sub.plan_id, to.id, sub.paid_periods)
 
+    async def change_plan(self, change: PlanChange) -> None:
+        state = self._state()
+        sub = change.sub
+        with translated():  # the new code's one live subscription per user, as the index
+            if any(
+                s.id != sub.id
+                and s.user_id == sub.user_id
+                and s.status in LIVE_STATUSES
+                and state.plan_by_id(s.plan_id).code == change.to.code
+                for s in state.subscriptions.values()
+            ):
+                raise unique_violation(LIVE_UNIQUE)
+        stored = state.subscriptions[sub.id]
+        state.subscriptions[sub.id] = dataclasses.replace(
+            stored, plan_id=change.to.id, quantity=change.quantity, billing_anchor=change.anchor,
+            anchor_offset=change.anchor_offset, scheduled_plan_id=None, scheduled_quantity=None,
+        )  # fmt: skip
+        state.plan_switches[len(state.plan_switches)] = change
+
     async def update(self, subscription_id: UUID, **changes: Any) -> None:
         unknown = set(changes) - UPDATABLE
         if unknown:
@@ -193,6 +220,11 @@ class FakeSubscriptions:
             and sub.paid_periods == 0
         ):
             del state.subscriptions[subscription_id]
+
+    async def charged_plan(self, subscription_id: UUID, period_index: int) -> PlanRow | None:
+        state = self._state()
+        plan_id = state.charge_plans.get((subscription_id, period_index))
+        return None if plan_id is None else state.plan_by_id(plan_id)
 
     async def record_charge(
         self,

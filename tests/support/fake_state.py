@@ -14,7 +14,7 @@ from billing_worker.db.idempotency import StoredReply
 from billing_worker.db.intents import Intent
 from billing_worker.db.invoices import InvoiceRow
 from billing_worker.db.payment_methods import Card
-from billing_worker.db.subscriptions import PlanRow, SubscriptionRow
+from billing_worker.db.subscriptions import PlanChange, PlanRow, SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.discounts import Coupon
 from billing_worker.domain.holds import HoldRow
@@ -88,6 +88,8 @@ class FakeState:
     plan_rows: dict[UUID, PlanRow] = field(default_factory=dict)  # every version, by id
     # billing.plan.migrate's moves, in order: (subscription, from plan, to plan, from period)
     plan_changes: dict[int, tuple[UUID, UUID, UUID, int]] = field(default_factory=dict)
+    # billing.subscription.change-plan's changes, in order (what the SQL records of them)
+    plan_switches: dict[int, PlanChange] = field(default_factory=dict)
     charge_plans: dict[tuple[UUID, int], UUID | None] = field(default_factory=dict)
     subscriptions: dict[UUID, SubscriptionRow] = field(default_factory=dict)
     subscription_order: dict[UUID, int] = field(default_factory=dict)  # created_at: the tx

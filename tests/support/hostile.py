@@ -215,6 +215,15 @@ BASE: dict[str, dict[str, Any]] = {
         "stripe_coupon_id": "co_fuzz",
     },
     names.COUPON_LIST: {},
+    names.SUBSCRIPTION_CHANGE_PLAN: {
+        "idempotency_key": "@key",
+        "user_id": "@user",
+        "subscription_id": UUID_A,
+        "plan_code": "fuzz-plan",
+        "quantity": 2,
+        "when": "now",
+        "proration": "prorate",
+    },
     names.PROVIDER_EVENTS_QUEUE: {
         "id": "@id",
         "type": "payment.succeeded",
@@ -258,6 +267,7 @@ OPTIONAL: dict[str, set[str]] = {
     names.TAX_RATE_LIST: set(),
     names.COUPON_UPSERT: {"active", "stripe_coupon_id"},
     names.COUPON_LIST: set(),
+    names.SUBSCRIPTION_CHANGE_PLAN: {"quantity", "when", "proration"},
 }
 # The provider callback queue takes the provider's own format, leniently (unknown fields,
 # NaN tokens Python's json accepts); only its required fields and well-formedness count.

@@ -147,6 +147,20 @@ class StripeGateway:
     async def change_subscription(
         self, ref: str, change: SubscriptionChange
     ) -> ProviderSubscription:
+        if change.action == "change_plan":  # its (first) item onto the new price
+            found = await _call(self._client.v1.subscriptions.retrieve_async(ref))
+            params = subscriptions.plan_change_params(change, found.to_dict())
+            options = {"idempotency_key": f"sub-plan-{change.idempotency_key}"}
+            try:
+                updated = await _call(
+                    self._client.v1.subscriptions.update_async(ref, params, options)  # type: ignore[arg-type]
+                )
+            except stripe.CardError as error:  # the proration declined: nothing changed
+                raise ProviderError(
+                    f"Stripe declined the proration: {error.user_message or error}",
+                    stripe_code=error.code,
+                ) from None
+            return subscriptions.subscription(updated)
         params = subscriptions.change_params(change)
         updated = await _call(self._client.v1.subscriptions.update_async(ref, params))  # type: ignore[arg-type]
         return subscriptions.subscription(updated)

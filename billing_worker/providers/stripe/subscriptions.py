@@ -10,7 +10,7 @@ from typing import Any
 
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.domain.events import ProviderEvent, ProviderInvoice, ProviderInvoiceLine
-from billing_worker.providers.base import ProviderSubscription, SubscriptionChange
+from billing_worker.providers.base import LatestInvoice, ProviderSubscription, SubscriptionChange
 
 # subscription.status -> ours
 STATUS = {
@@ -65,6 +65,37 @@ def change_params(change: SubscriptionChange) -> dict[str, Any]:
     return {"pause_collection": pause}
 
 
+def plan_change_params(change: SubscriptionChange, current: dict[str, Any]) -> dict[str, Any]:
+    """The update moving the subscription's (first) item onto `change.price_ref` x
+    `change.quantity`: `always_invoice` invoices the proration at once (the invoice comes
+    back expanded) and a decline refuses the whole update (`error_if_incomplete`);
+    `none` bills the new price from the next invoice."""
+    items = (current.get("items") or {}).get("data") or []
+    if not items:
+        raise ValueError(f"Stripe subscription {current.get('id')} has no item")
+    params: dict[str, Any] = {
+        "items": [{"id": items[0]["id"], "price": change.price_ref,
+                   "quantity": change.quantity}],
+        "proration_behavior": change.proration_behavior,
+        "expand": ["latest_invoice"],
+    }  # fmt: skip
+    if change.proration_behavior == "always_invoice":  # a declined proration: no change
+        params["payment_behavior"] = "error_if_incomplete"
+    return params
+
+
+def invoice_of(invoice: Any) -> LatestInvoice | None:
+    """An expanded invoice (a dict); an id alone tells nothing."""
+    if not isinstance(invoice, dict) or "total" not in invoice:
+        return None
+    return LatestInvoice(
+        ref=str(invoice["id"]), status=str(invoice.get("status")),
+        billing_reason=invoice.get("billing_reason"), total_minor=int(invoice["total"]),
+        amount_paid_minor=int(invoice.get("amount_paid") or 0),
+        currency=str(invoice.get("currency", "")).upper(),
+    )  # fmt: skip
+
+
 def subscription(found: Any) -> ProviderSubscription:
     sub: dict[str, Any] = found.to_dict()
     items = (sub.get("items") or {}).get("data") or [{}]
@@ -73,6 +104,8 @@ def subscription(found: Any) -> ProviderSubscription:
     secret = None
     if isinstance(invoice, dict):
         secret = (invoice.get("confirmation_secret") or {}).get("client_secret")
+    price = items[0].get("price")
+    price_ref = price.get("id") if isinstance(price, dict) else price
     pause = sub.get("pause_collection") or {}
     resumes_at = pause.get("resumes_at")
     return ProviderSubscription(
@@ -84,6 +117,9 @@ def subscription(found: Any) -> ProviderSubscription:
         client_secret=secret if sub["status"] == "incomplete" else None,
         paused=bool(pause) or sub["status"] == "paused",
         resumes_at=datetime.fromtimestamp(resumes_at, UTC) if resumes_at else None,
+        price_ref=str(price_ref) if price_ref else None,
+        quantity=int(items[0]["quantity"]) if items[0].get("quantity") is not None else None,
+        latest_invoice=invoice_of(invoice),
     )
 
 

@@ -1,4 +1,5 @@
-"""The calls of `BillingClient` that change a live subscription: resume, pause, unpause."""
+"""The calls of `BillingClient` that change a live subscription: resume, pause, unpause,
+change-plan."""
 
 # `timeout=` (seconds) is the client's per-call deadline, part of its API.
 # ruff: noqa: ASYNC109
@@ -10,6 +11,7 @@ from uuid import UUID
 
 from billing_contracts import names
 from billing_contracts.client.rpc import RpcClient
+from billing_contracts.plan_changes import ChangePlan, ChangeWhen, Proration
 from billing_contracts.subscription_changes import (
     PauseSubscription,
     ResumeSubscription,
@@ -19,7 +21,7 @@ from billing_contracts.subscriptions import SubscriptionOut
 
 
 class SubscriptionChangeCalls(RpcClient):
-    """`billing.subscription.resume`, `.pause`, `.unpause`."""
+    """`billing.subscription.resume`, `.pause`, `.unpause`, `.change-plan`."""
 
     async def resume_subscription(
         self,
@@ -74,4 +76,30 @@ class SubscriptionChangeCalls(RpcClient):
         )
         return await self.request(
             names.SUBSCRIPTION_UNPAUSE, command, SubscriptionOut, timeout=timeout
+        )
+
+    async def change_plan(
+        self,
+        *,
+        user_id: str,
+        subscription_id: UUID | str,
+        plan_code: str,
+        idempotency_key: str,
+        quantity: int | None = None,
+        when: ChangeWhen | str = ChangeWhen.NOW,
+        proration: Proration | str = Proration.PRORATE,
+        timeout: float | None = None,
+    ) -> SubscriptionOut:
+        """Move a subscription to the current version of `plan_code` and/or `quantity`
+        seats, now (prorated or not) or at the period end. Errors: `NotFound` (also another
+        user's subscription, an unknown plan), `InvalidState` (not active or trialing;
+        canceling, pausing or a payment in flight), `CurrencyMismatch`, `InsufficientFunds`
+        (balance: the proration), `InvalidMessage` (nothing changes)."""
+        command = ChangePlan(
+            idempotency_key=idempotency_key, user_id=user_id, subscription_id=subscription_id,
+            plan_code=plan_code, quantity=quantity, when=ChangeWhen(when),
+            proration=Proration(proration),
+        )  # fmt: skip
+        return await self.request(
+            names.SUBSCRIPTION_CHANGE_PLAN, command, SubscriptionOut, timeout=timeout
         )
