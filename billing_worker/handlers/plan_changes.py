@@ -55,7 +55,7 @@ from billing_worker.domain.money import to_wire
 from billing_worker.domain.plan_versions import Anchor, reanchored
 from billing_worker.domain.proration import prorated
 from billing_worker.domain.taxes import TaxRate
-from billing_worker.handlers import stripe_changes, views
+from billing_worker.handlers import coupons, stripe_changes, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_views import invoice_event
 from billing_worker.handlers.periods import charge_from_balance, check_price_fits, not_covered
@@ -77,6 +77,16 @@ async def change_plan(command: ChangePlan, uow: UnitOfWork, deps: Deps) -> Subsc
             subscription_id=str(sub.id),
         )
     quantity = command.quantity if command.quantity is not None else sub.quantity
+    if command.coupon is not None:
+        if sub.payment_source == PaymentSource.STRIPE:
+            raise InvalidInput(
+                "a Stripe-run subscription's coupon is given to Stripe when it is created",
+                coupon=command.coupon,
+            )
+        await coupons.redeem(uow, sub, command.coupon)  # from the next charged period
+        if (target.id, quantity) == (sub.plan_id, sub.quantity):
+            return await _reloaded(sub, uow)  # only the coupon changes
+        sub = await _reload(sub, uow)
     if (target.id, quantity) == (sub.plan_id, sub.quantity):
         if command.when is ChangeWhen.PERIOD_END and sub.scheduled_plan_id is not None:
             await uow.subscriptions.update(sub.id, scheduled_plan_id=None, scheduled_quantity=None)

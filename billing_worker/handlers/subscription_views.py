@@ -73,6 +73,8 @@ def subscription_out(sub: SubscriptionRow) -> SubscriptionOut:
             "scheduled_plan_code": sub.scheduled_plan_code,
             "scheduled_plan_version": sub.scheduled_plan_version,
             "scheduled_quantity": sub.scheduled_quantity,
+            "coupon": sub.redemption.coupon.code if sub.redemption else None,
+            "coupon_periods_used": sub.redemption.periods_used if sub.redemption else None,
         }
     )
 

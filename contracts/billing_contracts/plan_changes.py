@@ -11,6 +11,7 @@ from uuid import UUID
 
 from pydantic import Field
 
+from billing_contracts.coupons import CouponCode
 from billing_contracts.envelope import Command
 from billing_contracts.plans import PlanCode
 from billing_contracts.subscriptions import MAX_QUANTITY
@@ -71,4 +72,14 @@ class ChangePlan(Command):
         default=Proration.PRORATE,
         description="With `when` = `now`: `prorate` charges or credits the rest of the paid "
         "period at the difference; `none` moves no money (ignored with `period_end`)",
+    )
+    coupon: CouponCode | None = Field(
+        default=None,
+        description="A coupon (`billing.coupon.upsert`) for the subscription from its next "
+        "charged period on, in place of the one it has (balance and YooKassa; a Stripe-run "
+        "subscription: `invalid_message`). A proration is not discounted. Unknown: "
+        "`not_found`; inactive: `invalid_state`; an amount off in another currency: "
+        "`currency_mismatch`. With the subscription's own plan and seats it changes only the "
+        "coupon",
+        examples=["LAUNCH50"],
     )

@@ -150,6 +150,14 @@ class SubscriptionOut(BaseModel):
     scheduled_plan_code: str | None = None
     scheduled_plan_version: int | None = None
     scheduled_quantity: int | None = None
+    # Added with coupons: the coupon its charged periods are discounted by (balance and
+    # YooKassa), and how many charged periods it has discounted so far.
+    coupon: str | None = Field(
+        default=None, description="The coupon that discounts its charged periods, if any"
+    )
+    coupon_periods_used: int | None = Field(
+        default=None, description="How many charged periods the coupon has discounted"
+    )
 
 
 class SubscriptionCreated(BaseModel):

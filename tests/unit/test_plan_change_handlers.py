@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from billing_contracts import events as ev
+from billing_contracts.coupons import UpsertCoupon
 from billing_contracts.plan_changes import ChangePlan
 from billing_contracts.plans import UpsertPlan
 from billing_contracts.subscription_changes import PauseSubscription
@@ -28,6 +29,7 @@ from billing_worker.domain.errors import (
     NotFound,
 )
 from billing_worker.handlers import (
+    coupons,
     plan_changes,
     renewals,
     subscription_changes,
@@ -330,6 +332,40 @@ async def test_without_proration_nothing_moves_and_the_renewal_charges_the_new_t
     clock.set(out.current_period_end)  # type: ignore[arg-type]
     assert await renew(db, deps) == "renewed"
     assert await balance_of(db, user) == 9000 - 5000
+
+
+@pytest.mark.usefixtures("plans")
+async def test_a_coupon_given_with_a_change_discounts_the_next_charged_periods_only(
+    db: FakeDatabase, deps: Deps, clock: ManualClock
+) -> None:
+    await run(db, coupons.upsert_coupon, UpsertCoupon.model_validate(
+        {"idempotency_key": key(), "code": "HALF2", "name": "Half off twice",
+         "percent_off": "50", "duration": "repeating", "duration_in_periods": 2}
+    ), deps)  # fmt: skip
+    user = new_user()
+    await deposit(db, deps, user, "100.00")
+    sub = await subscribed(db, deps, user)  # 10.00 paid for January
+    clock.advance(days=10)
+    with pytest.raises(NotFound):  # an unknown coupon: nothing changes
+        await change(db, deps, user, sub.id, "team", proration="none", coupon="NOPE")
+    assert (code_of(db, sub.id), await balance_of(db, user)) == ("pro", 9000)
+    out = await change(db, deps, user, sub.id, "team", proration="none", coupon="HALF2")
+    assert (out.plan_code, await balance_of(db, user)) == ("team", 9000)  # no money now
+    assert (out.coupon, out.coupon_periods_used) == ("HALF2", 0)
+    paid = []
+    for _ in range(3):  # February and March at half of 25.00, then April in full
+        clock.set(db.state.subscriptions[sub.id].current_period_end)  # type: ignore[arg-type]
+        before = await balance_of(db, user)
+        assert await renew(db, deps) == "renewed"
+        paid.append(before - (await balance_of(db, user) or 0))  # type: ignore[operator]
+    assert paid == [1250, 1250, 2500]
+    # the coupon alone, on the subscription's own plan and seats: taken from the next period
+    again = await change(db, deps, user, sub.id, "team", coupon="HALF2")
+    assert again.plan_code == "team"
+    clock.set(db.state.subscriptions[sub.id].current_period_end)  # type: ignore[arg-type]
+    before = await balance_of(db, user)
+    assert await renew(db, deps) == "renewed"
+    assert before - (await balance_of(db, user) or 0) == 1250  # type: ignore[operator]
 
 
 # --- period_end ---------------------------------------------------------------------------

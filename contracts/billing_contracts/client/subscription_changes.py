@@ -88,6 +88,7 @@ class SubscriptionChangeCalls(RpcClient):
         quantity: int | None = None,
         when: ChangeWhen | str = ChangeWhen.NOW,
         proration: Proration | str = Proration.PRORATE,
+        coupon: str | None = None,
         timeout: float | None = None,
     ) -> SubscriptionOut:
         """Move a subscription to the current version of `plan_code` and/or `quantity`
@@ -98,7 +99,7 @@ class SubscriptionChangeCalls(RpcClient):
         command = ChangePlan(
             idempotency_key=idempotency_key, user_id=user_id, subscription_id=subscription_id,
             plan_code=plan_code, quantity=quantity, when=ChangeWhen(when),
-            proration=Proration(proration),
+            proration=Proration(proration), coupon=coupon,
         )  # fmt: skip
         return await self.request(
             names.SUBSCRIPTION_CHANGE_PLAN, command, SubscriptionOut, timeout=timeout
