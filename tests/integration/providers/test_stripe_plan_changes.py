@@ -100,6 +100,11 @@ async def test_prorated_upgrade_and_downgrade_at_stripe_with_its_invoice_figures
     assert (invoice["billing_reason"], invoice["status"], invoice["amount_paid"]) == (
         "subscription_update", "paid", 2952,
     )  # fmt: skip
+    [asked] = fake.calls("POST", f"/v1/subscriptions/{at_stripe(fake, user)['id']}")
+    assert (asked.params["proration_behavior"], asked.params["payment_behavior"]) == (
+        "always_invoice", "error_if_incomplete",
+    )  # fmt: skip
+    assert asked.headers["idempotency-key"].startswith("sub-plan-")
     event = await bus.event(
         "subscription.updated", lambda d: d["subscription_id"] == sub["id"] and d["quantity"] == 2
     )
