@@ -13,6 +13,7 @@ import pytest
 from billing_worker.app import Worker
 from billing_worker.db.engine import driver_connection
 from fakes.stripe_api import PERIOD_SECONDS, FakeStripe
+from support.relay import Relay
 from support.rpc import Bus
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def item_of(fake: FakeStripe, user: str) -> tuple[str, int]:
 
 
 async def test_prorated_upgrade_and_downgrade_at_stripe_with_its_invoice_figures(
-    bus: Bus, worker: Worker, stripe_fake: tuple[FakeStripe, str]
+    bus: Bus, worker: Worker, relay: Relay, stripe_fake: tuple[FakeStripe, str]
 ) -> None:
     fake, _ = stripe_fake
     pro, maxi, _bare = await plans(bus, fake)
@@ -99,11 +100,25 @@ async def test_prorated_upgrade_and_downgrade_at_stripe_with_its_invoice_figures
     assert (invoice["billing_reason"], invoice["status"], invoice["amount_paid"]) == (
         "subscription_update", "paid", 2952,
     )  # fmt: skip
+    [asked] = fake.calls("POST", f"/v1/subscriptions/{at_stripe(fake, user)['id']}")
+    assert (asked.params["proration_behavior"], asked.params["payment_behavior"]) == (
+        "always_invoice", "error_if_incomplete",
+    )  # fmt: skip
+    assert asked.headers["idempotency-key"].startswith("sub-plan-")
     event = await bus.event(
         "subscription.updated", lambda d: d["subscription_id"] == sub["id"] and d["quantity"] == 2
     )
     assert (event["data"]["from_plan_code"], event["data"]["when"]) == (pro, "now")
     assert event["data"]["proration_charged"] == {"amount": "29.52", "currency": "USD"}
+    # Stripe's own invoice.paid of the proration: its charge in our ledger, once, as any
+    # invoice Stripe charged (no period renewed: the period is the same)
+    paid = fake.event("invoice.paid", invoice)
+    assert (await relay.stripe(paid)).status_code == 200
+    charge = await bus.event(
+        "payment.success", lambda d: d["user_id"] == user and d["provider_ref"] == invoice["id"]
+    )
+    assert charge["data"]["amount"] == {"amount": "29.52", "currency": "USD"}
+    assert bus.events_of("subscription.renewed", lambda d: d["subscription_id"] == sub["id"]) == []
 
     fake.clock = lambda: float(T0 + 20 * DAY)  # a third of the period left
     downgrade = await bus.call(
