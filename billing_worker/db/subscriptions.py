@@ -75,10 +75,18 @@ class SubscriptionRow:
     scheduled_quantity: int | None = None
     scheduled_plan_code: str | None = None
     scheduled_plan_version: int | None = None
+    # A `now` + `prorate` change waiting for its YooKassa payment (0018): applied when the
+    # payment is confirmed and its proration invoice paid; code and version joined.
+    pending_plan_id: UUID | None = None
+    pending_quantity: int | None = None
+    pending_invoice_id: UUID | None = None
+    pending_plan_code: str | None = None
+    pending_plan_version: int | None = None
 
 
 _PLAN_COLUMNS = [f.name for f in fields(PlanRow)]
-_JOINED = frozenset({"plan", "redemption", "scheduled_plan_code", "scheduled_plan_version"})
+_JOINED = frozenset({"plan", "redemption", "scheduled_plan_code", "scheduled_plan_version",
+                     "pending_plan_code", "pending_plan_version"})  # fmt: skip
 _SUB_COLUMNS = [f.name for f in fields(SubscriptionRow) if f.name not in _JOINED]
 _COUPON_COLUMNS = (
     "code", "name", "percent_off", "amount_off_minor", "currency", "duration",
@@ -95,11 +103,13 @@ _COUPON_LIST = ", ".join(f"c.{c} AS coupon_{c}" for c in _COUPON_COLUMNS)
 _SELECT_SUBSCRIPTION = (  # fmt: skip
     f"SELECT {_SUB_LIST}, {_PLAN_LIST}, {_COUPON_LIST}, "  # noqa: S608
     "r.periods_used AS coupon_periods_used, "
-    "sp.code AS scheduled_plan_code, sp.version AS scheduled_plan_version "
+    "sp.code AS scheduled_plan_code, sp.version AS scheduled_plan_version, "
+    "pp.code AS pending_plan_code, pp.version AS pending_plan_version "
     "FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
     "LEFT JOIN coupon_redemptions r ON r.subscription_id = s.id "
     "LEFT JOIN coupons c ON c.code = r.coupon_code "
-    "LEFT JOIN plans sp ON sp.id = s.scheduled_plan_id"
+    "LEFT JOIN plans sp ON sp.id = s.scheduled_plan_id "
+    "LEFT JOIN plans pp ON pp.id = s.pending_plan_id"
 )
 
 # Paused subscriptions are due only when their pause ends by itself (`paused_until`).
@@ -140,6 +150,8 @@ def _subscription(record: Any) -> SubscriptionRow:
         **values, plan=_plan(record, "plan_"), redemption=_redemption(record),
         scheduled_plan_code=record["scheduled_plan_code"],
         scheduled_plan_version=record["scheduled_plan_version"],
+        pending_plan_code=record["pending_plan_code"],
+        pending_plan_version=record["pending_plan_version"],
     )  # fmt: skip
 
 

@@ -64,6 +64,12 @@ class Subscription(SQLModel, table=True):
             "AND (scheduled_quantity IS NULL OR scheduled_quantity BETWEEN 1 AND 10000)",
             name="scheduled_change",
         ),
+        CheckConstraint(  # migration 0018
+            "(pending_plan_id IS NULL) = (pending_quantity IS NULL) "
+            "AND (pending_plan_id IS NULL) = (pending_invoice_id IS NULL) "
+            "AND (pending_quantity IS NULL OR pending_quantity BETWEEN 1 AND 10000)",
+            name="pending_change",
+        ),
         Index(  # per plan code, across its versions (migration 0011)
             "uq_subscriptions_one_live_per_user_plan",
             "user_id",
@@ -119,6 +125,11 @@ class Subscription(SQLModel, table=True):
     # version row and the seats on it, both or none.
     scheduled_plan_id: uuid.UUID | None = Field(default=None, foreign_key="plans.id", nullable=True)
     scheduled_quantity: int | None = Field(default=None, nullable=True)
+    # A prorated change waiting for its provider payment (migration 0018): the target
+    # version row, the seats and the open proration invoice the payment pays; all or none.
+    pending_plan_id: uuid.UUID | None = Field(default=None, foreign_key="plans.id", nullable=True)
+    pending_quantity: int | None = Field(default=None, nullable=True)
+    pending_invoice_id: uuid.UUID | None = Field(default=None, nullable=True)
     created_at: datetime | None = timestamp_field(server_now=True)
     updated_at: datetime | None = updated_at_field()
 

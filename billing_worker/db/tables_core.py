@@ -266,6 +266,7 @@ INTENT_KINDS = (
     "refund",
     "payment_method_setup",
     "invoice_card",  # migration 0017: an invoice paid by card
+    "plan_change_card",  # migration 0018: a YooKassa change-plan's proration payment
 )
 
 

@@ -73,6 +73,10 @@ def subscription_out(sub: SubscriptionRow) -> SubscriptionOut:
             "scheduled_plan_code": sub.scheduled_plan_code,
             "scheduled_plan_version": sub.scheduled_plan_version,
             "scheduled_quantity": sub.scheduled_quantity,
+            "pending_plan_code": sub.pending_plan_code,
+            "pending_plan_version": sub.pending_plan_version,
+            "pending_quantity": sub.pending_quantity,
+            "pending_invoice_id": sub.pending_invoice_id,
             "coupon": sub.redemption.coupon.code if sub.redemption else None,
             "coupon_periods_used": sub.redemption.periods_used if sub.redemption else None,
         }

@@ -150,6 +150,18 @@ class SubscriptionOut(BaseModel):
     scheduled_plan_code: str | None = None
     scheduled_plan_version: int | None = None
     scheduled_quantity: int | None = None
+    # Added with YooKassa's prorated change-plan: a `now` change waiting for its payment
+    # (the proration invoice `pending_invoice_id`, open); the subscription switches when
+    # YooKassa confirms it, and stays as it is if the payment fails. Until then another
+    # change-plan or a cancel now is `invalid_state`.
+    pending_plan_code: str | None = Field(
+        default=None, description="The plan a change waiting for its payment moves it to"
+    )
+    pending_plan_version: int | None = None
+    pending_quantity: int | None = None
+    pending_invoice_id: UUID | None = Field(
+        default=None, description="The open proration invoice that payment pays"
+    )
     # Added with coupons: the coupon its charged periods are discounted by (balance and
     # YooKassa), and how many charged periods it has discounted so far.
     coupon: str | None = Field(

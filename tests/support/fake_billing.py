@@ -23,7 +23,8 @@ from support.fake_state import LIVE_STATUSES, UserRow, unique_violation
 from support.fake_wallet import State
 
 _FIXED = frozenset({"id", "user_id", "plan_id", "payment_source", "plan",
-                    "scheduled_plan_code", "scheduled_plan_version"})  # fmt: skip
+                    "scheduled_plan_code", "scheduled_plan_version",
+                    "pending_plan_code", "pending_plan_version"})  # fmt: skip
 UPDATABLE = frozenset(f.name for f in dataclasses.fields(SubscriptionRow)) - _FIXED
 
 
@@ -101,10 +102,13 @@ class FakeSubscriptions:
         scheduled = (
             None if sub.scheduled_plan_id is None else state.plan_by_id(sub.scheduled_plan_id)
         )
+        pending = None if sub.pending_plan_id is None else state.plan_by_id(sub.pending_plan_id)
         return dataclasses.replace(
             sub, plan=state.plan_by_id(sub.plan_id), redemption=redemption,
             scheduled_plan_code=None if scheduled is None else scheduled.code,
             scheduled_plan_version=None if scheduled is None else scheduled.version,
+            pending_plan_code=None if pending is None else pending.code,
+            pending_plan_version=None if pending is None else pending.version,
         )  # fmt: skip
 
     async def get(self, subscription_id: UUID, *, lock: bool = False) -> SubscriptionRow | None:

@@ -75,6 +75,10 @@ class FakeIntents:
         stored = Intent(**{**_fields(intent), "customer_ref": None, "created_at": self._clock()})
         state.intents[intent.id] = stored
 
+    async def take(self, intent_id: UUID) -> bool:
+        """Delete the intent to settle it, as the SQL's DELETE ... RETURNING."""
+        return self._state().intents.pop(intent_id, None) is not None
+
     async def of_subscription(self, subscription_id: UUID) -> list[Intent]:
         state = self._state()
         return [
