@@ -22,6 +22,7 @@ from billing_worker.handlers import (
     invoice_cards,
     method_setup,
     payment_methods,
+    plan_changes,
     refunds,
     stripe_changes,
     stripe_subscriptions,
@@ -44,6 +45,10 @@ FLOWS: Mapping[str, Flow] = {
     # an invoice paid by card: the deposit's call and undo, its own finish
     invoice_cards.INVOICE_CARD: Flow(
         wallet.call_deposit, invoice_cards.finish, wallet.undo_deposit
+    ),
+    # a YooKassa upgrade's proration (change-plan): the deposit's call, its own finish
+    plan_changes.PLAN_CHANGE_CARD: Flow(
+        wallet.call_deposit, invoice_cards.finish_plan_change, invoice_cards.undo_plan_change
     ),
     yookassa_subscriptions.CREATE: Flow(
         yookassa_subscriptions.call_charge,

@@ -32,6 +32,7 @@ from uuid import UUID
 from billing_contracts import events as ev
 from billing_contracts.invoices import InvoicePayResult, PayInvoice
 from billing_contracts.invoices import InvoiceStatus as Status
+from billing_contracts.subscriptions import SubscriptionOut
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_contracts.wallet import PaymentAction
 from billing_worker.db.intents import Intent
@@ -40,11 +41,12 @@ from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import BillingError, InvalidInput, InvalidState
 from billing_worker.domain.invoices import transition
 from billing_worker.domain.ledger import Transaction, derived_id
-from billing_worker.handlers import default_method, receipts, views
+from billing_worker.handlers import default_method, plan_changes, receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
 from billing_worker.handlers.invoice_views import invoice_event, invoice_out, own_invoice
 from billing_worker.handlers.payments import configured, record_payment, saved_method_of
+from billing_worker.handlers.subscription_views import subscription_out
 from billing_worker.handlers.wallet import Charged, credit_deposit
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import PaymentStatus
@@ -132,9 +134,11 @@ async def _period_due(invoice: InvoiceRow, uow: UnitOfWork) -> None:
         )
 
 
-async def finish(intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps) -> InvoicePayResult:
-    """Phase three: the provider's answer on the payment; a payment the provider confirmed
-    at once (a saved method) pays the invoice now."""
+async def _recorded(
+    intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps
+) -> TransactionRow:
+    """The provider's answer on the payment recorded; a payment the provider confirmed at
+    once (a saved method) pays the invoice now, a failed one ends (`ended`)."""
     result = charged.result
     if charged.new_customer:
         await uow.users.remember_customer(intent.user_id, intent.provider, charged.new_customer)
@@ -148,6 +152,14 @@ async def finish(intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps) 
         await settle(row, uow, deps)
     elif result.status is PaymentStatus.FAILED:
         uow.emit(views.payment_failed(row))
+        await ended(row, uow)
+    return row
+
+
+async def finish(intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps) -> InvoicePayResult:
+    """Phase three: the provider's answer on the payment."""
+    result = charged.result
+    row = await _recorded(intent, charged, uow, deps)
     assert row.invoice_id is not None
     invoice = await uow.invoices.by_id(row.invoice_id)
     assert invoice is not None
@@ -160,9 +172,44 @@ async def finish(intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps) 
     )
 
 
+async def finish_plan_change(
+    intent: Intent, charged: Charged, uow: UnitOfWork, deps: Deps
+) -> SubscriptionOut:
+    """Phase three of a YooKassa upgrade's proration payment (`plan_changes`): the change
+    applied if YooKassa confirmed it at once, dropped if it failed; else still pending."""
+    await _recorded(intent, charged, uow, deps)
+    assert intent.subscription_id is not None
+    sub = await uow.subscriptions.get(intent.subscription_id)
+    assert sub is not None
+    return subscription_out(sub)
+
+
+async def undo_plan_change(intent: Intent, uow: UnitOfWork) -> None:
+    """YooKassa refused the proration payment outright: the payment goes, the pending
+    change is dropped and its invoice voided (it was numbered: it stays, void)."""
+    await uow.wallet.discard_created(intent.id)
+    assert intent.subscription_id is not None
+    await plan_changes.payment_ended(
+        UUID(str(intent.request["invoice_id"])), intent.subscription_id, uow
+    )
+
+
+async def ended(payment: TransactionRow, uow: UnitOfWork) -> None:
+    """A card payment of a pending plan change's proration invoice ended (it names the
+    subscription; an invoice's own card payment does not): the change applies or goes."""
+    if payment.subscription_id is not None and payment.invoice_id is not None:
+        await plan_changes.payment_ended(payment.invoice_id, payment.subscription_id, uow)
+
+
 async def settle(payment: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:
     """A completed card payment of an invoice: credited to the wallet, then the invoice
-    paid from it when it still can be, for exactly this amount and currency."""
+    paid from it when it still can be, for exactly this amount and currency; a plan
+    change's proration invoice then applies its change (`ended`)."""
+    await _settle(payment, uow, deps)
+    await ended(payment, uow)
+
+
+async def _settle(payment: TransactionRow, uow: UnitOfWork, deps: Deps) -> None:
     await credit_deposit(payment, uow, deps)
     assert payment.invoice_id is not None
     invoice = await uow.invoices.by_id(payment.invoice_id, lock=True)

@@ -31,15 +31,18 @@ subscriptions (an upgrade or another interval; refused with `invalid_message`; `
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
+from typing import Any
+from uuid import UUID
 
-from billing_contracts.events import INVOICE_CREATED, INVOICE_PAID
+from billing_contracts.events import INVOICE_CREATED, INVOICE_PAID, INVOICE_VOIDED
 from billing_contracts.invoices import InvoiceStatus
 from billing_contracts.plan_changes import ChangePlan, ChangeWhen, Proration
 from billing_contracts.subscriptions import PaymentSource, SubscriptionOut
 from billing_contracts.subscriptions import SubscriptionStatus as Sub
 from billing_worker.db.intents import Intent
-from billing_worker.db.invoices import NewInvoice
+from billing_worker.db.invoices import InvoiceRow, NewInvoice
 from billing_worker.db.subscriptions import PlanChange, PlanRow, SubscriptionRow
 from billing_worker.domain.errors import (
     CurrencyMismatch,
@@ -55,7 +58,7 @@ from billing_worker.domain.money import to_wire
 from billing_worker.domain.plan_versions import Anchor, reanchored
 from billing_worker.domain.proration import prorated
 from billing_worker.domain.taxes import TaxRate
-from billing_worker.handlers import coupons, stripe_changes, views
+from billing_worker.handlers import coupons, receipts, stripe_changes, views, yookassa_subscriptions
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_views import invoice_event
 from billing_worker.handlers.periods import charge_from_balance, check_price_fits, not_covered
@@ -63,6 +66,7 @@ from billing_worker.handlers.subscription_views import subscription_out, subscri
 from billing_worker.ports import UnitOfWork
 
 _CHANGEABLE = (Sub.ACTIVE, Sub.TRIALING)
+PLAN_CHANGE_CARD = "plan_change_card"  # the intent kind of a YooKassa upgrade's payment
 
 
 async def change_plan(command: ChangePlan, uow: UnitOfWork, deps: Deps) -> SubscriptionOut | Intent:
@@ -158,7 +162,11 @@ async def _changeable(command: ChangePlan, uow: UnitOfWork) -> SubscriptionRow:
     if sub.cancel_at_period_end or sub.pause_at_period_end:
         what = "canceling" if sub.cancel_at_period_end else "pausing"
         raise InvalidState(f"the subscription is {what} at its period end", status=sub.status)
-    if await uow.intents.of_subscription(sub.id) or await uow.subscriptions.charging([sub.id]):
+    if (
+        sub.pending_invoice_id is not None  # a prorated change waits for its payment
+        or await uow.intents.of_subscription(sub.id)
+        or await uow.subscriptions.charging([sub.id])
+    ):
         raise InvalidState(
             "a payment for this subscription is in flight; try again shortly", status=sub.status
         )
@@ -241,7 +249,7 @@ async def _prorate(
     quantity: int,
     uow: UnitOfWork,
     deps: Deps,
-) -> SubscriptionOut:
+) -> SubscriptionOut | Intent:
     start, end, now = sub.current_period_start, sub.current_period_end, uow.clock()
     assert start is not None
     assert end is not None
@@ -251,16 +259,13 @@ async def _prorate(
     new_net = target.price_minor * quantity
     if same:
         net = prorated(new_net - old_net, start, end, now)
-        if yookassa and net > 0:
-            raise InvalidInput(
-                "a prorated upgrade of a YooKassa subscription is not supported yet; "
-                "use proration none or when period_end"
-            )
         text = f"{sub.plan.name} -> {target.name}: {now:%Y-%m-%d} to {end:%Y-%m-%d}"
         # a charge at the new version's rate; a credit gives back part of what the paid
         # period was charged, so at the rate of the version it was paid on
         taxed_as = target if net > 0 else await _paid_version(sub, uow)
         line = _proration_line(text, abs(net), taxed_as)
+        if yookassa and net > 0:  # charged with the saved method; switched on its confirmation
+            return await _start_card_payment(command, sub, target, quantity, line, uow, deps)
         moved = line.total_minor if net > 0 else -line.total_minor if net < 0 else 0
         await _switch_at_period_end_terms(sub, target, quantity, uow, proration_minor=moved)
         if net > 0:
@@ -295,6 +300,140 @@ async def _prorate(
     return subscription_out(found)
 
 
+async def _proration_invoice(
+    command: ChangePlan, sub: SubscriptionRow, line: Line, uow: UnitOfWork
+) -> InvoiceRow:
+    """The change's numbered proration invoice, issued `open` (`invoice.created`)."""
+    currency, now = sub.plan.currency, uow.clock()
+    priced = Priced(currency, (line,), line.net_minor, line.total_minor, line.tax_minor)
+    new = NewInvoice(
+        id=derived_id("proration-invoice", sub.user_id, command.idempotency_key),
+        user_id=sub.user_id, order_id=None, status=issue().value, priced=priced, due_at=None,
+        created_at=now,
+    )  # fmt: skip
+    invoice = await uow.invoices.create(new)
+    assert invoice is not None, "only an invoiced order makes create() return None"
+    uow.emit(invoice_event(INVOICE_CREATED, invoice))
+    return invoice
+
+
+async def _start_card_payment(
+    command: ChangePlan,
+    sub: SubscriptionRow,
+    target: PlanRow,
+    quantity: int,
+    line: Line,
+    uow: UnitOfWork,
+    deps: Deps,
+) -> Intent:
+    """A YooKassa upgrade, phase one: the proration invoice issued `open`, the change
+    remembered on the subscription (`pending_*`), and a payment of the invoice total with
+    the subscription's saved YooKassa method `created` (a `deposit` naming the invoice and
+    the subscription, as `invoice_cards` pays an invoice by card). The subscription stays
+    on its terms until YooKassa confirms that payment (`payment_ended`)."""
+    gateway = yookassa_subscriptions.yookassa(deps)  # provider_error when not configured
+    method = (
+        await uow.subscriptions.payment_method_ref(sub.payment_method_id)
+        if sub.payment_method_id
+        else None
+    )
+    if method is None:
+        raise InvalidState(
+            "the subscription has no saved YooKassa payment method to charge the proration "
+            "with; use proration none or when period_end",
+            status=sub.status, reason="no_saved_payment_method",
+        )  # fmt: skip
+    currency, amount = sub.plan.currency, line.total_minor
+    receipt = await receipts.for_deposit(
+        gateway.name, sub.user_id, amount, currency, uow, deps, email=None, phone=None
+    )
+    invoice = await _proration_invoice(command, sub, line, uow)
+    transaction_id = derived_id("proration-card", sub.user_id, command.idempotency_key)
+    payment = dataclasses.replace(
+        Transaction.deposit(transaction_id, sub.user_id, amount, currency, gateway.name,
+                            uow.clock()),
+        invoice_id=invoice.id, subscription_id=sub.id, description=f"invoice {invoice.number}",
+        reference=invoice.number,
+    )  # fmt: skip
+    meta: dict[str, Any] = {"invoice_id": str(invoice.id), "invoice_number": invoice.number}
+    meta.update(json.loads(receipts.meta(receipt)))
+    await uow.wallet.record(payment, json.dumps(meta))
+    await uow.subscriptions.update(
+        sub.id, pending_plan_id=target.id, pending_quantity=quantity,
+        pending_invoice_id=invoice.id,
+    )  # fmt: skip
+    request: dict[str, Any] = {
+        "amount_minor": amount, "currency": currency, "payment_method_id": method,
+        "return_url": None, "default_method": False, "invoice_id": str(invoice.id),
+        "description": f"invoice {invoice.number}",
+    }  # fmt: skip
+    if receipt is not None:
+        request["receipt"] = receipt
+    return Intent(
+        id=transaction_id, kind=PLAN_CHANGE_CARD, provider=gateway.name, user_id=sub.user_id,
+        subscription_id=sub.id, request=request,
+    )  # fmt: skip
+
+
+async def payment_ended(
+    invoice_id: UUID, subscription_id: UUID, uow: UnitOfWork
+) -> SubscriptionRow | None:
+    """The proration payment of a pending change ended (confirmed, failed, canceled, or
+    refused outright): with its invoice paid (by this payment, or from the balance
+    meanwhile) the change applies now, in this transaction; otherwise it is dropped and
+    the invoice, if still open, voided. Locks the invoice, then the subscription, as
+    `invoice_cards.settle` does. None when the subscription has no such pending change
+    (settled before: a duplicate is a no-op)."""
+    invoice = await uow.invoices.by_id(invoice_id, lock=True)
+    sub = await uow.subscriptions.get(subscription_id, lock=True)
+    if invoice is None or sub is None or sub.pending_invoice_id != invoice.id:
+        return None
+    if InvoiceStatus(invoice.status) is InvoiceStatus.PAID:
+        return await _apply_pending(sub, invoice, uow)
+    await _drop_pending(sub, uow)
+    if InvoiceStatus(invoice.status) in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+        voided = await uow.invoices.move(
+            invoice.id, invoice.status, InvoiceStatus.VOID, uow.clock(),
+            "its plan change's payment did not succeed",
+        )  # fmt: skip
+        if voided is not None:
+            uow.emit(invoice_event(INVOICE_VOIDED, voided))
+    return await _reload(sub, uow)
+
+
+async def _drop_pending(sub: SubscriptionRow, uow: UnitOfWork) -> None:
+    await uow.subscriptions.update(
+        sub.id, pending_plan_id=None, pending_quantity=None, pending_invoice_id=None
+    )
+
+
+async def _apply_pending(
+    sub: SubscriptionRow, invoice: InvoiceRow, uow: UnitOfWork
+) -> SubscriptionRow:
+    """The confirmed change: on the target x seats from the next period (as a balance
+    upgrade is), the invoice total recorded as the change's proration."""
+    assert sub.pending_plan_code is not None
+    assert sub.pending_plan_version is not None
+    assert sub.pending_quantity is not None
+    target = await uow.plans.version(sub.pending_plan_code, sub.pending_plan_version)
+    assert target is not None, "a plan version row is never deleted"
+    quantity, now = sub.pending_quantity, uow.clock()
+    await _drop_pending(sub, uow)
+    await _switch_at_period_end_terms(
+        sub, target, quantity, uow, proration_minor=invoice.total_minor
+    )
+    found = await _reload(sub, uow)
+    uow.emit(
+        subscription_updated(
+            found, sub.plan.version, now, change="change_plan", from_plan_code=sub.plan.code,
+            from_quantity=sub.quantity, when=ChangeWhen.NOW.value, scheduled=False,
+            proration=Proration.PRORATE.value,
+            charged=to_wire(invoice.total_minor, sub.plan.currency),
+        )
+    )  # fmt: skip
+    return found
+
+
 async def _charge(
     command: ChangePlan, sub: SubscriptionRow, line: Line, uow: UnitOfWork, deps: Deps
 ) -> None:
@@ -309,15 +448,8 @@ async def _charge(
             f"the {currency} balance does not cover the proration of the change",
             price={"amount": to_wire(total, currency).amount, "currency": currency},
         )
-    priced = Priced(currency, (line,), line.net_minor, line.total_minor, line.tax_minor)
     key = command.idempotency_key
-    new = NewInvoice(
-        id=derived_id("proration-invoice", sub.user_id, key), user_id=sub.user_id,
-        order_id=None, status=issue().value, priced=priced, due_at=None, created_at=now,
-    )  # fmt: skip
-    invoice = await uow.invoices.create(new)
-    assert invoice is not None, "only an invoiced order makes create() return None"
-    uow.emit(invoice_event(INVOICE_CREATED, invoice))
+    invoice = await _proration_invoice(command, sub, line, uow)
     row = await uow.wallet.record(
         dataclasses.replace(
             Transaction.invoice_payment(

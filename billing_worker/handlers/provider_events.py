@@ -120,6 +120,8 @@ async def apply_provider_event(
         uow.emit(views.payment_succeeded(moved))
     elif target in (Status.FAILED, Status.CANCELED):
         uow.emit(views.payment_failed(moved))
+        if moved.kind == TransactionKind.DEPOSIT:  # a plan change's proration: it goes
+            await invoice_cards.ended(moved, uow)
     if moved.kind == TransactionKind.SUBSCRIPTION_CHARGE:
         await yookassa_subscriptions.settle_from_event(moved, event, uow, deps)
     return Applied.APPLIED
