@@ -13,6 +13,14 @@
 - `now` + `none` (and any `now` change of a `trialing` subscription, which has paid
   nothing): switched now, no money moves; the next renewal charges the new terms (another
   interval counts from the end of the paid period, as `billing.plan.migrate` does).
+- A YooKassa upgrade (`now` + `prorate`, same interval, more to pay): the same figure and
+  tax, charged with the subscription's saved YooKassa method in two phases
+  (`_start_card_payment`): the proration invoice issued `open`, the change remembered
+  (`pending_*`), a `deposit` of the invoice total naming invoice and subscription
+  (intent `plan_change_card`). When YooKassa confirms it, `invoice_cards.settle` pays
+  the invoice and `payment_ended` applies the change in the same transaction; a failed,
+  canceled or refused payment drops the change and voids the invoice. While it waits,
+  another change and a cancel now are `invalid_state` (in flight).
 - A Stripe-run subscription: at Stripe first (`_at_stripe`, `stripe_changes`), same
   interval only; Stripe prorates (`now` + `prorate`: its invoice of the change, paid at
   once) and ours follows Stripe's answer.
@@ -23,9 +31,9 @@
 
 Every change is one `subscription_plan_changes` row (kind `change_plan`), the first period
 it governs being the next one, so the audit's "no period charged on a version its
-subscription was not on" holds. Not built yet: a money-moving `now` change of YooKassa
-subscriptions (an upgrade or another interval; refused with `invalid_message`; `none` and
-`period_end` work for YooKassa) and another interval for a Stripe-run one.
+subscription was not on" holds. Not built yet: another interval with `prorate` for a
+YooKassa subscription (`invalid_message`; `none` and `period_end` work) and for a
+Stripe-run one.
 """
 
 from __future__ import annotations

@@ -45,6 +45,12 @@ class ChangePlan(Command):
     subscription's card (`proration_charged`; a negative total is credited to the
     customer's Stripe balance: `proration_credited`), a decline changes nothing
     (`provider_error`); anything else bills the new price from Stripe's next invoice.
+    A YooKassa subscription's `now` + `prorate` upgrade is charged with its saved
+    YooKassa method: the reply may show the change pending (`pending_plan_code`,
+    `pending_invoice_id`: the open proration invoice) and the plan switches only when
+    YooKassa confirms the payment (`subscription.updated`); a failed payment changes
+    nothing and voids that invoice. Another interval with `prorate` on YooKassa is
+    `invalid_message` (not built yet).
     """
 
     user_id: UserId = Field(
