@@ -427,6 +427,11 @@ async def _apply_pending(
     assert target is not None, "a plan version row is never deleted"
     quantity, now = sub.pending_quantity, uow.clock()
     await _drop_pending(sub, uow)
+    try:
+        await _check_code_free(sub, target, uow)
+    except InvalidState:  # the user took a live subscription to that code meanwhile
+        await _unapplied(sub, invoice, uow)
+        return await _reload(sub, uow)
     await _switch_at_period_end_terms(
         sub, target, quantity, uow, proration_minor=invoice.total_minor
     )
@@ -440,6 +445,25 @@ async def _apply_pending(
         )
     )  # fmt: skip
     return found
+
+
+async def _unapplied(sub: SubscriptionRow, invoice: InvoiceRow, uow: UnitOfWork) -> None:
+    """A confirmed proration whose change can no longer apply (the target's code is taken
+    by another live subscription of the user): the plan stays, and the paid proration is
+    credited back to the wallet balance (a `credit`), never kept for nothing."""
+    user, currency, amount = sub.user_id, invoice.currency, invoice.total_minor
+    account_id = await uow.wallet.open_account(user, currency)
+    change = await uow.wallet.move_balance(user, currency, amount, 0)
+    if change is None:  # a credit never lacks funds and its account was just opened
+        raise InvalidState("the credit's account does not exist", user_id=user)
+    await uow.wallet.record(
+        Transaction.credit(
+            derived_id("proration-unapplied", user, str(invoice.id)), user, account_id,
+            amount, currency, uow.clock(),
+            reason=f"proration of invoice {invoice.number} back: subscription {sub.id} "
+            "could not change plan",
+        )
+    )  # fmt: skip
 
 
 async def _charge(

@@ -326,3 +326,27 @@ async def test_without_a_saved_method_the_upgrade_is_refused_before_anything(
     assert len(db.state.invoices) == invoices_before
     assert (code_of(db, sub), stored(db, sub).pending_plan_id) == ("pro", None)
     assert len(gateway.requests) == 1  # the first period's only
+
+
+async def test_a_change_that_can_no_longer_apply_credits_its_confirmed_proration_back(
+    db: FakeDatabase, deps: Deps, gateway: CannedYooKassa, clock: ManualClock
+) -> None:
+    """The user took a live team subscription while the upgrade's payment was pending:
+    the confirmed money is not kept for nothing, it goes back to the balance."""
+    user = new_user()
+    sub = await active(db, deps, gateway, user)
+    clock.advance(days=10)
+    gateway.status = PaymentStatus.PENDING
+    intent = await begun(db, deps, upgrade(user, sub))
+    await answered(db, deps, intent)
+    other = CreateSubscription(
+        idempotency_key=key(), user_id=user, plan_code="team", payment_source="yookassa",
+        payment_method_id=None, return_url="https://shop.example/back",
+    )  # fmt: skip
+    await run(db, subscriptions.create_subscription, other, deps)  # incomplete: live
+    event = payment_event(payment_of(db, intent), PaymentOutcome.SUCCEEDED)
+    assert await deliver(db, deps, gateway, event) == Applied.APPLIED
+    assert (code_of(db, sub), stored(db, sub).pending_invoice_id) == ("pro", None)
+    assert proration_invoice(db).status == "paid"
+    assert db.state.plan_switches == {}
+    assert await balance_of(db, user, "RUB") == 1219
