@@ -24,7 +24,7 @@ from billing_contracts.taxes import UpsertTaxRate
 from billing_worker.db.intents import Intent
 from billing_worker.db.subscriptions import SubscriptionRow
 from billing_worker.db.wallet import TransactionRow
-from billing_worker.domain.errors import InvalidState
+from billing_worker.domain.errors import InvalidInput, InvalidState
 from billing_worker.domain.events import PaymentOutcome
 from billing_worker.handlers import (
     invoice_cards,
@@ -350,3 +350,35 @@ async def test_a_change_that_can_no_longer_apply_credits_its_confirmed_proration
     assert proration_invoice(db).status == "paid"
     assert db.state.plan_switches == {}
     assert await balance_of(db, user, "RUB") == 1219
+
+
+async def test_a_downgrade_is_credited_and_another_interval_is_still_refused(
+    db: FakeDatabase, deps: Deps, gateway: CannedYooKassa, clock: ManualClock
+) -> None:
+    user = new_user()
+    yearly = UpsertPlan.model_validate(
+        {"idempotency_key": key(), "code": "year", "name": "Year", "interval": "year",
+         "price": money("100.00", "RUB")}
+    )  # fmt: skip
+    await run(db, subscriptions.upsert_plan, yearly, deps)
+    sub = await active(db, deps, gateway, user)
+    clock.advance(days=10)
+    asked = len(gateway.requests)
+    with pytest.raises(InvalidInput):  # another interval with prorate: not built yet
+        await run(db, plan_changes.change_plan, upgrade(user, sub, plan_code="year"), deps)
+    assert (code_of(db, sub), len(db.state.invoices), len(gateway.requests)) == (
+        "pro", 1, asked)  # fmt: skip
+    # seats down on the same plan: a downgrade, credited to the balance at once
+    two = await run(db, plan_changes.change_plan, upgrade(user, sub, plan_code="pro",
+                                                          quantity=2), deps)  # fmt: skip
+    assert isinstance(two, Intent)  # more seats: an upgrade, charged at YooKassa
+    async with db.transaction() as uow:
+        await uow.intents.insert(two)
+    out = await answered(db, deps, two)
+    assert out.quantity == 2
+    back = await run(db, plan_changes.change_plan, upgrade(user, sub, plan_code="pro",
+                                                           quantity=1), deps)  # fmt: skip
+    assert isinstance(back, SubscriptionOut)
+    # 1000 x 21/31 = 677.42 -> 677 back, untaxed (pro), no YooKassa payment
+    assert (back.quantity, await balance_of(db, user, "RUB")) == (1, 677)
+    assert len(gateway.requests) == asked + 1
