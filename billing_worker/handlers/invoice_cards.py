@@ -41,13 +41,13 @@ from billing_worker.db.wallet import TransactionRow
 from billing_worker.domain.errors import BillingError, InvalidInput, InvalidState
 from billing_worker.domain.invoices import transition
 from billing_worker.domain.ledger import Transaction, derived_id
-from billing_worker.handlers import default_method, plan_changes, receipts, views
+from billing_worker.handlers import plan_changes, receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
 from billing_worker.handlers.invoice_views import invoice_event, invoice_out, own_invoice
 from billing_worker.handlers.payments import configured, record_payment, saved_method_of
 from billing_worker.handlers.subscription_views import subscription_out
-from billing_worker.handlers.wallet import Charged, credit_deposit
+from billing_worker.handlers.wallet import Charged, credit_deposit, payment_intent
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import PaymentStatus
 
@@ -96,26 +96,11 @@ async def start(command: PayInvoice, uow: UnitOfWork, deps: Deps) -> Intent:
     meta = {"invoice_id": str(invoice.id), "invoice_number": invoice.number}
     meta.update(json.loads(receipts.meta(receipt)))
     await uow.wallet.record(payment, json.dumps(meta))
-    customer = (
-        await uow.users.customer_ref(command.user_id, gateway.name)
-        if gateway.needs_customer
-        else None
-    )
-    method, by_default = await default_method.method_for(
-        uow, command.user_id, gateway.name, command.payment_method_id
-    )
-    request = {
-        "amount_minor": amount,
-        "currency": currency,
-        "payment_method_id": method,
-        "return_url": command.return_url,
-        "default_method": by_default,
-        "invoice_id": str(invoice.id),
-    }
-    if receipt is not None:
-        request["receipt"] = receipt
-    return Intent(id=transaction_id, kind=INVOICE_CARD, provider=gateway.name,
-                  user_id=command.user_id, request=request, customer_ref=customer)  # fmt: skip
+    return await payment_intent(
+        uow, gateway, INVOICE_CARD, transaction_id, command.user_id, amount, currency,
+        payment_method_id=command.payment_method_id, return_url=command.return_url,
+        receipt=receipt, invoice_id=str(invoice.id),
+    )  # fmt: skip
 
 
 async def _period_due(invoice: InvoiceRow, uow: UnitOfWork) -> None:

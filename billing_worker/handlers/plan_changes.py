@@ -212,13 +212,7 @@ async def _switch_at_period_end_terms(
 ) -> None:
     """On `target` x `quantity` from the next period on (another interval counts from the
     end of the paid period); the paid period stays as it was."""
-    end = sub.current_period_end
-    assert end is not None
-    assert sub.billing_anchor is not None
-    anchor = reanchored(
-        Anchor(sub.billing_anchor, sub.anchor_offset), sub.paid_periods, end,
-        _same_interval(sub.plan, target),
-    )  # fmt: skip
+    _, anchor = _next_period(sub, target)
     await uow.subscriptions.change_plan(
         PlanChange(
             sub=sub, to=target, quantity=quantity, anchor=anchor.at, anchor_offset=anchor.offset,
@@ -534,13 +528,7 @@ async def apply_scheduled(sub: SubscriptionRow, uow: UnitOfWork) -> Subscription
     except InvalidState:
         await uow.subscriptions.update(sub.id, scheduled_plan_id=None, scheduled_quantity=None)
         return await _reload(sub, uow)
-    end = sub.current_period_end
-    assert end is not None
-    assert sub.billing_anchor is not None
-    anchor = reanchored(
-        Anchor(sub.billing_anchor, sub.anchor_offset), sub.paid_periods, end,
-        _same_interval(sub.plan, target),
-    )  # fmt: skip
+    end, anchor = _next_period(sub, target)
     await uow.subscriptions.change_plan(
         PlanChange(
             sub=sub, to=target, quantity=sub.scheduled_quantity, anchor=anchor.at,
@@ -587,3 +575,16 @@ async def _reload(sub: SubscriptionRow, uow: UnitOfWork) -> SubscriptionRow:
 
 async def _reloaded(sub: SubscriptionRow, uow: UnitOfWork) -> SubscriptionOut:
     return subscription_out(await _reload(sub, uow))
+
+
+def _next_period(sub: SubscriptionRow, target: PlanRow) -> tuple[datetime, Anchor]:
+    """Where the paid period ends and the anchor the periods on `target` count from (the
+    same interval: as before; another: from that end, as `billing.plan.migrate` does)."""
+    end = sub.current_period_end
+    assert end is not None
+    assert sub.billing_anchor is not None
+    anchor = reanchored(
+        Anchor(sub.billing_anchor, sub.anchor_offset), sub.paid_periods, end,
+        _same_interval(sub.plan, target),
+    )  # fmt: skip
+    return end, anchor

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 from billing_contracts.wallet import (
     AccountBalance,
@@ -42,6 +44,7 @@ from billing_worker.handlers.payments import (
 )
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import (
+    PaymentGateway,
     PaymentRequest,
     PaymentResult,
     PaymentStatus,
@@ -73,25 +76,39 @@ async def deposit(command: Deposit, uow: UnitOfWork, deps: Deps) -> Intent:
         ),
         receipts.meta(receipt),
     )
+    return await payment_intent(
+        uow, gateway, DEPOSIT, transaction_id, command.user_id, amount, currency,
+        payment_method_id=command.payment_method_id, return_url=command.return_url,
+        receipt=receipt,
+    )  # fmt: skip
+
+
+async def payment_intent(
+    uow: UnitOfWork, gateway: PaymentGateway, kind: str, transaction_id: UUID, user_id: str,
+    amount: int, currency: str, *, payment_method_id: str | None, return_url: str | None,
+    receipt: dict[str, Any] | None, **extra: str,
+) -> Intent:  # fmt: skip
+    """Phase one's hand-over of a provider payment (a deposit, an invoice paid by card):
+    the customer it is made for, the method charged (the user's default for want of one
+    named) and what phase two asks the provider for."""
     customer = (
-        await uow.users.customer_ref(command.user_id, gateway.name)
-        if gateway.needs_customer
-        else None
+        await uow.users.customer_ref(user_id, gateway.name) if gateway.needs_customer else None
     )
     method, by_default = await default_method.method_for(
-        uow, command.user_id, gateway.name, command.payment_method_id
+        uow, user_id, gateway.name, payment_method_id
     )
-    request = {
+    request: dict[str, Any] = {
         "amount_minor": amount,
         "currency": currency,
         "payment_method_id": method,
-        "return_url": command.return_url,
+        "return_url": return_url,
         "default_method": by_default,  # the user's default, charged for want of one named
+        **extra,
     }
     if receipt is not None:
         request["receipt"] = receipt
-    return Intent(id=transaction_id, kind=DEPOSIT, provider=gateway.name,
-                  user_id=command.user_id, request=request, customer_ref=customer)  # fmt: skip
+    return Intent(id=transaction_id, kind=kind, provider=gateway.name,
+                  user_id=user_id, request=request, customer_ref=customer)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,14 @@ Over 5,000 mixed commands (sandbox deposits, some declined; withdrawals; invoice
 creations, some lines taxed; balance subscriptions charging their first period, half of
 the plans taxed; withdrawals refused for want of funds; holds placed, captured in part and
 released; partial refunds of deposits to the card; subscriptions paused, unpaused (a
-scheduled pause dropped) and resumed (a period-end cancel undone); invoices voided, marked
-uncollectible and paid from the balance) are sent at a steady pace while the workers are
+scheduled pause dropped) and resumed (a period-end cancel undone); subscriptions moved to
+another plan with two seats and a coupon (change-plan, no proration); invoices voided,
+marked uncollectible and paid from the balance) are sent at a steady pace while the workers are
 killed at random moments and restarted. The client resends whatever was not answered with
 the same key and payload. Every command must end up answered, every answer to one key
 must be the same, each must be applied exactly once, every event published once per
 fact, every balance must equal the sum the test computed on its side (taxes included),
-and each voided, written-off, paid, paused or resumed object must be so exactly once.
+and each voided, written-off, paid, paused, resumed or moved object must be so exactly once.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ REFUNDS_PER_USER = 2  # of the user's funding deposit, to the card
 REFUND = 10_00
 TAX_PERCENT = 10  # exclusive: the even plans' periods and a third of the invoice lines
 PRE_PRICE = 50  # the plan every user subscribes to before the storm, to pause or resume
+MOVE_PRICE = 70  # a second one before the storm, moved in it to the target plan (2 seats)
 SEND_SECONDS = 30.0  # the commands are spread over this long, so kills land mid-load
 
 
@@ -79,6 +81,8 @@ class Plan:
         self.tax_rate = f"crash-{run}-vat"
         self.taxed_plans = {code for p, code in enumerate(self.plans) if p % 2 == 0}
         self.pre_plan = f"crash-{run}-pre"
+        self.move_plan, self.target_plan = f"crash-{run}-move", f"crash-{run}-target"
+        self.coupon = f"CRASH{run.upper()}"[:40]
         self.expected = {(user, "USD"): FUNDING for user in self.users}
         self.kinds: dict[str, str] = {}  # key -> what the command is
 
@@ -169,14 +173,23 @@ class Plan:
         return sum(taxed(a) if "tax_rate" in line else a for a, line in amounts)
 
     def lifecycle(
-        self, subs: dict[str, str], invoices: dict[str, list[tuple[str, int]]]
+        self,
+        subs: dict[str, str],
+        invoices: dict[str, list[tuple[str, int]]],
+        moves: dict[str, str],
     ) -> list[tuple[str, dict[str, Any], str]]:
         """Per user, on its subscription set up before the storm (`subs`): users 0, 2, ...
         (canceling at the period end) resume; 1, 5, ... pause; 3, 7, ... (a pause
-        scheduled) unpause. On its three invoices (`invoices`: id, total): void the first,
-        write the second off, pay the third from the balance (which it covers)."""
+        scheduled) unpause. Its second one (`moves`) moves to the target plan with two
+        seats and the coupon, now, without proration (no money moves). On its three
+        invoices (`invoices`: id, total): void the first, write the second off, pay the
+        third from the balance (which it covers)."""
         out: list[tuple[str, dict[str, Any], str]] = []
         for n, user in enumerate(self.users):
+            move = {"idempotency_key": key(), "user_id": user, "subscription_id": moves[user],
+                    "plan_code": self.target_plan, "quantity": 2, "when": "now",
+                    "proration": "none", "coupon": self.coupon}  # fmt: skip
+            out.append((names.SUBSCRIPTION_CHANGE_PLAN, move, "change_plan"))
             base = {"user_id": user, "subscription_id": subs[user]}
             queue, kind = {0: (names.SUBSCRIPTION_RESUME, "resume"),
                            1: (names.SUBSCRIPTION_PAUSE, "pause"),
@@ -255,7 +268,15 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
              "percent": str(TAX_PERCENT), "inclusive": False},
         )  # fmt: skip
         assert reply["ok"], reply
-        for code, price in [*plan.plans.items(), (plan.pre_plan, PRE_PRICE)]:
+        reply = await client.call(
+            names.COUPON_UPSERT,
+            {"idempotency_key": key(), "code": plan.coupon, "name": "crash", "percent_off": "10",
+             "duration": "forever"},
+        )  # fmt: skip
+        assert reply["ok"], reply
+        pre_plans = [(plan.pre_plan, PRE_PRICE), (plan.move_plan, MOVE_PRICE),
+                     (plan.target_plan, MOVE_PRICE * 2)]  # fmt: skip
+        for code, price in [*plan.plans.items(), *pre_plans]:
             upsert = {"idempotency_key": key(), "code": code, "name": code,
                       "price": money(price), "interval": "month"}  # fmt: skip
             if code in plan.taxed_plans:
@@ -299,8 +320,14 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         # canceling at the period end, every fourth from 3 with a pause scheduled) and
         # three invoices per user, some lines taxed.
         subscribing: dict[str, str] = {}
+        moving: dict[str, str] = {}
         issuing: dict[str, list[tuple[list[dict[str, Any]], str]]] = {}
         for user in plan.users:
+            moving[user] = await client.submit(
+                names.SUBSCRIPTION_CREATE,
+                {"idempotency_key": key(), "user_id": user, "plan_code": plan.move_plan,
+                 "payment_source": "balance"},
+            )  # fmt: skip
             subscribing[user] = await client.submit(
                 names.SUBSCRIPTION_CREATE,
                 {
@@ -319,6 +346,8 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         await client.settle(timeout=60)
         subs = {user: client.final(k)["data"]["subscription"]["id"]  # type: ignore[index]
                 for user, k in subscribing.items()}  # fmt: skip
+        moves = {user: client.final(k)["data"]["subscription"]["id"]  # type: ignore[index]
+                 for user, k in moving.items()}  # fmt: skip
         invoices: dict[str, list[tuple[str, int]]] = {}
         for user, issued in issuing.items():
             invoices[user] = []
@@ -327,7 +356,7 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
                 assert _minor(invoice["total"]) == plan.total(lines), (invoice, lines)
                 invoices[user].append((invoice["id"], plan.total(lines)))
         for user in plan.users:
-            plan.expected[(user, "USD")] -= PRE_PRICE
+            plan.expected[(user, "USD")] -= PRE_PRICE + MOVE_PRICE
         prepared = []
         for n, user in enumerate(plan.users):
             base = {"idempotency_key": key(), "user_id": user, "subscription_id": subs[user]}
@@ -337,12 +366,12 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
             elif n % 4 == 3:
                 prepared.append(await client.submit(names.SUBSCRIPTION_PAUSE, base))
         await client.settle(timeout=60)
-        setup = [*funding, *placing.values(), *subscribing.values(), *prepared,
+        setup = [*funding, *placing.values(), *subscribing.values(), *moving.values(), *prepared,
                  *(k for issued in issuing.values() for _, k in issued)]  # fmt: skip
         assert all(client.final(k)["ok"] for k in setup)  # type: ignore[index]
 
-        commands = plan.commands(funded, held, plan.lifecycle(subs, invoices))
-        subs_of, invoices_of = subs, invoices
+        commands = plan.commands(funded, held, plan.lifecycle(subs, invoices, moves))
+        subs_of, invoices_of, moves_of = subs, invoices, moves
         killed_at: list[float] = []
 
         async def impatient(command_key: str) -> None:
@@ -434,6 +463,19 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
                 list(subs_of.values()),
             )
         }  # fmt: skip
+        moved = {
+            row["user_id"]: (row["code"], row["quantity"], row["paid_periods"], row["coupon_code"],
+                             row["changes"])
+            for row in await db.fetch(
+                "SELECT s.user_id, p.code, s.quantity, s.paid_periods, r.coupon_code, "
+                "(SELECT count(*) FROM subscription_plan_changes c WHERE c.subscription_id = s.id "
+                " AND c.kind = 'change_plan') AS changes "
+                "FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
+                "LEFT JOIN coupon_redemptions r ON r.subscription_id = s.id "
+                "WHERE s.id = ANY($1::uuid[])",
+                [uuid.UUID(i) for i in moves_of.values()],
+            )
+        }  # fmt: skip
         period_invoices = await db.fetchval(
             "SELECT count(*) FROM invoices WHERE subscription_id IS NOT NULL AND status = 'paid'"
         )
@@ -453,10 +495,10 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
         "open": outcomes["hold"] + USERS,  # placed in the storm, and kept from before it
     }
     # the storm's subscriptions, and the one per user set up before it
-    assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"] + USERS
+    assert counts.get(("subscription_charge", "completed")) == outcomes["subscription"] + 2 * USERS
     assert invoices == outcomes["invoice"] + 3 * USERS  # and three per user before the storm
-    assert period_invoices == outcomes["subscription"] + USERS  # each first period's invoice
-    assert live == outcomes["subscription"] + USERS  # a scheduled pause is still active
+    assert period_invoices == outcomes["subscription"] + 2 * USERS  # each first period's
+    assert live == outcomes["subscription"] + 2 * USERS  # a scheduled pause is still active
     # Voided, written off and paid once each, whatever the kills and resends.
     assert closed == {"void": USERS, "uncollectible": USERS, "paid": USERS}, closed
     assert invoice_payments == outcomes["invoice_paid"] == USERS
@@ -466,13 +508,19 @@ async def test_5000_commands_survive_sigkills_of_two_competing_workers(
     # Nothing charged twice: one paid period each.
     assert pre == {user: ("active", False, n % 4 == 1, 1) for n, user in enumerate(plan.users)}, pre
     assert outcomes["resume"] + outcomes["pause"] + outcomes["unpause"] == USERS
+    # Moved once each: on the target plan with two seats and the coupon, one change row,
+    # still one paid period (no proration: nothing charged), one subscription.updated.
+    assert moved == {user: (plan.target_plan, 2, 1, plan.coupon, 1) for user in plan.users}, moved
+    assert outcomes["change_plan"] == USERS
+    updated = {e.body["data"]["subscription_id"] for e in client.events_of("subscription.updated")}
+    assert updated == set(moves_of.values())
     assert len(client.events_of("deposit.completed")) >= outcomes["deposit"] + USERS
     assert len(killed_at) == KILLS
 
     repeated = sum(1 for replies in client.replies.values() if len(replies) > 1)
     record(
         "crashes",
-        commands=len(commands) + len(setup) + PLANS + 2,  # + the rate and the pre plan
+        commands=len(commands) + len(setup) + PLANS + 5,  # + rate, coupon and 3 pre plans
         kills=sum(worker.kills for worker in workers),
         restarts=sum(worker.starts for worker in workers) - len(workers),
         resent=client.resent,

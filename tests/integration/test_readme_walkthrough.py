@@ -53,6 +53,7 @@ async def test_the_readme_walkthrough_runs_a_subscription_business(
         if process.returncode is None:
             process.kill()
     text = out.decode()
+    print(text)  # shown with pytest -s
     assert process.returncode == 0, f"{text}\n{err.decode()}"
 
     assert re.search(r"^Alice: starter-\w+ version 1 active$", text, re.M), text
