@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from enum import StrEnum
+from typing import Annotated, Self
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -23,7 +24,18 @@ CouponCode = Annotated[
         examples=["WELCOME10"],
     ),
 ]
-Duration = Literal["once", "repeating", "forever"]
+
+
+class CouponDuration(StrEnum):
+    """How long a coupon discounts a subscription: its first charged period (`once`),
+    `duration_in_periods` of them (`repeating`), or every one (`forever`)."""
+
+    ONCE = "once"
+    REPEATING = "repeating"
+    FOREVER = "forever"
+
+
+Duration = CouponDuration  # the name the models below use
 
 
 class UpsertCoupon(Command):

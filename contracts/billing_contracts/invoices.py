@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -79,13 +78,21 @@ _OWNER = (
 )
 
 
+class InvoicePaySource(StrEnum):
+    """Where `billing.invoice.pay` takes the money from."""
+
+    BALANCE = "balance"
+    STRIPE = "stripe"
+    YOOKASSA = "yookassa"
+
+
 class PayInvoice(Command):
     """`billing.invoice.pay`: pay an open (or written-off) invoice of the user from the
     user's balance, or by card through a provider (`stripe`, `yookassa`)."""
 
     user_id: UserId = Field(description=_OWNER.format("invoice"))
     invoice_id: UUID
-    source: Literal["balance", "stripe", "yookassa"] = Field(
+    source: InvoicePaySource = Field(
         description="Where the money comes from: `balance`, the user's account in the "
         "invoice currency (paid at once); `stripe` / `yookassa`, a provider payment of the "
         "invoice total (the reply's `payment` is pending, with `payment_action` when the "
