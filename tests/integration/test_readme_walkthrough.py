@@ -28,9 +28,11 @@ _BLOCK = re.compile(
 
 
 @pytest.fixture
-def settings(database_url: str, rabbitmq_url: str) -> Settings:
-    # as the README starts it: BILLING_CREDIT_WITHOUT_POLICY=true make run (sandbox on)
-    return make_settings(database_url, rabbitmq_url, credit_without_policy=True)
+def settings(fresh_database_url: str, rabbitmq_url: str) -> Settings:
+    # as the README starts it: BILLING_CREDIT_WITHOUT_POLICY=true make run (sandbox on);
+    # a database of its own, so the audit at the end judges this business alone (other
+    # tests plant findings in the shared one on purpose)
+    return make_settings(fresh_database_url, rabbitmq_url, credit_without_policy=True)
 
 
 def walkthrough() -> str:
