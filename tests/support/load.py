@@ -6,6 +6,12 @@ It records everything the invariant checks need: every reply per key, every even
 on `billing.events` (through a durable queue of its own, so nothing published while the
 client was reconnecting is missed) and every dead letter (through a queue of its own
 bound to `billing.dlx`, leaving `billing.dead-letter` alone).
+
+It acknowledges each message only after recording it. With automatic acknowledgement a
+message the broker had already written to the socket when a connection dropped would be
+gone for good, and a fault test would see an event "lost" that the worker did publish.
+A message that comes back after such a drop (`redelivered`, a `message_id` already
+recorded) is acknowledged and not recorded twice.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -78,6 +85,7 @@ class LoadClient:
     def __post_init__(self) -> None:
         self._connection: AbstractRobustConnection | None = None
         self._changed = asyncio.Event()
+        self._recorded: set[tuple[str | None, str | None, str | None]] = set()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -105,17 +113,17 @@ class LoadClient:
         self._replies = await channel.declare_queue(
             f"faults.{self.tag}.replies", durable=True, arguments=arguments
         )
-        await self._replies.consume(self._on_reply, no_ack=True)
+        await self._replies.consume(partial(self._record, self._on_reply))
         event_queue = await channel.declare_queue(
             f"faults.{self.tag}.events", durable=True, arguments=arguments
         )
         await event_queue.bind(events, routing_key="#")
-        await event_queue.consume(self._on_event, no_ack=True)
+        await event_queue.consume(partial(self._record, self._on_event))
         dead = await channel.declare_queue(
             f"faults.{self.tag}.dead-letters", durable=True, arguments=arguments
         )
         await dead.bind(dlx, routing_key="#")
-        await dead.consume(self._on_dead_letter, no_ack=True)
+        await dead.consume(partial(self._record, self._on_dead_letter))
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -125,19 +133,34 @@ class LoadClient:
     def _reconnected(self, *_: Any) -> None:
         self.reconnects += 1
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    async def _record(
+        self,
+        handle: Callable[[AbstractIncomingMessage], None],
+        message: AbstractIncomingMessage,
+    ) -> None:
+        """Record, then acknowledge; a redelivered copy of a recorded message only acks."""
+        seen = (message.routing_key, message.message_id, message.correlation_id)
+        if not (message.redelivered and message.message_id and seen in self._recorded):
+            handle(message)
+            if message.message_id:
+                self._recorded.add(seen)
+            self._changed.set()
+        # The channel may be gone already: then the broker redelivers, and the line above
+        # recognises the copy.
+        with contextlib.suppress(Exception):
+            await message.ack()
+
+    def _on_reply(self, message: AbstractIncomingMessage) -> None:
         key = message.correlation_id or ""
         reply = json.loads(message.body)
         self.replies.setdefault(key, []).append(reply)
-        self._changed.set()
 
-    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+    def _on_event(self, message: AbstractIncomingMessage) -> None:
         self.events.append(
             Event(message.routing_key or "", message.message_id, json.loads(message.body))
         )
-        self._changed.set()
 
-    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+    def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
         self.dead_letters.append(
             DeadLetter(
                 message.routing_key or "",
@@ -147,7 +170,6 @@ class LoadClient:
                 message.message_id,
             )
         )
-        self._changed.set()
 
     # ------------------------------------------------------------------ sending
 
