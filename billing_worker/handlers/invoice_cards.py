@@ -45,9 +45,9 @@ from billing_worker.handlers import plan_changes, receipts, views
 from billing_worker.handlers.deps import Deps
 from billing_worker.handlers.invoice_lifecycle import pay_period_invoice
 from billing_worker.handlers.invoice_views import invoice_event, invoice_out, own_invoice
-from billing_worker.handlers.payments import configured, record_payment, saved_method_of
+from billing_worker.handlers.payments import configured, saved_method_of
 from billing_worker.handlers.subscription_views import subscription_out
-from billing_worker.handlers.wallet import Charged, credit_deposit, payment_intent
+from billing_worker.handlers.wallet import Charged, credit_deposit, payment_intent, record_answer
 from billing_worker.ports import UnitOfWork
 from billing_worker.providers.base import PaymentStatus
 
@@ -125,14 +125,7 @@ async def _recorded(
     """The provider's answer on the payment recorded; a payment the provider confirmed at
     once (a saved method) pays the invoice now, a failed one ends (`ended`)."""
     result = charged.result
-    if charged.new_customer:
-        await uow.users.remember_customer(intent.user_id, intent.provider, charged.new_customer)
-    account_id = await uow.wallet.open_account(intent.user_id, str(intent.request["currency"]))
-    row = await record_payment(
-        intent.id, result, uow, account_id=account_id, reason=f"{intent.provider} payment"
-    )
-    for notification in result.notifications:
-        uow.deliver_later(intent.provider, notification)
+    row = await record_answer(intent, charged, uow)
     if result.status is PaymentStatus.SUCCEEDED:
         await settle(row, uow, deps)
     elif result.status is PaymentStatus.FAILED:

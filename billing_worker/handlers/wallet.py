@@ -145,14 +145,7 @@ async def finish_deposit(
 ) -> DepositResult:
     """Phase three: the provider's answer on the transaction, the balance, the events."""
     result = charged.result
-    if charged.new_customer:
-        await uow.users.remember_customer(intent.user_id, intent.provider, charged.new_customer)
-    account_id = await uow.wallet.open_account(intent.user_id, str(intent.request["currency"]))
-    row = await record_payment(
-        intent.id, result, uow, account_id=account_id, reason=f"{intent.provider} payment"
-    )
-    for notification in result.notifications:
-        uow.deliver_later(intent.provider, notification)
+    row = await record_answer(intent, charged, uow)
     if result.status is PaymentStatus.SUCCEEDED:
         await credit_deposit(row, uow, deps)
     elif result.status is PaymentStatus.FAILED:
@@ -162,6 +155,21 @@ async def finish_deposit(
         transaction=views.transaction_out(row), payment_action=action,
         payment_method_id=intent.request.get("payment_method_id"),
     )  # fmt: skip
+
+
+async def record_answer(intent: Intent, charged: Charged, uow: UnitOfWork) -> TransactionRow:
+    """The provider's answer to a payment intent on its transaction (a deposit's or an
+    invoice card payment's): the customer it made remembered, the account opened, the
+    provider's notifications queued. What the answer then moves is the caller's."""
+    if charged.new_customer:
+        await uow.users.remember_customer(intent.user_id, intent.provider, charged.new_customer)
+    account_id = await uow.wallet.open_account(intent.user_id, str(intent.request["currency"]))
+    row = await record_payment(
+        intent.id, charged.result, uow, account_id=account_id, reason=f"{intent.provider} payment"
+    )
+    for notification in charged.result.notifications:
+        uow.deliver_later(intent.provider, notification)
+    return row
 
 
 async def undo_deposit(intent: Intent, uow: UnitOfWork) -> None:
