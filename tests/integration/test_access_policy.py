@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -40,7 +37,7 @@ from billing_worker.relay.runner import relay_broker
 from billing_worker.settings import Settings
 from fakes.server import serve
 from fakes.stripe_api import FakeStripe
-from support import services
+from support import broker_admin, services
 from support.relay import WEBHOOK_SECRET, Relay
 from support.rpc import Bus
 from support.settings import make_settings
@@ -54,33 +51,12 @@ ROLES = ("billing-worker", "billing-relay", "orders-service", "storefront", "bil
 WAIT = 30.0
 
 
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(  # noqa: S603
-        ["rabbitmqctl", "-q", *args],  # noqa: S607
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return done.stdout
-
-
 def import_definitions(document: dict[str, Any], vhost: str, users: int) -> None:
-    """`rabbitmqctl import_definitions FILE` (the file world-readable: the CLI may run as
-    the rabbitmq user); the import is asynchronous, so wait until every user has its
-    permissions on the vhost."""
-    folder = Path(tempfile.mkdtemp(prefix="billing-definitions-"))
-    try:
-        folder.chmod(0o755)
-        path = folder / "definitions.json"
-        path.write_text(json.dumps(document))
-        path.chmod(0o644)
-        rabbitmqctl("import_definitions", str(path))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    """The definitions imported as RabbitMQ imports them; the import may finish later, so
+    wait until every user has its permissions on the vhost."""
+    broker_admin.import_definitions(document)
     for _ in range(600):
-        listed = subprocess.run(  # noqa: S603
-            ["rabbitmqctl", "-q", "list_permissions", "-p", vhost],  # noqa: S607
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if listed.returncode == 0 and len(listed.stdout.strip().splitlines()) > users:
+        if len(broker_admin.permitted_users(vhost)) >= users:
             return
         time.sleep(0.1)
     raise AssertionError(f"the definitions did not import into {vhost}")
@@ -99,7 +75,7 @@ class Deployment:
 def deployment(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = urlsplit(rabbitmq_url)
     if base.hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip("needs rabbitmqctl on the broker's host")
+        pytest.skip("needs to administer the broker (on its host)")
     run = services.run_id()
     vhost = f"billing-access-{run}"
     users = {role: f"{role}.{run}" for role in (*ROLES, "stranger")}
@@ -120,14 +96,14 @@ def deployment(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         import_definitions(document, vhost, len(ROLES))  # the deploy file, as RabbitMQ reads it
         # A user in no policy entry, with a client service's broker permissions.
-        rabbitmqctl("add_user", users["stranger"], passwords["stranger"])
+        broker_admin.add_user(users["stranger"], passwords["stranger"])
         client = permissions["storefront"]
-        rabbitmqctl("set_permissions", "-p", vhost, users["stranger"],
-                    client["configure"], client["write"], client["read"])  # fmt: skip
+        granted = (client["configure"], client["write"], client["read"])
+        broker_admin.set_permissions(vhost, users["stranger"], *granted)
         for role in ROLES:
-            rabbitmqctl("change_password", users[role], passwords[role])
+            broker_admin.change_password(users[role], passwords[role])
         guest = base.username or "guest"
-        rabbitmqctl("set_permissions", "-p", vhost, guest, ".*", ".*", ".*")
+        broker_admin.set_permissions(vhost, guest, ".*", ".*", ".*")
 
         def url(user: str, password: str) -> str:
             netloc = f"{quote(user, safe='')}:{password}@{base.hostname}:{base.port or 5672}"
@@ -142,10 +118,8 @@ def deployment(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         )
     finally:
         for user in users.values():
-            subprocess.run(["rabbitmqctl", "-q", "delete_user", user],  # noqa: S603,S607
-                           capture_output=True, timeout=60, check=False)  # fmt: skip
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost],  # noqa: S603,S607
-                       capture_output=True, timeout=60, check=False)  # fmt: skip
+            broker_admin.delete_user(user)
+        broker_admin.delete_vhost(vhost)
 
 
 class Gate(SandboxGateway):

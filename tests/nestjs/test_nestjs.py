@@ -32,6 +32,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from fakes.server import free_port
+from support import broker_admin
 from support.processes import Process, worker_env
 
 pytestmark = pytest.mark.integration
@@ -64,10 +65,6 @@ def nestjs_build() -> Path:
     return HERE / "dist" / "main.js"
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603,S607
-
-
 @dataclass(frozen=True)
 class Broker:
     urls: dict[str, str]  # role -> AMQP URL of this run's user of that role
@@ -78,8 +75,8 @@ class Broker:
 @pytest.fixture
 def broker(rabbitmq_url: str, tmp_path: Path) -> Iterator[Broker]:
     base = urlsplit(rabbitmq_url)
-    if shutil.which("rabbitmqctl") is None or base.hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip("needs rabbitmqctl on the broker's host")
+    if not broker_admin.local(rabbitmq_url) or not broker_admin.available():
+        pytest.skip("needs to administer the broker (on its host)")
     run = uuid.uuid4().hex[:10]
     vhost = f"billing-nestjs-{run}"
     users = {role: f"{role}.nestjs-{run}" for role in ROLES}
@@ -91,12 +88,12 @@ def broker(rabbitmq_url: str, tmp_path: Path) -> Iterator[Broker]:
         text = text.replace(f'[users."{role}"]', f'[users."{users[role]}"]')
     policy.write_text(text)
     try:
-        rabbitmqctl("add_vhost", vhost)
+        broker_admin.add_vhost(vhost)
         for role in ROLES:
-            rabbitmqctl("add_user", users[role], passwords[role])
+            broker_admin.add_user(users[role], passwords[role])
             granted = permissions[role]
-            rabbitmqctl("set_permissions", "-p", vhost, users[role],
-                        granted["configure"], granted["write"], granted["read"])  # fmt: skip
+            rights = (granted["configure"], granted["write"], granted["read"])
+            broker_admin.set_permissions(vhost, users[role], *rights)
 
         def url(role: str) -> str:
             netloc = f"{quote(users[role], safe='')}:{passwords[role]}@{base.hostname}:{base.port}"
@@ -105,10 +102,8 @@ def broker(rabbitmq_url: str, tmp_path: Path) -> Iterator[Broker]:
         yield Broker({role: url(role) for role in ROLES}, users, policy)
     finally:
         for user in users.values():
-            subprocess.run(["rabbitmqctl", "-q", "delete_user", user],  # noqa: S603,S607
-                           capture_output=True, timeout=60, check=False)  # fmt: skip
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost],  # noqa: S603,S607
-                       capture_output=True, timeout=60, check=False)  # fmt: skip
+            broker_admin.delete_user(user)
+        broker_admin.delete_vhost(vhost)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from billing_worker.relay.app import build_relay
 from billing_worker.relay.runner import health_probe, publisher, relay_config
 from billing_worker.settings import Settings
 from fakes.stripe_api import sign
+from support import broker_admin
 
 WEBHOOK_SECRET = "whsec_test_secret"
 YOOKASSA_IP = "185.71.76.10"  # inside YooKassa's published 185.71.76.0/27
@@ -61,19 +61,15 @@ class Relay:
 @contextlib.contextmanager
 def broker_user(vhost_url: str, *, configure: str, write: str, read: str) -> Iterator[str]:
     """A throwaway RabbitMQ user with only these permissions on the vhost of `vhost_url`;
-    yields its URL and deletes the user afterwards (rabbitmqctl, as for vhosts)."""
+    yields its URL and deletes the user afterwards (`broker_admin`, as for vhosts)."""
     parts = urlsplit(vhost_url)
     vhost = unquote(parts.path.removeprefix("/")) or "/"
     user = f"billing-test-{uuid.uuid4().hex[:10]}"
     password = uuid.uuid4().hex
-    _rabbitmqctl("add_user", user, password)
+    broker_admin.add_user(user, password)
     try:
-        _rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
+        broker_admin.set_permissions(vhost, user, configure, write, read)
         netloc = f"{user}:{password}@{parts.hostname}:{parts.port or 5672}"
         yield urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     finally:
-        _rabbitmqctl("delete_user", user)
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603,S607
+        broker_admin.delete_user(user)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 from sqlalchemy.engine import make_url
+
+from support import broker_admin
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -49,23 +49,16 @@ async def copy_database(template_url: str, name: str) -> str:
     return database_url_for(template_url, name)
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603,S607
-
-
 def create_vhost(base: str, name: str) -> str | None:
-    """A fresh vhost through rabbitmqctl; None when this machine cannot manage the broker."""
-    if shutil.which("rabbitmqctl") is None or urlsplit(base).hostname not in {
-        "127.0.0.1",
-        "localhost",
-    }:
+    """A fresh vhost (`broker_admin`); None when this machine cannot manage the broker."""
+    if not broker_admin.local(base) or not broker_admin.available():
         return None
     user = urlsplit(base).username or "guest"
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    broker_admin.add_vhost(name)
+    broker_admin.set_permissions(name, user, ".*", ".*", ".*")
     parts = urlsplit(base)
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
 
 
 def delete_vhost(name: str) -> None:
-    _rabbitmqctl("delete_vhost", name)
+    broker_admin.delete_vhost(name)
