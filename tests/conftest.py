@@ -18,6 +18,9 @@ from sqlalchemy.engine import make_url
 
 from support import containers, services
 
+# The fault suite's figures, reported by the controller even when xdist runs the tests.
+pytest_plugins = ["support.figures"]
+
 
 def reachable(host: str | None, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host or "127.0.0.1", port), 3):

@@ -101,6 +101,17 @@ class FailoverConnection(RobustConnection):
             )
 
     async def connect(self, timeout: TimeoutType = None) -> None:  # noqa: ASYNC109 - aio-pika's
+        try:
+            await self._connect(timeout)
+        except asyncio.CancelledError:
+            # aio-pika's reconnect task swallows a cancellation ("Connection attempt ...
+            # cancelled. Reconnecting") until close() is called: a SIGTERM during the first
+            # attempt would leave it retrying every second, and the process running, for
+            # ever. Closing stops it.
+            await self.close()
+            raise
+
+    async def _connect(self, timeout: TimeoutType) -> None:
         if not self.fail_fast_round or self.connection_attempt > 0:
             await super().connect(timeout)
             return

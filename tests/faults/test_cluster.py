@@ -36,7 +36,8 @@ from support.invariants import check_invariants, connect, wait_for_settled
 from support.load import LoadClient
 from support.processes import Process, worker_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+# `serial`: three more RabbitMQ nodes on a 2-core machine; run alone (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.serial]
 
 SECRET = "whsec_cluster"
 USERS = 12

@@ -125,7 +125,15 @@ def stripe_api() -> Iterator[tuple[FakeStripe, str]]:
         yield fake, base
 
 
-@pytest.mark.parametrize("outage", ["restart", "dropped_connections"])
+@pytest.mark.parametrize(
+    "outage",
+    [
+        # Restarts the machine's RabbitMQ and PostgreSQL: only alone (`serial`).
+        pytest.param("restart", marks=pytest.mark.serial),
+        # This test's vhost and database only: alongside other tests.
+        "dropped_connections",
+    ],
+)
 async def test_broker_and_database_outages_under_load_lose_nothing(
     database_url: str,
     vhost_url: str,
