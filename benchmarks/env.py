@@ -1,7 +1,10 @@
 """Fresh, isolated services for one run: a migrated database and a RabbitMQ vhost.
 
 Every run gets its own database (`billing-worker migrate`, the real schema) and its own
-vhost (`rabbitmqctl`), so no queue, row or sequence leaks from one run into the next.
+vhost, so no queue, row or sequence leaks from one run into the next. Vhosts are made
+through RabbitMQ's management API when it answers on port 15672 of the broker's host
+(milliseconds a call), else with `rabbitmqctl` (each call boots an Erlang VM: about a
+second of CPU, taken from the machine being measured).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -105,8 +110,29 @@ async def migrate(env: RunEnv) -> None:
     await _run(*worker_command(), "migrate", env=environ)
 
 
+async def _management(base_amqp: str, method: str, path: str, body: Any = None) -> bool:
+    """A call to the management API; False when the API does not answer (no plugin)."""
+    parts = urlsplit(base_amqp)
+    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    try:
+        async with httpx.AsyncClient(timeout=60, auth=auth) as client:
+            response = await client.request(
+                method, f"http://{parts.hostname or '127.0.0.1'}:15672/api{path}", json=body
+            )
+    except httpx.TransportError:
+        return False
+    if not response.is_success and response.status_code != 404:
+        raise ServiceError(f"RabbitMQ management API {method} {path}: {response.status_code}")
+    return True
+
+
 async def add_vhost(env: RunEnv, base_amqp: str) -> None:
     user = urlsplit(base_amqp).username or "guest"
+    vhost = quote(env.vhost, safe="")
+    if await _management(base_amqp, "PUT", f"/vhosts/{vhost}"):
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        await _management(base_amqp, "PUT", f"/permissions/{vhost}/{quote(user)}", everything)
+        return
     await _rabbitmqctl("add_vhost", env.vhost)
     await _rabbitmqctl("set_permissions", "-p", env.vhost, user, ".*", ".*", ".*")
 
@@ -124,9 +150,11 @@ async def drop_database(env: RunEnv, base_dsn: str) -> None:
         await admin.close()
 
 
-async def destroy(env: RunEnv, base_dsn: str) -> None:
+async def destroy(env: RunEnv, base_dsn: str, base_amqp: str) -> None:
     """Drop the run's database and vhost; safe to call after a partial `create`."""
     await drop_database(env, base_dsn)
+    if await _management(base_amqp, "DELETE", f"/vhosts/{quote(env.vhost, safe='')}"):
+        return
     with contextlib.suppress(ServiceError):  # it was never created
         await _rabbitmqctl("delete_vhost", env.vhost)
 

@@ -18,8 +18,8 @@ Prints the medians over the pairs (msgs/s, p50/p99 ms, CPU seconds per process) 
 median worker/floor ratio with its min-max; writes the same and every run as JSON.
 Exit code 0 when every run passed its correctness check; 1 when one did not (stops at
 the first, the message says what is wrong: a fast wrong run is a failed run); 2 when a
-service is unreachable. Needs rabbitmqctl and a PostgreSQL user allowed to create
-databases.
+service is unreachable. Needs RabbitMQ's management API (port 15672) or rabbitmqctl,
+and a PostgreSQL user allowed to create databases.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--dsn", str, services.DEFAULT_DSN, "PostgreSQL server (any database on it); each run "
      "creates bench_<run>_<n> there with `billing-worker migrate`, and drops it"),
     ("--amqp", str, services.DEFAULT_AMQP,
-     "RabbitMQ; each run adds and deletes a vhost of its own (rabbitmqctl)"),
+     "RabbitMQ; each run adds and deletes a vhost of its own (management API or rabbitmqctl)"),
     ("--pairs", int, 3, "floor/worker pairs per scenario, interleaved (>= 3 for a spread)"),
     ("--seconds", float, 15.0, "measured window of each run"),
     ("--warmup", float, 1.0,

@@ -180,5 +180,5 @@ async def run_once(
         if problems and o.keep_failed:
             print(f"  kept {run_env.dsn} and vhost {run_env.vhost}", file=sys.stderr)
         else:
-            await services.destroy(run_env, o.dsn)
+            await services.destroy(run_env, o.dsn, o.amqp)
     return result

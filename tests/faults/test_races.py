@@ -478,7 +478,7 @@ async def test_the_same_command_delivered_concurrently_to_two_workers_answers_al
         ]
     copies = 4
     keys = await asyncio.gather(*(client.submit(q, c) for q, c in commands))
-    await asyncio.gather(*(client.resend(k) for _ in range(copies - 1) for k in keys))
+    await asyncio.gather(*(client.resend_until_sent(k) for _ in range(copies - 1) for k in keys))
     await client.wait_until(
         lambda: all(len(client.replies.get(k, ())) >= copies for k in keys),
         90,

@@ -217,6 +217,14 @@ class LoadClient:
         self.resent += sent
         return sent
 
+    async def resend_until_sent(self, key: str, timeout: float = 120) -> None:
+        """`resend`, trying again until the broker confirmed this copy: a test that needs
+        N copies delivered cannot count one whose publish timed out on a busy machine."""
+        deadline = time.monotonic() + timeout
+        while not await self.resend(key):
+            assert time.monotonic() < deadline, f"could not send {key} again"
+            await asyncio.sleep(0.2)
+
     async def fire(
         self, queue: str, body: bytes, *, exchange: str = "", headers: Any = None
     ) -> str:
