@@ -111,7 +111,7 @@ class FailoverConnection(RobustConnection):
             await self.close()
             raise
 
-    async def _connect(self, timeout: TimeoutType) -> None:
+    async def _connect(self, timeout: TimeoutType) -> None:  # noqa: ASYNC109 - passed on
         if not self.fail_fast_round or self.connection_attempt > 0:
             await super().connect(timeout)
             return
