@@ -82,8 +82,11 @@ bench: install services  ## the benchmark: the worker against the floor (about 1
 # (the tests mostly wait on the broker, the database and the worker processes they start,
 # so 3 processes keep a 2-core machine busy). Coverage and the fault suite's figures add up
 # across both runs; the floor is checked on the total.
+# The checks before pytest (lint, the AsyncAPI parser, the NestJS build, the codegen test)
+# run side by side, each one's output kept together: mostly npm installs and disk waits.
 TEST_WORKERS ?= 3
-test: install services lint asyncapi nestjs codegen  ## set up and run the whole test suite (with coverage)
+test: install services  ## set up and run the whole test suite (with coverage)
+	$(MAKE) --no-print-directory -j4 --output-sync=target lint asyncapi nestjs codegen
 	rm -f tests/faults/last-run.json
 	$(BIN)/pytest -m serial --cov --cov-report= --cov-fail-under=0
 	BILLING_FAULT_FIGURES=append $(BIN)/pytest -m "not serial" -n $(TEST_WORKERS) \

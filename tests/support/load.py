@@ -43,7 +43,8 @@ class Sent:
     key: str  # the idempotency key, also the correlation id
     body: bytes
     exchange: str = ""
-    sends: int = 0
+    sends: int = 0  # publishes the broker confirmed
+    unconfirmed: int = 0  # publishes that failed or timed out: may have reached it or not
     last_sent: float = 0.0  # monotonic; 0 = never reached the broker
 
 
@@ -190,8 +191,9 @@ class LoadClient:
                 else await self._channel.get_exchange(item.exchange, ensure=False)
             )
             await asyncio.wait_for(exchange.publish(message, routing_key=item.queue), 10)
-        except Exception:  # broker away: the resend loop tries again
+        except Exception:  # broker away or slow: the resend loop tries again
             self.publish_failures += 1
+            item.unconfirmed += 1
             return False
         item.sends += 1
         item.last_sent = time.monotonic()
