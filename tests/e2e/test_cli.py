@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
-from typing import Any
+from pathlib import Path
 
 import pytest
+
+from support.processes import Process, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -173,60 +173,21 @@ def test_the_relay_process_serves_healthz_and_stops_on_sigterm(rabbitmq_url: str
     assert "webhook relay listening" in stderr
 
 
-class Lines:
-    """A running process's stderr, read on a thread: wait for a line without blocking."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._grew = threading.Condition()
-        assert process.stderr is not None
-        self._reader = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: Any) -> None:
-        with stream:  # closed at the end of the output
-            for line in stream:
-                with self._grew:
-                    self.lines.append(line)
-                    self._grew.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        with self._grew:
-            found = self._grew.wait_for(lambda: any(text in line for line in self.lines), timeout)
-        assert found, f"no {text!r} in {timeout} s:\n{self.text()}"
-
-    def text(self) -> str:
-        self._reader.join(timeout=5)
-        return "".join(self.lines)
-
-
-def start_worker(**env: str) -> tuple[subprocess.Popen[str], Lines]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    process = subprocess.Popen(  # noqa: S603
-        [*CLI, "run"], env={**clean, "BILLING_LOG_FORMAT": "json", **env}, cwd="/",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    return process, Lines(process)
-
-
-def test_the_worker_process_starts_serves_and_stops_cleanly_on_sigterm(
-    database_url: str, rabbitmq_url: str
+async def test_the_worker_process_starts_serves_and_stops_cleanly_on_sigterm(
+    database_url: str, rabbitmq_url: str, tmp_path: Path
 ) -> None:
-    process, stderr = start_worker(
-        BILLING_DATABASE_URL=database_url, BILLING_RABBITMQ_URL=rabbitmq_url
-    )
+    worker = Process("run", worker_env(database_url, rabbitmq_url), tmp_path / "worker.log")
+    worker.start()
     try:
-        stderr.wait_for("billing worker consuming")  # however long start-up takes here
-        assert process.poll() is None, stderr.text()
+        await worker.ready()  # "billing worker consuming", however long start-up takes here
+        assert await worker.stop(timeout=60) == 0, worker.text()
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    assert process.returncode == 0, stderr.text()
-    assert "billing worker stopped" in stderr.text()
+        worker.ensure_dead()
+    assert "billing worker stopped" in worker.text()
 
 
-def test_sigterm_while_the_broker_has_not_answered_yet_stops_the_worker(
-    database_url: str,
+async def test_sigterm_while_the_broker_has_not_answered_yet_stops_the_worker(
+    database_url: str, tmp_path: Path
 ) -> None:
     """A broker that accepts the TCP connection and says nothing (a node under load,
     half up): SIGTERM during that first attempt. The worker used to log "shut down
@@ -236,22 +197,18 @@ def test_sigterm_while_the_broker_has_not_answered_yet_stops_the_worker(
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        process, stderr = start_worker(
-            BILLING_DATABASE_URL=database_url,
-            BILLING_RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{port}/",
-        )
+        silent = f"amqp://guest:guest@127.0.0.1:{port}/"
+        worker = Process("run", worker_env(database_url, silent), tmp_path / "worker.log")
+        worker.start()
         try:
             listener.settimeout(60)
-            held, _ = listener.accept()  # the worker is now waiting for the broker's reply
+            held, _ = await asyncio.to_thread(listener.accept)  # the worker now waits
             with held:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
+                returncode = await worker.stop(timeout=30)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert "Reconnecting" not in stderr.text(), stderr.text()
-    assert process.returncode == 0, stderr.text()  # stopped as asked, not failed
+            worker.ensure_dead()
+    assert "Reconnecting" not in worker.text(), worker.text()
+    assert returncode == 0, worker.text()  # stopped as asked, not failed
 
 
 async def declare_callbacks_exchange(rabbitmq_url: str) -> None:

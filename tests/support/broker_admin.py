@@ -142,8 +142,8 @@ def permitted_users(vhost: str) -> set[str]:
     if _api():
         listed = _call("GET", f"/vhosts/{_q(vhost)}/permissions", missing_ok=True) or []
         return {entry["user"] for entry in listed}
-    lines = rabbitmqctl("list_permissions", "-p", vhost, check=False).splitlines()
-    return {line.split("\t")[0] for line in lines if line.strip()}
+    listed = rabbitmqctl("list_permissions", "--no-table-headers", "-p", vhost, check=False)
+    return {line.split("\t")[0] for line in listed.splitlines() if line.strip()}
 
 
 def import_definitions(document: dict[str, Any]) -> None:
