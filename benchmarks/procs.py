@@ -3,7 +3,7 @@
 CPU seconds are `utime + stime` of `/proc/<pid>/stat` (all threads of the process), taken
 at the start and the end of the measured window:
 
-- consumer: the floor or `billing-worker run` process(es);
+- consumer: the floor, the batched floor or `billing-worker run` process(es);
 - postgres: the backends connected to the run's database (`pg_stat_activity`), i.e. the
   work done for this run only (the WAL writer and checkpointer are shared and not counted);
 - rabbitmq: every `beam.smp` process: the whole broker, which may also serve others;
@@ -51,7 +51,7 @@ def pids_named(name: str) -> list[int]:
 
 @dataclass
 class Consumer:
-    """One side's process(es): the floor, or N `billing-worker run`."""
+    """One side's process(es): the floor, the batched floor, or N `billing-worker run`."""
 
     side: str
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
@@ -119,6 +119,18 @@ async def start_floor(
     for queue in queues:
         command += ["--queue", queue]
     await consumer.spawn(command, clean_environ(), ROOT, logs / f"{env.name}-floor.log")
+    return consumer
+
+
+async def start_batched_floor(
+    env: RunEnv, queues: list[str], prefetch: int, batch: int, logs: Path
+) -> Consumer:
+    consumer = Consumer("batched")
+    command = [sys.executable, "-m", "benchmarks.batched_floor", "--amqp", env.amqp,
+               "--dsn", env.dsn, "--prefetch", str(prefetch), "--batch", str(batch)]  # fmt: skip
+    for queue in queues:
+        command += ["--queue", queue]
+    await consumer.spawn(command, clean_environ(), ROOT, logs / f"{env.name}-batched.log")
     return consumer
 
 

@@ -21,7 +21,7 @@ from benchmarks import env as services
 from benchmarks.check import WORK_QUEUES, check
 from benchmarks.load import Load, completions_in
 from benchmarks.plan import Plan
-from benchmarks.procs import Consumer, CpuMeter, start_floor, start_workers
+from benchmarks.procs import Consumer, CpuMeter, start_batched_floor, start_floor, start_workers
 from benchmarks.stats import window
 from billing_contracts import names
 
@@ -33,7 +33,7 @@ class Scenario:
     hot: bool = False  # every withdraw on one account
     deposits: bool = True  # deposit completions mixed in (pre-filled only)
     processes: int = 1  # worker processes
-    sides: tuple[str, ...] = ("floor", "worker")
+    sides: tuple[str, ...] = ("floor", "batched", "worker")  # run in this order
     rate_guess: float = 900.0  # msgs/s to size the first pre-fill (the floor's rate, measured)
 
 
@@ -48,6 +48,8 @@ class Options:
     deposit_share: float = 0.1
     floor_prefetch: int = 16
     floor_pool: int = 16
+    batch_size: int = 64
+    batched_prefetch: int = 256
     worker_settings: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60.0
     tail_timeout: float = 120.0
@@ -109,9 +111,11 @@ async def _settle_outbox(db: asyncpg.Connection, seconds: float) -> None:
 
 
 async def _start(side: str, scenario: Scenario, run_env: services.RunEnv, o: Options) -> Consumer:
+    queues = [names.WALLET_WITHDRAW, names.PROVIDER_EVENTS_QUEUE]
     if side == "floor":
-        queues = [names.WALLET_WITHDRAW, names.PROVIDER_EVENTS_QUEUE]
         return await start_floor(run_env, queues, o.floor_prefetch, o.floor_pool, o.logs)
+    if side == "batched":
+        return await start_batched_floor(run_env, queues, o.batched_prefetch, o.batch_size, o.logs)
     return await start_workers(run_env, scenario.processes, o.worker_settings, o.logs)
 
 

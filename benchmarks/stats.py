@@ -1,4 +1,4 @@
-"""Numbers of a run, medians over pairs, the worker/floor ratio, and the printed table."""
+"""Numbers of a run, medians over pairs, the worker's ratios to both floors, the table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 CPU_GROUPS = ("consumer", "postgres", "rabbitmq", "loadgen")
+SIDES = ("floor", "batched", "worker")  # the per-message floor, the batched floor, the worker
+# summary key, printed label: the worker's msgs/s over each floor's, in the same pair
+RATIOS = (
+    ("ratio_worker_over_floor", "worker/floor"),
+    ("ratio_worker_over_batched", "worker / batched floor"),
+    ("ratio_over_1_process", "2 processes/1 process"),
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -66,7 +73,10 @@ def _ratio(numerators: dict[int, float], denominators: dict[int, float]) -> dict
 
 
 def summarize(runs: list[dict[str, Any]], baseline: str = "drain") -> dict[str, Any]:
-    """Per scenario: each side's medians over pairs, and worker/floor with its spread.
+    """Per scenario: each side's medians over pairs, and the worker over each floor.
+
+    `ratio_worker_over_floor` and `ratio_worker_over_batched` are the worker's msgs/s over
+    the per-message floor's and the batched floor's of the same pair, with their spread.
 
     A worker-only scenario (2 processes) is compared with the worker of `baseline` in
     the same pair instead: the gain of the second process.
@@ -76,13 +86,16 @@ def summarize(runs: list[dict[str, Any]], baseline: str = "drain") -> dict[str, 
     for scenario in dict.fromkeys(r["scenario"] for r in ok):
         entry: dict[str, Any] = {}
         rates: dict[str, dict[int, float]] = {}
-        for side in ("floor", "worker"):
+        for side in SIDES:
             mine = [r for r in ok if r["scenario"] == scenario and r["side"] == side]
             if mine:
                 entry[side] = _side_summary(mine)
                 rates[side] = {r["pair"]: r["msgs_per_s"] for r in mine}
-        if "floor" in rates and "worker" in rates:
-            entry["ratio_worker_over_floor"] = _ratio(rates["worker"], rates["floor"])
+        if "worker" in rates and rates.keys() & {"floor", "batched"}:
+            for floor, key in (("floor", "ratio_worker_over_floor"),
+                               ("batched", "ratio_worker_over_batched")):  # fmt: skip
+                if floor in rates:
+                    entry[key] = _ratio(rates["worker"], rates[floor])
         elif "worker" in rates:
             one = {r["pair"]: r["msgs_per_s"] for r in ok
                    if r["scenario"] == baseline and r["side"] == "worker"}  # fmt: skip
@@ -103,7 +116,7 @@ def table(summary: dict[str, Any]) -> str:
     """The medians as an aligned text table, then the ratios with their spread."""
     rows: list[tuple[str, ...]] = [HEADER]
     for scenario, entry in summary.items():
-        for side in ("floor", "worker"):
+        for side in SIDES:
             if side in entry:
                 s = entry[side]
                 cpu = s["cpu_s"]
@@ -120,8 +133,7 @@ def table(summary: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
     for scenario, entry in summary.items():
-        for key, label in (("ratio_worker_over_floor", "worker/floor"),
-                           ("ratio_over_1_process", "2 processes/1 process")):  # fmt: skip
+        for key, label in RATIOS:
             ratio = entry.get(key)
             if ratio:
                 lines.append(
