@@ -129,7 +129,7 @@ def build_worker(
     )
 
     def committed(uow: UnitOfWork, rows: int) -> None:
-        publisher.notify(rows)
+        publisher.committed(uow.flushed)  # published now, confirms awaited together
         metrics.committed(uow.transitions, uow.emitted)
 
     service = BillingService(engine, deps, clock, on_commit=committed)

@@ -22,6 +22,7 @@ transaction itself is in `commands.py`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -247,6 +248,83 @@ class BillingService:
             outcome = await apply_provider_event(event, unit.uow, self.deps, inbox, subscription)
             await unit.flush()
         return outcome
+
+    async def provider_events(self, claims: Sequence[ProviderEvent]) -> list[Applied | Exception]:
+        """Several callbacks at once (coalesced): each keeps its own outcome or failure.
+
+        One lookup tells which event ids were applied before; the others are confirmed at
+        their providers side by side, holding no connection; the confirmed ones are then
+        applied in ONE transaction, each exactly as `apply_confirmed` would, with one
+        statement for all their outbox rows. If that transaction fails as a whole (a
+        payment not created yet, a deadlock, ...) each event is applied again on its own,
+        so one callback cannot hold back or fail the others. A provider-run subscription's
+        event is re-read from Stripe and applied on its own.
+        """
+        if len(claims) == 1:
+            try:
+                return [await self.provider_event(claims[0])]
+            except Exception as failure:  # its own failure, retried by the pipeline
+                return [failure]
+        inboxes = [f"provider:{claim.provider}" for claim in claims]
+        async with self._unit(transaction=False) as unit:
+            seen = await unit.uow.idempotency.seen_many(
+                [(inbox, claim.event_id) for inbox, claim in zip(inboxes, claims, strict=True)]
+            )
+        results: list[Applied | Exception | None] = [
+            Applied.DUPLICATE if (inbox, claim.event_id) in seen else None
+            for inbox, claim in zip(inboxes, claims, strict=True)
+        ]
+        fresh = [i for i, result in enumerate(results) if result is None]
+        confirmed = await asyncio.gather(
+            *(self.deps.gateways.get(claims[i].provider).confirm(claims[i]) for i in fresh),
+            return_exceptions=True,
+        )
+        together: list[tuple[int, ProviderEvent]] = []
+        for i, event in zip(fresh, confirmed, strict=True):
+            if isinstance(event, BaseException):
+                results[i] = event if isinstance(event, Exception) else RuntimeError(str(event))
+            elif event is None:
+                log.warning(
+                    "not trusting %s %s for %s: the provider does not confirm it",
+                    claims[i].provider, claims[i].event_type,
+                    claims[i].provider_ref or claims[i].subscription_ref,
+                )  # fmt: skip
+                results[i] = Applied.UNTRUSTED
+            elif event.subscription_ref is not None:
+                results[i] = await self._applied_alone(event, inboxes[i])
+            else:
+                together.append((i, event))
+        if together:
+            for i, outcome in zip(
+                (i for i, _ in together),
+                await self._apply_together([(e, inboxes[i]) for i, e in together]),
+                strict=True,
+            ):
+                results[i] = outcome
+        return [result if result is not None else RuntimeError("not applied") for result in results]
+
+    async def _apply_together(
+        self, events: list[tuple[ProviderEvent, str]]
+    ) -> list[Applied | Exception]:
+        """Confirmed events in one transaction; failing that, one by one."""
+        try:
+            async with self._unit() as unit:
+                outcomes: list[Applied | Exception] = [
+                    await apply_provider_event(event, unit.uow, self.deps, inbox)
+                    for event, inbox in events
+                ]
+                await unit.flush()
+            return outcomes
+        except Exception as error:
+            log.debug("batch of %d provider events fell back to one by one: %s", len(events),
+                      error)  # fmt: skip
+            return [await self._applied_alone(event, inbox) for event, inbox in events]
+
+    async def _applied_alone(self, event: ProviderEvent, inbox: str) -> Applied | Exception:
+        try:
+            return await self.apply_confirmed(event, inbox)
+        except Exception as failure:  # its own failure, retried by the pipeline
+            return failure
 
     async def _seen(self, scope: str, key: str) -> bool:
         async with self._unit(transaction=False) as unit:

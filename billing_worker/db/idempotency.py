@@ -95,6 +95,18 @@ class SqlIdempotency:
             json.dumps(reply, separators=(",", ":")),
         )
 
+    async def seen_many(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the (scope, key) pairs have a record, in one round trip."""
+        if not keys:
+            return set()
+        rows = await self._db.fetch(
+            "SELECT r.scope, r.key FROM unnest($1::text[], $2::text[]) AS w(scope, key) "
+            "JOIN idempotency_records r ON r.scope = w.scope AND r.key = w.key",
+            [scope for scope, _ in keys],
+            [key for _, key in keys],
+        )
+        return {(row["scope"], row["key"]) for row in rows}
+
     async def claim(self, scope: str, key: str) -> bool:
         """Claim a key with no reply (inbox use); False when it was claimed before."""
         claimed = await self._db.fetchval(

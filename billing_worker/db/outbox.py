@@ -8,7 +8,7 @@ worker replicas share the work without sending one row twice at the same time.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,16 +89,28 @@ async def insert_with_record(
     await connection.execute(_INSERT_WITH_RECORD, *_columns(messages), *record)
 
 
-async def lock_batch(connection: asyncpg.Connection, limit: int) -> list[PendingMessage]:
-    """Lock the oldest unpublished rows no other publisher holds (call inside a transaction)."""
+async def lock_batch(
+    connection: asyncpg.Connection,
+    limit: int,
+    *,
+    older_than: float = 0.0,
+    skip: Collection[UUID] = (),
+) -> list[PendingMessage]:
+    """Lock the oldest unpublished rows no other publisher holds (call inside a
+    transaction): written at least `older_than` seconds ago, and not in `skip`."""
     rows = await connection.fetch(
         """
         SELECT id, event_id, exchange, routing_key, type, payload::text AS body, headers,
                created_at
-        FROM outbox WHERE published_at IS NULL
+        FROM outbox
+        WHERE published_at IS NULL
+          AND created_at <= clock_timestamp() - make_interval(secs => $2)
+          AND NOT (event_id = ANY($3::uuid[]))
         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
         """,
         limit,
+        older_than,
+        list(skip),
     )
     return [
         PendingMessage(
@@ -118,6 +130,15 @@ async def mark_published(connection: asyncpg.Connection, ids: Sequence[int]) -> 
         "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1 "
         "WHERE id = ANY($1::bigint[])",
         list(ids),
+    )
+
+
+async def mark_published_events(connection: asyncpg.Connection, event_ids: Sequence[UUID]) -> None:
+    """Mark rows published by their event ids (published inline, right after the commit)."""
+    await connection.execute(
+        "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1 "
+        "WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL",
+        list(event_ids),
     )
 
 

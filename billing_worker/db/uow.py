@@ -102,6 +102,14 @@ class UnitOfWork:
         self.coupons = SqlCoupons(connection)
         self.clock = clock
         self._outbox: list[outbox.OutboxMessage] = []
+        self.flushed: list[outbox.OutboxMessage] = []  # written: published once committed
+
+    def _written(self) -> int:
+        """The collected rows are in the statement just sent: remember, clear, count."""
+        count = len(self._outbox)
+        self.flushed += self._outbox
+        self._outbox = []
+        return count
 
     def emit(self, event: DomainEvent) -> None:
         self.emitted.append(event)
@@ -115,32 +123,26 @@ class UnitOfWork:
     ) -> int:
         """The outbox rows and the command's idempotency record, in one round trip."""
         await self.wallet.flush_deferred()
-        count = len(self._outbox)
         reply_json = json.dumps(reply, separators=(",", ":"))
         await outbox.insert_with_record(
             self.connection, self._outbox, (scope, key, request_hash, reply_json)
         )
-        self._outbox.clear()
-        return count
+        return self._written()
 
     async def flush_with_records(self, records: list[tuple[str, str, str, dict[str, Any]]]) -> int:
         """Deferred transactions, then the outbox rows and every command's record."""
         await self.wallet.flush_deferred()
-        count = len(self._outbox)
         await outbox.insert_with_records(
             self.connection,
             self._outbox,
             [(s, k, h, json.dumps(r, separators=(",", ":"))) for s, k, h, r in records],
         )
-        self._outbox.clear()
-        return count
+        return self._written()
 
     async def flush(self) -> int:
         await self.wallet.flush_deferred()
-        count = len(self._outbox)
         await outbox.insert(self.connection, self._outbox)
-        self._outbox.clear()
-        return count
+        return self._written()
 
 
 @asynccontextmanager

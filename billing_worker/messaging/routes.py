@@ -28,6 +28,7 @@ from billing_worker.handlers import payment_methods as method_handlers
 from billing_worker.handlers import refunds as refund_handlers
 from billing_worker.handlers import subscriptions as subscription_handlers
 from billing_worker.handlers import wallet as wallet_handlers
+from billing_worker.handlers.provider_events import Applied
 from billing_worker.messaging.coalescer import Coalescer
 from billing_worker.messaging.parsing import MAX_BODY_BYTES, InvalidMessage, contract_parser
 from billing_worker.messaging.pipeline import Route, Sent
@@ -167,7 +168,10 @@ def event_type_label(provider: str, event_type: str) -> str:
 
 
 def provider_events_route(
-    service: BillingService, gateways: Gateways, metrics: Metrics | None = None
+    service: BillingService,
+    gateways: Gateways,
+    metrics: Metrics | None = None,
+    max_batch: int = 1,
 ) -> Route:
     """Callbacks from the relay (or the sandbox): raw body + `x-provider` header."""
 
@@ -194,8 +198,15 @@ def provider_events_route(
         except (ValueError, RecursionError) as malformed:  # json.loads: too deeply nested
             raise InvalidMessage(str(malformed)) from None
 
+    # Callbacks that arrive while a batch is being applied go together into the next one
+    # (`BillingService.provider_events`): each keeps its own outcome.
+    coalescer: Coalescer[Any, Applied] = Coalescer(service.provider_events, max_batch)
+
     async def handle(event: Any) -> None:
-        outcome = await service.provider_event(event)
+        if max_batch > 1:
+            outcome = await coalescer.submit(event)
+        else:
+            outcome = await service.provider_event(event)
         if metrics:  # unknown event types are acknowledged and counted here
             kind = event_type_label(event.provider, event.event_type)
             metrics.provider_events.labels(event.provider, kind, outcome.value).inc()
@@ -204,7 +215,8 @@ def provider_events_route(
         "Provider callbacks from the relay (raw body, headers x-provider and "
         "x-provider-signature); each is a claim the worker confirms at the provider"
     )
-    return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle, ProviderCallback, None, purpose)
+    return Route(names.PROVIDER_EVENTS_QUEUE, parse, handle, ProviderCallback, None, purpose,
+                 coalescer=coalescer if max_batch > 1 else None)  # fmt: skip
 
 
 class ProviderCallback(BaseModel):
@@ -229,5 +241,5 @@ def all_routes(
         credit_route(service),
         *(query_route(queue, service) for queue in QUERIES),
         order_created_route(service),
-        provider_events_route(service, gateways, metrics),
+        provider_events_route(service, gateways, metrics, max_batch),
     ]
