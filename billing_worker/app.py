@@ -26,7 +26,7 @@ from billing_worker.jobs.renewals import Renewals
 from billing_worker.jobs.retention import Retention
 from billing_worker.messaging import topology as topo
 from billing_worker.messaging.outbox_publisher import OutboxPublisher
-from billing_worker.messaging.pipeline import Pipeline
+from billing_worker.messaging.pipeline import Pipeline, Route
 from billing_worker.messaging.routes import all_routes
 from billing_worker.metrics import Metrics, faststream_metrics
 from billing_worker.observability import InternalServer, internal_app
@@ -61,6 +61,7 @@ class Worker:
     watchdog: Watchdog
     hold_expiry: HoldExpiry
     invoice_overdue: InvoiceOverdue
+    routes: list[Route]
 
 
 def build_gateways(settings: Settings) -> Gateways:
@@ -284,7 +285,7 @@ def build_worker(
         after_shutdown=[after_shutdown],
     )
     return Worker(app, broker, engine, service, publisher, reconciler, renewals, settings, metrics,
-                  retention, watchdog, hold_expiry, invoice_overdue)  # fmt: skip
+                  retention, watchdog, hold_expiry, invoice_overdue, routes)  # fmt: skip
 
 
 def restarter(start: Callable[[], None]) -> Callable[[], Awaitable[None]]:

@@ -45,7 +45,10 @@ from billing_worker.handlers.provider_events import Applied, apply_provider_even
 from billing_worker.replies import Reply, ok, refusal_reply, request_hash
 from billing_worker.units import OnCommit, Unit, open_unit
 
-__all__ = ["BatchHandler", "BillingService", "Handler", "Reply"]
+__all__ = ["BatchHandler", "BillingService", "Handler", "QueryBatchHandler", "Reply"]
+
+# Many queries of one kind -> each one's result, in order (one round trip).
+QueryBatchHandler = Callable[[list[Any], UnitOfWork, Deps], Awaitable[Sequence[BaseModel]]]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,18 @@ class BillingService:
                 except Exception as failure:  # its own failure, retried by the pipeline
                     results.append(failure)
             return results
+
+    async def query_batch(
+        self, queries: Sequence[BaseModel], batch_handler: QueryBatchHandler
+    ) -> list[Reply | Exception]:
+        """Several queries of one kind on one connection, answered in one round trip
+        (coalescing); a failure is every query's, each retried by the pipeline."""
+        async with self._unit(transaction=False) as unit:
+            try:
+                results = await batch_handler(list(queries), unit.uow, self.deps)
+            except Exception as failure:
+                return [failure for _ in queries]
+        return [ok(result) for result in results]
 
     async def query(self, query: C, handler: Handler[C]) -> Reply:
         async with self._unit(transaction=False) as unit:

@@ -3,6 +3,7 @@ one conditional statement (the statements are in `db/holds_sql.py`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -93,6 +94,18 @@ class SqlHolds:
         if holds:
             await self._db.fetch(sql.LOCK_ACCOUNTS, sorted({h.account_id for h in holds}))
         return holds
+
+    async def balances_many(
+        self, wanted: Sequence[tuple[str, str | None]]
+    ) -> list[list[tuple[str, int, int]]]:
+        """`balances` of many (user, currency or None), in one round trip, in order."""
+        found: list[list[tuple[str, int, int]]] = [[] for _ in wanted]
+        rows = await self._db.fetch(
+            sql.BALANCES_MANY, [user for user, _ in wanted], [currency for _, currency in wanted]
+        )
+        for row in rows:
+            found[row["n"] - 1].append((row["currency"], row["balance_minor"], row["held_minor"]))
+        return found
 
     async def balances(
         self, user_id: str, currency: str | None = None

@@ -85,6 +85,15 @@ FOR UPDATE SKIP LOCKED
 # The accounts of a batch of holds, locked in one order (no deadlock between replicas).
 LOCK_ACCOUNTS = "SELECT id FROM virtual_accounts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 
+# The same for many (user, currency or NULL) at once: the rows of request n have n.
+BALANCES_MANY = """
+SELECT q.n, a.currency, a.balance_minor, a.held_minor
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(user_id, currency, n)
+JOIN virtual_accounts AS a
+  ON a.user_id = q.user_id AND (q.currency IS NULL OR a.currency = q.currency)
+ORDER BY q.n, a.currency
+"""
+
 BALANCES = (
     "SELECT currency, balance_minor, held_minor FROM virtual_accounts "
     "WHERE user_id = $1 AND ($2::text IS NULL OR currency = $2) ORDER BY currency"

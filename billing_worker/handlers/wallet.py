@@ -249,7 +249,18 @@ async def refusal(
 
 async def get_balance(query: GetBalance, uow: UnitOfWork, deps: Deps) -> BalanceResult:
     """Each account's balance and what is available of it (the balance less open holds)."""
-    accounts = await uow.holds.balances(query.user_id, query.currency)
+    return _balance(query, await uow.holds.balances(query.user_id, query.currency))
+
+
+async def get_balances(
+    queries: Sequence[GetBalance], uow: UnitOfWork, deps: Deps
+) -> list[BalanceResult]:
+    """`get_balance` of many queries in one round trip (coalesced), in order."""
+    found = await uow.holds.balances_many([(q.user_id, q.currency) for q in queries])
+    return [_balance(query, accounts) for query, accounts in zip(queries, found, strict=True)]
+
+
+def _balance(query: GetBalance, accounts: list[tuple[str, int, int]]) -> BalanceResult:
     return BalanceResult(
         user_id=query.user_id,
         accounts=[

@@ -36,6 +36,7 @@ from billing_contracts.envelope import ErrorCode
 from billing_worker.access import DEFAULT_LOGIN, Access
 from billing_worker.domain.errors import TransientError, Unprocessable
 from billing_worker.messaging import nestjs
+from billing_worker.messaging.acks import Acks
 from billing_worker.messaging.parsing import (
     MAX_BODY_BYTES,
     InvalidMessage,
@@ -99,6 +100,7 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         # The worker's own broker user: every message it publishes carries it as user_id.
         self.access = access or Access(DEFAULT_LOGIN)
+        self.acks = Acks()  # batched per channel: few basic.ack frames (messaging/acks.py)
 
     def consumer(self, route: Route) -> Callable[[RabbitMessage], Awaitable[None]]:
         """The subscriber function. FastStream hands it the raw message (the broker runs
@@ -138,7 +140,7 @@ class Pipeline:
             log.warning("forbidden message on %s: %s", route.queue, refusal)
             await self.reply(raw, error(ErrorCode.FORBIDDEN, refusal, {}), packet)
             await self.dead_letter(raw, route.queue, f"forbidden: {refusal}")
-            await message.ack()
+            await self.acks.ack(raw)
             return "forbidden"
         try:
             payload = parse_payload(route.parse, route.patterns, raw, packet)
@@ -157,7 +159,7 @@ class Pipeline:
             return await self.failed(route, message, attempt, failure, packet)
         if reply is not None:
             await self.reply(raw, reply, packet)
-        await message.ack()
+        await self.acks.ack(message.raw_message)
         return "ok" if reply is None or reply.get("ok") else "refused"
 
     async def refuse(
@@ -176,7 +178,7 @@ class Pipeline:
             packet,
         )
         await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
-        await message.ack()
+        await self.acks.ack(message.raw_message)
         return "invalid"
 
     async def failed(
@@ -222,7 +224,7 @@ class Pipeline:
                 extra_headers={names.ATTEMPTS_HEADER: attempt + 1, names.REASON_HEADER: reason},
             )
             outcome = "retried"
-        await message.ack()
+        await self.acks.ack(message.raw_message)
         return outcome
 
     async def reply(

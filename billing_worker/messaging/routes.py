@@ -39,7 +39,7 @@ from billing_worker.providers import yookassa as yookassa_provider
 from billing_worker.providers.base import Forged, Gateways, UnknownProvider
 from billing_worker.providers.stripe import webhook as stripe_webhooks
 from billing_worker.providers.yookassa import webhook as yookassa_webhooks
-from billing_worker.service import BatchHandler, BillingService, Handler
+from billing_worker.service import BatchHandler, BillingService, Handler, QueryBatchHandler
 
 # Queue -> handler; the models come from the contracts' catalogue. Each command and query
 # also takes NestJS packets whose pattern is its queue's name (messaging/nestjs.py).
@@ -131,14 +131,32 @@ def credit_route(service: BillingService) -> Route:
                  with_sender=True)  # fmt: skip
 
 
-def query_route(queue: str, service: BillingService) -> Route:
+# Queries with a batch handler: answered together, one round trip for the lot.
+COALESCED_QUERIES: Mapping[str, QueryBatchHandler] = {
+    names.WALLET_BALANCE: wallet_handlers.get_balances,
+}
+
+
+def query_route(queue: str, service: BillingService, max_batch: int = 1) -> Route:
     entry, handler = BY_QUEUE[queue], QUERIES[queue]
+    batch_handler = COALESCED_QUERIES.get(queue)
+
+    async def run_batch(queries: list[Any]) -> list[dict[str, Any] | Exception]:
+        if len(queries) == 1 or batch_handler is None:
+            return [await service.query(query, handler) for query in queries]
+        return await service.query_batch(queries, batch_handler)
+
+    coalescer = Coalescer(run_batch, max_batch)
+    coalesced = batch_handler is not None and max_batch > 1
 
     async def handle(query: Any) -> dict[str, Any]:
+        if coalesced:
+            return await coalescer.submit(query)
         return await service.query(query, handler)
 
     return Route(queue, contract_parser(entry.request), handle, entry.request,
-                 reply_type(entry), entry.purpose, frozenset({queue}))  # fmt: skip
+                 reply_type(entry), entry.purpose, frozenset({queue}),
+                 coalescer if coalesced else None)  # fmt: skip
 
 
 def order_created_route(service: BillingService) -> Route:
@@ -239,7 +257,7 @@ def all_routes(
     return [
         *(command_route(queue, service, max_batch) for queue in COMMANDS),
         credit_route(service),
-        *(query_route(queue, service) for queue in QUERIES),
+        *(query_route(queue, service, max_batch) for queue in QUERIES),
         order_created_route(service),
         provider_events_route(service, gateways, metrics, max_batch),
     ]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from billing_worker.app import Worker
 from support.rpc import Bus
 
 pytestmark = pytest.mark.integration
@@ -298,3 +299,31 @@ async def test_balances_are_kept_per_currency(bus: Bus) -> None:
             },
         ],
     }
+
+
+async def test_concurrent_balance_queries_each_get_their_own_users_accounts(
+    bus: Bus, worker: Worker
+) -> None:
+    """Balance queries answered together (coalesced, one round trip) keep each query's
+    user, currency filter and accounts apart."""
+    users = [new_user() for _ in range(6)]
+    for n, user in enumerate(users):
+        await fund(bus, user, f"{n + 1}.00", "USD")
+        if n % 2:
+            await fund(bus, user, f"{n + 1}00", "JPY")
+    route = next(r for r in worker.routes if r.queue == BALANCE)
+    batches = route.coalescer.batches
+    asks = [(user, currency) for user in users for currency in ("USD", "JPY", None)] * 4
+    replies = await asyncio.gather(
+        *(bus.call(BALANCE, {"user_id": u} | ({"currency": c} if c else {})) for u, c in asks)
+    )
+    for (user, currency), reply in zip(asks, replies, strict=True):
+        n = users.index(user)
+        expected = {"USD": f"{n + 1}.00"} | ({"JPY": f"{n + 1}00"} if n % 2 else {})
+        if currency is not None:
+            expected = {k: v for k, v in expected.items() if k == currency}
+        assert reply["ok"], reply
+        assert reply["data"]["user_id"] == user
+        got = {a["currency"]: a["balance"]["amount"] for a in reply["data"]["accounts"]}
+        assert got == expected, (user, currency, reply)
+    assert route.coalescer.batches - batches < len(asks), "no two queries were answered together"
