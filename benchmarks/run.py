@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a file: benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import env as services
-from benchmarks import targets
+from benchmarks import profile, targets
 from benchmarks.scenario import Options, Scenario, run_once
 from benchmarks.stats import summarize, table
 
@@ -132,6 +132,9 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
      "seconds the worker's outbox may take to publish everything after the last reply"),
     ("--json", Path, None,
      "where to write the JSON report (default benchmarks/results/<UTC timestamp>.json)"),
+    ("--profile", bool, False,
+     "record the worker with py-spy over each worker run's window and print where its "
+     "CPU goes, by package (benchmarks/profile.py; needs ptrace rights)"),
     ("--keep-failed", bool, False,
      "keep the database and vhost of a run that failed its check, for inspection"),
     ("--smoke", bool, False, "1 pair, 2 s per run, no warm-up, 300 messages: proves that "
@@ -240,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(table(summary) if summary else "no run passed its check: nothing to report")
     print("\n" + targets.table(evaluated))
+    profiled = [r for r in results if r.get("profile")]
+    if profiled:
+        print("\nwhere the worker's CPU goes (py-spy, share of busy samples by package):")
+        for r in profiled:
+            print(f"  {r['scenario']} (pair {r['pair']}): {profile.line(r['profile'])}")
     print(f"\nJSON: {path}")
     if failures:
         print(

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks import env as services
+from benchmarks import profile
 from benchmarks.check import WORK_QUEUES, check
 from benchmarks.load import Load, completions_in
 from benchmarks.plan import Plan
@@ -55,6 +56,7 @@ class Options:
     tail_timeout: float = 120.0
     settle: float = 10.0
     keep_failed: bool = False
+    profile: bool = False  # py-spy the worker's window (benchmarks/profile.py)
 
 
 async def _wait(event: asyncio.Event, patience: float, consumer: Consumer, what: str) -> None:
@@ -125,6 +127,9 @@ async def _drive(
 ) -> list[str]:  # fmt: skip
     consumer = await _start(side, scenario, run_env, o)
     problems: list[str] = []
+    profiling = None
+    if o.profile and side == "worker":
+        profiling = asyncio.create_task(_profile(load, consumer, run_env, o))
     try:
         meter = CpuMeter(consumer, db)
         if scenario.rpc_concurrency:
@@ -138,11 +143,26 @@ async def _drive(
         await load.wait_all(o.tail_timeout)
         if side == "worker":
             await _settle_outbox(db, o.settle)
+        if profiling is not None:
+            result["profile"] = await profiling
     except (TimeoutError, RuntimeError) as failure:
         problems.append(str(failure))
     finally:
+        if profiling is not None and not profiling.done():
+            profiling.cancel()
         problems += await consumer.stop()
     return problems
+
+
+async def _profile(
+    load: Load, consumer: Consumer, run_env: services.RunEnv, o: Options
+) -> dict[str, Any]:
+    """py-spy on the (first) worker process over the window: from the first completion
+    + warm-up (or, closed-loop, from the start + warm-up) for `seconds`."""
+    await load.first_done.wait()
+    await asyncio.sleep(o.warmup)
+    out = o.logs / f"{run_env.name}-profile.txt"
+    return await profile.record(consumer.pids[0], o.seconds, out)
 
 
 async def run_once(

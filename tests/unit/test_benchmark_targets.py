@@ -210,3 +210,20 @@ def test_the_summary_compares_the_worker_with_each_floor_of_its_own_pair() -> No
     assert any(line.split()[:2] == ["drain", "batched"] for line in printed.splitlines())
     assert statuses(summary)["drain vs batched floor"] == NOT_MET  # 0.625 < 0.7
     assert statuses(summary)["drain vs floor"] == MET  # 2.0 >= 2
+
+
+def test_the_profile_counts_samples_by_the_package_of_the_running_frame() -> None:
+    from benchmarks.profile import by_package, line
+
+    raw = "\n".join([
+        "main (/x/bin/billing-worker:1);run (/usr/lib/python3.11/asyncio/base_events.py:9);"
+        "write (/usr/lib/python3.11/asyncio/selector_events.py:1057) 30",
+        "main (/x/bin/billing-worker:1);fetch (/v/lib/python3.11/site-packages/asyncpg/"
+        "connection.py:775) 50",
+        "main (/x/bin/billing-worker:1);consume (/w/billing_worker/messaging/pipeline.py:1) 20",
+    ])  # fmt: skip
+    profile = by_package(raw)
+    assert profile == {"samples": 100, "by_package_pct": {"asyncpg": 50.0, "asyncio": 30.0,
+                                                          "billing_worker": 20.0}}  # fmt: skip
+    assert line(profile) == "asyncpg 50.0 %, asyncio 30.0 %, billing_worker 20.0 %"
+    assert by_package("") == {"samples": 0, "by_package_pct": {}}
