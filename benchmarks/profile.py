@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import sys
 from collections import Counter
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 RATE = 100  # samples per second
+_LIBRARY = re.compile(r"^.*/(?:site-packages|lib/python3\.\d+)/")
 
 
 def py_spy() -> str | None:
@@ -32,17 +34,14 @@ def py_spy() -> str | None:
 
 
 def package_of(frame: str) -> str:
-    """`func (/path/to/site-packages/asyncpg/connection.py:12)` -> `asyncpg`."""
+    """`func (asyncpg/connection.py:12)` -> `asyncpg`. py-spy writes a file's path
+    relative to its `sys.path` entry; a full path is cut at site-packages or the
+    standard library's directory the same way."""
     path = frame[frame.rfind("(") + 1 :].rsplit(":", 1)[0]
-    if "site-packages/" in path:
-        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
-    for marker in ("/billing_worker/", "/billing_contracts/"):
-        if marker in path:
-            return marker.strip("/")
-    if "/lib/python3" in path:  # the standard library: its module or package
-        rest = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
-        return rest.split("/", 1)[0].removesuffix(".py")
-    return path or frame or "(native)"
+    path = _LIBRARY.sub("", path)
+    if path.startswith("/"):  # a file outside sys.path: named by its directory
+        path = path.rsplit("/", 2)[-2] if path.count("/") > 1 else path
+    return path.split("/", 1)[0].removesuffix(".py") or "(native)"
 
 
 def by_package(raw: str, top: int = 12) -> dict[str, Any]:

@@ -39,8 +39,12 @@ class _ChannelAcks:
         self.frames = 0  # basic.ack frames sent (for tests and curiosity)
         self.acked = 0  # deliveries acknowledged
         self._flushing: set[asyncio.Task[None]] = set()
+        self._sending = asyncio.Lock()
 
-    def add(self, tag: int) -> asyncio.Future[None]:
+    def add(self, tag: int) -> asyncio.Future[None] | None:
+        """Queue the ack of `tag`; None when it is acknowledged already (asked twice)."""
+        if tag <= self.watermark or tag in self.alone or tag in self.done:
+            return None
         self.done.add(tag)
         if self.pending is None:
             loop = asyncio.get_running_loop()
@@ -73,8 +77,16 @@ class _ChannelAcks:
         return frames
 
     async def flush(self) -> None:
-        future, self.pending = self.pending, None
-        assert future is not None
+        # One flush at a time, each planning only once the one before has sent its
+        # frames: a `multiple` frame must never overtake a lone ack of a tag it covers
+        # (that tag would then be acknowledged twice: a channel error).
+        async with self._sending:
+            future, self.pending = self.pending, None
+            if future is None:  # an earlier flush took these acks along
+                return
+            await self._send(future)
+
+    async def _send(self, future: asyncio.Future[None]) -> None:
         try:
             for tag, multiple in self._plan():
                 await self.channel.basic_ack(delivery_tag=tag, multiple=multiple)
@@ -106,5 +118,8 @@ class Acks:
         if tag is None:  # no_ack consumers have nothing to acknowledge
             return
         state = self.of(message.channel)
+        queued = state.add(tag)
+        if queued is None:  # as `message.ack()` of FastStream: a second ack does nothing
+            return
         state.acked += 1
-        await asyncio.shield(state.add(tag))
+        await asyncio.shield(queued)

@@ -90,3 +90,54 @@ async def test_a_message_without_a_delivery_tag_sends_nothing() -> None:
     channel, acks = FakeChannel(), Acks()
     await acks.ack(FakeMessage(channel, None))  # type: ignore[arg-type]
     assert channel.frames == []
+
+
+@dataclass(eq=False)
+class SlowChannel(FakeChannel):
+    """A channel whose first frame waits until released while later ones go straight
+    through: aiormq's write queue was full for the first, and a slot had freed when the
+    next came (asyncio.Queue lets a new put() past a putter that was woken but has not
+    run yet)."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: int = 0
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        await super().basic_ack(delivery_tag, multiple)
+
+
+def acknowledged_twice(frames: list[tuple[int, bool]]) -> list[int]:
+    """Tags a frame acknowledged that an earlier frame had acknowledged already (what
+    RabbitMQ refuses with PRECONDITION_FAILED - unknown delivery tag)."""
+    seen: set[int] = set()
+    twice = []
+    for tag, multiple in frames:
+        if tag in seen:
+            twice.append(tag)
+        seen |= set(range(1, tag + 1)) if multiple else {tag}
+    return twice
+
+
+async def test_a_multiple_frame_never_overtakes_a_lone_ack_still_being_sent() -> None:
+    channel, acks = SlowChannel(), Acks()
+    first = asyncio.ensure_future(ack_all(acks, channel, [2]))  # alone: 1 in progress
+    await asyncio.sleep(0.01)  # its frame is stuck in the channel
+    later = asyncio.ensure_future(ack_all(acks, channel, [1, 3]))  # would cover 2 as well
+    await asyncio.sleep(0.01)
+    channel.gate.set()
+    await asyncio.gather(first, later)
+    assert acknowledged_twice(channel.frames) == [], channel.frames
+    assert channel.acknowledged(3) == {1, 2, 3}
+
+
+async def test_a_second_ack_of_a_message_sends_nothing() -> None:
+    channel, acks = FakeChannel(), Acks()
+    await ack_all(acks, channel, [1, 2])
+    await ack_all(acks, channel, [2])
+    await ack_all(acks, channel, [4])
+    await ack_all(acks, channel, [4])
+    assert acknowledged_twice(channel.frames) == []
+    assert channel.frames == [(2, True), (4, False)]

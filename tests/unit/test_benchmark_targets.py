@@ -220,7 +220,7 @@ def test_the_profile_counts_samples_by_the_package_of_the_running_frame() -> Non
         "write (/usr/lib/python3.11/asyncio/selector_events.py:1057) 30",
         "main (/x/bin/billing-worker:1);fetch (/v/lib/python3.11/site-packages/asyncpg/"
         "connection.py:775) 50",
-        "main (/x/bin/billing-worker:1);consume (/w/billing_worker/messaging/pipeline.py:1) 20",
+        "main (/x/bin/billing-worker:1);consume (billing_worker/messaging/pipeline.py:1) 20",
     ])  # fmt: skip
     profile = by_package(raw)
     assert profile == {"samples": 100, "by_package_pct": {"asyncpg": 50.0, "asyncio": 30.0,
