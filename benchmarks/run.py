@@ -49,10 +49,12 @@ if __package__ in (None, ""):  # run as a file: benchmarks/run.py
 from benchmarks import env as services
 from benchmarks import profile, targets
 from benchmarks.scenario import Options, Scenario, run_once
-from benchmarks.stats import summarize, table
+from benchmarks.stats import SPECIAL, special_summary, special_table, summarize, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL_SCENARIOS = ("drain", "hot", "rpc", "workers")
+ALL_SCENARIOS = ("drain", "hot", "rpc", "workers", "mixed", "rss")
+# The smoke run's default: the long and separately tested ones (mixed, rss) are left out.
+SMOKE_SCENARIOS = ("drain", "hot", "rpc", "workers")
 BATCHED_GUESS = 2.5  # the batched floor's first pre-fill: this many times the floor's rate
 
 
@@ -119,6 +121,7 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
      f"comma-separated subset of {','.join(ALL_SCENARIOS)}"),
     ("--rpc-concurrency", _csv(int), [1, 64],
      "closed-loop clients of the rpc scenarios, comma-separated: one scenario each"),
+    ("--rss-minutes", float, 5.0, "minutes of the rss scenario's drain (one run, pair 1)"),
     ("--worker-processes", int, 2, "worker processes of the workers scenario"),
     ("--floor-prefetch", int, 16, "the floor's prefetch per queue"),
     ("--floor-pool", int, 16, "the floor's PostgreSQL connections"),
@@ -175,6 +178,16 @@ def _line(result: dict[str, Any]) -> str:
     if not result["ok"]:
         first, more = result["problems"][0], len(result["problems"]) - 1
         return f"  FAILED: {first}" + (f" (+{more} more problems, listed below)" if more else "")
+    if result["scenario"] == "rss":
+        growth = result["rss_growth_mb_last_3_min"]
+        return (f"  {result['msgs_per_s']} msgs/s, RSS max {result['rss_mb_max']} MB, growth "
+                f"{growth} MB over the last 3 minutes: check ok")  # fmt: skip
+    if result["scenario"] == "mixed":
+        queries = result.get("query_p99_ms") or {}
+        worst = max(queries.values(), default=None)
+        return (f"  {result['msgs_per_s']} msgs/s, withdraws {result['withdraw_msgs_per_s']} "
+                f"msgs/s" + (f", worst query p99 {worst} ms" if worst is not None else "")
+                + ": check ok")  # fmt: skip
     return (
         f"  {result['msgs_per_s']} msgs/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
         f"consumer CPU {result['cpu_s']['consumer']} s, "
@@ -182,11 +195,44 @@ def _line(result: dict[str, Any]) -> str:
     )
 
 
+async def special(
+    name: str, pair: int, database: str, args: argparse.Namespace, options: Options,
+    last: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The mixed scenario (floor, then worker) or the rss run of one pair."""
+    from benchmarks import mixed, rss
+
+    if name == "rss":
+        return [await rss.run_rss(pair, f"{database}_r", options, minutes=args.rss_minutes)]
+    runs = []
+    for side in ("floor", "worker"):
+        messages = args.messages or mixed.messages_for(
+            side, args.warmup + args.seconds, last.get(side)
+        )
+        run = await mixed.run_mixed(side, pair, f"{database}_{side[0]}", options,
+                                    messages=messages)  # fmt: skip
+        last[side] = run
+        runs.append(run)
+        if not run["ok"]:
+            break
+    return runs
+
+
 async def benchmark(args: argparse.Namespace, run_id: str, logs: Path) -> list[dict[str, Any]]:
     options = options_from(args, logs)
     results: list[dict[str, Any]] = []
     rates: dict[tuple[str, str], float] = {}
+    last_mixed: dict[str, dict[str, Any]] = {}
     for pair in range(1, args.pairs + 1):
+        for name in [n for n in args.scenarios if n in ("mixed", "rss")]:
+            if name == "rss" and pair > 1:  # one long run says what it has to say
+                continue
+            for result in await special(name, pair, f"bench_{run_id}_{len(results) + 1}",
+                                        args, options, last_mixed):  # fmt: skip
+                results.append(result)
+                print(_line(result), file=sys.stderr, flush=True)
+                if not result["ok"]:
+                    return results
         for scenario in scenarios(args.scenarios, args.rpc_concurrency, args.worker_processes):
             for side in scenario.sides:
                 guess = (
@@ -213,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.pairs, args.seconds, args.warmup = 1, 2.0, 0.0
         args.messages = args.messages or 300
+        if args.scenarios == list(ALL_SCENARIOS):
+            args.scenarios = list(SMOKE_SCENARIOS)
     started = datetime.now(UTC)
     run_id = started.strftime("%m%d%H%M%S") + uuid.uuid4().hex[:4]
     path = args.json or RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -229,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     failures = [f"{r['scenario']}/{r['side']} (pair {r['pair']}): {p}"
                 for r in results for p in r["problems"]]  # fmt: skip
-    summary = summarize(results)
+    summary = summarize([r for r in results if r["scenario"] not in SPECIAL])
+    summary.update(special_summary(results))
     evaluated = targets.evaluate(summary)  # reported only: a missed target fails nothing
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {
@@ -241,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(table(summary) if summary else "no run passed its check: nothing to report")
+    if any(name not in SPECIAL for name in summary):
+        print(table(summary))
+    elif not summary:
+        print("no run passed its check: nothing to report")
+    if special := special_table(summary):
+        print("\n" + special)
     print("\n" + targets.table(evaluated))
     profiled = [r for r in results if r.get("profile")]
     if profiled:

@@ -116,6 +116,8 @@ def table(summary: dict[str, Any]) -> str:
     """The medians as an aligned text table, then the ratios with their spread."""
     rows: list[tuple[str, ...]] = [HEADER]
     for scenario, entry in summary.items():
+        if scenario in SPECIAL:  # special_table prints those
+            continue
         for side in SIDES:
             if side in entry:
                 s = entry[side]
@@ -133,6 +135,8 @@ def table(summary: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
     for scenario, entry in summary.items():
+        if scenario in SPECIAL:
+            continue
         for key, label in RATIOS:
             ratio = entry.get(key)
             if ratio:
@@ -141,4 +145,73 @@ def table(summary: dict[str, Any]) -> str:
                     f"(min {ratio['min']:.3f} - max {ratio['max']:.3f} over "
                     f"{len(ratio['pairs'])} pair(s))"
                 )
+    return "\n".join(lines)
+
+
+SPECIAL = ("mixed", "rss")  # scenarios with figures of their own (benchmarks/mixed.py, rss.py)
+
+
+def special_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mixed scenario's and the rss run's medians over pairs, as the targets read them.
+
+    mixed: each side's withdraws/s (the worker's while it does the whole mix), the
+    worker's total msgs/s and its p99 per query kind at half saturation, and the worker
+    over the floor on withdraws, pair by pair. rss: the worker's RSS, max and growth.
+    """
+    ok = [r for r in runs if r["ok"]]
+    summary: dict[str, Any] = {}
+    mixed = {side: [r for r in ok if r["scenario"] == "mixed" and r["side"] == side]
+             for side in ("floor", "worker")}  # fmt: skip
+    if any(mixed.values()):
+        entry: dict[str, Any] = {}
+        for side, mine in mixed.items():
+            if mine:
+                entry[side] = {"runs": len(mine),
+                               "msgs_per_s": _median([r["msgs_per_s"] for r in mine]),
+                               "withdraw_msgs_per_s": _median(
+                                   [r["withdraw_msgs_per_s"] for r in mine])}  # fmt: skip
+        if mixed["worker"]:
+            kinds = {k for r in mixed["worker"] for k in (r.get("query_p99_ms") or {})}
+            entry["worker"]["query_p99_ms"] = {
+                k: _median([(r.get("query_p99_ms") or {}).get(k) for r in mixed["worker"]])
+                for k in sorted(kinds)
+            }
+        if mixed["floor"] and mixed["worker"]:
+            entry["ratio_withdraws_worker_over_floor"] = _ratio(
+                {r["pair"]: r["withdraw_msgs_per_s"] for r in mixed["worker"]},
+                {r["pair"]: r["withdraw_msgs_per_s"] for r in mixed["floor"]},
+            )
+        summary["mixed"] = entry
+    rss = [r for r in ok if r["scenario"] == "rss"]
+    if rss:
+        summary["rss"] = {"worker": {
+            "runs": len(rss), "msgs_per_s": _median([r["msgs_per_s"] for r in rss]),
+            "rss_mb_max": _median([r["rss_mb_max"] for r in rss]),
+            # Growth over a shorter run than 3 minutes is no reading of the target's.
+            "rss_growth_mb_last_3_min": _median([r["rss_growth_mb_last_3_min"] for r in rss
+                                                 if (r.get("rss_growth_span_s") or 0) >= 179]),
+        }}  # fmt: skip
+    return summary
+
+
+def special_table(summary: dict[str, Any]) -> str:
+    """The lines of the mixed scenario and the rss run, for the printed report."""
+    lines = []
+    mixed = summary.get("mixed", {})
+    for side in ("floor", "worker"):
+        if side in mixed:
+            s = mixed[side]
+            lines.append(f"mixed, {side}: {_fmt(s['msgs_per_s'])} msgs/s, withdraws "
+                         f"{_fmt(s['withdraw_msgs_per_s'])} msgs/s")  # fmt: skip
+    if queries := mixed.get("worker", {}).get("query_p99_ms"):
+        lines.append("mixed, worker at half saturation, p99 ms: "
+                     + ", ".join(f"{k} {_fmt(v)}" for k, v in queries.items()))  # fmt: skip
+    if ratio := mixed.get("ratio_withdraws_worker_over_floor"):
+        lines.append(f"worker/floor withdraws/s, mixed: median {ratio['median']:.3f} "
+                     f"(min {ratio['min']:.3f} - max {ratio['max']:.3f})")  # fmt: skip
+    if "rss" in summary:
+        r = summary["rss"]["worker"]
+        growth = _fmt(r["rss_growth_mb_last_3_min"])
+        lines.append(f"rss: {_fmt(r['msgs_per_s'])} msgs/s, RSS max {_fmt(r['rss_mb_max'])} MB, "
+                     f"growth {growth} MB over the last 3 minutes")  # fmt: skip
     return "\n".join(lines)
