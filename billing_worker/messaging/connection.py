@@ -31,8 +31,6 @@ from aiormq.connection import parse_bool
 from faststream.rabbit import RabbitBroker
 from yarl import URL
 
-from billing_worker.messaging.corking import CorkedTransportFactory
-
 log = logging.getLogger(__name__)
 
 
@@ -71,8 +69,6 @@ class FailoverConnection(RobustConnection):
         # (after the first failed attempt).
         self.fail_fast_round = parse_bool(kwargs.pop("fail_fast", True))
         super().__init__(url, loop=loop, fail_fast=False, **kwargs)
-        # Frames of one loop turn leave in one send() (messaging/corking.py).
-        self.kwargs.setdefault("transport_factory", CorkedTransportFactory())
         # The first address is the one connect_robust built (with its query parameters).
         self.urls: tuple[URL, ...] = (self.url, *(URL(str(u)) for u in urls[1:]))
         self.position = 0
