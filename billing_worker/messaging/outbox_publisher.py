@@ -3,7 +3,8 @@
 Inline first: the rows a commit wrote are handed over right after it (`committed`) and
 published at once, their confirms awaited together; the confirmed ones are marked sent
 by the publishing loop, one `UPDATE` for everything confirmed since its last round. A
-row being published inline is never taken by this replica's poll.
+row is published by either the inline path or this replica's poll, never both: each
+leaves alone the rows the other holds (in memory, on the one event loop).
 
 The poll is the safety net (rows left behind by a crash, a broker outage, a refused
 publish, another replica that died): every `poll_interval` it takes the unpublished rows
@@ -56,6 +57,7 @@ class OutboxPublisher:
         self._inline = inline
         self._grace = poll_interval if grace is None else grace
         self._in_flight: set[UUID] = set()  # published inline, not marked yet
+        self._polling: set[UUID] = set()  # taken by the poll, not marked yet
         self._confirmed: list[UUID] = []  # published inline, to mark in the next round
         self._publishing: set[asyncio.Task[None]] = set()
         self._poll_now = True
@@ -72,6 +74,10 @@ class OutboxPublisher:
             return
         if not self._inline or self._task is None:  # not running: the poll catches up
             self.notify(len(messages))
+            return
+        # Rows this replica's poll took between the commit and now are the poll's.
+        messages = [m for m in messages if m.event_id not in self._polling]
+        if not messages:
             return
         self._in_flight.update(message.event_id for message in messages)
         task = asyncio.create_task(self._publish_inline(list(messages)), name="outbox-inline")
@@ -175,23 +181,32 @@ class OutboxPublisher:
                 return sent
 
     async def _publish_batch(self, grace: float) -> int:
-        async with driver_connection(self._engine) as db, db.transaction():
-            batch = await outbox.lock_batch(
-                db, self._batch_size, older_than=grace, skip=self._in_flight
-            )
-            if not batch:
-                return 0
-            # All confirms in flight at once, then one UPDATE for the batch.
-            results = await asyncio.gather(
-                *(self._send(pending.message) for pending in batch), return_exceptions=True
-            )
-            done = [
-                p.id
-                for p, r in zip(batch, results, strict=True)
-                if not isinstance(r, BaseException)
-            ]
-            await outbox.mark_published(db, done)
-            failed = [r for r in results if isinstance(r, BaseException)]
+        taken: set[UUID] = set()
+        try:
+            async with driver_connection(self._engine) as db, db.transaction():
+                locked = await outbox.lock_batch(
+                    db, self._batch_size, older_than=grace, skip=self._in_flight
+                )
+                # A row handed over inline since the SELECT is the inline publisher's;
+                # the rest are ours until marked (`committed` leaves them alone).
+                batch = [p for p in locked if p.message.event_id not in self._in_flight]
+                if not batch:
+                    return 0
+                taken = {p.message.event_id for p in batch}
+                self._polling |= taken
+                # All confirms in flight at once, then one UPDATE for the batch.
+                results = await asyncio.gather(
+                    *(self._send(pending.message) for pending in batch), return_exceptions=True
+                )
+                done = [
+                    p.id
+                    for p, r in zip(batch, results, strict=True)
+                    if not isinstance(r, BaseException)
+                ]
+                await outbox.mark_published(db, done)
+                failed = [r for r in results if isinstance(r, BaseException)]
+        finally:
+            self._polling -= taken
         self.published += len(done)
         self._metrics.events_published.inc(len(done))
         if failed:
