@@ -55,6 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ALL_SCENARIOS = ("drain", "hot", "rpc", "workers", "mixed", "rss")
 # The smoke run's default: the long and separately tested ones (mixed, rss) are left out.
 SMOKE_SCENARIOS = ("drain", "hot", "rpc", "workers")
+SCALED = "@scale"  # the suffix of a scenario run on the scaled database
 BATCHED_GUESS = 2.5  # the batched floor's first pre-fill: this many times the floor's rate
 
 
@@ -138,6 +139,13 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--profile", bool, False,
      "record the worker with py-spy over each worker run's window and print where its "
      "CPU goes, by package (benchmarks/profile.py; needs ptrace rights)"),
+    ("--scale", bool, False,
+     "also run drain and the first rpc scenario (worker) on a copy of a scaled database "
+     "(benchmarks/scale.py: built once, then reused) against the same on an empty one, "
+     "and probe the hot queries there (p99, EXPLAIN)"),
+    ("--scale-accounts", int, 1_000_000, "accounts of the scaled database"),
+    ("--scale-transactions", int, 10_000_000,
+     "transactions of the scaled database (each with its audit row and idempotency record)"),
     ("--keep-failed", bool, False,
      "keep the database and vhost of a run that failed its check, for inspection"),
     ("--smoke", bool, False, "1 pair, 2 s per run, no warm-up, 300 messages: proves that "
@@ -166,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace, logs: Path) -> Options:
     """The scenario options of the same name as the command-line options."""
-    names = {f.name for f in dataclasses.fields(Options)} - {"logs", "worker_settings"}
+    names = {f.name for f in dataclasses.fields(Options)} - {"logs", "worker_settings",
+                                                              "template"}  # fmt: skip
     return Options(
         logs=logs,
         worker_settings=dict(args.worker_setting),
@@ -223,6 +232,13 @@ async def benchmark(args: argparse.Namespace, run_id: str, logs: Path) -> list[d
     results: list[dict[str, Any]] = []
     rates: dict[tuple[str, str], float] = {}
     last_mixed: dict[str, dict[str, Any]] = {}
+    template = None
+    if args.scale:
+        from benchmarks import scale
+
+        template = await scale.ensure_template(
+            args.dsn, accounts=args.scale_accounts, transactions=args.scale_transactions
+        )
     for pair in range(1, args.pairs + 1):
         for name in [n for n in args.scenarios if n in ("mixed", "rss")]:
             if name == "rss" and pair > 1:  # one long run says what it has to say
@@ -251,7 +267,58 @@ async def benchmark(args: argparse.Namespace, run_id: str, logs: Path) -> list[d
                 if not result["ok"]:
                     return results  # a fast wrong run is a failed run: stop here
                 rates[(scenario.name, side)] = result["msgs_per_s"]
+        if template is not None:
+            scaled = await scaled_runs(args, options, template, pair, run_id, len(results), rates)
+            results += scaled
+            if not all(r["ok"] for r in scaled):
+                return results
+    if template is not None:
+        results.append(await scaled_probe(args, template, run_id))
     return results
+
+
+def scaled_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """drain and the first rpc scenario, worker side, on the scaled database."""
+    return [
+        Scenario(f"drain{SCALED}", sides=("worker",)),
+        Scenario(f"rpc-c{args.rpc_concurrency[0]}{SCALED}",
+                 rpc_concurrency=args.rpc_concurrency[0], deposits=False, sides=("worker",)),
+    ]  # fmt: skip
+
+
+async def scaled_runs(
+    args: argparse.Namespace, options: Options, template: str, pair: int, run_id: str,
+    done: int, rates: dict[tuple[str, str], float],
+) -> list[dict[str, Any]]:  # fmt: skip
+    results: list[dict[str, Any]] = []
+    copied = dataclasses.replace(options, template=template)
+    for scenario in scaled_scenarios(args):
+        plain = scenario.name.removesuffix(SCALED)
+        guess = rates.get((scenario.name, "worker")) or rates.get((plain, "worker"), 0.0)
+        messages = args.messages or sized(guess or scenario.rate_guess, args.warmup + args.seconds)
+        name = f"bench_{run_id}_{done + len(results) + 1}"
+        result = await run_once(scenario, "worker", pair, name, messages, copied)
+        results.append(result)
+        print(_line(result), file=sys.stderr, flush=True)
+        if not result["ok"]:
+            break
+        rates[(scenario.name, "worker")] = result["msgs_per_s"]
+    return results
+
+
+async def scaled_probe(args: argparse.Namespace, template: str, run_id: str) -> dict[str, Any]:
+    """The hot queries' p99 and plans on a copy of the scaled database."""
+    from benchmarks import scale
+
+    env = services.run_env(args.dsn, args.amqp, f"bench_{run_id}_probe")
+    print(f"[scale] probing the hot queries: {env.database}", file=sys.stderr, flush=True)
+    try:
+        await services.copy_template(env, template)
+        found = await scale.probe(env.dsn)
+    finally:
+        await services.drop_database(env, args.dsn)
+    return {"scenario": "scale-probe", "side": "worker", "pair": 1, "ok": True,
+            "problems": [], **found}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

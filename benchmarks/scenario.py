@@ -57,6 +57,7 @@ class Options:
     settle: float = 10.0
     keep_failed: bool = False
     profile: bool = False  # py-spy the worker's window (benchmarks/profile.py)
+    template: str | None = None  # a scaled template the run's database is copied from
 
 
 async def _wait(event: asyncio.Event, patience: float, consumer: Consumer, what: str) -> None:
@@ -178,8 +179,9 @@ async def run_once(
     run_env = services.run_env(o.dsn, o.amqp, name)
     problems: list[str] = []
     try:
-        await services.create(run_env, o.amqp)
+        await services.create(run_env, o.amqp, template=o.template)
         db = await asyncpg.connect(run_env.dsn)
+        since = await db.fetchval("SELECT clock_timestamp()") if o.template else None
         try:
             plan = Plan(name, o.accounts, hot=scenario.hot, seed=pair)
             prefill = 0 if scenario.rpc_concurrency else messages
@@ -193,7 +195,7 @@ async def run_once(
                 await load.prefill(prefill - deposits)
                 problems += await _drive(scenario, side, run_env, db, load, o, result)
                 await load.count_leftovers(WORK_QUEUES)
-                problems += await check(db, plan, load.observed, side)
+                problems += await check(db, plan, load.observed, side, since)
             finally:
                 await load.close()
             result.update(withdraws=len(plan.withdraws), deposits=len(plan.deposits))

@@ -148,7 +148,15 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPECIAL = ("mixed", "rss")  # scenarios with figures of their own (benchmarks/mixed.py, rss.py)
+class _Special(tuple[str, ...]):
+    """The scenarios with figures of their own (`in` also matches the scaled runs)."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name.endswith("@scale") or tuple.__contains__(self, name))
+
+
+# mixed.py, rss.py, and the scaled runs and their probe (run.py --scale, scale.py)
+SPECIAL = _Special(("mixed", "rss", "scale", "scale-probe"))
 
 
 def special_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -182,6 +190,9 @@ def special_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 {r["pair"]: r["withdraw_msgs_per_s"] for r in mixed["floor"]},
             )
         summary["mixed"] = entry
+    scaled = _scale_summary(ok)
+    if scaled:
+        summary["scale"] = scaled
     rss = [r for r in ok if r["scenario"] == "rss"]
     if rss:
         summary["rss"] = {"worker": {
@@ -209,9 +220,61 @@ def special_table(summary: dict[str, Any]) -> str:
     if ratio := mixed.get("ratio_withdraws_worker_over_floor"):
         lines.append(f"worker/floor withdraws/s, mixed: median {ratio['median']:.3f} "
                      f"(min {ratio['min']:.3f} - max {ratio['max']:.3f})")  # fmt: skip
+    if scaled := scale_table(summary):
+        lines.append(scaled)
     if "rss" in summary:
         r = summary["rss"]["worker"]
         growth = _fmt(r["rss_growth_mb_last_3_min"])
         lines.append(f"rss: {_fmt(r['msgs_per_s'])} msgs/s, RSS max {_fmt(r['rss_mb_max'])} MB, "
                      f"growth {growth} MB over the last 3 minutes")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _scale_summary(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scaled runs against the same scenario's worker on an empty database, pair by
+    pair (msgs/s of drain; p50 and p99 of rpc), and the probe's query p99 and scans."""
+    entry: dict[str, Any] = {}
+    for run in (r for r in ok if r["scenario"].endswith("@scale")):
+        plain = run["scenario"].removesuffix("@scale")
+        empty = next((r for r in ok if r["scenario"] == plain and r["side"] == "worker"
+                      and r["pair"] == run["pair"]), None)  # fmt: skip
+        if empty is None:
+            continue
+        pairs = entry.setdefault("_pairs", {})
+        if run["rpc_concurrency"]:
+            for key, name in (("p50_ms", "rpc_p50_ratio"), ("p99_ms", "rpc_p99_ratio")):
+                if run[key] and empty[key]:
+                    pairs.setdefault(name, []).append(run[key] / empty[key])
+        elif empty["msgs_per_s"]:
+            pairs.setdefault("drain_ratio_scaled_over_empty", []).append(
+                run["msgs_per_s"] / empty["msgs_per_s"]
+            )
+        entry.setdefault("runs", []).append(
+            {"scenario": run["scenario"], "pair": run["pair"], "msgs_per_s": run["msgs_per_s"],
+             "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"], "empty_msgs_per_s":
+             empty["msgs_per_s"], "empty_p50_ms": empty["p50_ms"], "empty_p99_ms": empty["p99_ms"]}
+        )  # fmt: skip
+    for name, ratios in entry.pop("_pairs", {}).items():
+        entry[name] = _spread(ratios)
+    probe = next((r for r in ok if r["scenario"] == "scale-probe"), None)
+    if probe is not None:
+        entry["query_p99_ms"] = probe.get("query_p99_ms", {})
+        entry["query_p50_ms"] = probe.get("query_p50_ms", {})
+        entry["seq_scans"] = probe.get("seq_scans", [])
+    return entry
+
+
+def scale_table(summary: dict[str, Any]) -> str:
+    scaled = summary.get("scale")
+    if not scaled:
+        return ""
+    lines = []
+    for run in scaled.get("runs", []):
+        lines.append(f"{run['scenario']} (pair {run['pair']}): {_fmt(run['msgs_per_s'])} msgs/s, "
+                     f"p50 {_fmt(run['p50_ms'])} / p99 {_fmt(run['p99_ms'])} ms; empty database "
+                     f"{_fmt(run['empty_msgs_per_s'])} msgs/s, p50 {_fmt(run['empty_p50_ms'])} / "
+                     f"p99 {_fmt(run['empty_p99_ms'])} ms")  # fmt: skip
+    if queries := scaled.get("query_p99_ms"):
+        lines.append("scaled database, hot queries p99 ms: "
+                     + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in queries.items()))  # fmt: skip
     return "\n".join(lines)
