@@ -8,9 +8,10 @@ leaves alone the rows the other holds (in memory, on the one event loop).
 
 The poll is the safety net (rows left behind by a crash, a broker outage, a refused
 publish, another replica that died): every `poll_interval` it takes the unpublished rows
-older than `grace` seconds — younger ones are most likely being published inline by the
-replica that wrote them. Delivery is at least once: a crash between the confirm and the
-mark sends the row again with the same `message_id`, which is how consumers dedupe.
+older than `grace` seconds (the poll interval, at least MIN_GRACE) — younger ones are
+most likely being published inline by the replica that wrote them. Delivery is at
+least once: a crash between the confirm and the mark sends the row again with the
+same `message_id`, which is how consumers dedupe.
 
 Without inline publishing (`inline=False`), a commit wakes the poll instead.
 """
@@ -30,6 +31,10 @@ from billing_worker.db.engine import driver_connection
 from billing_worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# The least age of a row the poll takes (another replica may still be publishing it
+# inline: its commit, hand-over and confirms take milliseconds, on a loaded machine more).
+MIN_GRACE = 3.0
 
 Send = Callable[[outbox.OutboxMessage], Awaitable[object]]
 
@@ -55,7 +60,7 @@ class OutboxPublisher:
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         self._inline = inline
-        self._grace = poll_interval if grace is None else grace
+        self._grace = max(poll_interval, MIN_GRACE) if grace is None else grace
         self._in_flight: set[UUID] = set()  # published inline, not marked yet
         self._polling: set[UUID] = set()  # taken by the poll, not marked yet
         self._confirmed: list[UUID] = []  # published inline, to mark in the next round

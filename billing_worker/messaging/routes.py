@@ -218,7 +218,10 @@ def provider_events_route(
 
     # Callbacks that arrive while a batch is being applied go together into the next one
     # (`BillingService.provider_events`): each keeps its own outcome.
-    coalescer: Coalescer[Any, Applied] = Coalescer(service.provider_events, max_batch)
+    async def apply_batch(events: list[Any]) -> list[Applied | Exception]:
+        return await service.provider_events(events)
+
+    coalescer: Coalescer[Any, Applied] = Coalescer(apply_batch, max_batch)
 
     async def handle(event: Any) -> None:
         if max_batch > 1:

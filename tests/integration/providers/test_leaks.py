@@ -300,6 +300,10 @@ async def test_a_stripe_client_secret_is_in_the_reply_and_nowhere_in_the_debug_l
     assert reply["ok"], reply
     secret = reply["data"]["payment_action"]["client_secret"]
     assert re.fullmatch(r"pi_\w+_secret_\w+", secret), secret
+    # The worker logs its line once the message is acknowledged, just after the reply.
+    async with asyncio.timeout(10):
+        while f"{DEPOSIT} ok in" not in log_output.text():
+            await asyncio.sleep(0.05)
     output = log_output.text()
     assert "Request to Stripe api" in output  # the Stripe SDK did log, at INFO
     assert "API response body" not in output  # but not its bodies, at DEBUG
