@@ -297,7 +297,7 @@ class SqlInvoices:
         """Newest first; `after` is the (created_at, id) of the last invoice already seen."""
         sql = f"""
             SELECT {_COLUMNS} FROM invoices
-            WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+            WHERE user_id = $1 AND (created_at, id) < (coalesce($2::timestamptz, 'infinity'), $3)
             ORDER BY created_at DESC, id DESC LIMIT $4
         """  # noqa: S608 - only constant column names are formatted in
         after_at, after_id = after if after else (None, None)

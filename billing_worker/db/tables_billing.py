@@ -79,6 +79,17 @@ class Subscription(SQLModel, table=True):
         ),
         # The renewal job scans "active/trialing/past_due and due before X".
         Index("ix_subscriptions_status_period_end", "status", "current_period_end"),
+        # ... and its past-due and paused arms by their own times (migration 0019).
+        Index(
+            "ix_subscriptions_past_due_next_attempt",
+            "next_attempt_at",
+            postgresql_where=text("status = 'past_due'"),
+        ),
+        Index(
+            "ix_subscriptions_paused_until",
+            "paused_until",
+            postgresql_where=text("status = 'paused'"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

@@ -170,6 +170,12 @@ class Transaction(SQLModel, table=True):
             "updated_at",
             postgresql_where=text("status = 'processing'"),
         ),
+        # The refund reconciler's claim: processing refunds alone (migration 0019).
+        Index(
+            "ix_transactions_processing_refunds",
+            "updated_at",
+            postgresql_where=text("status = 'processing' AND kind = 'refund'"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)

@@ -159,7 +159,7 @@ BY_REF = f"SELECT {COLUMNS} FROM transactions WHERE provider = $1 AND provider_r
 PAGE = f"""
 SELECT {COLUMNS} FROM transactions
 WHERE user_id = $1 AND ($2::text IS NULL OR currency = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+  AND (created_at, id) < (coalesce($3::timestamptz, 'infinity'), $4)
 ORDER BY created_at DESC, id DESC LIMIT $5
 """  # noqa: S608 - only constant column names are formatted in
 
