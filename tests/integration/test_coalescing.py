@@ -3,16 +3,9 @@ statement for all its new transactions and their audit trails."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
-from asyncpg import introspection
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.wallet import Withdraw
 from billing_worker.app import build_worker
@@ -20,45 +13,9 @@ from billing_worker.db.engine import driver_connection
 from billing_worker.db.wallet import SqlWallet
 from billing_worker.handlers import wallet
 from billing_worker.settings import Settings
+from support.statements import statements
 
 pytestmark = pytest.mark.integration
-
-
-# What asyncpg itself sends the first time a connection meets a type (its introspection).
-_DRIVER = {introspection.INTRO_LOOKUP_TYPES, introspection.INTRO_LOOKUP_TYPES_13,
-           introspection.TYPE_BY_NAME}  # fmt: skip
-
-
-def _drivers_own(query: str) -> bool:
-    return query in _DRIVER or "set_config('jit'" in query
-
-
-@asynccontextmanager
-async def statements(engine: AsyncEngine) -> AsyncIterator[list[str]]:
-    """Every statement the engine's connections send while the block runs (asyncpg's query
-    logger, on each connection the pool hands out), but asyncpg's own introspection."""
-    sent: list[str] = []
-
-    def log(record: Any) -> None:
-        if not _drivers_own(record.query):
-            sent.append(record.query)
-
-    def checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
-        dbapi.driver_connection.add_query_logger(log)
-
-    def checkin(dbapi: Any, _record: Any) -> None:
-        if dbapi is not None:
-            dbapi.driver_connection.remove_query_logger(log)
-
-    pool = engine.sync_engine
-    event.listen(pool, "checkout", checkout)
-    event.listen(pool, "checkin", checkin)
-    try:
-        yield sent
-        await asyncio.sleep(0.05)  # the logger is called soon after each statement
-    finally:
-        event.remove(pool, "checkout", checkout)
-        event.remove(pool, "checkin", checkin)
 
 
 def withdrawal(user: str, amount: str) -> Withdraw:

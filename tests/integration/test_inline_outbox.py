@@ -22,7 +22,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.wallet import Withdraw
@@ -36,6 +35,7 @@ from billing_worker.settings import Settings
 from support.invariants import connect
 from support.rpc import Bus, body
 from support.settings import make_settings
+from support.statements import statements
 
 pytestmark = pytest.mark.integration
 
@@ -284,32 +284,6 @@ async def running(publisher: OutboxPublisher, broker: Broker) -> AsyncIterator[O
     finally:
         broker.release()
         await publisher.stop()
-
-
-@asynccontextmanager
-async def statements(engine: AsyncEngine) -> AsyncIterator[list[str]]:
-    """Every statement the engine's connections send while the block runs."""
-    sent: list[str] = []
-
-    def log(record: Any) -> None:
-        sent.append(record.query)
-
-    def checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
-        dbapi.driver_connection.add_query_logger(log)
-
-    def checkin(dbapi: Any, _record: Any) -> None:
-        if dbapi is not None:
-            dbapi.driver_connection.remove_query_logger(log)
-
-    pool = engine.sync_engine
-    event.listen(pool, "checkout", checkout)
-    event.listen(pool, "checkin", checkin)
-    try:
-        yield sent
-        await asyncio.sleep(0.05)  # the logger is called soon after each statement
-    finally:
-        event.remove(pool, "checkout", checkout)
-        event.remove(pool, "checkin", checkin)
 
 
 async def test_a_commits_events_are_sent_together_and_marked_in_one_update_by_event_id(

@@ -21,13 +21,12 @@ import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts import names
@@ -43,6 +42,7 @@ from support.attacker import handled
 from support.invariants import connect
 from support.rpc import Bus
 from support.sandbox import signed
+from support.statements import statements
 
 pytestmark = pytest.mark.integration
 
@@ -183,32 +183,10 @@ async def flood(
 # --- statements -----------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def outbox_inserts(engine: AsyncEngine) -> AsyncIterator[list[Sequence[Any]]]:
+def outbox_inserts(engine: AsyncEngine) -> AbstractAsyncContextManager[list[Sequence[Any]]]:
     """The arguments of every `INSERT INTO outbox` the engine's connections send while
-    the block runs (asyncpg's query logger on each connection the pool hands out)."""
-    sent: list[Sequence[Any]] = []
-
-    def log(record: Any) -> None:
-        if "INSERT INTO outbox" in record.query:
-            sent.append(record.args)
-
-    def checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
-        dbapi.driver_connection.add_query_logger(log)
-
-    def checkin(dbapi: Any, _record: Any) -> None:
-        if dbapi is not None:
-            dbapi.driver_connection.remove_query_logger(log)
-
-    pool = engine.sync_engine
-    event.listen(pool, "checkout", checkout)
-    event.listen(pool, "checkin", checkin)
-    try:
-        yield sent
-        await asyncio.sleep(0.05)  # the logger is called soon after each statement
-    finally:
-        event.remove(pool, "checkout", checkout)
-        event.remove(pool, "checkin", checkin)
+    the block runs."""
+    return statements(engine, lambda r: r.args if "INSERT INTO outbox" in r.query else None)
 
 
 def users_in(arguments: Sequence[Any]) -> list[str]:
