@@ -9,6 +9,7 @@ no more; the rows it speaks in are the db modules' plain dataclasses.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
@@ -249,6 +250,9 @@ class UnitOfWork(Protocol):
 
     def emit(self, event: DomainEvent) -> None: ...
     def deliver_later(self, provider: str, notification: Notification) -> None: ...
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A savepoint: an exception in it undoes its writes and what it emitted."""
+        ...
 
 
 if TYPE_CHECKING:  # mypy --strict proves the SQL unit of work is one (no runtime import)

@@ -176,6 +176,8 @@ class BillingService:
         commands: Sequence[Command],
         handler: Handler[Any],
         batch_handler: BatchHandler,
+        *,
+        defer_inserts: bool = True,
     ) -> list[Reply | Exception]:
         """Run several commands of one kind in ONE database transaction (coalescing).
 
@@ -183,10 +185,11 @@ class BillingService:
         `batch_handler` returns refusals instead of raising them, and a refused command
         must leave nothing behind in the shared transaction. If the batch fails as a whole — a
         concurrent duplicate, a deadlock, anything unexpected — every command is run
-        again on its own, so one bad command cannot fail the others.
+        again on its own, so one bad command cannot fail the others. `defer_inserts`: the
+        batch's new transactions go in one statement at the flush (`UnitOfWork`).
         """
         try:
-            async with self._unit(coalesced=True) as unit:
+            async with self._unit(coalesced=defer_inserts) as unit:
                 return list(await run_batch(unit, scope, commands, batch_handler, self.deps))
         except Exception as error:
             log.debug("batch of %d %s fell back to one by one: %s", len(commands), scope, error)

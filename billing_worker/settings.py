@@ -181,8 +181,9 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         le=1000,
-        description="Most commands of one kind (withdrawals, provider callbacks, balance "
-        "queries) handled together in one database round (1 turns coalescing off)",
+        description="Most commands of one kind (withdrawals, invoice pays from the balance, "
+        "provider callbacks, balance queries) handled together in one database round "
+        "(1 turns coalescing off)",
     )
     db_pool_size: int = Field(default=16, ge=1, le=200)
     quorum_queues: bool = False

@@ -111,6 +111,22 @@ class UnitOfWork:
         self._outbox = []
         return count
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A SAVEPOINT of the open transaction: an exception in the block rolls back its
+        statements and forgets what it collected (events, outbox rows, deferred
+        transactions, transitions), so one command of a coalesced batch can be refused
+        after it wrote, leaving the others' work in place."""
+        marks = (len(self.emitted), len(self._outbox), len(self.transitions))
+        deferred = self.wallet.deferred_count()
+        try:
+            async with self.connection.transaction():
+                yield
+        except BaseException:
+            del self.emitted[marks[0] :], self._outbox[marks[1] :], self.transitions[marks[2] :]
+            self.wallet.forget_deferred(deferred)
+            raise
+
     def emit(self, event: DomainEvent) -> None:
         self.emitted.append(event)
         self._outbox.append(event_message(event))

@@ -157,6 +157,14 @@ class SqlWallet:
         await self.add_transaction(row, list(transaction.trail), meta)
         return row
 
+    def deferred_count(self) -> int:
+        return len(self._deferred or ())
+
+    def forget_deferred(self, keep: int) -> None:
+        """Drop the deferred transactions after the first `keep` (a savepoint rolled back)."""
+        if self._deferred is not None:
+            del self._deferred[keep:]
+
     async def flush_deferred(self) -> None:
         """Insert every deferred transaction and its audit trail in one statement."""
         if not self._deferred:

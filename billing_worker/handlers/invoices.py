@@ -124,6 +124,26 @@ async def pay_invoice(
     return _paid(await _pay_from_balance(command, uow, deps))
 
 
+async def pay_many(
+    commands: Sequence[PayInvoice], uow: UnitOfWork, deps: Deps
+) -> list[InvoicePayResult | BillingError]:
+    """Pays from the balance in ONE transaction (coalesced), each exactly as `pay_invoice`
+    and in a savepoint of its own: a refusal (`insufficient_funds` once the invoice was
+    claimed, `invalid_state`, `not_found`) rolls back that pay alone. They run grouped
+    by user (in arrival order within a user's, who as with withdrawals has first call
+    on the funds), so two batches take the users' accounts in one order."""
+    outcomes: dict[int, InvoicePayResult | BillingError] = {}
+    for i in sorted(range(len(commands)), key=lambda i: commands[i].user_id):
+        if commands[i].source != "balance":  # the route sends card pays alone
+            raise TypeError("only pays from the balance are coalesced")
+        try:
+            async with uow.savepoint():
+                outcomes[i] = _paid(await _pay_from_balance(commands[i], uow, deps))
+        except BillingError as refusal:
+            outcomes[i] = refusal
+    return [outcomes[i] for i in range(len(commands))]
+
+
 def _paid(invoice: InvoiceOut) -> InvoicePayResult:
     return InvoicePayResult(**invoice.model_dump())
 

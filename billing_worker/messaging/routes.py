@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -87,26 +88,56 @@ def reply_type(entry: Entry) -> Any:
     return OkReply[entry.reply] | ErrorReply  # type: ignore[name-defined]
 
 
-# Commands with a batch handler, so several can share one database transaction
-# (see BillingService.command_batch): the money path's hottest queue.
-COALESCED: Mapping[str, BatchHandler] = {names.WALLET_WITHDRAW: wallet_handlers.withdraw_many}
+@dataclass(frozen=True, slots=True)
+class Batched:
+    """How a command kind coalesces (see `BillingService.command_batch`)."""
+
+    handler: BatchHandler
+    # which commands may join a batch; the others run alone, never waiting on one
+    fits: Callable[[Any], bool] = lambda _command: True
+    # the batch's new transactions written in one statement at its end; off where a
+    # command refers to its own new transaction before then (a period's charge row)
+    defer_inserts: bool = True
+    max_batch: int | None = None  # a cap of its own, under `coalesce_max`
+
+
+# A savepoint per command: PostgreSQL caches 64 subtransaction ids per transaction, and
+# past that every other session's snapshot checks get slower.
+SAVEPOINTS_MAX = 64
+
+# Commands with a batch handler, so several can share one database transaction: the
+# money path's hottest queues.
+COALESCED: Mapping[str, Batched] = {
+    names.WALLET_WITHDRAW: Batched(wallet_handlers.withdraw_many),
+    names.INVOICE_PAY: Batched(
+        invoice_handlers.pay_many,
+        fits=lambda command: command.source == "balance",  # a card pay calls its provider
+        defer_inserts=False,
+        max_batch=SAVEPOINTS_MAX,
+    ),
+}
 
 
 def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Route:
     entry, handler = BY_QUEUE[queue], COMMANDS[queue]
     scope = queue.removeprefix("billing.")
+    batched = COALESCED.get(queue)
+    if batched is not None and batched.max_batch is not None:
+        max_batch = min(max_batch, batched.max_batch)
 
     async def run_batch(commands: list[Any]) -> list[dict[str, Any] | Exception]:
         if len(commands) == 1:
             return [await service.command(scope, commands[0], handler)]
-        return await service.command_batch(scope, commands, handler, COALESCED[queue])
+        assert batched is not None  # only a coalesced route's coalescer runs batches
+        return await service.command_batch(
+            scope, commands, handler, batched.handler, defer_inserts=batched.defer_inserts
+        )
 
     coalescer = Coalescer(run_batch, max_batch)
-
-    coalesced = queue in COALESCED and max_batch > 1
+    coalesced = batched is not None and max_batch > 1
 
     async def handle(command: Any) -> dict[str, Any]:
-        if coalesced:
+        if coalesced and batched is not None and batched.fits(command):
             return await coalescer.submit(command)
         return await service.command(scope, command, handler)
 
