@@ -97,6 +97,7 @@ if __package__ in (None, ""):  # run as a file: benchmarks/scale.py
 from benchmarks import env as services
 from benchmarks.stats import percentile
 from billing_worker.db import outbox
+from billing_worker.db.engine import SERVER_SETTINGS
 from billing_worker.db.expiry import claim_expired
 from billing_worker.db.holds import SqlHolds
 from billing_worker.db.idempotency import SqlIdempotency
@@ -1419,7 +1420,8 @@ async def probe(
     `explain_settings` are planner settings for the EXPLAINs only (not the timings):
     `{"enable_seqscan": "off"}` makes a small database's plans use whatever index can
     serve them, so a sequential scan left means no index can."""
-    db = await asyncpg.connect(services.asyncpg_dsn(dsn))
+    # the worker's own connection settings (no JIT)
+    db = await asyncpg.connect(services.asyncpg_dsn(dsn), server_settings=SERVER_SETTINGS)
     result: dict[str, Any] = {
         "query_p50_ms": {}, "query_p99_ms": {}, "seq_scans": [], "plans": {},
         "generic_plans": {}, "jit": [], "samples": samples,
