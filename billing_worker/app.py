@@ -27,7 +27,7 @@ from billing_worker.jobs.retention import Retention
 from billing_worker.messaging import topology as topo
 from billing_worker.messaging.outbox_publisher import OutboxPublisher
 from billing_worker.messaging.pipeline import Pipeline, Route
-from billing_worker.messaging.routes import all_routes
+from billing_worker.messaging.routes import all_routes, batch_lanes
 from billing_worker.metrics import Metrics, faststream_metrics
 from billing_worker.observability import InternalServer, internal_app
 from billing_worker.providers import sandbox
@@ -102,6 +102,11 @@ def build_worker(
     gateways = gateways or build_gateways(settings)
     metrics = metrics or Metrics()
     engine = create_engine(settings.database_dsn, pool_size=settings.db_pool_size)
+    batch_engine = (  # the coalescers' own connections (BillingService.batch_lane)
+        create_engine(settings.database_dsn, pool_size=batch_lanes())
+        if settings.coalesce_max > 1
+        else None
+    )
     topology = topo.Topology.from_settings(settings)
     middlewares = []
     if settings.metrics_port:  # FastStream's per-queue series, only when they are served
@@ -133,7 +138,7 @@ def build_worker(
         publisher.committed(uow.flushed)  # published now, confirms awaited together
         metrics.committed(uow.transitions, uow.emitted)
 
-    service = BillingService(engine, deps, clock, on_commit=committed)
+    service = BillingService(engine, deps, clock, on_commit=committed, batch_engine=batch_engine)
     reconciler = Reconciler(
         engine,
         service,
@@ -211,12 +216,17 @@ def build_worker(
             internal_app(metrics, checks), settings.metrics_host, settings.metrics_port
         )
 
+    async def dispose_engines() -> None:
+        await engine.dispose()
+        if batch_engine is not None:
+            await batch_engine.dispose()
+
     async def on_startup() -> None:
         try:
             await start_up()
         except BaseException:  # a refused start-up leaves nothing open behind it
             await broker.stop()  # else its connection would reconnect for ever
-            await engine.dispose()
+            await dispose_engines()
             raise
 
     async def start_up() -> None:
@@ -270,7 +280,7 @@ def build_worker(
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:
-        await engine.dispose()
+        await dispose_engines()
         await gateways.close()
         if internal:
             await internal.stop()

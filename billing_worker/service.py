@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -58,6 +59,9 @@ M = TypeVar("M")
 
 _RETRIES = 5  # concurrent duplicates, deadlocks, serialization failures
 
+# Set while a coalescer's flusher runs a batch (`BillingService.batch_lane`).
+_IN_BATCH: ContextVar[bool] = ContextVar("in_batch", default=False)
+
 
 class BillingService:
     """The application layer between messaging and handlers."""
@@ -68,8 +72,13 @@ class BillingService:
         deps: Deps,
         clock: Clock = utc_now,
         on_commit: OnCommit | None = None,
+        batch_engine: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
+        # A pool of its own for the coalescers' batches, one connection per coalescing
+        # route (each runs one batch at a time): a batch of 32 withdrawals never queues
+        # for a connection behind 100 single messages of other queues.
+        self.batch_engine = batch_engine
         self.deps = deps
         self.clock = clock
         # told about every committed unit of work and its outbox row count
@@ -78,10 +87,23 @@ class BillingService:
     def _unit(
         self, *, transaction: bool = True, coalesced: bool = False
     ) -> AbstractAsyncContextManager[Unit]:
-        """The scaffold of every database call below (`units.open_unit`)."""
+        """The scaffold of every database call below (`units.open_unit`), on the batch
+        lane's pool inside `batch_lane`."""
+        engine = self.batch_engine if self.batch_engine and _IN_BATCH.get() else self.engine
         return open_unit(
-            self.engine, self.clock, self._on_commit, transaction=transaction, coalesced=coalesced
+            engine, self.clock, self._on_commit, transaction=transaction, coalesced=coalesced
         )
+
+    @staticmethod
+    @contextmanager
+    def batch_lane() -> Iterator[None]:
+        """The database work in the block (a coalescer's batch, its fallback one by one
+        included: one connection at a time) runs on `batch_engine` when there is one."""
+        token = _IN_BATCH.set(True)
+        try:
+            yield
+        finally:
+            _IN_BATCH.reset(token)
 
     async def command(self, scope: str, command: C, handler: Handler[C]) -> Reply:
         """Run a command once per idempotency key and return its (first) reply.

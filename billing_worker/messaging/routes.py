@@ -126,12 +126,13 @@ def command_route(queue: str, service: BillingService, max_batch: int = 1) -> Ro
         max_batch = min(max_batch, batched.max_batch)
 
     async def run_batch(commands: list[Any]) -> list[dict[str, Any] | Exception]:
-        if len(commands) == 1:
-            return [await service.command(scope, commands[0], handler)]
         assert batched is not None  # only a coalesced route's coalescer runs batches
-        return await service.command_batch(
-            scope, commands, handler, batched.handler, defer_inserts=batched.defer_inserts
-        )
+        with service.batch_lane():
+            if len(commands) == 1:
+                return [await service.command(scope, commands[0], handler)]
+            return await service.command_batch(
+                scope, commands, handler, batched.handler, defer_inserts=batched.defer_inserts
+            )
 
     coalescer = Coalescer(run_batch, max_batch)
     coalesced = batched is not None and max_batch > 1
@@ -173,9 +174,10 @@ def query_route(queue: str, service: BillingService, max_batch: int = 1) -> Rout
     batch_handler = COALESCED_QUERIES.get(queue)
 
     async def run_batch(queries: list[Any]) -> list[dict[str, Any] | Exception]:
-        if len(queries) == 1 or batch_handler is None:
-            return [await service.query(query, handler) for query in queries]
-        return await service.query_batch(queries, batch_handler)
+        with service.batch_lane():
+            if len(queries) == 1 or batch_handler is None:
+                return [await service.query(query, handler) for query in queries]
+            return await service.query_batch(queries, batch_handler)
 
     coalescer = Coalescer(run_batch, max_batch)
     coalesced = batch_handler is not None and max_batch > 1
@@ -250,7 +252,8 @@ def provider_events_route(
     # Callbacks that arrive while a batch is being applied go together into the next one
     # (`BillingService.provider_events`): each keeps its own outcome.
     async def apply_batch(events: list[Any]) -> list[Applied | Exception]:
-        return await service.provider_events(events)
+        with service.batch_lane():
+            return await service.provider_events(events)
 
     coalescer: Coalescer[Any, Applied] = Coalescer(apply_batch, max_batch)
 
@@ -280,6 +283,11 @@ class ProviderCallback(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
+
+
+def batch_lanes() -> int:
+    """The connections the coalescers can use at once: one per coalescing route."""
+    return len(COALESCED) + len(COALESCED_QUERIES) + 1  # + provider callbacks
 
 
 def all_routes(
