@@ -14,10 +14,11 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from benchmarks.plan import Deposit, Plan, Withdraw, wire
 from billing_contracts import names
@@ -195,19 +196,24 @@ class Load:
 
     async def count_leftovers(self, queues: list[str]) -> dict[str, int]:
         """Messages still in each existing queue (a queue that does not exist is skipped)."""
-        counts: dict[str, int] = {}
-        for name in queues:
-            channel = await self.connection.channel()
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-                counts[name] = int(queue.declaration_result.message_count or 0)
-            except Exception:  # noqa: S112 - absent queue: nothing left in it
-                continue
-            finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-        self.observed.leftovers = counts
-        return counts
+        self.observed.leftovers = await leftovers(self.connection, queues)
+        return self.observed.leftovers
+
+
+async def leftovers(connection: AbstractConnection, queues: Sequence[str]) -> dict[str, int]:
+    """Messages still in each existing queue (a queue that does not exist is skipped)."""
+    counts: dict[str, int] = {}
+    for name in queues:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            counts[name] = int(queue.declaration_result.message_count or 0)
+        except Exception:  # noqa: S112 - absent queue: nothing left in it
+            continue
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+    return counts
 
 
 def completions_in(load: Load, start: float, end: float) -> list[tuple[float, float]]:

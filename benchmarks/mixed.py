@@ -84,15 +84,15 @@ if __package__ in (None, ""):  # run as a file: benchmarks/mixed.py
 
 import aio_pika
 import asyncpg
-from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
 from benchmarks import env as services
 from benchmarks.check import WORK_QUEUES, check, check_observed, listed
 from benchmarks.floor import minor_of
-from benchmarks.load import Load, Observed, reply_problem
+from benchmarks.load import Load, Observed, leftovers, reply_problem
 from benchmarks.plan import CURRENCY, Deposit, Plan, wire
 from benchmarks.procs import Consumer, CpuMeter, start_floor, start_workers
-from benchmarks.scenario import Options
+from benchmarks.scenario import Options, fresh_run
 from benchmarks.stats import percentile, window
 from billing_contracts import names
 from billing_worker.db.idempotency import user_scope
@@ -576,22 +576,6 @@ def retry_queues(settings: Mapping[str, str]) -> list[str]:
     )
     topology = Topology(quorum=False, orders_exchange_name="orders", retry_delays_ms=delays)
     return [queue.name for _, queue in topology.retry_queues()]
-
-
-async def leftovers(connection: AbstractConnection, queues: Sequence[str]) -> dict[str, int]:
-    """Messages still in each existing queue (a queue that does not exist is skipped)."""
-    counts: dict[str, int] = {}
-    for name in queues:
-        channel = await connection.channel()
-        try:
-            queue = await channel.declare_queue(name, passive=True)
-            counts[name] = int(queue.declaration_result.message_count or 0)
-        except Exception:  # noqa: S112 - absent queue: nothing left in it
-            continue
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-    return counts
 
 
 async def until(
@@ -1083,25 +1067,12 @@ async def run_mixed(
         "per_kind": {}, "query_p99_ms": {},
     }  # fmt: skip
     print(f"[pair {pair}] mixed / {side}: {name}", file=sys.stderr, flush=True)
-    run_env = services.run_env(o.dsn, o.amqp, name)
-    problems: list[str] = []
-    try:
-        await services.create(run_env, o.amqp)
-        db = await asyncpg.connect(run_env.dsn)
-        try:
-            if side == "floor":
-                problems += await _floor_run(run_env, db, pair, messages, shares, o, result)
-            else:
-                plan = MixedPlan(name, o.accounts, shares, seed=pair)
-                problems += await _worker_run(run_env, db, plan, messages, o, result)
-        finally:
-            await db.close()
-    finally:
-        result.update(ok=not problems, problems=problems)
-        if problems and o.keep_failed:
-            print(f"  kept {run_env.dsn} and vhost {run_env.vhost}", file=sys.stderr)
+    async with fresh_run(name, o, result) as (run_env, db, problems):
+        if side == "floor":
+            problems += await _floor_run(run_env, db, pair, messages, shares, o, result)
         else:
-            await services.destroy(run_env, o.dsn, o.amqp)
+            plan = MixedPlan(name, o.accounts, shares, seed=pair)
+            problems += await _worker_run(run_env, db, plan, messages, o, result)
     return result
 
 

@@ -46,7 +46,7 @@ from benchmarks.load import Load, completions_in
 from benchmarks.mixed import common_parser, options_of, run_id, settle_outbox, until, write_report
 from benchmarks.plan import CURRENCY, Deposit, Plan
 from benchmarks.procs import Consumer, CpuMeter, start_workers
-from benchmarks.scenario import Options
+from benchmarks.scenario import Options, fresh_run
 from benchmarks.stats import window
 from billing_contracts import names
 
@@ -245,25 +245,12 @@ async def run_rss(pair: int, name: str, options: Options, *, minutes: float) -> 
         "rss_growth_mb_last_3_min": None,
     }  # fmt: skip
     print(f"[pair {pair}] rss / worker: {name}", file=sys.stderr, flush=True)
-    run_env = services.run_env(o.dsn, o.amqp, name)
-    problems: list[str] = []
-    try:
-        await services.create(run_env, o.amqp)
-        db = await asyncpg.connect(run_env.dsn)
-        try:
-            plan = Plan(name, o.accounts, seed=pair)
-            for _ in range(round((LOW_WATER + BATCH) * o.deposit_share)):
-                await plan.new_deposit()  # seeded with the accounts (ANALYZE sees them)
-            await plan.seed(db)
-            problems += await _drain(run_env, db, plan, minutes, o, result)
-        finally:
-            await db.close()
-    finally:
-        result.update(ok=not problems, problems=problems)
-        if problems and o.keep_failed:
-            print(f"  kept {run_env.dsn} and vhost {run_env.vhost}", file=sys.stderr)
-        else:
-            await services.destroy(run_env, o.dsn, o.amqp)
+    async with fresh_run(name, o, result) as (run_env, db, problems):
+        plan = Plan(name, o.accounts, seed=pair)
+        for _ in range(round((LOW_WATER + BATCH) * o.deposit_share)):
+            await plan.new_deposit()  # seeded with the accounts (ANALYZE sees them)
+        await plan.seed(db)
+        problems += await _drain(run_env, db, plan, minutes, o, result)
     return result
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,31 @@ async def _profile(
     return await profile.record(consumer.pids[0], o.seconds, out)
 
 
+@contextlib.asynccontextmanager
+async def fresh_run(
+    name: str, o: Options, result: dict[str, Any], *, template: str | None = None
+) -> AsyncIterator[tuple[services.RunEnv, asyncpg.Connection, list[str]]]:
+    """One run's own database (`billing-worker migrate`, or a copy of `template`) and
+    vhost, a connection to the database, and the run's list of problems. At the end the
+    result says `ok` and lists the problems; the database and vhost are dropped, or kept
+    for a look when the run failed and `--keep-failed` asks for it."""
+    run_env = services.run_env(o.dsn, o.amqp, name)
+    problems: list[str] = []
+    try:
+        await services.create(run_env, o.amqp, template=template)
+        db = await asyncpg.connect(run_env.dsn)
+        try:
+            yield run_env, db, problems
+        finally:
+            await db.close()
+    finally:
+        result.update(ok=not problems, problems=problems)
+        if problems and o.keep_failed:
+            print(f"  kept {run_env.dsn} and vhost {run_env.vhost}", file=sys.stderr)
+        else:
+            await services.destroy(run_env, o.dsn, o.amqp)
+
+
 async def run_once(
     scenario: Scenario, side: str, pair: int, name: str, messages: int, o: Options
 ) -> dict[str, Any]:
@@ -176,35 +202,22 @@ async def run_once(
         "rpc_concurrency": scenario.rpc_concurrency or None, "hot_account": scenario.hot,
     }  # fmt: skip
     print(f"[pair {pair}] {scenario.name} / {side}: {name}", file=sys.stderr, flush=True)
-    run_env = services.run_env(o.dsn, o.amqp, name)
-    problems: list[str] = []
-    try:
-        await services.create(run_env, o.amqp, template=o.template)
-        db = await asyncpg.connect(run_env.dsn)
+    async with fresh_run(name, o, result, template=o.template) as (run_env, db, problems):
         since = await db.fetchval("SELECT clock_timestamp()") if o.template else None
+        plan = Plan(name, o.accounts, hot=scenario.hot, seed=pair)
+        prefill = 0 if scenario.rpc_concurrency else messages
+        deposits = round(prefill * o.deposit_share) if scenario.deposits else 0
+        for _ in range(deposits):
+            await plan.new_deposit()
+        await plan.seed(db)
+        load = Load(plan)
+        await load.connect(run_env.amqp)
         try:
-            plan = Plan(name, o.accounts, hot=scenario.hot, seed=pair)
-            prefill = 0 if scenario.rpc_concurrency else messages
-            deposits = round(prefill * o.deposit_share) if scenario.deposits else 0
-            for _ in range(deposits):
-                await plan.new_deposit()
-            await plan.seed(db)
-            load = Load(plan)
-            await load.connect(run_env.amqp)
-            try:
-                await load.prefill(prefill - deposits)
-                problems += await _drive(scenario, side, run_env, db, load, o, result)
-                await load.count_leftovers(WORK_QUEUES)
-                problems += await check(db, plan, load.observed, side, since)
-            finally:
-                await load.close()
-            result.update(withdraws=len(plan.withdraws), deposits=len(plan.deposits))
+            await load.prefill(prefill - deposits)
+            problems += await _drive(scenario, side, run_env, db, load, o, result)
+            await load.count_leftovers(WORK_QUEUES)
+            problems += await check(db, plan, load.observed, side, since)
         finally:
-            await db.close()
-    finally:
-        result.update(ok=not problems, problems=problems)
-        if problems and o.keep_failed:
-            print(f"  kept {run_env.dsn} and vhost {run_env.vhost}", file=sys.stderr)
-        else:
-            await services.destroy(run_env, o.dsn, o.amqp)
+            await load.close()
+        result.update(withdraws=len(plan.withdraws), deposits=len(plan.deposits))
     return result
