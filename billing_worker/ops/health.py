@@ -112,6 +112,14 @@ WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
 """
 
 
+def stuck_after_seconds(settings: Settings) -> float:
+    """When a payment still `processing` counts as stuck: the reconciler re-reads one once
+    it is untouched for BILLING_RECONCILE_AFTER_SECONDS (and its claim touches it), every
+    BILLING_RECONCILE_INTERVAL_SECONDS; two rounds of grace keep a payment that is due in
+    the next round from being reported."""
+    return settings.reconcile_after_seconds + 2 * settings.reconcile_interval_seconds
+
+
 async def stuck_payments(db: asyncpg.Connection, older_than_s: float) -> int:
     """Payments in `processing` that nothing (callback, reconciler) touched for longer
     than `older_than_s` seconds: the reconciler is not running or not keeping up."""
