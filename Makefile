@@ -73,7 +73,7 @@ docs: install  ## regenerate contracts/asyncapi.json, contracts/CATALOGUE.md, th
 demo: migrate  ## a guided end-to-end run against the local services
 	$(BIN)/billing-worker demo
 
-bench: install services  ## the benchmark: the worker against the floor (about 10 minutes)
+bench: install services  ## the benchmark: the worker against both floors (about 40 minutes; see benchmarks/README.md)
 	$(BIN)/python -m benchmarks.run
 
 # pytest runs twice. First, alone, the tests marked `serial`: they restart the machine's
