@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts.catalog import EVENT_MODELS, EVENT_PURPOSES
 from billing_contracts.envelope import EventEnvelope
+from billing_worker import tracing
 from billing_worker.access import Access, broker_login, load_policy
 from billing_worker.db import outbox
 from billing_worker.db.engine import create_engine, driver_connection
@@ -30,7 +31,7 @@ from billing_worker.messaging.pipeline import Pipeline, Route
 from billing_worker.messaging.routes import all_routes, batch_lanes
 from billing_worker.metrics import Metrics, faststream_metrics
 from billing_worker.observability import InternalServer, internal_app
-from billing_worker.providers import sandbox
+from billing_worker.providers import observed, sandbox
 from billing_worker.providers.base import Gateways, PaymentGateway
 from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.providers.stripe.gateway import StripeGateway
@@ -101,6 +102,9 @@ def build_worker(
 ) -> Worker:
     gateways = gateways or build_gateways(settings)
     metrics = metrics or Metrics()
+    observed.attach(gateways, metrics.provider_calls)
+    # Before the broker exists: its telemetry middleware takes the provider (tracing.py).
+    tracer_provider = tracing.setup(settings)
     engine = create_engine(settings.database_dsn, pool_size=settings.db_pool_size)
     batch_engine = (  # the coalescers' own connections (BillingService.batch_lane)
         create_engine(settings.database_dsn, pool_size=batch_lanes())
@@ -108,7 +112,7 @@ def build_worker(
         else None
     )
     topology = topo.Topology.from_settings(settings)
-    middlewares = []
+    middlewares = tracing.telemetry_middlewares(tracer_provider)  # none when off
     if settings.metrics_port:  # FastStream's per-queue series, only when they are served
         middlewares.append(faststream_metrics(metrics.registry, topology))
     broker = cluster_broker(
@@ -282,6 +286,7 @@ def build_worker(
     async def after_shutdown() -> None:
         await dispose_engines()
         await gateways.close()
+        tracing.shutdown()  # flushes the spans still batched
         if internal:
             await internal.stop()
         log.info("billing worker stopped")
@@ -331,18 +336,19 @@ def outbox_sender(
     sends itself is believed as the worker's, and events say who published them."""
 
     async def send(message: outbox.OutboxMessage) -> Any:
-        return await broker.publish(
-            message.body.encode(),
-            exchange=message.exchange or None,
-            routing_key=message.routing_key,
-            message_id=str(message.event_id),
-            message_type=message.type,
-            headers=message.headers or None,
-            content_type="application/json",
-            user_id=worker_user,
-            persist=True,
-            mandatory=False,
-        )
+        with tracing.attached(message.headers):  # the trace of the command that wrote it
+            return await broker.publish(
+                message.body.encode(),
+                exchange=message.exchange or None,
+                routing_key=message.routing_key,
+                message_id=str(message.event_id),
+                message_type=message.type,
+                headers=message.headers or None,
+                content_type="application/json",
+                user_id=worker_user,
+                persist=True,
+                mandatory=False,
+            )
 
     return send
 

@@ -46,6 +46,14 @@ class Metrics:
             "Messages handled by queue and outcome, with their handling time",
             ["queue", "outcome"], registry=r, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
+        # Observed by billing_worker/providers/observed.py around every gateway call:
+        # provider = a gateway's name, operation from observed.OPERATIONS, outcome ok |
+        # refused (the provider said no) | error (unreachable, timed out, a bug).
+        self.provider_calls = Histogram(
+            "billing_provider_call_seconds",
+            "Payment provider API calls by provider, operation and outcome, with their time",
+            ["provider", "operation", "outcome"], registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
         self.transitions = Counter(
             "billing_transaction_transitions_total",
             "Committed transaction state transitions",

@@ -239,8 +239,14 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+    otel_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="OpenTelemetry collector base URL (OTLP over HTTP, /v1/traces is added); "
+        "unset, the standard OTEL_* variables decide, and without them tracing is off",
+    )
 
-    @field_validator("access_policy", mode="before")
+    @field_validator("access_policy", "otel_endpoint", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

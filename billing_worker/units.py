@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker import tracing
 from billing_worker.db.uow import Clock, UnitOfWork, unit_of_work
 from billing_worker.domain.errors import BillingError
 from billing_worker.replies import Reply, refusal_reply
@@ -74,18 +75,28 @@ async def open_unit(
     recorded in a second transaction on the same connection, and left in `unit.refusal`
     (the exception ends there).
     """
-    async with unit_of_work(engine, clock, coalesced=coalesced) as uow:
-        unit, db = Unit(uow), uow.connection
-        if not transaction:
-            yield unit
-        else:
-            try:
-                async with db.transaction():
-                    yield unit
-            except Refused as refusal:
-                unit.events = None  # whatever was flushed is rolled back
-                async with db.transaction():
-                    await unit.uow.idempotency.record(*refusal.record)
-                unit.refusal = refusal.record[3]
-    if unit.events is not None:
-        on_commit(unit.uow, unit.events)
+    # The span of the database work (tracing.py; a no-op when off): the outbox rows
+    # written in it carry its trace context, so the events continue the caller's trace.
+    with tracing.span(
+        "db transaction" if transaction else "db read",
+        {"db.system": "postgresql", "billing.coalesced": coalesced},
+    ) as span:
+        async with unit_of_work(engine, clock, coalesced=coalesced) as uow:
+            unit, db = Unit(uow), uow.connection
+            if not transaction:
+                yield unit
+            else:
+                try:
+                    async with db.transaction():
+                        yield unit
+                except Refused as refusal:
+                    unit.events = None  # whatever was flushed is rolled back
+                    async with db.transaction():
+                        await unit.uow.idempotency.record(*refusal.record)
+                    unit.refusal = refusal.record[3]
+                    if span is not None:
+                        span.set_attribute("billing.refused", True)
+        if unit.events is not None:
+            if span is not None:
+                span.set_attribute("billing.events", unit.events)
+            on_commit(unit.uow, unit.events)

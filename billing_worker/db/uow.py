@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts import names
 from billing_contracts.envelope import EventEnvelope
+from billing_worker import tracing
 from billing_worker.db import outbox
 from billing_worker.db.coupons import SqlCoupons
 from billing_worker.db.engine import driver_connection
@@ -53,7 +54,7 @@ def event_message(event: DomainEvent) -> outbox.OutboxMessage:
         routing_key=event.type,
         type=event.type,
         body=envelope.model_dump_json(),
-        headers={},
+        headers=tracing.current_headers(),  # W3C trace context; {} when tracing is off
     )
 
 
@@ -65,7 +66,11 @@ def notification_message(provider: str, notification: Notification) -> outbox.Ou
         routing_key=names.PROVIDER_EVENTS_QUEUE,
         type=f"{provider}.callback",
         body=notification.body.decode(),
-        headers={**notification.headers, names.PROVIDER_HEADER: provider},
+        headers={
+            **tracing.current_headers(),
+            **notification.headers,
+            names.PROVIDER_HEADER: provider,
+        },
     )
 
 

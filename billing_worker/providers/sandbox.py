@@ -33,6 +33,7 @@ from billing_worker.providers.base import (
     RefundResult,
     signature_header,
 )
+from billing_worker.providers.observed import observed
 
 DECLINING_METHODS = {
     "pm_card_chargeDeclined": ("card_declined", "Your card was declined."),
@@ -68,9 +69,11 @@ class SandboxGateway:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
         return hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()
 
+    @observed("create_customer")
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         return f"sbx_cus_{uuid.uuid5(uuid.NAMESPACE_URL, user_id).hex}"
 
+    @observed("create_payment")
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         payment_id, event_id, body = callback(request)
         if request.payment_method_id == PENDING_METHOD:
@@ -79,16 +82,19 @@ class SandboxGateway:
         notification = Notification(event_id, body, signed)
         return PaymentResult(payment_id, PaymentStatus.PENDING, notifications=(notification,))
 
+    @observed("fetch_payment")
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         # The sandbox keeps no state: the outcome always arrives as its event.
         return PaymentResult(provider_ref, PaymentStatus.PENDING)
 
+    @observed("cancel_payment")
     async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
         # No state to consult: a pending sandbox payment is canceled (its callback, if it
         # comes after, finds the deposit canceled and is stale).
         confirmation = {"object": "sandbox_payment", "id": provider_ref, "status": "canceled"}
         return PaymentResult(provider_ref, PaymentStatus.CANCELED, confirmation=confirmation)
 
+    @observed("refund")
     async def refund(self, request: RefundRequest) -> RefundResult:
         """Refunds succeed at once (no callback): the id is derived from the key, so a
         second call answers the same refund."""
@@ -101,6 +107,7 @@ class SandboxGateway:
                           "amount_minor": request.amount_minor, "currency": request.currency},
         )  # fmt: skip
 
+    @observed("fetch_refund")
     async def fetch_refund(self, ref: str) -> RefundResult:
         raise NotImplementedError("sandbox refunds complete at once: nothing to re-read")
 
@@ -117,6 +124,7 @@ class SandboxGateway:
         if not hmac.compare_digest(given, expected):
             raise Forged("a sandbox callback with a wrong signature")
 
+    @observed("confirm")
     async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
         return claim  # authenticated by the worker's own HMAC: the body is the sandbox's word
 

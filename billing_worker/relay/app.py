@@ -13,11 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from billing_worker import tracing
 from billing_worker.metrics import Metrics
 from billing_worker.providers.base import Forged
 from billing_worker.providers.stripe import webhook as stripe_webhooks
@@ -80,6 +82,30 @@ def message_id(value: object) -> str:
     if not 0 < size <= 255:
         raise ValueError("the event id must be 1 to 255 bytes long")
     return text
+
+
+def traced(
+    provider: str, handler: Callable[[Request], Awaitable[Response]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """A SERVER span per webhook (billing_worker/tracing.py; nothing when off), continuing
+    a `traceparent` the request carries (an ingress may set one). The callback is
+    published inside it, so the worker's handling of it is part of the same trace."""
+
+    async def handle(request: Request) -> Response:
+        with (
+            tracing.attached(request.headers),
+            tracing.span(
+                f"webhook {provider}",
+                {"billing.provider": provider, "http.request.method": request.method},
+                kind=SpanKind.SERVER,
+            ) as span,
+        ):
+            response = await handler(request)
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    return handle
 
 
 def build_relay(
@@ -158,8 +184,8 @@ def build_relay(
 
     return Starlette(
         routes=[
-            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
-            Route("/webhooks/yookassa", yookassa_webhook, methods=["POST"]),
+            Route("/webhooks/stripe", traced("stripe", stripe_webhook), methods=["POST"]),
+            Route("/webhooks/yookassa", traced("yookassa", yookassa_webhook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )

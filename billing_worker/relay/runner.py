@@ -13,6 +13,7 @@ from faststream.rabbit import Channel, RabbitBroker
 from starlette.applications import Starlette
 
 from billing_contracts import names
+from billing_worker import tracing
 from billing_worker.access import broker_login
 from billing_worker.messaging.topology import PROVIDER_CALLBACKS
 from billing_worker.metrics import Metrics
@@ -45,6 +46,8 @@ def relay_broker(settings: Settings) -> RabbitBroker:
         settings,
         default_channel=Channel(on_return_raises=True),  # an unroutable callback is an error
         log_level=logging.DEBUG,
+        # The webhook's trace context into the callback's headers (when tracing is on).
+        middlewares=tracing.telemetry_middlewares(tracing.provider()),
     )
 
 
@@ -154,4 +157,8 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    tracing.setup(settings, role="relay")  # before the broker: its middleware takes it
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()  # flushes the spans still batched

@@ -33,7 +33,7 @@ async def worker(database_url: str, rabbitmq_url: str) -> AsyncIterator[Worker]:
 
 def withdrawal(user: str) -> Withdraw:
     return Withdraw.model_validate({
-        "idempotency_key": uuid.uuid4().hex, "user_id": user,
+        "idempotency_key": uuid.uuid4().hex, "user_id": user, "description": "lane",
         "amount": {"amount": "1.00", "currency": "USD"},
     })  # fmt: skip
 
@@ -56,7 +56,7 @@ async def test_a_batch_runs_while_single_messages_hold_every_pooled_connection(
         async with asyncio.timeout(10):  # the main pool would make it wait its 30 s timeout
             replies = await asyncio.gather(*(route.handle(withdrawal(user)) for _ in range(5)))
 
-    assert all(reply["ok"] for reply in replies), replies
+    assert all(reply is not None and reply["ok"] for reply in replies), replies
     async with driver_connection(worker.engine) as db:
         balance = await db.fetchval(
             "SELECT balance_minor FROM virtual_accounts WHERE user_id = $1", user

@@ -27,7 +27,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_contracts import names
 from billing_worker.app import Worker
@@ -183,10 +182,11 @@ async def flood(
 # --- statements -----------------------------------------------------------------------------
 
 
-def outbox_inserts(engine: AsyncEngine) -> AbstractAsyncContextManager[list[Sequence[Any]]]:
-    """The arguments of every `INSERT INTO outbox` the engine's connections send while
-    the block runs."""
-    return statements(engine, lambda r: r.args if "INSERT INTO outbox" in r.query else None)
+def outbox_inserts(worker: Worker) -> AbstractAsyncContextManager[list[Sequence[Any]]]:
+    """The arguments of every `INSERT INTO outbox` the worker's connections send while
+    the block runs (its batches have connections of their own)."""
+    engines = [worker.engine, worker.service.batch_engine]
+    return statements(engines, lambda r: r.args if "INSERT INTO outbox" in r.query else None)
 
 
 def users_in(arguments: Sequence[Any]) -> list[str]:
@@ -280,7 +280,7 @@ async def test_a_flood_of_completions_is_applied_once_each_in_one_transaction(
     assert settings.coalesce_max > 12
     blocker, *many = await deposits(bus, worker, 13, "flood")
 
-    async with outbox_inserts(worker.engine) as inserts:
+    async with outbox_inserts(worker) as inserts:
         made = await flood(bus, worker, database_url, blocker,
                            [(d.body, d.headers) for d in many], coalesced=len(many))  # fmt: skip
 

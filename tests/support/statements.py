@@ -4,7 +4,7 @@ engine's pool hands out while a block runs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -31,12 +31,15 @@ def query_text(record: Any) -> str | None:
 
 @asynccontextmanager
 async def statements(
-    engine: AsyncEngine,
+    engine: AsyncEngine | Sequence[AsyncEngine | None],
     pick: Callable[[Any], T | None] = query_text,  # type: ignore[assignment]
 ) -> AsyncIterator[list[T]]:
-    """What `pick` keeps of every statement the engine's connections send while the block
-    runs (it gets asyncpg's `LoggedQuery`: `query`, `args`, ...; None drops it); by
-    default the text of each statement but asyncpg's own introspection."""
+    """What `pick` keeps of every statement the engine's (or engines') connections send
+    while the block runs (it gets asyncpg's `LoggedQuery`: `query`, `args`, ...; None
+    drops it); by default the text of each statement but asyncpg's own introspection.
+    A worker's engines: `worker.engine` and, for the coalescers' batches,
+    `worker.service.batch_engine`."""
+    engines = [engine] if isinstance(engine, AsyncEngine) else [e for e in engine if e]
     sent: list[T] = []
 
     def log(record: Any) -> None:
@@ -51,12 +54,14 @@ async def statements(
         if dbapi is not None:
             dbapi.driver_connection.remove_query_logger(log)
 
-    pool = engine.sync_engine
-    event.listen(pool, "checkout", checkout)
-    event.listen(pool, "checkin", checkin)
+    pools = [e.sync_engine for e in engines]
+    for pool in pools:
+        event.listen(pool, "checkout", checkout)
+        event.listen(pool, "checkin", checkin)
     try:
         yield sent
         await asyncio.sleep(0.05)  # the logger is called soon after each statement
     finally:
-        event.remove(pool, "checkout", checkout)
-        event.remove(pool, "checkin", checkin)
+        for pool in pools:
+            event.remove(pool, "checkout", checkout)
+            event.remove(pool, "checkin", checkin)

@@ -34,6 +34,7 @@ from billing_worker.providers.base import (
     SubscriptionChange,
 )
 from billing_worker.providers.methods import ConfirmedSetup, SetupStarted
+from billing_worker.providers.observed import observed
 from billing_worker.providers.stripe import (
     NAME,
     methods,
@@ -72,6 +73,7 @@ class StripeGateway:
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
 
+    @observed("create_customer")
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         params: dict[str, Any] = {"metadata": {"user_id": user_id}}
         if email:
@@ -84,6 +86,7 @@ class StripeGateway:
         )
         return str(customer.id)
 
+    @observed("create_payment")
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         params = payments.intent_params(request)
         options = {"idempotency_key": f"pi-{request.idempotency_key}"}
@@ -95,10 +98,12 @@ class StripeGateway:
             return payments.declined(declined)
         return payments.result(intent)
 
+    @observed("fetch_payment")
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         found = await _call(self._client.v1.payment_intents.retrieve_async(provider_ref))
         return payments.result(found)
 
+    @observed("cancel_payment")
     async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
         """Cancel the PaymentIntent; one Stripe no longer lets cancel (it succeeded, or was
         canceled before) is re-read and reported as it is."""
@@ -111,6 +116,7 @@ class StripeGateway:
             canceled = await _call(self._client.v1.payment_intents.retrieve_async(provider_ref))
         return payments.cancel_result(canceled.to_dict())
 
+    @observed("create_subscription")
     async def create_subscription(
         self,
         *,
@@ -135,6 +141,7 @@ class StripeGateway:
         )
         return subscriptions.subscription(created)
 
+    @observed("cancel_subscription")
     async def cancel_subscription(self, ref: str, *, at_period_end: bool) -> ProviderSubscription:
         if at_period_end:
             updated = await _call(
@@ -144,6 +151,7 @@ class StripeGateway:
             updated = await _call(self._client.v1.subscriptions.cancel_async(ref))
         return subscriptions.subscription(updated)
 
+    @observed("change_subscription")
     async def change_subscription(
         self, ref: str, change: SubscriptionChange
     ) -> ProviderSubscription:
@@ -165,6 +173,7 @@ class StripeGateway:
         updated = await _call(self._client.v1.subscriptions.update_async(ref, params))  # type: ignore[arg-type]
         return subscriptions.subscription(updated)
 
+    @observed("fetch_subscription")
     async def fetch_subscription(self, ref: str) -> ProviderSubscription:
         found = await _call(self._client.v1.subscriptions.retrieve_async(ref))
         return subscriptions.subscription(found)
@@ -181,6 +190,7 @@ class StripeGateway:
             return  # nothing to check against; every event is still re-read from Stripe
         webhook.check_forwarded(body, headers, self._webhook_secret)
 
+    @observed("confirm")
     async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
         try:
             if claim.event_type == methods.SETUP_SUCCEEDED:
@@ -219,16 +229,19 @@ class StripeGateway:
         invoice = await self._retrieve(self._client.v1.invoices, str(claim.provider_ref))
         return subscriptions.confirmed_invoice(claim, invoice)
 
+    @observed("refund")
     async def refund(self, request: RefundRequest) -> RefundResult:
         params = refunds.refund_params(request)
         options = {"idempotency_key": f"re-{request.idempotency_key}"}
         made = await _call(self._client.v1.refunds.create_async(params, options))  # type: ignore[arg-type]
         return refunds.refund_result(made.to_dict())
 
+    @observed("fetch_refund")
     async def fetch_refund(self, ref: str) -> RefundResult:
         return refunds.refund_result(await self._retrieve(self._client.v1.refunds, ref))
 
     # Saved payment methods (providers/methods.py): SetupIntents and PaymentMethods.
+    @observed("start_setup")
     async def start_setup(
         self, *, customer_ref: str | None, user_id: str, setup_id: str,
         return_url: str | None, idempotency_key: str, receipt: Mapping[str, Any] | None = None,
@@ -238,6 +251,7 @@ class StripeGateway:
         created = await _call(self._client.v1.setup_intents.create_async(params, options))  # type: ignore[arg-type]
         return methods.started(created.to_dict())
 
+    @observed("confirm_setup")
     async def confirm_setup(self, ref: str) -> ConfirmedSetup | None:
         try:
             setup_intent = await self._retrieve(self._client.v1.setup_intents, ref)
@@ -249,6 +263,7 @@ class StripeGateway:
             return None
         return methods.confirmed(setup_intent, payment_method)
 
+    @observed("detach_method")
     async def detach_method(self, ref: str) -> None:
         try:
             await _call(self._client.v1.payment_methods.detach_async(ref))
@@ -257,11 +272,13 @@ class StripeGateway:
             if found.get("customer"):
                 raise
 
+    @observed("make_default")
     async def make_default(self, customer_ref: str | None, ref: str) -> None:
         if customer_ref:
             params = {"invoice_settings": {"default_payment_method": ref}}
             await _call(self._client.v1.customers.update_async(customer_ref, params))  # type: ignore[arg-type]
 
+    @observed("set_subscription_method")
     async def set_subscription_method(self, subscription_ref: str, ref: str) -> None:
         params = {"default_payment_method": ref}
         await _call(self._client.v1.subscriptions.update_async(subscription_ref, params))  # type: ignore[arg-type]

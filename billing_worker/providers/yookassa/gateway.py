@@ -37,6 +37,7 @@ from billing_worker.providers.base import (
     RefundRequest,
     RefundResult,
 )
+from billing_worker.providers.observed import observed
 from billing_worker.providers.yookassa import NAME, setup, webhook
 from billing_worker.providers.yookassa.refunds import refund_result
 
@@ -84,9 +85,11 @@ class YooKassaGateway(setup.SetupCalls):
         self._timeout = timeout
         self.setup_value, self.setup_currency = setup_amount  # a card setup's held amount
 
+    @observed("create_customer")
     async def create_customer(self, user_id: str, email: str | None, idempotency_key: str) -> str:
         raise NotImplementedError("YooKassa has no customers")
 
+    @observed("create_payment")
     async def create_payment(self, request: PaymentRequest) -> PaymentResult:
         body: dict[str, Any] = {
             "amount": {
@@ -110,9 +113,11 @@ class YooKassaGateway(setup.SetupCalls):
         payment = await self._call("POST", "/payments", headers=headers, body=body)
         return _result(payment)
 
+    @observed("fetch_payment")
     async def fetch_payment(self, provider_ref: str) -> PaymentResult:
         return _result(await self._call("GET", f"/payments/{provider_ref}"))
 
+    @observed("cancel_payment")
     async def cancel_payment(self, provider_ref: str, idempotency_key: str) -> PaymentResult:
         """YooKassa's API cancels only a payment `waiting_for_capture`; a `pending` one (the
         customer has not paid) cannot be canceled: YooKassa cancels it by itself when its
@@ -135,6 +140,7 @@ class YooKassaGateway(setup.SetupCalls):
     def authenticate(self, body: bytes, headers: Mapping[str, Any]) -> None:
         """YooKassa signs nothing: the relay checks the source address, `confirm` the rest."""
 
+    @observed("confirm")
     async def confirm(self, claim: ProviderEvent) -> ProviderEvent | None:
         if claim.event_type == setup.WAITING and claim.object_ref:  # a card setup, if ours
             try:
@@ -186,6 +192,7 @@ class YooKassaGateway(setup.SetupCalls):
             },
         )  # fmt: skip
 
+    @observed("refund")
     async def refund(self, request: RefundRequest) -> RefundResult:
         """`POST /v3/refunds` (through the SDK's client, like payments: an exact amount).
         `request.extra` adds fields such as the refund's 54-FZ `receipt`."""
@@ -202,6 +209,7 @@ class YooKassaGateway(setup.SetupCalls):
         headers = {"Idempotence-Key": f"refund-{request.idempotency_key}"}
         return refund_result(await self._call("POST", "/refunds", headers=headers, body=body))
 
+    @observed("fetch_refund")
     async def fetch_refund(self, ref: str) -> RefundResult:
         return refund_result(await self._call("GET", f"/refunds/{ref}"))
 

@@ -22,6 +22,7 @@ from billing_worker.db.payment_methods import Card
 from billing_worker.domain.errors import ProviderError
 from billing_worker.domain.events import ProviderEvent
 from billing_worker.providers.methods import ConfirmedSetup, SetupStarted
+from billing_worker.providers.observed import observed
 
 SETUP_OBJECT = "payment_method_setup"  # `confirmation["object"]` of a confirmed setup
 WAITING = "payment.waiting_for_capture"
@@ -116,6 +117,7 @@ class SetupCalls:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
+    @observed("start_setup")
     async def start_setup(
         self, *, customer_ref: str | None, user_id: str, setup_id: str,
         return_url: str | None, idempotency_key: str, receipt: Mapping[str, Any] | None = None,
@@ -127,6 +129,7 @@ class SetupCalls:
         headers = {"Idempotence-Key": f"setup-{idempotency_key}"}
         return started(await self._call("POST", "/payments", headers=headers, body=body))
 
+    @observed("confirm_setup")
     async def confirm_setup(self, ref: str) -> ConfirmedSetup | None:
         """Re-read the setup's payment; cancel it when YooKassa holds it (the method is
         saved then), and say what was saved. The cancel's key is the payment's: a
@@ -137,11 +140,14 @@ class SetupCalls:
             payment = await self._call("POST", f"/payments/{ref}/cancel", headers=headers, body={})
         return confirmed(payment)
 
+    @observed("detach_method")
     async def detach_method(self, ref: str) -> None:
         """YooKassa has no detach call: a detached method is never charged again by us."""
 
+    @observed("make_default")
     async def make_default(self, customer_ref: str | None, ref: str) -> None:
         """The default is ours alone at YooKassa."""
 
+    @observed("set_subscription_method")
     async def set_subscription_method(self, subscription_ref: str, ref: str) -> None:
         raise ProviderError("only Stripe runs subscriptions itself")

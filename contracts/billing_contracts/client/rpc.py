@@ -2,6 +2,11 @@
 
 Every request is persistent JSON on the default exchange, published `mandatory` with
 publisher confirms, `reply_to` the direct reply-to and `user_id` the connection's login.
+
+Tracing: each request is published in a PRODUCER span of the OpenTelemetry API
+(`<queue> publish`), whose W3C trace context goes in the `traceparent`/`tracestate`
+headers; the worker continues that trace. Without an SDK configured by the caller the
+API is a no-op: no span is recorded and no header sent.
 """
 
 # `timeout=` (seconds) is the client's per-call deadline, part of its API.
@@ -11,10 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
+from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from billing_contracts.client.connection import DIRECT_REPLY_TO, Connection
@@ -26,6 +35,8 @@ from billing_contracts.client_errors import (
 )
 
 R = TypeVar("R", bound=BaseModel)
+
+_tracer = trace.get_tracer("billing_contracts.client")  # follows the global provider
 
 
 class RpcClient(Connection):
@@ -75,15 +86,32 @@ class RpcClient(Connection):
         channel = self._channel
         if channel is None:
             raise BillingUnavailable("the billing client was closed")
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=correlation_id,
-            reply_to=DIRECT_REPLY_TO,
-            app_id=self.connection_name,
-            user_id=self.user_id,
-        )
+        with _tracer.start_as_current_span(
+            f"{queue} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": queue,
+                "messaging.message.conversation_id": correlation_id,
+            },
+        ):
+            headers: dict[str, Any] = {}
+            inject(headers)  # W3C traceparent/tracestate of this span; none without a tracer
+            message = aio_pika.Message(
+                body,
+                headers=headers or None,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                correlation_id=correlation_id,
+                reply_to=DIRECT_REPLY_TO,
+                app_id=self.connection_name,
+                user_id=self.user_id,
+            )
+            await self._send(channel, queue, message)
+
+    async def _send(
+        self, channel: AbstractRobustChannel, queue: str, message: aio_pika.Message
+    ) -> None:
         try:
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
         except PublishError:
