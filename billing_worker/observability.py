@@ -64,10 +64,16 @@ class InternalServer:
         self.port = port
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name="internal-http")
+        """Bind, then serve. A taken port is a one-line StartupError naming the setting
+        (uvicorn binding itself would log it and sys.exit from inside its task)."""
+        from billing_worker.startup import listen_socket
+
+        listener = listen_socket(self._server.config.host, self.port, "BILLING_METRICS_PORT")
+        serving = self._server.serve(sockets=[listener])
+        self._task = asyncio.create_task(serving, name="internal-http")
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # surfaces "address already in use" and the like
+                self._task.result()  # surfaces whatever stopped uvicorn starting
             await asyncio.sleep(0.01)
         log.info("metrics and health on :%d (/metrics, /healthz, /livez)", self.port)
 

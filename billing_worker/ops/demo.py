@@ -17,6 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from billing_contracts import names
+from billing_worker.ops.services import connect_amqp
 
 Say = Callable[[str], None]
 
@@ -28,7 +29,7 @@ class DemoClient:
         self.events: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> DemoClient:
-        self.connection = await aio_pika.connect(self.url, timeout=10)
+        self.connection = await connect_amqp(self.url)  # unreachable: a one-line error
         self.channel = await self.connection.channel()
         replies = await self.channel.declare_queue(exclusive=True)
         await replies.consume(self._on_reply, no_ack=True)

@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from billing_contracts import names
 from billing_worker.access import Access, broker_login
+from billing_worker.ops.services import connect_amqp
 
 _OURS = (names.REASON_HEADER, names.ORIGINAL_QUEUE_HEADER, names.ATTEMPTS_HEADER, "x-death")
 
@@ -78,7 +79,7 @@ async def dead_letters(
     url: str, limit: int
 ) -> AsyncIterator[tuple[AbstractChannel, list[DeadLetter]]]:
     """Up to `limit` dead letters, unacknowledged: whatever is not acked goes back."""
-    connection = await aio_pika.connect(url, timeout=10)
+    connection = await connect_amqp(url)  # unreachable: a one-line CommandError
     try:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.get_queue(names.DEAD_LETTER_QUEUE, ensure=True)
@@ -129,7 +130,7 @@ NEAR_FULL = 0.8  # `dlq list` warns from this share of BILLING_DEAD_LETTER_MAX
 
 async def depth(url: str) -> int:
     """How many dead letters the queue holds (RabbitMQ's count, without reading them)."""
-    connection = await aio_pika.connect(url, timeout=10)
+    connection = await connect_amqp(url)  # unreachable: a one-line CommandError
     try:
         channel = await connection.channel()
         queue = await channel.get_queue(names.DEAD_LETTER_QUEUE, ensure=True)
@@ -150,7 +151,7 @@ def fullness_warning(count: int, limit: int) -> str | None:
 
 
 async def purge(url: str) -> int:
-    connection = await aio_pika.connect(url, timeout=10)
+    connection = await connect_amqp(url)  # unreachable: a one-line CommandError
     try:
         channel = await connection.channel()
         queue = await channel.get_queue(names.DEAD_LETTER_QUEUE, ensure=True)

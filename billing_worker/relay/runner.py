@@ -23,7 +23,7 @@ from billing_worker.relay.addresses import networks
 from billing_worker.relay.app import Publish, RelayConfig, build_relay
 from billing_worker.relay.deadlines import head_deadline_protocol
 from billing_worker.settings import Settings
-from billing_worker.startup import cluster_broker, connect_broker
+from billing_worker.startup import cluster_broker, connect_broker, listen_socket
 
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 5.0
@@ -130,27 +130,32 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
 
 
 async def serve(settings: Settings) -> None:
+    # Bound first, by us rather than uvicorn: a taken port is a one-line StartupError
+    # before any broker connection is tried, and "listening" is logged once it is true.
+    listener = listen_socket(settings.relay_host, settings.relay_port, "BILLING_RELAY_PORT")
     broker = relay_broker(settings)
-    # Nothing is declared here: the relay's broker user may have no configure permission.
-    # Until a worker has declared its topology, callbacks are unroutable: 503, and the
-    # provider retries.
-    await connect_broker(broker, settings)
-
-    metrics = Metrics()
-    probe = health_probe(broker)
-    sender = publisher(broker, broker_login(settings.amqp_url))
-    app = build_relay(relay_config(settings), sender, probe, metrics)
     internal = None
-    if settings.metrics_port:
-        internal = InternalServer(
-            internal_app(metrics, {"broker": probe}), settings.metrics_host, settings.metrics_port
-        )
-        await internal.start()
-    config = uvicorn_config(app, settings)
-    log.info("webhook relay listening on %s:%d", settings.relay_host, settings.relay_port)
     try:
-        await _GracefulServer(config).serve()
+        # Nothing is declared here: the relay's broker user may have no configure
+        # permission. Until a worker has declared its topology, callbacks are
+        # unroutable: 503, and the provider retries.
+        await connect_broker(broker, settings)
+        metrics = Metrics()
+        probe = health_probe(broker)
+        sender = publisher(broker, broker_login(settings.amqp_url))
+        app = build_relay(relay_config(settings), sender, probe, metrics)
+        if settings.metrics_port:
+            internal = InternalServer(
+                internal_app(metrics, {"broker": probe}),
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+            await internal.start()
+        config = uvicorn_config(app, settings)
+        log.info("webhook relay listening on %s:%d", settings.relay_host, settings.relay_port)
+        await _GracefulServer(config).serve(sockets=[listener])
     finally:
+        listener.close()
         if internal:
             await internal.stop()
         await broker.stop()

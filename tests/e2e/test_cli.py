@@ -119,7 +119,7 @@ def test_the_sandbox_next_to_live_keys_stops_start_up_in_one_line() -> None:
     result = run("run", BILLING_SANDBOX_ENABLED="true", BILLING_STRIPE_API_KEY="sk_live_not_really")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "billing-worker: BILLING_SANDBOX_ENABLED=true is refused with live provider keys "
+        "billing-worker run: BILLING_SANDBOX_ENABLED=true is refused with live provider keys "
         "(BILLING_STRIPE_API_KEY is a live key)"
     ]
     assert "sk_live_not_really" not in result.stderr
