@@ -4,15 +4,29 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services migrate run test lint asyncapi nestjs codegen docs docs-html dist demo bench fmt clean
+.PHONY: install lock services migrate run test lint asyncapi nestjs codegen docs docs-html dist demo bench fmt clean
 
-$(STAMP): pyproject.toml contracts/pyproject.toml
+# Every third-party package comes from the lock, hash-checked, so two installs get the same
+# versions; then the two local packages, without resolving anything.
+$(STAMP): pyproject.toml contracts/pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./contracts -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e ./contracts -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with the worker, the contracts and the dev tools
+install: $(STAMP)  ## create .venv with the worker, the contracts and the dev tools (from the lock)
+
+# The locks: requirements.lock (what the image installs) and requirements-dev.lock (make
+# install), resolved by uv for Python 3.11 on every platform, with hashes. The two local
+# packages are inputs, not entries (pip cannot hash-check a directory).
+# tests/unit/test_lock.py fails when pyproject.toml asks for something the locks lack.
+UV_COMPILE := $(BIN)/uv pip compile - --universal --python-version 3.11 --generate-hashes \
+	--quiet --no-emit-package billing-contracts --no-emit-package billing-worker \
+	--custom-compile-command "make lock"
+lock: install  ## re-resolve requirements.lock and requirements-dev.lock from pyproject.toml
+	printf -- '-e ./contracts\n-e .\n' | $(UV_COMPILE) -o requirements.lock
+	printf -- '-e ./contracts\n-e .[dev]\n' | $(UV_COMPILE) -o requirements-dev.lock
 
 services:  ## start the local PostgreSQL and RabbitMQ if they are down
 	./scripts/services.sh

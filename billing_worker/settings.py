@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
 
 
 def split_urls(value: str) -> tuple[str, ...]:
@@ -28,6 +37,106 @@ PaymentMode = Literal[
     "full_prepayment", "partial_prepayment", "advance", "full_payment", "partial_payment",
     "credit", "credit_payment",
 ]  # fmt: skip
+
+
+# ---- secrets from files ----
+#
+# The way Docker and Kubernetes hand secrets to a process; both forms are off unless asked for:
+# - BILLING_<NAME>_FILE=/path: BILLING_<NAME> is the file's content (surrounding whitespace
+#   stripped), for the settings that hold credentials (SECRET_SETTINGS). Compose mounts one
+#   file per secret; naming each file keeps a service's credentials explicit.
+# - BILLING_SECRETS_DIR=/dir: pydantic-settings' secrets directory; a file named like a
+#   setting (billing_database_url, case-insensitive) sets it. A Kubernetes Secret mounted as
+#   a volume is such a directory.
+# Credentials in files stay out of `docker inspect` and /proc/<pid>/environ. Every way a file
+# can be wrong (missing, unreadable, a directory, set twice) is a SettingsError of one line
+# naming the variable and the path, which the CLI prints as it is.
+
+PREFIX = "BILLING_"
+SECRETS_DIR_ENV = "BILLING_SECRETS_DIR"
+FILE_SUFFIX = "_FILE"
+# The settings that hold a credential: the only ones a BILLING_<NAME>_FILE may set.
+SECRET_SETTINGS = (
+    "database_url",
+    "rabbitmq_url",
+    "stripe_api_key",
+    "stripe_webhook_secret",
+    "yookassa_account_id",
+    "yookassa_secret_key",
+)
+FILE_VARIABLES = frozenset(f"{PREFIX}{name.upper()}{FILE_SUFFIX}" for name in SECRET_SETTINGS)
+
+
+def _read(path: Path, variable: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise SettingsError(f"{variable}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"{variable}: {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{variable}: {path} is not UTF-8 text") from None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SettingsError(f"{variable}: cannot read {path}: {reason}") from None
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``BILLING_<NAME>_FILE``: the content of the named file, for the secret settings."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the files itself
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_SETTINGS:
+            variable = f"{PREFIX}{name.upper()}"
+            path = os.environ.get(variable + FILE_SUFFIX, "").strip()
+            if not path:
+                continue
+            if os.environ.get(variable, "").strip():
+                raise SettingsError(
+                    f"{variable} and {variable}{FILE_SUFFIX} are both set: keep one of them"
+                )
+            values[name] = _read(Path(path), variable + FILE_SUFFIX)
+        return values
+
+
+class SecretsDirSource(SecretsSettingsSource):
+    """pydantic-settings' secrets directory, named by ``BILLING_SECRETS_DIR``.
+
+    pydantic-settings only warns about a missing directory and lets an unreadable file's
+    OSError through; here both are one-line errors, since a secret that silently falls
+    back to its default (the local database, guest on the broker) is worse than refusing
+    to start.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path) -> None:
+        if not directory.is_dir():
+            what = "does not exist" if not directory.exists() else "is not a directory"
+            raise SettingsError(f"{SECRETS_DIR_ENV}: {directory} {what}")
+        try:
+            next(iter(directory.iterdir()), None)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise SettingsError(f"{SECRETS_DIR_ENV}: cannot list {directory}: {reason}") from None
+        super().__init__(settings_cls, secrets_dir=directory)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        try:
+            return super().get_field_value(field, field_name)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            file = error.filename or field_name
+            raise SettingsError(f"{SECRETS_DIR_ENV}: cannot read {file}: {reason}") from None
+
+
+def file_sources(settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
+    """The file sources the environment asks for: ``*_FILE`` first, then the directory."""
+    sources: list[PydanticBaseSettingsSource] = [SecretFilesSource(settings_cls)]
+    if directory := os.environ.get(SECRETS_DIR_ENV, "").strip():
+        sources.append(SecretsDirSource(settings_cls, Path(directory)))
+    return tuple(sources)
 
 
 class Settings(BaseSettings):
@@ -245,6 +354,18 @@ class Settings(BaseSettings):
         description="OpenTelemetry collector base URL (OTLP over HTTP, /v1/traces is added); "
         "unset, the standard OTEL_* variables decide, and without them tracing is off",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment, then secrets from files (billing_worker.secret_files), then .env."""
+        return (init_settings, env_settings, *file_sources(settings_cls), dotenv_settings)
 
     @field_validator("access_policy", "otel_endpoint", mode="before")
     @classmethod

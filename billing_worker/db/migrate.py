@@ -115,10 +115,19 @@ async def ensure_database(url: str) -> bool:
 
 
 def migrations_dir() -> Path:
-    """The Alembic script directory: ``$BILLING_MIGRATIONS_DIR`` or the repo's."""
+    """The Alembic script directory.
+
+    ``$BILLING_MIGRATIONS_DIR`` if set; else the copy an installed wheel carries in the
+    package (``billing_worker/migrations``, put there from the repository's
+    ``migrations/`` at build time by pyproject's ``force-include``, so there is one
+    source); else, in a checkout (an editable install), the repository's ``migrations/``.
+    """
     if override := os.environ.get(MIGRATIONS_DIR_ENV):
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "migrations"
+    package = Path(__file__).resolve().parents[1]
+    if (package / "migrations" / "env.py").is_file():
+        return package / "migrations"
+    return package.parent / "migrations"
 
 
 def alembic_config(url: str) -> Config:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from billing_worker.cli import build_parser
-from billing_worker.settings import Settings
+from billing_worker.settings import FILE_VARIABLES, SECRETS_DIR_ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -26,9 +26,9 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 SETTINGS_NAMES = frozenset(f"BILLING_{name.upper()}" for name in Settings.model_fields)
-# Read by billing_worker/db/migrate.py itself (the Alembic script directory), not a
-# field of Settings: the image sets it to where it copies migrations/.
-NOT_SETTINGS = frozenset({"BILLING_MIGRATIONS_DIR"})
+# Read by billing_worker/db/migrate.py itself (the Alembic script directory), and the
+# variables that name files holding settings (billing_worker/settings.py): not fields.
+NOT_SETTINGS = frozenset({"BILLING_MIGRATIONS_DIR", SECRETS_DIR_ENV, *FILE_VARIABLES})
 KNOWN_NAMES = SETTINGS_NAMES | NOT_SETTINGS
 
 BILLING_NAME = re.compile(r"\bBILLING_[A-Z0-9_]+\b")
@@ -341,18 +341,41 @@ def test_the_dockerfile_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     assert "NONE" not in healthchecks[-1].upper().split()
 
 
-def test_the_dockerfile_starts_the_cli_and_finds_its_migrations() -> None:
-    stage = final_stage(dockerfile_instructions(DOCKERFILE.read_text()))
+def test_the_dockerfile_starts_the_cli_with_the_migrations_inside_the_package() -> None:
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    stage = final_stage(instructions)
     last = {keyword: value for keyword, value in stage}
     assert json.loads(last["ENTRYPOINT"]) == ["billing-worker"]
     assert json.loads(last["CMD"]) == ["run"]
-    env = " ".join(value for keyword, value in stage if keyword == "ENV").split()
-    assert "BILLING_MIGRATIONS_DIR=/app/migrations" in env
-    copies = [value.split() for keyword, value in stage if keyword == "COPY"]
-    assert any(
-        [part.rstrip("/") for part in copy[-2:]] == ["migrations", "/app/migrations"]
-        for copy in copies
-    ), "the final image must copy migrations/ to /app/migrations"
+    # The wheel carries them (pyproject's force-include): no directory to point at.
+    assert "BILLING_MIGRATIONS_DIR" not in DOCKERFILE.read_text()
+    builder = instructions[: len(instructions) - len(stage)]
+    copies = [value.split() for keyword, value in builder if keyword == "COPY"]
+    assert ["migrations/", "migrations/"] in copies, "the wheel is built with migrations/"
+
+
+def test_the_dockerfile_installs_the_hash_checked_lock_then_the_local_packages() -> None:
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    runs = [value for keyword, value in instructions if keyword == "RUN" and "pip install" in value]
+    locked = [index for index, run in enumerate(runs) if "-r requirements.lock" in run]
+    assert locked, "no RUN installs requirements.lock"
+    assert "--require-hashes" in runs[locked[0]]
+    local = [run for run in runs if "./contracts" in run]
+    assert local, "the local packages are not installed"
+    assert all("--no-deps" in run for run in local), "the local packages must resolve nothing"
+    assert runs.index(local[0]) > locked[0]
+    assert not [run for run in runs if "[dev]" in run], "no dev tools in the image"
+
+
+def test_the_dockerfile_labels_the_image_and_exposes_the_relay_and_metrics_ports() -> None:
+    stage = final_stage(dockerfile_instructions(DOCKERFILE.read_text()))
+    labels = " ".join(value for keyword, value in stage if keyword == "LABEL")
+    named = set(re.findall(r"(org\.opencontainers\.image\.[a-z.]+)=", labels))
+    required = {"title", "description", "licenses", "version", "revision", "created", "source"}
+    assert {f"org.opencontainers.image.{name}" for name in required} <= named, sorted(named)
+    exposed = {value for keyword, value in stage if keyword == "EXPOSE"}
+    assert exposed == {"8080 9477"}
+    assert Settings.model_fields["relay_port"].default == 8080
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
@@ -384,7 +407,52 @@ def test_the_worker_can_scale_out() -> None:
     worker = services()["worker"]
     assert "container_name" not in worker
     assert not worker.get("ports")
-    assert "BILLING_METRICS_PORT" in worker["environment"]
+    assert worker["environment"]["BILLING_METRICS_PORT"] == "9477"  # not node_exporter's 9100
+
+
+def test_the_worker_and_the_relay_check_their_healthz() -> None:
+    ports = {"worker": "9477", "relay": "8080"}
+    for name, port in ports.items():
+        test = services()[name]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        assert "/healthz" in " ".join(test), f"{name} checks no /healthz"
+        assert port in " ".join(test)
+
+
+def test_the_built_services_run_read_only_without_capabilities_or_privilege_gain() -> None:
+    for name, service in services().items():
+        if "build" not in service:
+            continue
+        assert service["read_only"] == "true", name
+        assert service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+
+
+def compose_secret(name: str) -> str:
+    """The content of the file behind a compose secret."""
+    declared = compose()["secrets"][name]
+    path = ROOT / declared["file"]
+    assert path.is_file(), f"secret {name}: {declared['file']} does not exist"
+    return path.read_text().strip()
+
+
+def test_no_credential_is_inline_every_secret_is_a_mounted_file() -> None:
+    text = COMPOSE.read_text()
+    assert "://" not in re.sub(r"http://127\.0\.0\.1", "", text), "a URL is written inline"
+    assert "PASSWORD:" not in text
+    for name, service in services().items():
+        mounted = set(service.get("secrets", []))
+        for variable, value in service.get("environment", {}).items():
+            if variable.endswith("_FILE"):
+                assert value.startswith("/run/secrets/"), f"{name}: {variable}={value}"
+                secret = value.removeprefix("/run/secrets/")
+                assert secret in mounted, f"{name} reads {secret} without mounting it"
+                assert compose_secret(secret)
+                if variable.startswith("BILLING_"):
+                    assert variable in FILE_VARIABLES, f"{variable}: Settings reads no such file"
+    database = compose_secret("worker-database-url")
+    assert f":{compose_secret('postgres-password')}@postgres:" in database
 
 
 def test_the_worker_starts_after_the_migration_completed() -> None:
@@ -408,9 +476,9 @@ def test_every_built_service_runs_an_existing_subcommand_with_its_urls() -> None
             parser.parse_args(service["command"])
         except SystemExit:
             pytest.fail(f"{name} runs {service['command']}, not a billing-worker command")
-        assert "BILLING_RABBITMQ_URL" in service["environment"]
+        assert "BILLING_RABBITMQ_URL_FILE" in service["environment"]
         if name != "relay":
-            assert "BILLING_DATABASE_URL" in service["environment"]
+            assert "BILLING_DATABASE_URL_FILE" in service["environment"]
 
 
 # ---- broker users, permissions and the access policy ----
@@ -421,7 +489,7 @@ ACCESS_POLICY = ROOT / "deploy" / "access-policy.toml"
 # What the internet-facing relay may be given: its broker URL, the webhook secret, and
 # which proxies to believe. Never the database, nor a provider's API key.
 RELAY_MAY_READ = frozenset(
-    {"BILLING_RABBITMQ_URL", "BILLING_STRIPE_WEBHOOK_SECRET", "BILLING_TRUSTED_PROXIES"}
+    {"BILLING_RABBITMQ_URL_FILE", "BILLING_STRIPE_WEBHOOK_SECRET", "BILLING_TRUSTED_PROXIES"}
 )
 
 
@@ -438,7 +506,8 @@ def permissions() -> dict[str, dict[str, str]]:
 def broker_url(service: str) -> Any:
     from urllib.parse import urlsplit
 
-    return urlsplit(services()[service]["environment"]["BILLING_RABBITMQ_URL"])
+    path = services()[service]["environment"]["BILLING_RABBITMQ_URL_FILE"]
+    return urlsplit(compose_secret(path.removeprefix("/run/secrets/")))
 
 
 def allows(pattern: str, name: str) -> bool:
@@ -451,6 +520,7 @@ def test_the_relay_gets_only_its_webhook_secrets_and_its_own_broker_user() -> No
     relay = services()["relay"]
     assert "env_file" not in relay, "the relay must not read .env (provider keys live there)"
     assert set(relay["environment"]) <= RELAY_MAY_READ, sorted(relay["environment"])
+    assert relay["secrets"] == ["relay-rabbitmq-url"], "the relay mounts only its broker URL"
     assert broker_url("relay").username != broker_url("worker").username
 
 
