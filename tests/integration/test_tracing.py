@@ -35,7 +35,7 @@ from support.settings import make_settings
 
 pytestmark = pytest.mark.integration
 
-WAIT = 30.0
+WAIT = 60.0  # a deadline, not a measurement: the machine is shared with other runs
 
 
 @pytest.fixture(scope="session")
@@ -279,8 +279,9 @@ async def test_a_sandbox_deposit_has_its_provider_span_and_the_histogram_observe
     assert provider_call.attributes["billing.provider.outcome"] == "ok"
     assert consume in ancestors(spans, provider_call)
     assert calls("billing_provider_call_seconds_count", labels) == before + 1
-    (handled,) = named(spans, callback)
-    assert consume in ancestors(spans, handled)
+    handled = named(spans, callback)  # once, or again if a delivery was retried
+    assert handled
+    assert all(consume in ancestors(spans, span) for span in handled)
 
 
 async def test_a_webhook_trace_continues_from_the_relay_into_the_worker(
