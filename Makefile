@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock services migrate run test lint asyncapi nestjs codegen docs docs-html dist demo bench fmt clean
+.PHONY: install lock services migrate run test lint rules asyncapi nestjs codegen docs docs-html dist demo bench fmt clean
 
 # Every third-party package comes from the lock, hash-checked, so two installs get the same
 # versions; then the two local packages, without resolving anything.
@@ -44,6 +44,16 @@ lint: install  ## ruff, ruff format, mypy --strict, and the import rules (no cyc
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
+
+# The alert rules of deploy/prometheus and their unit tests, where promtool is installed
+# (Debian's `prometheus` package; .ci/run installs it when it is missing).
+PROMTOOL := $(shell command -v promtool 2>/dev/null)
+rules:  ## promtool check rules + promtool test rules (deploy/prometheus)
+ifdef PROMTOOL
+	cd deploy/prometheus && $(PROMTOOL) check rules alerts.yaml && $(PROMTOOL) test rules alerts.test.yaml
+else
+	@echo "promtool is not installed: the alert rules are not checked (apt-get install prometheus)"
+endif
 
 # The npm tools are pinned by their lockfiles and installed with `npm ci` when a lockfile
 # changes. html-template's puppeteer (for PDFs, unused) would download a browser: skipped.
@@ -96,11 +106,12 @@ bench: install services  ## the benchmark: the worker against both floors (about
 # (the tests mostly wait on the broker, the database and the worker processes they start,
 # so 3 processes keep a 2-core machine busy). Coverage and the fault suite's figures add up
 # across both runs; the floor is checked on the total.
-# The checks before pytest (lint, the AsyncAPI parser, the NestJS build, the codegen test)
-# run side by side, each one's output kept together: mostly npm installs and disk waits.
+# The checks before pytest (lint, the alert rules, the AsyncAPI parser, the NestJS build,
+# the codegen test) run side by side, each one's output kept together: mostly npm
+# installs and disk waits.
 TEST_WORKERS ?= 3
 test: install services  ## set up and run the whole test suite (with coverage)
-	$(MAKE) --no-print-directory -j4 --output-sync=target lint asyncapi nestjs codegen
+	$(MAKE) --no-print-directory -j4 --output-sync=target lint rules asyncapi nestjs codegen
 	rm -f tests/faults/last-run.json
 	$(BIN)/pytest -m serial --cov --cov-report= --cov-fail-under=0
 	BILLING_FAULT_FIGURES=append $(BIN)/pytest -m "not serial" -n $(TEST_WORKERS) \

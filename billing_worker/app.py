@@ -31,12 +31,14 @@ from billing_worker.messaging.pipeline import Pipeline, Route
 from billing_worker.messaging.routes import all_routes, batch_lanes
 from billing_worker.metrics import Metrics, faststream_metrics
 from billing_worker.observability import InternalServer, internal_app
+from billing_worker.ops import health
 from billing_worker.providers import observed, sandbox
 from billing_worker.providers.base import Gateways, PaymentGateway
 from billing_worker.providers.sandbox import SandboxGateway
 from billing_worker.providers.stripe.gateway import StripeGateway
 from billing_worker.providers.yookassa.gateway import YooKassaGateway
 from billing_worker.providers.yookassa.receipts import receipt_policy
+from billing_worker.sampler import Sampler
 from billing_worker.service import BillingService
 from billing_worker.settings import Settings
 from billing_worker.startup import StartupError, check_database, cluster_broker, connect_broker
@@ -212,8 +214,17 @@ def build_worker(
                                 restarter(route.coalescer.flush)))  # fmt: skip
     for subscriber in broker.subscribers:
         watchdog.watch(consumer_part(subscriber, broker, settings.watchdog_consumer_grace_seconds))
-    internal = None
-    if settings.metrics_port:
+    internal: InternalServer | None = None
+    sampler: Sampler | None = None
+    if settings.metrics_port:  # the sampled gauges too, only when they are served
+        sampler = Sampler(
+            metrics,
+            engine,
+            lambda: broker._connection,
+            [*health.command_queues(settings), health.DEAD_LETTER_QUEUE],
+            stuck_after_seconds=health.stuck_after_seconds(settings),
+            interval_seconds=settings.metrics_sample_seconds,
+        )
         checks = {"broker": lambda: broker.ping(timeout=2.0), "database": database_check(engine)}
         checks.update({name: watchdog.check(name) for name in watchdog.parts})
         internal = InternalServer(
@@ -256,6 +267,8 @@ def build_worker(
         retention.start()
         hold_expiry.start()
         invoice_overdue.start()
+        if sampler:
+            sampler.start()
         watchdog.start()
         log.info(
             "billing worker consuming (prefetch %d, providers %s, default %s)",
@@ -281,6 +294,8 @@ def build_worker(
         await retention.stop()
         await hold_expiry.stop()
         await invoice_overdue.stop()
+        if sampler:
+            await sampler.stop()
         await publisher.stop()  # last drain while the broker is still connected
 
     async def after_shutdown() -> None:

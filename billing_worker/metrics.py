@@ -6,22 +6,41 @@ serve it on BILLING_METRICS_PORT together with their health endpoints.
 Every label value comes from a fixed set, never from a message: a caller chooses its
 `reply_to` and a provider callback its event type, and each distinct label value is a
 series kept for the life of the process. Reply queues share the destination
-`default.reply`, anything else unknown is `other`.
+`default.reply`, error codes outside the contract's `ErrorCode`s, and anything else
+unknown, are `other`.
+
+Besides the series code paths count, the registry carries prometheus_client's process,
+platform and gc collectors (its global registry has them; ours is built per process
+object so that tests can build many) and `billing_worker_build_info`. What no code path
+observes (queue depths, unpublished outbox rows, stuck payments) is sampled by
+billing_worker/sampler.py into the gauges made here. docs/metrics.md lists every series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import platform
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from aio_pika import IncomingMessage
 from faststream.prometheus import ConsumeAttrs, PrometheusMiddleware
 from faststream.rabbit.response import RabbitPublishCommand
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 
 from billing_contracts import names
 from billing_contracts.catalog import EVENT_MODELS
+from billing_contracts.envelope import ErrorCode
 from billing_worker.domain.events import DomainEvent
 from billing_worker.domain.transactions import Transition
 from billing_worker.messaging.topology import ALL_WORK_QUEUES, Topology
@@ -33,11 +52,35 @@ OTHER = "other"
 REPLY = "reply"
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ERROR_CODES = frozenset(code.value for code in ErrorCode)
+SAMPLE_SOURCES = ("database", "broker")  # what the sampler reads; `billing_metrics_sample_up`
+
+
+def process_registry() -> CollectorRegistry:
+    """A fresh registry with the collectors prometheus_client gives its global one:
+    `process_*` (CPU, memory, open files), `python_info` and `python_gc_*`."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)  # they read the process, not a registry: shareable
+    return registry
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("billing-worker")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def error_code_label(code: object) -> str:
+    """An error code of the contract, else `other` (a handler's reply is ours, but a
+    label is kept for the life of the process: nothing unexpected becomes one)."""
+    return code if isinstance(code, str) and code in ERROR_CODES else OTHER
 
 
 @dataclass
 class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    registry: CollectorRegistry = field(default_factory=process_registry)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -88,6 +131,48 @@ class Metrics:
         self.renewals = Counter(
             "billing_renewals_total", "Renewal scheduler outcomes", ["outcome"], registry=r
         )
+        Info(
+            "billing_worker_build", "The running billing-worker's version and Python", registry=r
+        ).info({"version": package_version(), "python": platform.python_version()})
+        self.refusals = Counter(
+            "billing_refusals_total",
+            "Messages answered with an error, by queue and error code (business refusals "
+            "and the pipeline's forbidden, invalid_message and internal_error)",
+            ["queue", "code"], registry=r,
+        )  # fmt: skip
+        # Sampled (billing_worker/sampler.py), every BILLING_METRICS_SAMPLE_SECONDS.
+        self.outbox_unpublished = Gauge(
+            "billing_outbox_unpublished_events", "Outbox events not yet published", registry=r
+        )
+        self.stuck_payments = Gauge(
+            "billing_payments_stuck_processing",
+            "Payments processing past BILLING_RECONCILE_AFTER_SECONDS and two reconciler rounds",
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "billing_queue_messages",
+            "Ready messages in each queue the worker consumes and in the dead-letter queue",
+            ["queue"], registry=r,
+        )  # fmt: skip
+        self.queue_consumers = Gauge(
+            "billing_queue_consumers", "Consumers of each of those queues", ["queue"], registry=r
+        )
+        # Set by the sampler only: the relay, which samples nothing, exports none.
+        self.sample_up = Gauge(
+            "billing_metrics_sample_up",
+            "1 when the last sample of this source succeeded; 0 while it fails (the sampled "
+            "gauges then keep their last value)",
+            ["source"], registry=r,
+        )  # fmt: skip
+
+    def refused(self, queue: str, code: object) -> None:
+        """Count an error reply to a message of `queue` (a route's queue: a fixed set)."""
+        self.refusals.labels(queue, error_code_label(code)).inc()
+
+    def refused_with(self, queue: str, reply: Mapping[str, object]) -> None:
+        """Count a handler's error envelope `{"ok": false, "error": {"code": ...}}`."""
+        error = reply.get("error")
+        self.refused(queue, error.get("code") if isinstance(error, Mapping) else None)
 
     def committed(
         self, transitions: Iterable[tuple[str, Transition]], events: Iterable[DomainEvent]

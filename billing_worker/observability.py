@@ -12,7 +12,8 @@ from prometheus_client import make_asgi_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from billing_worker.metrics import Metrics
 
@@ -37,14 +38,31 @@ def internal_app(metrics: Metrics, checks: Mapping[str, Check]) -> Starlette:
     async def alive(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
+    exposition = _Exposition(metrics)
+
     return Starlette(
         routes=[
             Route("/healthz", ready),
             Route("/readyz", ready),
             Route("/livez", alive),
-            Mount("/metrics", app=make_asgi_app(registry=metrics.registry)),
+            # Both spellings answer 200 (a Mount answered /metrics with a redirect that
+            # `curl -s` and promtool's stdin check took for an empty page).
+            Route("/metrics", exposition, methods=["GET"]),
+            Route("/metrics/", exposition, methods=["GET"]),
         ]
     )
+
+
+class _Exposition:
+    """prometheus_client's ASGI app (content negotiation, gzip, `name[]` filters) as
+    the endpoint of a Route: Starlette serves a class instance as ASGI, a function as
+    request -> response."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._app = make_asgi_app(registry=metrics.registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -340,9 +340,20 @@ class Settings(BaseSettings):
         description="How long a consumer may stay missing (aio-pika restores it) before a restart",
     )
     metrics_port: int | None = Field(
-        default=None, ge=1, le=65535, description="Internal /metrics, /healthz, /livez port"
+        default=None,
+        ge=1,
+        le=65535,
+        description="Internal /metrics, /healthz, /livez port: 9477 (node_exporter has 9100); "
+        "unset = no listener",
     )
     metrics_host: str = "0.0.0.0"  # noqa: S104 - internal port, not published by compose
+    metrics_sample_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often the worker samples queue depths, the outbox and stuck payments "
+        "for /metrics",
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0, gt=0, le=600, description="Time in-flight messages get to finish on SIGTERM"
     )

@@ -141,6 +141,7 @@ class Pipeline:
             await self.reply(raw, error(ErrorCode.FORBIDDEN, refusal, {}), packet)
             await self.dead_letter(raw, route.queue, f"forbidden: {refusal}")
             await self.acks.ack(raw)
+            self.metrics.refused(route.queue, ErrorCode.FORBIDDEN)  # once acked: never twice
             return "forbidden"
         try:
             payload = parse_payload(route.parse, route.patterns, raw, packet)
@@ -160,7 +161,10 @@ class Pipeline:
         if reply is not None:
             await self.reply(raw, reply, packet)
         await self.acks.ack(message.raw_message)
-        return "ok" if reply is None or reply.get("ok") else "refused"
+        if reply is None or reply.get("ok"):
+            return "ok"
+        self.metrics.refused_with(route.queue, reply)  # by its code: a burst stands out
+        return "refused"
 
     async def refuse(
         self,
@@ -179,6 +183,7 @@ class Pipeline:
         )
         await self.dead_letter(raw, route.queue, f"invalid_message: {invalid.reason}")
         await self.acks.ack(message.raw_message)
+        self.metrics.refused(route.queue, ErrorCode.INVALID_MESSAGE)
         return "invalid"
 
     async def failed(
@@ -225,6 +230,8 @@ class Pipeline:
             )
             outcome = "retried"
         await self.acks.ack(message.raw_message)
+        if outcome == "dead_lettered":  # the caller got internal_error
+            self.metrics.refused(route.queue, ErrorCode.INTERNAL_ERROR)
         return outcome
 
     async def reply(
