@@ -224,6 +224,7 @@ def build_worker(
             [*health.command_queues(settings), health.DEAD_LETTER_QUEUE],
             stuck_after_seconds=health.stuck_after_seconds(settings),
             interval_seconds=settings.metrics_sample_seconds,
+            amqp_url=settings.amqp_url,
         )
         checks = {"broker": lambda: broker.ping(timeout=2.0), "database": database_check(engine)}
         checks.update({name: watchdog.check(name) for name in watchdog.parts})

@@ -64,10 +64,15 @@ class Sampler:
         *,
         stuck_after_seconds: float,
         interval_seconds: float,
+        amqp_url: str | None = None,
     ) -> None:
         self._metrics = metrics
         self._engine = engine
         self._connection = connection  # the broker's current one (it reconnects)
+        # With a URL, every broker sample opens and closes a connection of its own: raw
+        # channels opened on the worker's connection could close it (a CHANNEL_ERROR at
+        # shutdown did, in the fault suite).
+        self._amqp_url = amqp_url
         self._queues = tuple(queues)
         self._stuck_after = stuck_after_seconds
         self._interval = interval_seconds
@@ -124,10 +129,7 @@ class Sampler:
         self._metrics.stuck_payments.set(stuck)
 
     async def _broker(self) -> None:
-        connection = self._connection()
-        if connection is None or not connection.connected.is_set():  # reconnecting
-            raise ConnectionError("the worker is not connected to RabbitMQ")
-        for state in await health.queue_states_on(connection, self._queues):
+        for state in await self._queue_states():
             if state.messages is None or state.consumers is None:  # no such queue (yet)
                 with contextlib.suppress(KeyError):
                     self._metrics.queue_messages.remove(state.queue)
@@ -135,6 +137,14 @@ class Sampler:
                 continue
             self._metrics.queue_messages.labels(state.queue).set(state.messages)
             self._metrics.queue_consumers.labels(state.queue).set(state.consumers)
+
+    async def _queue_states(self) -> list[health.QueueState]:
+        if self._amqp_url is not None:
+            return await health.queue_states(self._amqp_url, self._queues)
+        connection = self._connection()
+        if connection is None or not connection.connected.is_set():  # reconnecting
+            raise ConnectionError("the worker is not connected to RabbitMQ")
+        return await health.queue_states_on(connection, self._queues)
 
 
 def reason_of(failure: Exception) -> str:
