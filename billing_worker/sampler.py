@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aio_pika.abc import AbstractConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker import background
 from billing_worker.db.engine import driver_connection
 from billing_worker.metrics import Metrics
 from billing_worker.ops import health
@@ -86,14 +87,13 @@ class Sampler:
     async def stop(self) -> None:
         if self.task is None:
             return
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        self.task = None
+        task, self.task = self.task, None
+        await background.stop(task)
 
     async def _run(self) -> None:
         while True:
             await self.sample()
+            background.raise_if_cancelled()  # a sample may have caught its cancellation
             await asyncio.sleep(self._interval)
 
     async def sample(self) -> None:
@@ -106,6 +106,7 @@ class Sampler:
             async with asyncio.timeout(SAMPLE_TIMEOUT_SECONDS):
                 await read()
         except Exception as failure:  # a sample must never end the task
+            background.raise_if_cancelled()  # ... but for a cancellation in disguise
             self._metrics.sample_up.labels(source).set(0)
             if not self._failing.get(source):
                 log.warning(

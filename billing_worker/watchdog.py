@@ -17,7 +17,6 @@ grace a missing consumer is a WARNING (and down in `/healthz`); past it, an ERRO
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aio_pika import RobustConnection
+
+from billing_worker import background
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,14 @@ class Watchdog:
         return running
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="watchdog")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="watchdog")
 
     async def stop(self) -> None:
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        await background.stop(task)
 
     async def _run(self) -> None:
         while True:
@@ -100,6 +100,7 @@ class Watchdog:
             try:
                 await self.check_once()
             except Exception:  # the watchdog itself must not die quietly either
+                background.raise_if_cancelled()
                 log.exception("the watchdog's round failed")
 
     async def check_once(self) -> None:

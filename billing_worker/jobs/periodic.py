@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Any
 
+from billing_worker import background
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,8 @@ class Periodic:
         raise NotImplementedError
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=type(self).__name__.lower())
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name=type(self).__name__.lower())
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -32,8 +35,7 @@ class Periodic:
     async def stop(self) -> None:
         if self._task:
             task, self._task = self._task, None
-            task.cancel()
-            await asyncio.wait([task])  # a loop that had died was the watchdog's to report
+            await background.stop(task)  # a loop that had died was the watchdog's to report
 
     async def _loop(self) -> None:
         while True:
@@ -41,4 +43,5 @@ class Periodic:
             try:
                 await self.run_once()
             except Exception as error:
+                background.raise_if_cancelled()
                 log.warning("%s round failed: %s", type(self).__name__, error)

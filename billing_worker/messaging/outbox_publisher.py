@@ -26,6 +26,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker import background
 from billing_worker.db import outbox
 from billing_worker.db.engine import driver_connection
 from billing_worker.metrics import Metrics
@@ -111,7 +112,8 @@ class OutboxPublisher:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-publisher")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="outbox-publisher")
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -123,8 +125,7 @@ class OutboxPublisher:
         if self._task is None:
             return
         task, self._task = self._task, None
-        task.cancel()
-        await asyncio.wait([task])  # a loop that had died was the watchdog's to report
+        await background.stop(task)  # a loop that had died was the watchdog's to report
         if self._publishing:  # inline publishes finish (or fail: the drain below takes them)
             await asyncio.wait(list(self._publishing))
         with contextlib.suppress(Exception):
@@ -147,6 +148,7 @@ class OutboxPublisher:
                     next_poll = loop.time() + self._poll_interval
                 failures = 0
             except Exception as error:  # the broker or the database is away: back off
+                background.raise_if_cancelled()
                 failures += 1
                 delay = min(self._poll_interval * 2**failures, 30.0)
                 log.warning("outbox publishing failed (%s); retrying in %.1fs", error, delay)

@@ -53,21 +53,30 @@ async def queue_states_on(
 
     The declares go through the connection's AMQP layer (aiormq), not aio-pika channels:
     a robust connection's channel that the broker closes (the 404 of a missing queue)
-    reopens itself, which would leave a channel behind for every missing queue.
+    reopens itself, which would leave a channel behind for every missing queue. One
+    channel serves every declare; only a missing queue's 404, which closes it, takes a
+    new one (a channel opened and closed per queue, many a second, made the broker close
+    the connection with CHANNEL_ERROR when a close and the next open crossed).
     Raises ConnectionError when the connection is down (a robust one reconnecting)."""
     if connection.transport is None:
         raise ConnectionError("the RabbitMQ connection is not open")
     amqp = connection.transport.connection
     states = []
-    for name in queues:
-        channel = await amqp.channel()
-        try:
-            declared = await channel.queue_declare(name, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            states.append(QueueState(name, None, None))
-        else:
-            states.append(QueueState(name, declared.message_count, declared.consumer_count))
-        finally:
+    channel = None
+    try:
+        for name in queues:
+            if channel is None:
+                channel = await amqp.channel(publisher_confirms=False)
+            try:
+                declared = await channel.queue_declare(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:  # the broker closed the channel
+                states.append(QueueState(name, None, None))
+                closed, channel = channel, None
+                await closed.close()
+            else:
+                states.append(QueueState(name, declared.message_count, declared.consumer_count))
+    finally:
+        if channel is not None:
             await channel.close()  # nothing to do when the broker closed it
     return states
 
