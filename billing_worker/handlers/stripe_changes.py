@@ -80,11 +80,12 @@ async def call(intent: Intent, deps: Deps) -> Any:
     action = intent.request.get("action")
     if action is None:  # the cancel
         return await stripe_subscriptions.call_cancel(intent, deps)
-    at = utc_now()  # before the call: a webhook's read that began earlier is older
     remote = await stripe_subscriptions.stripe(deps).change_subscription(
         str(intent.request["provider_subscription_id"]), _change_of(intent)
     )
-    return stripe_subscriptions.Fetched(remote, at)
+    # Stamped once answered: a webhook's read that began before may have been served
+    # before Stripe applied the change, so it is older than this answer (`Fetched`).
+    return stripe_subscriptions.Fetched(remote, utc_now())
 
 
 async def finish(intent: Intent, outcome: Any, uow: UnitOfWork, deps: Deps) -> SubscriptionOut:

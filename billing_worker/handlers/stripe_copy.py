@@ -44,27 +44,48 @@ async def apply_remote(
     sub: SubscriptionRow, remote: ProviderSubscription, read_at: datetime,
     gateway: SubscriptionGateway, uow: UnitOfWork, *, amount_minor: int | None = None,
 ) -> None:  # fmt: skip
-    """Our copy (locked) as Stripe's read (begun at `read_at`) tells it, and the events
-    of what changed."""
-    old = Sub(sub.status)
-    new = our_status(gateway, remote) or old
-    if new is not old and not can_move(old, new):
-        log.warning("Stripe says %s for a %s subscription %s: keeping ours", new, old, sub.id)
-        new = old
-    changes: dict[str, Any] = {
-        "status": new.value,
-        "current_period_start": remote.period_start,
-        "current_period_end": remote.period_end,
-        "cancel_at_period_end": remote.cancel_at_period_end,
-        "paused_until": remote.resumes_at if remote.paused else None,
-        "provider_synced_at": read_at,
-    }
+    """Our copy (locked) as Stripe's read (stamped `read_at`, see `Fetched`) tells it,
+    and the events of what changed."""
+    old, told = Sub(sub.status), our_status(gateway, remote)
+    new = _status_after(sub, remote, gateway)
+    if told is not None and told is not new:
+        log.warning("Stripe says %s for a %s subscription %s: keeping ours", told, old, sub.id)
+    changes: dict[str, Any] = {**_copy_of(sub, remote, gateway), "provider_synced_at": read_at}
     if new in (Sub.CANCELED, Sub.INCOMPLETE_EXPIRED) and old is not new:
         changes["canceled_at"] = uow.clock()
     await uow.subscriptions.update(sub.id, **changes)
     moved = dataclasses.replace(sub, **changes)
     for kind, reason in _announcements(sub, old, new, remote):
         uow.emit(subscription_event(kind, moved, reason=reason, amount_minor=amount_minor))
+
+
+def tells_otherwise(
+    sub: SubscriptionRow, remote: ProviderSubscription, gateway: SubscriptionGateway
+) -> bool:
+    """Would applying this read change our copy?"""
+    copy = _copy_of(sub, remote, gateway)
+    return any(getattr(sub, name) != value for name, value in copy.items())
+
+
+def _status_after(
+    sub: SubscriptionRow, remote: ProviderSubscription, gateway: SubscriptionGateway
+) -> Sub:
+    old = Sub(sub.status)
+    new = our_status(gateway, remote) or old
+    return new if new is old or can_move(old, new) else old
+
+
+def _copy_of(
+    sub: SubscriptionRow, remote: ProviderSubscription, gateway: SubscriptionGateway
+) -> dict[str, Any]:
+    """The fields of our copy a read of Stripe sets, as it sets them."""
+    return {
+        "status": _status_after(sub, remote, gateway).value,
+        "current_period_start": remote.period_start,
+        "current_period_end": remote.period_end,
+        "cancel_at_period_end": remote.cancel_at_period_end,
+        "paused_until": remote.resumes_at if remote.paused else None,
+    }
 
 
 def _announcements(

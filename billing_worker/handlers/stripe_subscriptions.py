@@ -161,24 +161,30 @@ def begin_cancel(command: CancelSubscription, sub: SubscriptionRow, deps: Deps) 
     )  # fmt: skip
 
 
-async def call_cancel(intent: Intent, deps: Deps) -> ProviderSubscription | None:
+async def call_cancel(intent: Intent, deps: Deps) -> Fetched | None:
     """Cancel at Stripe (again, on a redelivery: canceling twice changes nothing)."""
     ref = intent.request.get("provider_subscription_id")
     if not ref:
         return None
-    return await stripe(deps).cancel_subscription(
+    remote = await stripe(deps).cancel_subscription(
         str(ref), at_period_end=bool(intent.request.get("at_period_end"))
     )
+    return Fetched(remote, utc_now())  # stamped once answered, as a change's answer is
 
 
 async def finish_cancel(
-    intent: Intent, _remote: ProviderSubscription | None, uow: UnitOfWork, deps: Deps
+    intent: Intent, answer: Fetched | None, uow: UnitOfWork, deps: Deps
 ) -> SubscriptionOut:
     sub = await _locked(intent, uow)
     at_period_end, reason = bool(intent.request.get("at_period_end")), intent.request.get("reason")
     if Sub(sub.status) in LIVE:  # a webhook may have ended it already: nothing left to do
         if at_period_end and Sub(sub.status) is not Sub.INCOMPLETE:
-            await uow.subscriptions.update(sub.id, cancel_at_period_end=True, cancel_reason=reason)
+            # Stripe's answer is a read too: a webhook's read older than it is not
+            # applied over it (`sync`).
+            synced = {} if answer is None else {"provider_synced_at": answer.at}
+            await uow.subscriptions.update(
+                sub.id, cancel_at_period_end=True, cancel_reason=reason, **synced
+            )
         else:
             await end_subscription(sub, uow, reason=reason or "canceled_by_request")
     reloaded = await uow.subscriptions.get(sub.id)
@@ -200,7 +206,11 @@ async def _locked(intent: Intent, uow: UnitOfWork) -> SubscriptionRow:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """The subscription as re-read from Stripe, and when that read began."""
+    """The subscription as Stripe told it, and when: a webhook's re-read is stamped when
+    it began, Stripe's answer to a change the worker asked for once it came. So a read
+    stamped earlier than an answer may have been served before Stripe applied the change
+    (two calls in flight at once are served in either order), never one stamped later.
+    """
 
     remote: ProviderSubscription
     at: datetime
@@ -216,9 +226,11 @@ async def fetch(event: ProviderEvent, deps: Deps) -> Fetched:
 async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: Deps) -> None:
     """Apply a Stripe subscription/invoice webhook: the subscription as re-read (`fetch`).
 
-    The read happens before the row is locked, so two webhooks' reads may be applied out
-    of order: one that began before the read already applied changes nothing (ours only
-    moves forward to a later read).
+    The read happens before the row is locked, so reads (a webhook's, a change's answer)
+    may be applied out of order: ours only moves forward to a later read. A read older
+    than the one applied may still tell of a change made at Stripe since (in the
+    dashboard, while the worker's own change was in flight): when it tells otherwise than
+    ours, the event is retried (TransientError) and the retry reads Stripe again.
     """
     assert event.subscription_ref is not None
     sub = await uow.subscriptions.by_provider_ref(event.subscription_ref, lock=True)
@@ -226,6 +238,11 @@ async def sync(event: ProviderEvent, fetched: Fetched, uow: UnitOfWork, deps: De
         raise TransientError(f"no subscription for Stripe {event.subscription_ref} (yet)")
     await _record_invoice(event, sub, uow)
     if sub.provider_synced_at is not None and fetched.at < sub.provider_synced_at:
+        if stripe_copy.tells_otherwise(sub, fetched.remote, stripe(deps)):
+            raise TransientError(
+                f"a read of Stripe {event.subscription_ref} older than the one applied "
+                "tells otherwise: reading it again"
+            )
         log.info("a later read of Stripe %s is applied already", event.subscription_ref)
         return
     await stripe_copy.apply_remote(

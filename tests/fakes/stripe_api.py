@@ -292,6 +292,35 @@ class RecordedRequest(NamedTuple):
     params: JSON
 
 
+class Hold:
+    """One request held by the fake (`FakeStripe.hold`): the first request matching
+    `method` and `path` after `skip` others waits, before the fake processes it
+    (`answered=False`) or after it processed it and before its answer is sent
+    (`answered=True`), until `release()`."""
+
+    def __init__(self, method: str, path: str, *, answered: bool, skip: int) -> None:
+        self.method, self.path, self.answered = method, re.compile(path), answered
+        self.skip = skip
+        self.arrived = threading.Event()  # set once the held request reached the hold
+        self._released = threading.Event()
+
+    def matches(self, method: str, path: str, answered: bool) -> bool:
+        same = (method, answered) == (self.method, self.answered)
+        return same and self.path.fullmatch(path) is not None
+
+    async def wait(self) -> None:
+        while not self._released.is_set():
+            await asyncio.sleep(0.01)
+
+    async def reached(self, timeout: float = 30.0) -> None:
+        """Wait (in the test's loop) until the held request is waiting at the hold."""
+        if not await asyncio.to_thread(self.arrived.wait, timeout):
+            raise AssertionError(f"no {self.method} {self.path.pattern} within {timeout} s")
+
+    def release(self) -> None:
+        self._released.set()
+
+
 class _Stored(NamedTuple):
     method: str
     path: str
@@ -311,8 +340,9 @@ class FakeStripe(SetupIntents):
     `created` counts objects by type (`fake.created["payment_intent"]`); `requests` lists
     every call as `RecordedRequest(method, path, headers, params)`.
 
-    Controls: `delay_seconds`, `fail_next()`, `succeed()`, `fail()`, `event()`, `calls()`,
-    `expire_idempotency_keys()`, `add_price()`; `clock` may be replaced (a fixed time).
+    Controls: `delay_seconds`, `hold()`, `fail_next()`, `succeed()`, `fail()`, `event()`,
+    `calls()`, `expire_idempotency_keys()`, `add_price()`; `clock` may be replaced (a
+    fixed time).
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -331,6 +361,7 @@ class FakeStripe(SetupIntents):
         self.detached_methods: set[str] = set()
         self.created: Counter[str] = Counter()
         self.requests: list[RecordedRequest] = []
+        self._holds: list[Hold] = []
         self._lock = threading.RLock()
         self._failures: list[tuple[int, bool | None]] = []
         self._idempotent: dict[tuple[str, str], _Stored] = {}
@@ -409,6 +440,28 @@ class FakeStripe(SetupIntents):
         }
         return json.dumps(event, separators=(",", ":")).encode()
 
+    def hold(self, method: str, path: str, *, answered: bool = False, skip: int = 0) -> Hold:
+        """Hold the next request (after `skip` others) whose path fully matches the regex
+        `path`: before it is processed, or (`answered=True`) after, with its answer not yet
+        sent. What another request does meanwhile is what Stripe's order of serving two
+        calls decides."""
+        held = Hold(method, path, answered=answered, skip=skip)
+        with self._lock:
+            self._holds.append(held)
+        return held
+
+    def _held(self, method: str, path: str, answered: bool) -> Hold | None:
+        with self._lock:
+            for held in self._holds:
+                if held.matches(method, path, answered):
+                    if held.skip:
+                        held.skip -= 1
+                        continue
+                    self._holds.remove(held)
+                    held.arrived.set()
+                    return held
+        return None
+
     def calls(self, method: str, path: str) -> list[RecordedRequest]:
         """Recorded requests for one endpoint, e.g. `fake.calls("POST", "/v1/refunds")`."""
         with self._lock:
@@ -421,10 +474,14 @@ class FakeStripe(SetupIntents):
         recorded = RecordedRequest(
             request.method, request.url.path, dict(request.headers), parse_body(raw)
         )
+        if held := self._held(request.method, request.url.path, answered=False):
+            await held.wait()
         with self._lock:
             status, body, headers = self._handle(recorded)
             self.holding += 1
         try:
+            if held := self._held(request.method, request.url.path, answered=True):
+                await held.wait()
             await self._delay()
         finally:
             with self._lock:

@@ -275,20 +275,46 @@ async def test_a_failed_invoice_makes_it_past_due_and_a_later_payment_active(
     assert len(db.events_of(ev.SUBSCRIPTION_RENEWED)) == 1
 
 
-async def test_an_older_read_of_stripe_changes_nothing(
+async def past_due_by_a_read(
     db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
-) -> None:
+) -> datetime:
+    """A Stripe subscription made past_due by a webhook's read: when that read began."""
     stripe.now("active", clock.now)
     await created(db, deps, new_user())
     stripe.now("past_due", clock.now)
     await deliver(db, deps, webhook("customer.subscription.updated"))
     synced = only(db).provider_synced_at
     assert synced is not None
-    stripe.now("active", clock.now)  # read before the past_due one was applied
-    stale = webhook("invoice.paid", PaymentOutcome.SUCCEEDED)
-    await deliver(db, deps, stale, at=synced - timedelta(seconds=1))
+    return synced
+
+
+async def test_an_older_read_of_stripe_that_agrees_with_ours_changes_nothing(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    synced = await past_due_by_a_read(db, deps, stripe, clock)
+    older = webhook("invoice.paid", PaymentOutcome.SUCCEEDED)  # read before that one
+    await deliver(db, deps, older, at=synced - timedelta(seconds=1))
     assert (only(db).status, only(db).provider_synced_at) == ("past_due", synced)
     assert invoices(db) == [("completed", "in_1", 1000)]  # the invoice is still a fact
+
+
+async def test_an_older_read_of_stripe_that_tells_otherwise_is_read_again(
+    db: FakeDatabase, deps: Deps, stripe: CannedStripe, clock: ManualClock
+) -> None:
+    synced = await past_due_by_a_read(db, deps, stripe, clock)
+    # A read that began before the past_due one was applied, and says active: stale, or
+    # a change made at Stripe since? Not applied over a later read; read again.
+    stripe.now("active", clock.now)
+    told = webhook("invoice.paid", PaymentOutcome.SUCCEEDED)
+    with pytest.raises(TransientError, match="reading it again"):
+        await deliver(db, deps, told, at=synced - timedelta(seconds=1))
+    assert (only(db).status, only(db).provider_synced_at) == ("past_due", synced)
+    assert invoices(db) == []  # nothing of that transaction stays
+
+    await deliver(db, deps, told)  # the redelivery's read is the latest: Stripe says active
+
+    assert only(db).status == "active"
+    assert invoices(db) == [("completed", "in_1", 1000)]
 
 
 async def test_stripe_cannot_move_an_ended_subscription_back(
