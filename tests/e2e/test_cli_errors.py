@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from support.services import database_url_for, drop_database
+from support.services import (
+    create_empty_database,
+    database_exists,
+    database_url_for,
+    drop_database,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -186,50 +190,25 @@ def test_the_relay_on_a_taken_port_names_the_port_and_its_setting(taken_port: in
     assert "listening" not in result.stderr  # never claimed before the bind
 
 
+@pytest.mark.parametrize(
+    ("command", "advice"),
+    [("run", None), ("demo", "billing-worker demo --no-worker")],  # demo: how to share one
+)
 def test_a_second_worker_on_the_same_metrics_port_names_the_port_and_its_setting(
-    taken_port: int, database_url: str, rabbitmq_url: str
+    command: str, advice: str | None, taken_port: int, database_url: str, rabbitmq_url: str
 ) -> None:
     result = cli(
-        "run",
+        command,
         BILLING_DATABASE_URL=database_url,
         BILLING_RABBITMQ_URL=rabbitmq_url,
         BILLING_METRICS_HOST="127.0.0.1",
         BILLING_METRICS_PORT=str(taken_port),
     )
-    line = failure_line(result, "run")
+    line = failure_line(result, command)
     assert f"port {taken_port} on 127.0.0.1 is already in use" in line
     assert "BILLING_METRICS_PORT" in line
-
-
-def test_the_demo_beside_a_running_worker_says_which_port_and_how_to_share(
-    taken_port: int, database_url: str, rabbitmq_url: str
-) -> None:
-    result = cli(
-        "demo",
-        BILLING_DATABASE_URL=database_url,
-        BILLING_RABBITMQ_URL=rabbitmq_url,
-        BILLING_METRICS_HOST="127.0.0.1",
-        BILLING_METRICS_PORT=str(taken_port),
-    )
-    line = failure_line(result, "demo")
-    assert f"port {taken_port} on 127.0.0.1 is already in use" in line
-    assert "BILLING_METRICS_PORT" in line
-    assert "billing-worker demo --no-worker" in line
-
-
-async def _exists(url: str) -> bool:
-    parsed = make_url(url)
-    connection = await asyncpg.connect(
-        host=parsed.host, port=parsed.port or 5432, user=parsed.username,
-        password=parsed.password, database="postgres",
-    )  # fmt: skip
-    try:
-        found = await connection.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", parsed.database
-        )
-    finally:
-        await connection.close()
-    return found is not None
+    if advice is not None:
+        assert advice in line
 
 
 def test_run_against_a_missing_database_leaves_no_database_behind(
@@ -241,7 +220,7 @@ def test_run_against_a_missing_database_leaves_no_database_behind(
         line = failure_line(result, "run")
         assert "does not exist" in line
         assert "billing-worker migrate" in line
-        assert not asyncio.run(_exists(url))
+        assert not asyncio.run(database_exists(url))
     finally:
         asyncio.run(drop_database(url))
 
@@ -256,21 +235,9 @@ def test_an_operator_command_against_a_missing_database_says_so(
         line = failure_line(result, args[0])
         assert f"database 127.0.0.1:{make_url(url).port or 5432}/{make_url(url).database}" in line
         assert "does not exist" in line
-        assert not asyncio.run(_exists(url))
+        assert not asyncio.run(database_exists(url))
     finally:
         asyncio.run(drop_database(url))
-
-
-async def _create_empty(url: str) -> None:
-    parsed = make_url(url)
-    connection = await asyncpg.connect(
-        host=parsed.host, port=parsed.port or 5432, user=parsed.username,
-        password=parsed.password, database="postgres",
-    )  # fmt: skip
-    try:
-        await connection.execute(f'CREATE DATABASE "{parsed.database}"')
-    finally:
-        await connection.close()
 
 
 @pytest.mark.parametrize("args", [["outbox", "status"], ["audit"], ["status"]], ids=" ".join)
@@ -278,7 +245,7 @@ def test_an_operator_command_against_an_unmigrated_database_says_to_migrate(
     args: list[str], database_url: str, rabbitmq_url: str
 ) -> None:
     url = database_url_for(database_url, f"billing_test_empty_{uuid.uuid4().hex[:10]}")
-    asyncio.run(_create_empty(url))
+    asyncio.run(create_empty_database(url))
     try:
         result = cli(*args, BILLING_DATABASE_URL=url, BILLING_RABBITMQ_URL=rabbitmq_url)
         line = failure_line(result, args[0])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -23,29 +25,44 @@ def database_url_for(base: str, name: str) -> str:
     return make_url(base).set(database=name).render_as_string(hide_password=False)
 
 
-async def drop_database(url: str) -> None:
+@contextlib.asynccontextmanager
+async def maintenance_connection(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the `postgres` database of the server of `url` (to create, drop
+    or look up the database `url` names)."""
     parsed = make_url(url)
     connection = await asyncpg.connect(
         host=parsed.host, port=parsed.port or 5432, user=parsed.username,
         password=parsed.password, database="postgres",
     )  # fmt: skip
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+        yield connection
     finally:
         await connection.close()
+
+
+async def drop_database(url: str) -> None:
+    async with maintenance_connection(url) as connection:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+async def create_empty_database(url: str) -> None:
+    async with maintenance_connection(url) as connection:
+        await connection.execute(f'CREATE DATABASE "{make_url(url).database}"')
+
+
+async def database_exists(url: str) -> bool:
+    async with maintenance_connection(url) as connection:
+        found = await connection.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", make_url(url).database
+        )
+    return found is not None
 
 
 async def copy_database(template_url: str, name: str) -> str:
     """CREATE DATABASE name TEMPLATE <template>: a migrated copy in a fraction of a second."""
-    parsed = make_url(template_url)
-    connection = await asyncpg.connect(
-        host=parsed.host, port=parsed.port or 5432, user=parsed.username,
-        password=parsed.password, database="postgres",
-    )  # fmt: skip
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{parsed.database}"')
-    finally:
-        await connection.close()
+    async with maintenance_connection(template_url) as connection:
+        template = make_url(template_url).database
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     return database_url_for(template_url, name)
 
 
