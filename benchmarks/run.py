@@ -5,7 +5,8 @@
 
 Scenarios, each run as floor, batched, worker, floor, batched, worker ... over --pairs
 (the three sides of a pair share one random seed), every run in a fresh database
-(`billing-worker migrate`) and a fresh vhost, every run checked:
+(a copy of one the invocation migrates with `billing-worker migrate`) and a fresh vhost,
+every run checked:
 
     drain      pre-filled withdraws across the accounts + sandbox deposit completions
     hot        pre-filled withdraws, all on one account
@@ -103,8 +104,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 # flag, type (bool: a switch), default, help
 OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
-    ("--dsn", str, services.DEFAULT_DSN, "PostgreSQL server (any database on it); each run "
-     "creates bench_<run>_<n> there with `billing-worker migrate`, and drops it"),
+    ("--dsn", str, services.DEFAULT_DSN, "PostgreSQL server (any database on it); the run "
+     "migrates bench_<run>_schema there with `billing-worker migrate`, each run copies it "
+     "to bench_<run>_<n>; all are dropped"),
     ("--amqp", str, services.DEFAULT_AMQP,
      "RabbitMQ; each run adds and deletes a vhost of its own (management API or rabbitmqctl)"),
     ("--pairs", int, 3, "floor/batched/worker sets per scenario, interleaved (>= 3 for a "
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from(args: argparse.Namespace, logs: Path) -> Options:
     """The scenario options of the same name as the command-line options."""
     names = {f.name for f in dataclasses.fields(Options)} - {"logs", "worker_settings",
-                                                              "template"}  # fmt: skip
+                                                              "template", "schema"}  # fmt: skip
     return Options(
         logs=logs,
         worker_settings=dict(args.worker_setting),
@@ -228,7 +230,19 @@ async def special(
 
 
 async def benchmark(args: argparse.Namespace, run_id: str, logs: Path) -> list[dict[str, Any]]:
-    options = options_from(args, logs)
+    """Every run of the invocation, each on a copy of one database migrated here."""
+    schema = services.run_env(args.dsn, args.amqp, f"bench_{run_id}_schema")
+    await services.migrate(schema)
+    try:
+        options = dataclasses.replace(options_from(args, logs), schema=schema.database)
+        return await _benchmark(args, options, run_id)
+    finally:
+        await services.drop_database(schema, args.dsn)
+
+
+async def _benchmark(
+    args: argparse.Namespace, options: Options, run_id: str
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     rates: dict[tuple[str, str], float] = {}
     last_mixed: dict[str, dict[str, Any]] = {}

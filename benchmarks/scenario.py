@@ -59,6 +59,9 @@ class Options:
     keep_failed: bool = False
     profile: bool = False  # py-spy the worker's window (benchmarks/profile.py)
     template: str | None = None  # a scaled template the run's database is copied from
+    # A migrated, empty database every run's own is copied from (made once per
+    # invocation by benchmarks.run); None: each run migrates its own.
+    schema: str | None = None
 
 
 async def _wait(event: asyncio.Event, patience: float, consumer: Consumer, what: str) -> None:
@@ -171,14 +174,18 @@ async def _profile(
 async def fresh_run(
     name: str, o: Options, result: dict[str, Any], *, template: str | None = None
 ) -> AsyncIterator[tuple[services.RunEnv, asyncpg.Connection, list[str]]]:
-    """One run's own database (`billing-worker migrate`, or a copy of `template`) and
-    vhost, a connection to the database, and the run's list of problems. At the end the
-    result says `ok` and lists the problems; the database and vhost are dropped, or kept
-    for a look when the run failed and `--keep-failed` asks for it."""
+    """One run's own database (`billing-worker migrate`, or a copy of `template` or of
+    the invocation's migrated `o.schema`) and vhost, a connection to the database, and
+    the run's list of problems. At the end the result says `ok` and lists the problems;
+    the database and vhost are dropped, or kept for a look when the run failed and
+    `--keep-failed` asks for it."""
     run_env = services.run_env(o.dsn, o.amqp, name)
     problems: list[str] = []
     try:
-        await services.create(run_env, o.amqp, template=template)
+        if template is not None:
+            await services.create(run_env, o.amqp, template=template)
+        else:
+            await services.create(run_env, o.amqp, schema=o.schema)
         db = await asyncpg.connect(run_env.dsn)
         try:
             yield run_env, db, problems

@@ -10,6 +10,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -87,6 +88,20 @@ def test_smoke_run_reports_every_scenario_and_passes_its_checks(
         assert evaluated[name]["status"] != targets.NOT_MEASURED, evaluated[name]
     assert "| measured" in result.stdout  # the targets' table
     assert "not measured" in result.stdout  # rss and scale are not smoke scenarios
+    # Every run's database, and the migrated one they were copied from, is dropped.
+    prefix = report["runs"][0]["database"].rsplit("_", 1)[0] + "_"
+    assert asyncio.run(databases_named(postgres_server, prefix)) == []
+
+
+async def databases_named(dsn: str, prefix: str) -> list[str]:
+    connection = await asyncpg.connect(services.asyncpg_dsn(dsn))
+    try:
+        rows = await connection.fetch(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", prefix
+        )
+    finally:
+        await connection.close()
+    return [row["datname"] for row in rows]
 
 
 @pytest.fixture
