@@ -175,9 +175,9 @@ async def create(
     env: RunEnv, base_amqp: str, *, template: str | None = None, schema: str | None = None
 ) -> None:
     """Database and vhost of a run; both at once (set-up, never while measuring). The
-    database is copied from `template` (a scaled one) or from `schema` (migrated and
-    empty: a copy takes a quarter of a second, `billing-worker migrate` about two), or
-    migrated when neither is given."""
+    database is copied from `template` (a scaled one) when given, else from `schema`
+    (migrated and empty: a copy takes a quarter of a second, `billing-worker migrate`
+    about two), else migrated."""
     if template is not None:
         database = copy_template(env, template)
     elif schema is not None:

@@ -182,10 +182,7 @@ async def fresh_run(
     run_env = services.run_env(o.dsn, o.amqp, name)
     problems: list[str] = []
     try:
-        if template is not None:
-            await services.create(run_env, o.amqp, template=template)
-        else:
-            await services.create(run_env, o.amqp, schema=o.schema)
+        await services.create(run_env, o.amqp, template=template, schema=o.schema)
         db = await asyncpg.connect(run_env.dsn)
         try:
             yield run_env, db, problems

@@ -7,7 +7,7 @@ call is being cancelled (its waiter is rejected with ChannelClosed instead), and
 swallows it in `Channel.close()`, so a loop could keep running with its cancellation
 pending, and the shutdown that waits for it hung. So:
 
-- a loop asks `cancelled()` where it would go on after a failure, and ends;
+- a loop calls `raise_if_cancelled()` where it would go on after a failure, and ends;
 - `stop()` cancels again, every `RECANCEL_SECONDS`, until the task has ended (logged:
   a loop that needed it was stopped inside a library call).
 """
@@ -23,15 +23,11 @@ log = logging.getLogger(__name__)
 RECANCEL_SECONDS = 2.0
 
 
-def cancelled() -> bool:
-    """Is the current task being cancelled (whether or not a CancelledError reached it)?"""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def raise_if_cancelled() -> None:
-    """End the current task's loop if it is being cancelled (see the module docstring)."""
-    if cancelled():
+    """End the current task's loop if it is being cancelled, whether or not a
+    CancelledError reached it (see the module docstring)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
         raise asyncio.CancelledError
 
 

@@ -11,7 +11,7 @@ events, so the worker looks every BILLING_METRICS_SAMPLE_SECONDS (15 s by defaul
   BILLING_RECONCILE_AFTER_SECONDS and two rounds of the reconciler
   (`health.stuck_after_seconds`), those it should have settled;
 - `billing_queue_messages` / `billing_queue_consumers` of every queue the worker consumes
-  and of the dead-letter queue, by AMQP passive declares on the worker's own connection
+  and of the dead-letter queue, by AMQP passive declares on a connection of the sampler's
   (no management plugin; the dead-letter queue's depth survives restarts, unlike the
   per-process `billing_dead_letters_total`).
 

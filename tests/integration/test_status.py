@@ -294,3 +294,28 @@ async def _old_unpublished_event(url: str, age_s: float) -> None:
             message.event_id,
             age_s,
         )
+
+
+async def test_queue_states_reads_the_queues_after_a_missing_one(settings: Settings) -> None:
+    # The broker closes the declares' channel at a missing queue's 404: the queues
+    # after it are still read, each as it is (one declares channel otherwise).
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()  # publisher confirms: the message is queued
+        full = await channel.declare_queue(f"states-full-{uuid.uuid4().hex[:8]}")
+        empty = await channel.declare_queue(f"states-empty-{uuid.uuid4().hex[:8]}")
+        try:
+            await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=full.name)
+            missing = f"states-missing-{uuid.uuid4().hex[:8]}"
+            asked = [missing, full.name, missing, missing, empty.name]
+            states = await health.queue_states(settings.amqp_url, asked)
+        finally:
+            await full.delete(if_unused=False, if_empty=False)
+            await empty.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
+
+    assert [state.queue for state in states] == asked
+    assert [(s.messages, s.consumers) for s in states] == [
+        (None, None), (1, 0), (None, None), (None, None), (0, 0),
+    ]  # fmt: skip
